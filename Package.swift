@@ -1,0 +1,32 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Layering (../shared/DESIGN.md): each target imports only those listed before it.
+let package = Package(
+    name: "FastMoE",
+    platforms: [.macOS(.v14)],
+    products: [
+        .library(name: "FastMoE", targets: ["FastMoE"]),
+        .executable(name: "fastmoe", targets: ["fastmoe"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .target(name: "CUDA"),
+        .target(name: "Tensors", dependencies: ["CUDA"]),
+        .target(name: "NN", dependencies: ["Tensors"]),
+        .target(name: "Distributed", dependencies: ["Tensors", "CUDA"]),
+        .target(name: "MoE", dependencies: ["NN", "Distributed", "Tensors"]),
+        .target(name: "Training", dependencies: ["MoE", "NN", "Distributed", "Tensors"]),
+        .target(name: "FastMoE", dependencies: ["Training", "MoE", "NN", "Distributed", "Tensors", "CUDA"]),
+        .executableTarget(
+            name: "fastmoe",
+            dependencies: ["FastMoE", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .testTarget(name: "CUDATests", dependencies: ["CUDA"]),
+        .testTarget(name: "TensorsTests", dependencies: ["Tensors"]),
+        .testTarget(name: "NNTests", dependencies: ["NN"]),
+        .testTarget(name: "MoETests", dependencies: ["MoE"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training"]),
+    ]
+)

@@ -1,0 +1,2 @@
+import FastMoE
+print("fastmoe")
