@@ -1,0 +1,77 @@
+/// A recorded op: its differentiable inputs and the rule mapping the output's gradient to theirs.
+///
+/// The rule runs with recording off and is written with ordinary tensor ops, so every backward is
+/// device-agnostic. It returns one gradient per input (nil where an input needs none).
+final class GradFunction {
+    let name: String
+    let inputs: [Tensor]
+    let backward: (Tensor) -> [Tensor?]
+
+    init(name: String, inputs: [Tensor], backward: @escaping (Tensor) -> [Tensor?]) {
+        self.name = name
+        self.inputs = inputs
+        self.backward = backward
+    }
+}
+
+extension Tensor {
+    /// Attaches the backward rule to `self` (an op's fresh output) when any input needs a gradient.
+    ///
+    /// Ops call this last: `return out.recording("mul", [a, b]) { g in [g * b, g * a] }`.
+    @discardableResult
+    public func recording(_ name: String, _ inputs: [Tensor], _ backward: @escaping (Tensor) -> [Tensor?]) -> Tensor {
+        guard GradMode.isEnabled, inputs.contains(where: \.requiresGrad) else { return self }
+        requiresGrad = true
+        gradFunction = GradFunction(name: name, inputs: inputs, backward: backward)
+        return self
+    }
+
+    /// Back-propagates from this scalar (gradient 1), or from any tensor with an explicit `gradient`.
+    ///
+    /// Gradients accumulate into `.grad` of the leaves that require them; the graph is freed as it is
+    /// walked (a second backward through the same graph is not supported).
+    public func backward(_ gradient: Tensor? = nil) {
+        precondition(requiresGrad, "backward(): tensor \(shape) does not require a gradient (no input was marked requiringGradient)")
+        let seed: Tensor
+        if let gradient {
+            precondition(gradient.shape == shape, "backward(): gradient shape \(gradient.shape) differs from tensor shape \(shape)")
+            seed = gradient
+        } else {
+            precondition(count == 1, "backward(): tensor of shape \(shape) is not a scalar; pass an explicit gradient")
+            seed = Tensor.full(shape, 1, dtype: dtype, device: device)
+        }
+        withoutGradient { propagate(seed) }
+    }
+
+    private func propagate(_ seed: Tensor) {
+        // Reverse topological order by iterative depth-first search (no recursion limit on deep graphs).
+        var order: [Tensor] = []
+        var visited = Set<ObjectIdentifier>()
+        var stack: [(Tensor, Bool)] = [(self, false)]
+        while let (t, expanded) = stack.popLast() {
+            if expanded { order.append(t); continue }
+            guard visited.insert(ObjectIdentifier(t)).inserted else { continue }
+            stack.append((t, true))
+            for input in t.gradFunction?.inputs ?? [] where input.requiresGrad && input.gradFunction != nil {
+                stack.append((input, false))
+            }
+        }
+        var grads: [ObjectIdentifier: Tensor] = [ObjectIdentifier(self): seed]
+        for t in order.reversed() {
+            guard let fn = t.gradFunction, let g = grads.removeValue(forKey: ObjectIdentifier(t)) else { continue }
+            let inputGrads = fn.backward(g)
+            precondition(inputGrads.count == fn.inputs.count, "backward of \(fn.name) returned \(inputGrads.count) gradients for \(fn.inputs.count) inputs")
+            for (input, ig) in zip(fn.inputs, inputGrads) {
+                guard let ig, input.requiresGrad else { continue }
+                precondition(ig.shape == input.shape, "backward of \(fn.name): gradient \(ig.shape) for input \(input.shape)")
+                if input.gradFunction == nil {
+                    input.grad = input.grad.map { $0 + ig } ?? ig
+                } else {
+                    let id = ObjectIdentifier(input)
+                    grads[id] = grads[id].map { $0 + ig } ?? ig
+                }
+            }
+            t.gradFunction = nil
+        }
+    }
+}

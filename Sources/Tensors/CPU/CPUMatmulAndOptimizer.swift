@@ -1,0 +1,49 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+extension CPUBackend {
+    /// a `[B?, M, K]` (or `[B?, K, M]` transposed), b `[B?, K, N]` or shared 2-D, out `[B?, M, N]`.
+    public func matmul(_ a: Tensor, _ b: Tensor, _ out: Tensor, transposeA: Bool, transposeB: Bool, alpha: Float, beta: Float) {
+        let m = out.shape[out.rank - 2], n = out.shape[out.rank - 1]
+        let k = transposeA ? a.shape[a.rank - 2] : a.shape[a.rank - 1]
+        let batch = out.count / max(m * n, 1)
+        let lda = transposeA ? m : k, ldb = transposeB ? k : n
+        let strideB = b.rank == 2 ? 0 : k * n
+        switch a.dtype {
+        case .float32:
+            CPUGEMM.gemmBatched(transA: transposeA, transB: transposeB, m: m, n: n, k: k, alpha: alpha,
+                                a: a.host(Float.self), lda: lda, strideA: m * k, b: b.host(Float.self), ldb: ldb, strideB: strideB,
+                                beta: beta, c: out.host(Float.self), ldc: n, strideC: m * n, batch: batch)
+        case .float64:
+            CPUGEMM.gemmBatched(transA: transposeA, transB: transposeB, m: m, n: n, k: k, alpha: Double(alpha),
+                                a: a.host(Double.self), lda: lda, strideA: m * k, b: b.host(Double.self), ldb: ldb, strideB: strideB,
+                                beta: Double(beta), c: out.host(Double.self), ldc: n, strideC: m * n, batch: batch)
+        default:
+            preconditionFailure("matmul: \(a.dtype) compute runs on CUDA; cast to float32 on the CPU")
+        }
+    }
+
+    /// AdamW as PyTorch computes it: p -= lr·wd·p; m, v moments; p -= lr/(1-β1^t) · m / (√v/√(1-β2^t) + ε).
+    public func adamW(parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, _ s: AdamWStep) {
+        func run<T: CPUFloat>(_: T.Type) {
+            let p = parameter.host(T.self), g = gradient.host(T.self), mp = m.host(T.self), vp = v.host(T.self)
+            let b1 = T(s.beta1), b2 = T(s.beta2), lr = T(s.learningRate), eps = T(s.epsilon)
+            let decay = 1 - lr * T(s.weightDecay)
+            let c1 = 1 - T(pow(Double(s.beta1), Double(s.step)))
+            let c2 = T((1 - pow(Double(s.beta2), Double(s.step))).squareRoot())
+            let stepSize = lr / c1
+            parallelFor(parameter.count, cost: 8) { r in
+                for i in r {
+                    let gi = g[i]
+                    mp[i] = b1 * mp[i] + (1 - b1) * gi
+                    vp[i] = b2 * vp[i] + (1 - b2) * gi * gi
+                    p[i] = p[i] * decay - stepSize * mp[i] / (vp[i].squareRoot() / c2 + eps)
+                }
+            }
+        }
+        dispatchFloat(parameter.dtype, "adamW") { run(Float.self) } double: { run(Double.self) }
+    }
+}

@@ -1,0 +1,132 @@
+/// Elementwise functions of one tensor.
+public enum UnaryOp: String, Sendable, CaseIterable {
+    case neg, exp, log, sqrt, tanh, relu, sigmoid, silu
+    case geluTanh, geluErf
+    case square, reciprocal, abs
+}
+
+/// Elementwise functions of two tensors (or a tensor and a scalar).
+public enum BinaryOp: String, Sendable, CaseIterable {
+    case add, sub, mul, div
+}
+
+/// How the second operand of a binary op is laid over the first `[R, C]` operand.
+public enum Broadcast: Sendable, Equatable {
+    /// Same number of elements.
+    case none
+    /// A single element.
+    case scalar
+    /// A `[C]` vector added to every row (bias).
+    case row
+    /// An `[R]` (or `[R, 1]`) vector, one value per row.
+    case column
+}
+
+/// Reductions over the last axis.
+public enum ReduceOp: Sendable { case sum, max }
+
+/// Distributions the random primitive can draw.
+public enum RandomDistribution: Sendable, Equatable {
+    case uniform(low: Double, high: Double)
+    case normal(mean: Double, std: Double)
+    /// 1/(1-p) with probability 1-p, else 0: the dropout multiplier.
+    case dropoutMask(p: Double)
+}
+
+/// Hyper-parameters of one AdamW step (decoupled weight decay, bias correction).
+public struct AdamWStep: Sendable {
+    public var learningRate: Float
+    public var beta1: Float
+    public var beta2: Float
+    public var epsilon: Float
+    public var weightDecay: Float
+    /// 1-based step count, for bias correction.
+    public var step: Int
+
+    public init(learningRate: Float, beta1: Float, beta2: Float, epsilon: Float, weightDecay: Float, step: Int) {
+        self.learningRate = learningRate
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.epsilon = epsilon
+        self.weightDecay = weightDecay
+        self.step = step
+    }
+}
+
+/// The primitives a device must implement; every `Tensor` op is composed from these.
+///
+/// Outputs are allocated by the caller (the op layer) and passed in, so a backend never decides
+/// shapes and tests can poison an output before a call. Tensors are contiguous and row-major;
+/// "rows" means the tensor viewed as `[count / lastDim, lastDim]`. Nothing here may assume host
+/// memory: only `download` reads back, and it is the one sync point.
+public protocol Backend: AnyObject, Sendable {
+    var device: Device { get }
+    var memoryStatistics: MemoryStatistics { get }
+
+    // Memory.
+    func allocate(byteCount: Int) -> Storage
+    func upload(_ bytes: UnsafeRawBufferPointer, to tensor: Tensor)
+    /// Copies the tensor's bytes to host memory; waits for pending work (a sync point).
+    func download(_ tensor: Tensor, into bytes: UnsafeMutableRawBufferPointer)
+    /// Waits until all enqueued work on this device is done.
+    func synchronize()
+
+    // Creation.
+    func fill(_ out: Tensor, value: Double)
+    func arange(_ out: Tensor, start: Double, step: Double)
+    func random(_ out: Tensor, _ distribution: RandomDistribution, stream: RandomStream)
+
+    // Data movement.
+    func copy(_ x: Tensor, to out: Tensor)
+    func cast(_ x: Tensor, to out: Tensor)
+    /// Copies a `rows × cols` block between two tensors (element offsets and row strides), same dtype.
+    func copyBlock(from x: Tensor, offset: Int, stride: Int, to out: Tensor, offset outOffset: Int, stride outStride: Int, rows: Int, cols: Int)
+    /// `[..., M, N] -> [..., N, M]`.
+    func transposeLastTwo(_ x: Tensor, _ out: Tensor)
+
+    // Elementwise.
+    func unary(_ op: UnaryOp, _ x: Tensor, _ out: Tensor)
+    /// `out = gradOut * f'(x)`.
+    func unaryBackward(_ op: UnaryOp, x: Tensor, gradOut: Tensor, _ out: Tensor)
+    func binary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, _ broadcast: Broadcast, _ out: Tensor)
+    /// `out = a op s`, or `s op a` when `scalarFirst`.
+    func binaryScalar(_ op: BinaryOp, _ a: Tensor, _ s: Double, scalarFirst: Bool, _ out: Tensor)
+    /// `out[i,j] = value` where `j > i + (columns - rows)`, else `x` (causal attention mask over the last two axes).
+    func causalMask(_ x: Tensor, value: Double, _ out: Tensor)
+
+    // Reductions.
+    func reduceLastAxis(_ op: ReduceOp, _ x: Tensor, _ out: Tensor)
+    /// `[R, C] -> [C]`: the sum of the rows (bias gradients).
+    func sumRows(_ x: Tensor, _ out: Tensor)
+
+    // Linear algebra. 2-D, or batched 3-D; a 2-D `b` is shared by every batch.
+    func matmul(_ a: Tensor, _ b: Tensor, _ out: Tensor, transposeA: Bool, transposeB: Bool, alpha: Float, beta: Float)
+
+    // Row-wise fused ops.
+    func softmax(_ x: Tensor, _ out: Tensor, log: Bool)
+    func softmaxBackward(y: Tensor, gradOut: Tensor, _ out: Tensor, log: Bool)
+    /// Saves `mean` and `rstd` (`[R]`, dtype `x.dtype.statistics`) for the backward.
+    func layerNorm(_ x: Tensor, weight: Tensor?, bias: Tensor?, epsilon: Float, _ out: Tensor, mean: Tensor, rstd: Tensor)
+    func layerNormBackward(x: Tensor, weight: Tensor?, mean: Tensor, rstd: Tensor, gradOut: Tensor,
+                           gradX: Tensor, gradWeight: Tensor?, gradBias: Tensor?)
+    /// Per-row `loss[r] = logsumexp(x[r]) - x[r, t[r]]` and `valid[r] = 1`, or both 0 where
+    /// `t[r] == ignoreIndex`; saves `logsumexp`. `losses` and `valid` have the logits' dtype;
+    /// `logsumexp` is `logits.dtype.statistics`.
+    func crossEntropy(_ logits: Tensor, targets: Tensor, ignoreIndex: Int32, losses: Tensor, valid: Tensor, logsumexp: Tensor)
+    /// `grad[r] = gradLoss[r] * (softmax(x[r]) - onehot(t[r]))`, zero rows where ignored.
+    func crossEntropyBackward(_ logits: Tensor, targets: Tensor, ignoreIndex: Int32, logsumexp: Tensor, gradLoss: Tensor, _ out: Tensor)
+
+    // Indexing. Indices are int32; a negative index selects nothing (a zero row / no write).
+    func gatherRows(_ table: Tensor, indices: Tensor, _ out: Tensor)
+    /// `out[indices[i]] += x[i]` (deterministic: rows are added in `i` order).
+    func scatterAddRows(_ x: Tensor, indices: Tensor, _ out: Tensor)
+    /// `values[r, j], indices[r, j]`: the k largest of row r, largest first, ties to the lower index.
+    func topK(_ x: Tensor, k: Int, values: Tensor, indices: Tensor)
+    /// `out[r, j] = x[r, indices[r, j]]`.
+    func gatherLastAxis(_ x: Tensor, indices: Tensor, _ out: Tensor)
+    /// `out[r, indices[r, j]] += x[r, j]`.
+    func scatterAddLastAxis(_ x: Tensor, indices: Tensor, _ out: Tensor)
+
+    // Optimizer.
+    func adamW(parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, _ step: AdamWStep)
+}

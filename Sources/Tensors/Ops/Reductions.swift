@@ -1,0 +1,48 @@
+// Sums, means and maxima. Shapes: x [..., C]; "all" gives a scalar [], "last axis" gives [...].
+
+extension Tensor {
+    /// Sum of every element, as a scalar tensor of shape [].
+    public func sum() -> Tensor {
+        let flat = reshaped([1, count])
+        let out = Tensor.empty([1], dtype: dtype, device: device)
+        backend.reduceLastAxis(.sum, flat, out)
+        return out.reshaped([]).recording("sum", [self]) { [shape, dtype, device] g in
+            [Tensor.ones(shape, dtype: dtype, device: device) * g]
+        }
+    }
+
+    /// Mean of every element, as a scalar tensor.
+    public func mean() -> Tensor { sum() * (1 / Double(Swift.max(count, 1))) }
+
+    /// Sum over the last axis: [..., C] -> [...].
+    public func sum(lastAxis: Void) -> Tensor {
+        let out = Tensor.empty(Array(shape.dropLast()), dtype: dtype, device: device)
+        backend.reduceLastAxis(.sum, self, out)
+        return out.recording("sumLastAxis", [self]) { [shape, dtype, device] g in
+            [Tensor.ones(shape, dtype: dtype, device: device) * g]
+        }
+    }
+
+    /// Reductions over an axis; only the last axis (-1 or rank-1) is supported.
+    public func sum(axis: Int) -> Tensor {
+        precondition(axis == -1 || axis == rank - 1, "sum(axis: \(axis)) on \(shape): only the last axis is supported")
+        return sum(lastAxis: ())
+    }
+
+    public func mean(axis: Int) -> Tensor { sum(axis: axis) * (1 / Double(Swift.max(lastDimension, 1))) }
+
+    /// Maximum over the last axis: [..., C] -> [...]; the gradient flows to the first maximal element.
+    public func max(axis: Int) -> Tensor {
+        precondition(axis == -1 || axis == rank - 1, "max(axis: \(axis)) on \(shape): only the last axis is supported")
+        return topK(1).values.reshaped(Array(shape.dropLast()))
+    }
+
+    /// [R, C] -> [C]: the sum of all rows (e.g. a bias gradient).
+    public func sumRows() -> Tensor {
+        let out = Tensor.empty([lastDimension], dtype: dtype, device: device)
+        backend.sumRows(self, out)
+        return out.recording("sumRows", [self]) { [shape, dtype, device] g in
+            [Tensor.ones(shape, dtype: dtype, device: device) * g]
+        }
+    }
+}
