@@ -1,0 +1,78 @@
+import NN
+import Tensors
+
+/// How `BatchedExperts` (and `MoEMLP`) initialise their weights.
+public enum ExpertInitialization: Sendable, Equatable {
+    /// Megatron's: weights N(0, std), the second weight N(0, std / √(2·layers)), biases 0.
+    case megatron(std: Double = 0.02, layers: Int)
+    /// `Linear`'s default (PyTorch's): weights and biases U(−1/√in, 1/√in) with `in` each layer's input width.
+    case linearDefault
+}
+
+/// The activation between the two layers of an expert MLP.
+public enum ExpertActivation: Sendable, Equatable {
+    /// GELU, tanh approximation (GPT-2's; `Tensor.gelu()`'s default).
+    case gelu
+    /// GELU, exact erf form (PyTorch's `nn.GELU()` default, FastMoE's).
+    case geluExact
+    case relu
+    case silu
+
+    func callAsFunction(_ x: Tensor) -> Tensor {
+        switch self {
+        case .gelu: x.gelu(approximate: true)
+        case .geluExact: x.gelu(approximate: false)
+        case .relu: x.relu()
+        case .silu: x.silu()
+        }
+    }
+}
+
+/// `E` identical MLP experts `Linear(d→h) → activation → Linear(h→d)` computed with grouped GEMMs
+/// (FastMoE's `FMoETransformerMLP` experts): `fc1` `[E, h, d] + [E, h]`, `fc2` `[E, d, h] + [E, d]`.
+/// ```swift
+/// let experts = BatchedExperts(experts: 8, dModel: 512, hidden: 1024, initialization: .megatron(layers: 12), generator: &g)
+/// ```
+public final class BatchedExperts: Module, Experts {
+    public let fc1: GroupedLinear
+    public let fc2: GroupedLinear
+    public let activation: ExpertActivation
+
+    public init(experts: Int, dModel: Int, hidden: Int, activation: ExpertActivation = .gelu,
+                initialization: ExpertInitialization = .linearDefault,
+                dtype: DType = .float32, device: Device = .cpu, generator: inout RandomGenerator) {
+        func layer(_ inWidth: Int, _ outWidth: Int, std: Double?) -> GroupedLinear {
+            if let std {
+                return GroupedLinear(weight: Tensor.randomNormal([experts, outWidth, inWidth], std: std, dtype: dtype, device: device, generator: &generator),
+                                     bias: Tensor.zeros([experts, outWidth], dtype: dtype, device: device))
+            }
+            let bound = 1 / Double(max(inWidth, 1)).squareRoot()
+            return GroupedLinear(weight: Tensor.randomUniform([experts, outWidth, inWidth], low: -bound, high: bound, dtype: dtype, device: device, generator: &generator),
+                                 bias: Tensor.randomUniform([experts, outWidth], low: -bound, high: bound, dtype: dtype, device: device, generator: &generator))
+        }
+        switch initialization {
+        case .megatron(let std, let layers):
+            fc1 = layer(dModel, hidden, std: std)
+            fc2 = layer(hidden, dModel, std: std / (2 * Double(max(layers, 1))).squareRoot())
+        case .linearDefault:
+            fc1 = layer(dModel, hidden, std: nil)
+            fc2 = layer(hidden, dModel, std: nil)
+        }
+        self.activation = activation
+    }
+
+    /// From given layers (e.g. copied weights).
+    public init(fc1: GroupedLinear, fc2: GroupedLinear, activation: ExpertActivation = .gelu) {
+        precondition(fc1.expertCount == fc2.expertCount && fc1.outFeatures == fc2.inFeatures && fc2.outFeatures == fc1.inFeatures,
+                     "BatchedExperts: fc1 [\(fc1.expertCount), \(fc1.outFeatures), \(fc1.inFeatures)] and fc2 [\(fc2.expertCount), \(fc2.outFeatures), \(fc2.inFeatures)] do not chain")
+        self.fc1 = fc1
+        self.fc2 = fc2
+        self.activation = activation
+    }
+
+    public var expertCount: Int { fc1.expertCount }
+
+    public func callAsFunction(_ rows: Tensor, groups: ExpertGroups) -> Tensor {
+        fc2(activation(fc1(rows, groups: groups)), groups: groups)
+    }
+}

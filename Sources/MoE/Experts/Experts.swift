@@ -1,0 +1,30 @@
+import NN
+import Tensors
+
+/// How dispatched rows split among the experts: `sizes[e]` consecutive rows for expert `e`.
+public struct ExpertGroups: @unchecked Sendable {
+    /// Rows per expert, on the host (GEMM problem sizes).
+    public let sizes: [Int]
+    /// `[S]` int32 on the rows' device: the expert of each row (bias gathers).
+    public let expertOfRow: Tensor
+
+    public init(sizes: [Int], expertOfRow: Tensor) {
+        precondition(expertOfRow.count == sizes.reduce(0, +), "ExpertGroups: \(expertOfRow.count) rows labelled, sizes \(sizes) add up to \(sizes.reduce(0, +))")
+        self.sizes = sizes
+        self.expertOfRow = expertOfRow
+    }
+
+    /// The first row of each expert (exclusive scan of `sizes`).
+    public var offsets: [Int] {
+        var at = 0
+        return sizes.map { n in defer { at += n }; return at }
+    }
+}
+
+/// The experts of an MoE layer, computing over expert-contiguous rows `[S, d] -> [S, d]`.
+public protocol Experts: Module {
+    /// The experts held here (`E`, per rank).
+    var expertCount: Int { get }
+    /// Runs expert `e` on rows `offsets[e] ..< offsets[e] + sizes[e]` of `rows`, for every `e`.
+    func callAsFunction(_ rows: Tensor, groups: ExpertGroups) -> Tensor
+}

@@ -1,0 +1,65 @@
+import NN
+import Tensors
+
+/// Noisy top-k gating (Shazeer et al. 2017; FastMoE's `NoisyGate`).
+///
+/// Training: `σ = softplus(x·w_noise) + 0.01`, `noisy = x·w_gate + ε·σ` with `ε ~ N(0, 1)`; eval:
+/// `noisy = x·w_gate`. The top `k+1` of `noisy` are taken; the scores are the softmax of the top `k`.
+/// Aux loss: `cv²(importance) + cv²(load)`, `importance_e = Σ_b gates[b, e]`,
+/// `load_e = Σ_b Φ((clean − thr) / σ)` with `thr` the (k+1)-th largest noisy value where `e` is in the
+/// top k, else the k-th. The load term is skipped in eval (σ = 0) and when `k == N` (it is constant).
+/// ```swift
+/// let gate = NoisyTopKGate(dModel: 512, expertCount: 8, topK: 2, generator: &g)
+/// ```
+public final class NoisyTopKGate: Module, Gate {
+    /// `[d, N]`: clean logits `x · wGate`. Init as FastMoE: U(−1/√N, 1/√N) (kaiming_uniform, a = √5, on `[d, N]`).
+    public let wGate: Parameter
+    /// `[d, N]`: noise scale logits `x · wNoise`, same init.
+    public let wNoise: Parameter
+    public let expertCount: Int
+    public let topK: Int
+    public var zLossWeight: Double
+    /// The source of `ε`; its state (seed, offset) is what a checkpoint saves for an exact resume.
+    public var generator: RandomGenerator
+
+    public init(dModel: Int, expertCount: Int, topK: Int = 2, zLossWeight: Double = 0,
+                dtype: DType = .float32, device: Device = .cpu, generator: inout RandomGenerator) {
+        precondition(topK >= 1 && topK <= expertCount, "NoisyTopKGate: topK \(topK) must be in 1...\(expertCount)")
+        let bound = 1 / Double(expertCount).squareRoot()
+        wGate = Parameter(Tensor.randomUniform([dModel, expertCount], low: -bound, high: bound, dtype: dtype, device: device, generator: &generator))
+        wNoise = Parameter(Tensor.randomUniform([dModel, expertCount], low: -bound, high: bound, dtype: dtype, device: device, generator: &generator))
+        self.expertCount = expertCount
+        self.topK = topK
+        self.zLossWeight = zLossWeight
+        self.generator = GateMath.childGenerator(&generator)
+    }
+
+    public func route(_ x: Tensor) -> GateOutput {
+        let k = topK, n = expertCount, b = x.shape[0]
+        let clean = x.matmul(wGate.value.cast(to: x.dtype))
+        var noisy = clean
+        var sigma: Tensor?
+        if isTraining {
+            let s = GateMath.softplus(x.matmul(wNoise.value.cast(to: x.dtype))) + 0.01
+            let epsilon = Tensor.randomNormal([b, n], dtype: x.dtype, device: x.device, generator: &generator)
+            noisy = clean + epsilon * s
+            sigma = s
+        }
+        let m = min(k + 1, n)
+        let (top, topIndex) = noisy.topK(m)
+        let (values, expert) = m > k ? (top.split([k, 1], axis: -1)[0], topIndex.split([k, 1], axis: -1)[0]) : (top, topIndex)
+        let score = values.softmax()
+        let importance = score.scattered(lastAxis: expert, width: n).sumRows()
+        var aux = GateMath.cvSquared(importance)
+        if let sigma, k < n {
+            let thresholdIn = GateMath.column(top, k)        // the (k+1)-th largest: the bar an expert in the top k must stay above
+            let thresholdOut = GateMath.column(top, k - 1)   // the k-th largest: the bar an expert outside must pass
+            let isIn = withoutGradient { Tensor.ones([b, k], dtype: x.dtype, device: x.device).scattered(lastAxis: expert, width: n) }
+            let probIn = GateMath.normalCDF((clean - thresholdIn) / sigma)
+            let probOut = GateMath.normalCDF((clean - thresholdOut) / sigma)
+            let load = (isIn * probIn + (1 - isIn) * probOut).sumRows()
+            aux = aux + GateMath.cvSquared(load)
+        }
+        return GateOutput(expert: expert, score: score, auxLoss: aux, zLoss: RouterZLoss.weighted(clean, zLossWeight))
+    }
+}

@@ -1,0 +1,106 @@
+// The MoE primitives on the CPU: the routing plan as two counting sorts (the reference for the
+// CUDA kernels, which follow the same histogram / scan / stable-placement steps), and grouped GEMMs
+// as one CPU GEMM per expert over its block of rows (pointer offsets, never a loop over tokens).
+
+extension CPUBackend {
+    public func routingPlan(expert: Tensor, slotMask: Tensor?, expertCount n: Int, capacity: Int?, priority: RoutingPriority,
+                            kept: Tensor, counts: Tensor, slotPosition: Tensor, sortedSlot: Tensor,
+                            sortedToken: Tensor, sortedExpert: Tensor) {
+        let slots = expert.count, k = expert.lastDimension, tokens = expert.rowCount
+        let src = expert.host(Int32.self), keptOut = kept.host(Int32.self)
+        let before = counts.host(Int32.self), after = counts.host(Int32.self) + n
+
+        // The expert of each slot after the mask: negative mask = routed nowhere.
+        var routed = [Int32](repeating: -1, count: slots)
+        for s in 0..<slots {
+            let e = Int(src[s])
+            precondition(e >= -1 && e < n, "routingPlan: expert index \(e) outside [-1, \(n))")
+            var drop = e < 0
+            if let mask = slotMask, !drop {
+                switch mask.dtype {
+                case .float32: drop = mask.host(Float.self)[s] < 0
+                case .float64: drop = mask.host(Double.self)[s] < 0
+                default: preconditionFailure("routingPlan: slotMask must be float32 or float64, got \(mask.dtype)")
+                }
+            }
+            routed[s] = drop ? -1 : Int32(e)
+        }
+
+        // Step 1: histogram before drops.
+        for g in 0..<n { before[g] = 0 }
+        for s in 0..<slots where routed[s] >= 0 { before[Int(routed[s])] += 1 }
+
+        // Step 2: capacity, visiting slots in priority order and counting seats per expert.
+        if let capacity {
+            var seats = [Int](repeating: 0, count: n)
+            for rank in 0..<slots {
+                let s = priority == .tokenMajor ? rank : (rank % tokens) * k + rank / tokens
+                let e = Int(routed[s])
+                if e < 0 { keptOut[s] = -1; continue }
+                keptOut[s] = seats[e] < capacity ? Int32(e) : -1
+                seats[e] += 1
+            }
+        } else {
+            for s in 0..<slots { keptOut[s] = routed[s] }
+        }
+
+        // Step 3: histogram of kept slots, exclusive scan, stable placement in slot order.
+        for g in 0..<n { after[g] = 0 }
+        for s in 0..<slots where keptOut[s] >= 0 { after[Int(keptOut[s])] += 1 }
+        var next = [Int](repeating: 0, count: n)
+        var total = 0
+        for g in 0..<n { next[g] = total; total += Int(after[g]) }
+        let position = slotPosition.host(Int32.self), slot = sortedSlot.host(Int32.self)
+        let token = sortedToken.host(Int32.self), expertOfRow = sortedExpert.host(Int32.self)
+        for p in total..<slots { slot[p] = -1; token[p] = -1; expertOfRow[p] = -1 }
+        for s in 0..<slots {
+            let e = Int(keptOut[s])
+            if e < 0 { position[s] = -1; continue }
+            let p = next[e]
+            next[e] += 1
+            position[s] = Int32(p)
+            slot[p] = Int32(s)
+            token[p] = Int32(s / k)
+            expertOfRow[p] = Int32(e)
+        }
+    }
+
+    public func groupedMatmul(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool, _ out: Tensor) {
+        let outCols = transposeWeight ? weight.shape[1] : weight.shape[2]
+        let inner = transposeWeight ? weight.shape[2] : weight.shape[1]
+        let matrix = weight.shape[1] * weight.shape[2]
+        func run<T: CPUGEMMScalar>(_: T.Type) {
+            let a = x.host(T.self), w = weight.host(T.self), c = out.host(T.self)
+            var row = 0
+            for (e, rows) in groupSizes.enumerated() {
+                defer { row += rows }
+                if rows == 0 { continue }
+                CPUGEMM.product(transA: false, transB: transposeWeight, m: rows, n: outCols, k: inner, alpha: 1,
+                                a: a + row * inner, lda: inner, b: w + e * matrix, ldb: transposeWeight ? inner : outCols,
+                                beta: 0, c: c + row * outCols, ldc: outCols, blas: CPUGEMM.currentBLAS, threads: CPUGEMM.threadCount)
+            }
+        }
+        dispatchFloat(x.dtype, "groupedMatmul") { run(Float.self) } double: { run(Double.self) }
+    }
+
+    public func groupedMatmulWeightGradient(_ gy: Tensor, _ x: Tensor, groupSizes: [Int], _ out: Tensor) {
+        let outRows = out.shape[1], inCols = out.shape[2], matrix = outRows * inCols
+        func run<T: CPUGEMMScalar>(_: T.Type) {
+            let g = gy.host(T.self), a = x.host(T.self), c = out.host(T.self)
+            var row = 0
+            for (e, rows) in groupSizes.enumerated() {
+                defer { row += rows }
+                // k == 0 makes the product write beta·C = 0: an expert with no rows gets a zero gradient.
+                CPUGEMM.product(transA: true, transB: false, m: outRows, n: inCols, k: rows, alpha: 1,
+                                a: g + row * outRows, lda: outRows, b: a + row * inCols, ldb: inCols,
+                                beta: 0, c: c + e * matrix, ldc: inCols, blas: CPUGEMM.currentBLAS, threads: CPUGEMM.threadCount)
+            }
+        }
+        dispatchFloat(gy.dtype, "groupedMatmulWeightGradient") { run(Float.self) } double: { run(Double.self) }
+    }
+}
+
+extension CPUGEMM {
+    /// The BLAS library calls should use now (nil when forced onto the fallback or none is installed).
+    static var currentBLAS: BLASLibrary? { forceFallback ? nil : BLASLibrary.shared }
+}

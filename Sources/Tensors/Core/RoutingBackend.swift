@@ -1,0 +1,56 @@
+/// Which routed slots win an expert's capacity when more slots want it than it holds.
+///
+/// A slot is the flat index `s = b*k + j` of token `b`'s `j`-th choice in an `[T, k]` routing table.
+public enum RoutingPriority: Sendable, Equatable {
+    /// Slots ranked by `s` itself: token order, a token's choices together (Switch, k = 1).
+    case tokenMajor
+    /// Every first choice before every second choice, and so on; token order within a choice:
+    /// rank `j*T + b` (GShard's rule, so a later token's first choice beats an earlier token's second).
+    case choiceMajor
+}
+
+/// The primitives of the MoE path: the routing plan (a counting sort of slots by expert) and the
+/// grouped GEMMs of the batched experts. Every `Backend` implements them (`Backend` refines this
+/// protocol); the op layer (`Ops/Routing.swift`) allocates the outputs, as for every primitive.
+///
+/// The CPU implementation (`CPU/CPURouting.swift`) is the reference for these semantics.
+public protocol RoutingPrimitives: AnyObject {
+    /// The routing plan: which slots an expert keeps, and a stable expert-ordered layout of them.
+    ///
+    /// Inputs: `expert` `[T, k]` int32, each value in `[0, N)` or `-1` (routed nowhere);
+    /// `slotMask`, when given, `[T, k]` float32 (or float64 on the CPU): a slot whose mask is `< 0`
+    /// is treated as `-1` before anything is counted (GShard's random routing);
+    /// `capacity` `C` (nil = unlimited); `priority` as in `RoutingPriority`. Let `e(s)` be slot `s`'s
+    /// expert after the mask, `rank(s)` its priority rank (`s`, or `j*T + b`). Outputs, all int32:
+    /// - `counts` `[2, N]`: row 0 `countsBeforeDrop[g] = #{s : e(s) == g}`; row 1
+    ///   `counts[g] = #{s : kept[s] == g} = min(countsBeforeDrop[g], C)`. One tensor so the host
+    ///   reads both with one download.
+    /// - `kept` `[T, k]`: `e(s)` if `#{s' : e(s') == e(s), rank(s') < rank(s)} < C`, else `-1`.
+    /// - `slotPosition` `[T*k]`: for a kept slot, `offset[kept[s]] + #{s' < s : kept[s'] == kept[s]}`
+    ///   with `offset = exclusive_scan(counts)`; `-1` for a slot not kept. Within an expert the
+    ///   order is `s` order (stable), whatever the priority: results are bit-reproducible.
+    /// - `sortedSlot` `[T*k]`: the inverse, `sortedSlot[slotPosition[s]] = s`; positions
+    ///   `>= Σ counts` hold `-1`.
+    /// - `sortedToken` `[T*k]`: `sortedSlot[p] / k`, or `-1` where `sortedSlot[p] == -1`.
+    /// - `sortedExpert` `[T*k]`: `kept[sortedSlot[p]]`, or `-1` (the expert of each dispatched row).
+    ///
+    /// No general sort is needed (kernel plan): (1) a histogram of `e(s)` gives row 0 of `counts`;
+    /// (2) with a capacity, a stable counting sort of the slots in priority order (histogram, exclusive
+    /// scan, stable placement) gives each slot's index within its expert, kept when `< C`; (3) a
+    /// histogram of `kept`, an exclusive scan, and a stable placement in `s` order give
+    /// `slotPosition`, and scattering `s`, `s / k` and the expert to that position gives the rest.
+    func routingPlan(expert: Tensor, slotMask: Tensor?, expertCount: Int, capacity: Int?, priority: RoutingPriority,
+                     kept: Tensor, counts: Tensor, slotPosition: Tensor, sortedSlot: Tensor,
+                     sortedToken: Tensor, sortedExpert: Tensor)
+
+    /// Grouped GEMM over expert-contiguous rows: `x` `[S, a]` holds `groupSizes[e]` rows for expert
+    /// `e` in order (`Σ groupSizes == S`, `groupSizes.count == E`); `weight` `[E, out, in]`.
+    /// `out_e = x_e · W_eᵀ` (`a = in`, `out` `[S, out]`: the forward) when `transposeWeight`, else
+    /// `out_e = x_e · W_e` (`a = out`, `out` `[S, in]`: the data gradient `gx_e = gy_e W_e`).
+    /// Every row of `out` is written. Same float dtype throughout.
+    func groupedMatmul(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool, _ out: Tensor)
+
+    /// The weight gradient of a grouped GEMM: `out_e = gy_eᵀ · x_e` (`[out, in]` for each expert),
+    /// `gy` `[S, out]`, `x` `[S, in]`, `out` `[E, out, in]` overwritten; an expert with no rows gets zeros.
+    func groupedMatmulWeightGradient(_ gy: Tensor, _ x: Tensor, groupSizes: [Int], _ out: Tensor)
+}

@@ -1,0 +1,113 @@
+import Testing
+@testable import Tensors
+
+/// The routing plan by its definition (RoutingPrimitives.routingPlan), slot by slot, quadratic.
+private func referencePlan(_ expert: [Int32], tokens t: Int, k: Int, n: Int, capacity: Int?, priority: RoutingPriority, mask: [Double]?)
+    -> (kept: [Int32], before: [Int32], after: [Int32], position: [Int32], slot: [Int32], token: [Int32], sortedExpert: [Int32]) {
+    let slots = t * k
+    let routed = (0..<slots).map { s -> Int32 in (mask.map { $0[s] < 0 } ?? false) ? -1 : expert[s] }
+    func rank(_ s: Int) -> Int { priority == .tokenMajor ? s : (s % k) * t + s / k }
+    var kept = routed
+    if let c = capacity {
+        for s in 0..<slots where routed[s] >= 0 {
+            let ahead = (0..<slots).filter { routed[$0] == routed[s] && rank($0) < rank(s) }.count
+            if ahead >= c { kept[s] = -1 }
+        }
+    }
+    let before = (0..<n).map { g in Int32(routed.filter { $0 == g }.count) }
+    let after = (0..<n).map { g in Int32(kept.filter { $0 == g }.count) }
+    var position = [Int32](repeating: -1, count: slots)
+    var slot = [Int32](repeating: -1, count: slots), token = slot, sortedExpert = slot
+    for s in 0..<slots where kept[s] >= 0 {
+        let e = Int(kept[s])
+        let p = after[0..<e].reduce(0) { $0 + Int($1) } + (0..<s).filter { kept[$0] == kept[s] }.count
+        position[s] = Int32(p)
+        slot[p] = Int32(s)
+        token[p] = Int32(s / k)
+        sortedExpert[p] = Int32(e)
+    }
+    return (kept, before, after, position, slot, token, sortedExpert)
+}
+
+@Suite("MoE routing primitives")
+struct RoutingTests {
+    @Test(arguments: [(5, 1, 3), (7, 2, 4), (6, 3, 5), (1, 2, 2), (9, 2, 6)])
+    func routingPlanMatchesItsDefinition(_ shape: (Int, Int, Int)) {
+        let (t, k, n) = shape
+        var g = RandomGenerator(seed: UInt64(t * 100 + k * 10 + n))
+        // Values in [-1, n - 2]: a -1 in most tables, and expert n-1 always empty.
+        let expert = (0..<(t * k)).map { _ in Int32(Double(g.nextUniform()) * Double(n)) - 1 }
+        let mask = (0..<(t * k)).map { _ in Double(g.nextUniform()) - 0.3 }
+        for capacity in [nil, 0, 1, 2] as [Int?] {
+            for priority in [RoutingPriority.tokenMajor, .choiceMajor] {
+                for useMask in [false, true] {
+                    let m = useMask ? Tensor(mask.map(Float.init), shape: [t, k]) : nil
+                    let plan = routingPlan(Tensor(expert, shape: [t, k]), expertCount: n, capacity: capacity, priority: priority, slotMask: m)
+                    let r = referencePlan(expert, tokens: t, k: k, n: n, capacity: capacity, priority: priority, mask: useMask ? mask : nil)
+                    let label = "T=\(t) k=\(k) N=\(n) C=\(String(describing: capacity)) \(priority) mask=\(useMask)"
+                    #expect(plan.kept.int32s() == r.kept, "\(label): kept")
+                    #expect(plan.kept.shape == [t, k])
+                    #expect(plan.countsBeforeDrop.int32s() == r.before, "\(label): counts before drop")
+                    #expect(plan.keptCounts.int32s() == r.after, "\(label): counts")
+                    #expect(plan.slotPosition.int32s() == r.position, "\(label): slotPosition")
+                    #expect(plan.sortedSlot.int32s() == r.slot, "\(label): sortedSlot")
+                    #expect(plan.sortedToken.int32s() == r.token, "\(label): sortedToken")
+                    #expect(plan.sortedExpert.int32s() == r.sortedExpert, "\(label): sortedExpert")
+                }
+            }
+        }
+    }
+
+    @Test func choiceMajorPriorityGivesFirstChoicesTheSeats() {
+        // Token 0 picks (0, 1), token 1 picks (1, 0); one seat each. Token-major: token 0 takes both
+        // seats. Choice-major: both first choices win.
+        let expert = Tensor([0, 1, 1, 0] as [Int32], shape: [2, 2])
+        #expect(routingPlan(expert, expertCount: 2, capacity: 1, priority: .tokenMajor).kept.int32s() == [0, 1, -1, -1])
+        #expect(routingPlan(expert, expertCount: 2, capacity: 1, priority: .choiceMajor).kept.int32s() == [0, -1, 1, -1])
+    }
+
+    /// y_e = x_e W_eᵀ by a triple loop in Double.
+    @Test func groupedLinearMatchesPerExpertLoops() {
+        let sizes = [3, 0, 4, 1], e = 4, inW = 5, outW = 3, s = 8
+        let x = randn([s, inW], seed: 1), w = randn([e, outW, inW], seed: 2), b = randn([e, outW], seed: 3)
+        let expertOfRow = Tensor(sizes.enumerated().flatMap { Array(repeating: Int32($0.offset), count: $0.element) })
+        let y = groupedLinear(x, weight: w, bias: b, groupSizes: sizes, expertOfRow: expertOfRow).doubles()
+        let xv = x.doubles(), wv = w.doubles(), bv = b.doubles()
+        var row = 0
+        for (ex, n) in sizes.enumerated() {
+            for r in row..<(row + n) {
+                for o in 0..<outW {
+                    var acc = bv[ex * outW + o]
+                    for i in 0..<inW { acc += xv[r * inW + i] * wv[(ex * outW + o) * inW + i] }
+                    #expect(Swift.abs(y[r * outW + o] - acc) < 1e-12)
+                }
+            }
+            row += n
+        }
+    }
+
+    @Test func groupedLinearGradientsMatchFiniteDifferences() {
+        let sizes = [2, 0, 3], expertOfRow = Tensor([0, 0, 2, 2, 2] as [Int32])
+        let error = gradientCheckError([randn([5, 4], seed: 4), randn([3, 2, 4], seed: 5), randn([3, 2], seed: 6)]) {
+            groupedLinear($0[0], weight: $0[1], bias: $0[2], groupSizes: sizes, expertOfRow: expertOfRow)
+        }
+        #expect(error < 1e-6)
+    }
+
+    @Test func anExpertWithNoRowsGetsAZeroWeightGradient() {
+        let w = randn([3, 2, 4], seed: 7).requiringGradient()
+        // The gradient buffer starts uninitialised: the empty expert's slice must be written as zeros.
+        groupedLinear(randn([5, 4], seed: 8), weight: w, groupSizes: [2, 0, 3]).sum().backward()
+        let g = w.grad!.doubles()
+        #expect(g[8..<16].allSatisfy { $0 == 0 })
+        #expect(g[0..<8].contains { $0 != 0 } && g[16..<24].contains { $0 != 0 })
+    }
+
+    @Test func scatteredIsTheTransposeOfGather() {
+        let indices = Tensor([2, 0, -1, 1, 1, 3] as [Int32], shape: [2, 3])
+        let dense = Tensor([1, 2, 3, 4, 5, 6] as [Double], shape: [2, 3]).scattered(lastAxis: indices, width: 4)
+        #expect(dense.doubles() == [2, 0, 1, 0, 0, 9, 0, 6])
+        let error = gradientCheckError([randn([2, 3], seed: 9)]) { $0[0].scattered(lastAxis: indices, width: 4) }
+        #expect(error < 1e-6)
+    }
+}
