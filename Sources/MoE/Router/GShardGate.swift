@@ -55,7 +55,7 @@ public final class GShardGate: Module, Gate {
             mask = withoutGradient { () -> Tensor in
                 let u = Tensor.randomUniform([b, 1], dtype: score.dtype, device: x.device, generator: &generator)
                 let keepSecond = GateMath.column(score, 1) * 2 - u
-                return Tensor.concat([Tensor.ones([b, 1], dtype: score.dtype, device: x.device), keepSecond], axis: -1).cast(to: .float32)
+                return Tensor.concat([Tensor.ones([b, 1], dtype: score.dtype, device: x.device), keepSecond], axis: -1)
             }
         }
         let plan = routingPlan(expert, expertCount: n, capacity: capacity(tokens: b), priority: .choiceMajor, slotMask: mask)
