@@ -9,7 +9,7 @@ import Darwin
 public final class CPUBackend: Backend {
     public static let shared = CPUBackend()
     /// Worker threads for large ops: the number of online cores.
-    static let threadCount = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    public static let threadCount = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
 
     public let device = Device.cpu
     public var memoryStatistics: MemoryStatistics { HostAllocator.shared.statistics }
