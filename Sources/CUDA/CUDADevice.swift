@@ -52,7 +52,7 @@ public final class CUDADevice: @unchecked Sendable {
     public let context: OpaquePointer
     /// The stream every op of this device is enqueued on unless the caller picks another.
     /// It is non-blocking: it does not synchronize with the legacy NULL stream.
-    public private(set) var stream: CUDAStream!
+    public let stream: CUDAStream
     /// The caching allocator for this device's memory (stream-ordered for ``stream``).
     public private(set) var allocator: CachingAllocator!
 
@@ -93,7 +93,7 @@ public final class CUDADevice: @unchecked Sendable {
         }
         context = primary
 
-        stream = try CUDAStream(device: self)
+        stream = try CUDAStream(driver: driver, context: primary, deviceIndex: index)
         allocator = CachingAllocator(backend: DriverMemoryBackend(device: self), deviceIndex: index)
     }
 
