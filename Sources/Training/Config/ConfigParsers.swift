@@ -6,9 +6,10 @@ extension ConfigFile {
     public static func parseTOML(_ text: String, path: String) throws -> ConfigFile {
         var config = ConfigFile(path: path, values: [:])
         var section = ""
-        for (index, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        // Split the bytes, not the Characters: "\r\n" is one Character and would not split on "\n".
+        for (index, rawLine) in text.utf8.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).enumerated() {
             let lineNumber = index + 1
-            var line = TOMLLine(text: Array(rawLine.utf8), path: path, number: lineNumber)
+            var line = TOMLLine(text: Array(rawLine), path: path, number: lineNumber)
             line.skipSpaces()
             guard let first = line.current, first != UInt8(ascii: "#") else { continue }
             if first == UInt8(ascii: "[") {
