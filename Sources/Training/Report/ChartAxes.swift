@@ -29,9 +29,21 @@ struct ChartAxis {
             let pad = (log10(high) - log10(low)) * 0.04
             low = pow(10, log10(low) - pad)
             high = pow(10, log10(high) + pad)
+            let grid = ChartAxis.logTicks(low, high, target: targetTicks)
+            var ticks = grid.ticks
+            // Reach out to the next grid value beyond each end when it is close, so both ends are labelled.
+            let span = log(high) - log(low)
+            if let below = grid.grid.last(where: { $0 < low }), log(low) - log(below) < 0.2 * span {
+                low = below
+                ticks.insert(below, at: 0)
+            }
+            if let above = grid.grid.first(where: { $0 > high }), log(above) - log(high) < 0.2 * span {
+                high = above
+                ticks.append(above)
+            }
             self.lower = low
             self.upper = high
-            self.ticks = ChartAxis.logTicks(low, high, target: targetTicks)
+            self.ticks = ticks
         } else {
             if includeZero {
                 low = min(low, 0)
@@ -71,21 +83,21 @@ struct ChartAxis {
     }
 
     /// Ticks for a log axis over `[low, high]`: mantissa sets from sparse to dense, the first giving at
-    /// least 4 ticks; a range too narrow for that gets evenly spaced nice ticks.
-    static func logTicks(_ low: Double, _ high: Double, target: Int) -> [Double] {
+    /// least 4 ticks; a range too narrow for that gets evenly spaced nice ticks. `grid` is the same
+    /// pattern continued a step beyond both ends, for extending the axis to a labelled value.
+    static func logTicks(_ low: Double, _ high: Double, target: Int) -> (ticks: [Double], grid: [Double]) {
         let mantissaSets: [[Double]] = [[1], [1, 3], [1, 2, 5], [1, 2, 3, 5], [1, 1.5, 2, 3, 4, 5, 7],
                                         [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9]]
         let firstDecade = Int(log10(low).rounded(.down)), lastDecade = Int(log10(high).rounded(.up))
-        var candidate: [Double] = []
+        var fallback: [Double] = []
         for mantissas in mantissaSets {
-            candidate = []
-            for decade in firstDecade...lastDecade {
-                for m in mantissas {
-                    let v = m * pow(10, Double(decade))
-                    if v >= low && v <= high { candidate.append(v) }
-                }
+            var grid: [Double] = []
+            for decade in (firstDecade - 1)...(lastDecade + 1) {
+                for m in mantissas { grid.append(m * pow(10, Double(decade))) }
             }
-            if candidate.count >= 4 { return candidate }
+            let ticks = grid.filter { $0 >= low && $0 <= high }
+            if ticks.count >= 4 { return (ticks, grid) }
+            fallback = ticks
         }
         // Less than a fraction of a decade: evenly spaced nice values read better than sparse mantissas.
         let step = niceStep((high - low) / Double(target - 1))
@@ -95,7 +107,8 @@ struct ChartAxis {
             ticks.append(v)
             v += step
         }
-        return ticks.count >= 2 ? ticks : candidate
+        guard ticks.count >= 2 else { return (fallback, fallback) }
+        return (ticks, [ticks[0] - step] + ticks + [ticks[ticks.count - 1] + step])
     }
 }
 
@@ -115,7 +128,7 @@ func formatNumber(_ value: Double, significant: Int = 3) -> String {
         }
         return formatDecimal(mantissa, decimals: significant - 1) + "e" + String(exponent)
     }
-    let digitsBeforePoint = max(1, Int(log10(magnitude).rounded(.down)) + 1)
+    let digitsBeforePoint = Int(log10(magnitude).rounded(.down)) + 1  // 0 or negative below 1: 0.0123 → -1
     return formatDecimal(value, decimals: max(0, significant - digitsBeforePoint))
 }
 

@@ -39,7 +39,7 @@ struct ExpertHeatmap {
 
         let rowHeight = max(4, min(22, 260 / Double(experts)))
         let labelEvery = max(1, Int((12 / rowHeight).rounded(.up)))
-        let left = 58.0, right = 96.0, topMargin = 8.0, bottom = 46.0
+        let left = 58.0, right = 132.0, topMargin = 8.0, bottom = 46.0
         let plotWidth = width - left - right, plotHeight = rowHeight * Double(experts)
         let height = topMargin + plotHeight + bottom
         let cellWidth = plotWidth / Double(columns.count)
@@ -97,7 +97,7 @@ struct ExpertHeatmap {
         let barX = left + plotWidth + 22, barWidth = 14.0
         let barTop = topMargin, barHeight = max(plotHeight, 80)
         out += "<rect x=\"\(svgNumber(barX))\" y=\"\(svgNumber(barTop))\" width=\"\(svgNumber(barWidth))\" "
-            + "height=\"\(svgNumber(barHeight))\" fill=\"url(#scale-\(id))\" class=\"frame\"/>\n"
+            + "height=\"\(svgNumber(barHeight))\" fill=\"url(#scale-\(id))\" stroke=\"#777\"/>\n"
         for (value, label) in [(0.0, "0%"), (uniform, formatNumber(uniform * 100) + "% (1/E)"),
                                (top, formatNumber(top * 100) + "%")] {
             let y = barTop + (1 - value / top) * barHeight
