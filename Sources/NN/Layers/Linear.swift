@@ -5,7 +5,7 @@ import Tensors
 ///
 /// Default init is PyTorch's: `W, b ~ U(-1/√in, 1/√in)`. GPT-style models re-initialise with
 /// `Linear(…, initStd: 0.02)` (normal weights, zero bias).
-public final class Linear: Module, Layer {
+public final class Linear: Module, Layer, @unchecked Sendable {
     public let weight: Parameter
     public let bias: Parameter?
     public let inFeatures: Int
