@@ -210,7 +210,7 @@ public final class CUBLAS: @unchecked Sendable {
 
     /// Rebinds the handle to another stream of the same device.
     public func setStream(_ stream: CUDAStream) {
-        precondition(stream.deviceIndex == device.index, "CUBLAS.setStream: stream of device \(stream.deviceIndex) given to the handle of device \(device.index)")
+        guarantee(stream.deviceIndex == device.index, "CUBLAS.setStream: stream of device \(stream.deviceIndex) given to the handle of device \(device.index)")
         self.stream = stream
         require(cublasSetStream(handle, stream.handle), "cublasSetStream_v2")
     }
@@ -269,7 +269,7 @@ public final class CUBLAS: @unchecked Sendable {
                 reason: "the cuBLAS at \(library.path) is version \(version.major).\(version.minor); grouped GEMM needs 12.5 or newer")
         }
         let groups = groupSizes.count
-        precondition([transA.count, transB.count, m.count, n.count, k.count, alpha.count, lda.count, ldb.count,
+        guarantee([transA.count, transB.count, m.count, n.count, k.count, alpha.count, lda.count, ldb.count,
                       beta.count, ldc.count].allSatisfy { $0 == groups },
                       "gemmGroupedBatched: every per-group array must have \(groups) entries")
         let opsA = transA.map(\.rawValue)
@@ -292,11 +292,11 @@ public final class CUBLAS: @unchecked Sendable {
                              alpha: Float = 1, a: CUdeviceptr, lda: Int, b: CUdeviceptr, ldb: Int,
                              beta: Float = 0, c: CUdeviceptr, ldc: Int, batch: Int = 1,
                              strides: GemmStrides = .zero, dtypes: GemmDataTypes = .float32) {
-        precondition(m >= 0 && n >= 0 && k >= 0 && batch >= 1,
+        guarantee(m >= 0 && n >= 0 && k >= 0 && batch >= 1,
                      "rowMajorGemm: sizes m \(m), n \(n), k \(k), batch \(batch) must be non-negative (batch ≥ 1)")
-        precondition(lda >= max(1, transA ? m : k), "rowMajorGemm: lda \(lda) is too small for A (\(transA ? "k×m" : "m×k"), m \(m), k \(k))")
-        precondition(ldb >= max(1, transB ? k : n), "rowMajorGemm: ldb \(ldb) is too small for B (\(transB ? "n×k" : "k×n"), k \(k), n \(n))")
-        precondition(ldc >= max(1, n), "rowMajorGemm: ldc \(ldc) is too small for C (m×n, n \(n))")
+        guarantee(lda >= max(1, transA ? m : k), "rowMajorGemm: lda \(lda) is too small for A (\(transA ? "k×m" : "m×k"), m \(m), k \(k))")
+        guarantee(ldb >= max(1, transB ? k : n), "rowMajorGemm: ldb \(ldb) is too small for B (\(transB ? "n×k" : "k×n"), k \(k), n \(n))")
+        guarantee(ldc >= max(1, n), "rowMajorGemm: ldc \(ldc) is too small for C (m×n, n \(n))")
         guard m > 0 && n > 0 else { return }
         let opA: BLASOperation = transA ? .transpose : .none
         let opB: BLASOperation = transB ? .transpose : .none

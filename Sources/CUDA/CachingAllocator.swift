@@ -114,7 +114,7 @@ public final class CachingAllocator: @unchecked Sendable {
 
         mutating func remove(size: Int, address: CUdeviceptr) {
             let index = lowerBound(size: size, address: address)
-            precondition(index < entries.count && entries[index].address == address,
+            guarantee(index < entries.count && entries[index].address == address,
                          "CachingAllocator: free list lost block \(address)")
             entries.remove(at: index)
         }
@@ -159,7 +159,7 @@ public final class CachingAllocator: @unchecked Sendable {
     /// - Throws: ``CUDAError/outOfMemory(device:requested:allocated:reserved:free:total:)`` when the device has
     ///   no room even after the cache was released; other backend errors as they come.
     public func allocate(byteCount: Int) throws -> DeviceAllocation {
-        precondition(byteCount >= 0, "CachingAllocator.allocate: negative byteCount \(byteCount)")
+        guarantee(byteCount >= 0, "CachingAllocator.allocate: negative byteCount \(byteCount)")
         let size = Self.roundedSize(byteCount)
         let isSmall = size < Self.smallRequestLimit
         return try lock.withLock {
@@ -207,7 +207,7 @@ public final class CachingAllocator: @unchecked Sendable {
     public func free(_ address: CUdeviceptr) {
         lock.withLock {
             guard var block = blocks[address], !block.isFree else {
-                preconditionFailure("CachingAllocator.free: 0x\(String(address, radix: 16)) on device \(deviceIndex) "
+                fatalError("CachingAllocator.free: 0x\(String(address, radix: 16)) on device \(deviceIndex) "
                     + "was not allocated by this allocator or was already freed")
             }
             stats.allocatedBytes -= block.size

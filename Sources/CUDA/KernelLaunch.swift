@@ -32,11 +32,11 @@ public func launch(
     stream: CUDAStream,
     arguments: [KernelArgument]
 ) {
-    precondition(grid.x > 0 && grid.y > 0 && grid.z > 0 && grid.x <= Int(UInt32.max) && grid.y <= 65535 && grid.z <= 65535,
+    guarantee(grid.x > 0 && grid.y > 0 && grid.z > 0 && grid.x <= Int(UInt32.max) && grid.y <= 65535 && grid.z <= 65535,
                  "launch \(function.name): grid \(grid) must be positive, with y and z at most 65535")
-    precondition(block.x > 0 && block.y > 0 && block.z > 0 && block.x * block.y * block.z <= 1024,
+    guarantee(block.x > 0 && block.y > 0 && block.z > 0 && block.x * block.y * block.z <= 1024,
                  "launch \(function.name): block \(block) must be positive with at most 1024 threads")
-    precondition(sharedMemory >= 0, "launch \(function.name): negative shared memory \(sharedMemory)")
+    guarantee(sharedMemory >= 0, "launch \(function.name): negative shared memory \(sharedMemory)")
 
     let driver = stream.driver
     let count = arguments.count

@@ -53,7 +53,7 @@ public final class CUDAStream: @unchecked Sendable {
     /// so `source` may be reused at once; from pinned memory (``PinnedHostBuffer``) it must stay unchanged
     /// until the stream reaches the copy.
     public func copyHostToDevice(_ source: UnsafeRawPointer, to destination: CUdeviceptr, byteCount: Int) {
-        precondition(byteCount >= 0, "copyHostToDevice: negative byteCount \(byteCount)")
+        guarantee(byteCount >= 0, "copyHostToDevice: negative byteCount \(byteCount)")
         guard byteCount > 0 else { return }
         makeContextCurrent()
         driver.require(driver.cuMemcpyHtoDAsync(destination, source, byteCount, handle),
@@ -63,7 +63,7 @@ public final class CUDAStream: @unchecked Sendable {
     /// Enqueues a device-to-host copy. Into pageable memory the driver returns only when the copy is done;
     /// into pinned memory it returns at once, and the data is there after ``synchronize()``.
     public func copyDeviceToHost(_ source: CUdeviceptr, to destination: UnsafeMutableRawPointer, byteCount: Int) {
-        precondition(byteCount >= 0, "copyDeviceToHost: negative byteCount \(byteCount)")
+        guarantee(byteCount >= 0, "copyDeviceToHost: negative byteCount \(byteCount)")
         guard byteCount > 0 else { return }
         makeContextCurrent()
         driver.require(driver.cuMemcpyDtoHAsync(destination, source, byteCount, handle),
@@ -72,7 +72,7 @@ public final class CUDAStream: @unchecked Sendable {
 
     /// Enqueues a device-to-device copy.
     public func copyDeviceToDevice(_ source: CUdeviceptr, to destination: CUdeviceptr, byteCount: Int) {
-        precondition(byteCount >= 0, "copyDeviceToDevice: negative byteCount \(byteCount)")
+        guarantee(byteCount >= 0, "copyDeviceToDevice: negative byteCount \(byteCount)")
         guard byteCount > 0 else { return }
         makeContextCurrent()
         driver.require(driver.cuMemcpyDtoDAsync(destination, source, byteCount, handle),
@@ -81,7 +81,7 @@ public final class CUDAStream: @unchecked Sendable {
 
     /// Enqueues setting `count` bytes at `destination` to `value`.
     public func memsetD8(_ destination: CUdeviceptr, value: UInt8, count: Int) {
-        precondition(count >= 0, "memsetD8: negative count \(count)")
+        guarantee(count >= 0, "memsetD8: negative count \(count)")
         guard count > 0 else { return }
         makeContextCurrent()
         driver.require(driver.cuMemsetD8Async(destination, value, count, handle), "cuMemsetD8Async(\(count) bytes)")
@@ -90,8 +90,8 @@ public final class CUDAStream: @unchecked Sendable {
     /// Enqueues setting `count` 32-bit words at `destination` (4-byte aligned) to `value`;
     /// `0x7FC0_0000` writes float32 NaNs, `0` writes zeros of any 32-bit type.
     public func memsetD32(_ destination: CUdeviceptr, value: UInt32, count: Int) {
-        precondition(count >= 0, "memsetD32: negative count \(count)")
-        precondition(destination % 4 == 0, "memsetD32: address \(destination) is not 4-byte aligned")
+        guarantee(count >= 0, "memsetD32: negative count \(count)")
+        guarantee(destination % 4 == 0, "memsetD32: address \(destination) is not 4-byte aligned")
         guard count > 0 else { return }
         makeContextCurrent()
         driver.require(driver.cuMemsetD32Async(destination, value, count, handle), "cuMemsetD32Async(\(count) words)")
@@ -109,7 +109,7 @@ public final class CUDAStream: @unchecked Sendable {
     public func download<Element: BitwiseCopyable>(
         _ source: CUdeviceptr, count: Int, as type: Element.Type = Element.self
     ) -> [Element] {
-        precondition(count >= 0, "download: negative count \(count)")
+        guarantee(count >= 0, "download: negative count \(count)")
         let result = [Element](unsafeUninitializedCapacity: count) { buffer, initialized in
             if count > 0 {
                 copyDeviceToHost(source, to: UnsafeMutableRawPointer(buffer.baseAddress!),
@@ -167,7 +167,7 @@ public final class CUDAEvent: @unchecked Sendable {
     /// Milliseconds of GPU time from `start` to this event (both recorded with timing on).
     /// Waits for this event first.
     public func elapsedMilliseconds(since start: CUDAEvent) -> Float {
-        precondition(timing && start.timing, "elapsedMilliseconds: both events must be created with timing: true")
+        guarantee(timing && start.timing, "elapsedMilliseconds: both events must be created with timing: true")
         synchronize()
         var milliseconds: Float = 0
         driver.require(driver.cuEventElapsedTime(&milliseconds, start.handle, handle), "cuEventElapsedTime")
@@ -186,7 +186,7 @@ public final class PinnedHostBuffer: @unchecked Sendable {
 
     /// Allocates `byteCount` bytes of pinned memory in `device`'s context.
     public init(device: CUDADevice, byteCount: Int) throws {
-        precondition(byteCount > 0, "PinnedHostBuffer: byteCount must be positive, got \(byteCount)")
+        guarantee(byteCount > 0, "PinnedHostBuffer: byteCount must be positive, got \(byteCount)")
         driver = device.driver
         context = device.context
         self.byteCount = byteCount
@@ -206,7 +206,7 @@ public final class PinnedHostBuffer: @unchecked Sendable {
     public func withUnsafeMutableBufferPointer<Element, Result>(
         as type: Element.Type, count: Int, _ body: (UnsafeMutableBufferPointer<Element>) throws -> Result
     ) rethrows -> Result {
-        precondition(count >= 0 && count * MemoryLayout<Element>.stride <= byteCount,
+        guarantee(count >= 0 && count * MemoryLayout<Element>.stride <= byteCount,
                      "PinnedHostBuffer: \(count) x \(Element.self) does not fit in \(byteCount) bytes")
         let typed = baseAddress.bindMemory(to: Element.self, capacity: count)
         return try body(UnsafeMutableBufferPointer(start: typed, count: count))

@@ -14,7 +14,7 @@ enum DeviceChoice {
         return d
     }
 
-    static var cudaAvailable: Bool { false }
+    static var cudaAvailable: Bool { Device.cudaAvailable }
 
     static func describe(_ d: Device) -> String {
         switch d {

@@ -31,7 +31,7 @@ public final class CausalSelfAttention: Module, Layer, @unchecked Sendable {
     public init(_ dimension: Int, heads: Int, dropout p: Double = 0, initStd: Double? = nil,
                 projectionInitStd: Double? = nil, device: Device = .cpu, dtype: DType = .float32,
                 generator: inout RandomGenerator) {
-        precondition(heads >= 1 && dimension % heads == 0,
+        guarantee(heads >= 1 && dimension % heads == 0,
                      "CausalSelfAttention: \(heads) heads do not divide the model width \(dimension)")
         self.heads = heads
         self.dimension = dimension
@@ -45,7 +45,7 @@ public final class CausalSelfAttention: Module, Layer, @unchecked Sendable {
     public var headDimension: Int { dimension / heads }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        precondition(x.rank == 3 && x.shape[2] == dimension,
+        guarantee(x.rank == 3 && x.shape[2] == dimension,
                      "CausalSelfAttention(\(dimension)): input must be [B, T, \(dimension)], got \(x.shape)")
         let (b, t) = (x.shape[0], x.shape[1])
         let parts = qkv(x).split([dimension, dimension, dimension], axis: -1)

@@ -21,7 +21,7 @@ public final class Dropout: Module, Layer, @unchecked Sendable {
     /// A dropout whose generator is derived from `generator` (which advances by one draw), so
     /// every dropout of a model built from one seed has its own stream.
     public init(_ p: Double, generator: inout RandomGenerator) {
-        precondition(p >= 0 && p < 1, "Dropout: p = \(p) must be in [0, 1)")
+        guarantee(p >= 0 && p < 1, "Dropout: p = \(p) must be in [0, 1)")
         self.p = p
         let s = generator.next()
         self.generator = RandomGenerator(seed: Dropout.mix(s.seed ^ Dropout.mix(s.offset)))
@@ -29,7 +29,7 @@ public final class Dropout: Module, Layer, @unchecked Sendable {
 
     /// A dropout with an explicit generator state.
     public init(_ p: Double, state: RandomGenerator) {
-        precondition(p >= 0 && p < 1, "Dropout: p = \(p) must be in [0, 1)")
+        guarantee(p >= 0 && p < 1, "Dropout: p = \(p) must be in [0, 1)")
         self.p = p
         generator = state
     }

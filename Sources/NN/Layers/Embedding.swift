@@ -24,7 +24,7 @@ public final class Embedding: Module, Layer, @unchecked Sendable {
 
     /// Looks up `ids` (int32, any shape, values in `0..<vocabularySize`); a negative id gives a zero row.
     public func callAsFunction(_ ids: Tensor) -> Tensor {
-        precondition(ids.dtype == .int32, "Embedding(\(vocabularySize), \(dimension)): ids must be int32, got \(ids.dtype)")
+        guarantee(ids.dtype == .int32, "Embedding(\(vocabularySize), \(dimension)): ids must be int32, got \(ids.dtype)")
         return embedding(weight.value, ids)
     }
 }

@@ -20,7 +20,7 @@ public final class LayerNorm: Module, Layer, @unchecked Sendable {
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        precondition(x.lastDimension == weight.shape[0],
+        guarantee(x.lastDimension == weight.shape[0],
                      "LayerNorm(\(weight.shape[0])): input \(x.shape) has last dimension \(x.lastDimension)")
         return layerNorm(x, weight: weight.value.cast(to: x.dtype), bias: bias.value.cast(to: x.dtype), epsilon: epsilon)
     }

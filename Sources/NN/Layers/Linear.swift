@@ -28,7 +28,7 @@ public final class Linear: Module, Layer, @unchecked Sendable {
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        precondition(x.lastDimension == inFeatures, "Linear(\(inFeatures)→\(outFeatures)): input \(x.shape) has last dimension \(x.lastDimension)")
+        guarantee(x.lastDimension == inFeatures, "Linear(\(inFeatures)→\(outFeatures)): input \(x.shape) has last dimension \(x.lastDimension)")
         let w = weight.value.dtype == x.dtype ? weight.value : weight.value.cast(to: x.dtype)
         let y = x.matmul(w, transposeB: true)
         guard let b = bias?.value else { return y }

@@ -19,7 +19,7 @@ public final class RMSNorm: Module, Layer, @unchecked Sendable {
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        precondition(x.lastDimension == weight.shape[0],
+        guarantee(x.lastDimension == weight.shape[0],
                      "RMSNorm(\(weight.shape[0])): input \(x.shape) has last dimension \(x.lastDimension)")
         // [..., D] -> [...]: one inverse root per row, broadcast back over the row as a column.
         let inverseRMS = (x.squared().mean(axis: -1) + epsilon).sqrt().reciprocal()

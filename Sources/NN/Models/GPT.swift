@@ -32,7 +32,7 @@ public final class GPT: Module, @unchecked Sendable {
     /// Builds a model with GPT-2's init; stops with the validation message if `config` is invalid
     /// (call `GPT.validate(_:)` first on a configuration from outside the program).
     public init(_ config: GPTConfig, device: Device = .cpu, dtype: DType = .float32, generator: inout RandomGenerator) {
-        do { try GPT.validate(config) } catch { preconditionFailure("GPT: \(error)") }
+        do { try GPT.validate(config) } catch { fatalError("GPT: \(error)") }
         self.config = config
         let std = 0.02
         let residualStd = std / Double(2 * config.layers).squareRoot()
@@ -52,9 +52,9 @@ public final class GPT: Module, @unchecked Sendable {
 
     /// Logits `[B, T, V]` for int32 token ids `[B, T]` (`T ≤ contextLength`), on the ids' device.
     public func callAsFunction(_ ids: Tensor) -> Tensor {
-        precondition(ids.rank == 2 && ids.dtype == .int32, "GPT: ids must be int32 [B, T], got \(ids.shape) \(ids.dtype)")
+        guarantee(ids.rank == 2 && ids.dtype == .int32, "GPT: ids must be int32 [B, T], got \(ids.shape) \(ids.dtype)")
         let (b, t, d) = (ids.shape[0], ids.shape[1], config.dModel)
-        precondition(t >= 1 && t <= config.contextLength, "GPT: sequence length \(t) must be in 1...\(config.contextLength) (contextLength)")
+        guarantee(t >= 1 && t <= config.contextLength, "GPT: sequence length \(t) must be in 1...\(config.contextLength) (contextLength)")
         let tokens = wte(ids)                                                  // [B, T, D]
         let positions = wpe(Tensor.arange(t, dtype: .int32, device: ids.device))   // [T, D]
         // [T, D] broadcasts over the batch as a row of [B, T·D].
@@ -70,7 +70,7 @@ public final class GPT: Module, @unchecked Sendable {
     /// Mean next-token cross-entropy of the logits of `ids` against `targets` (both int32 `[B, T]`;
     /// a target of -100 is ignored). Computed in float32 for bfloat16 logits.
     public func loss(ids: Tensor, targets: Tensor) -> Tensor {
-        precondition(targets.shape == ids.shape, "GPT.loss: targets \(targets.shape) must match ids \(ids.shape)")
+        guarantee(targets.shape == ids.shape, "GPT.loss: targets \(targets.shape) must match ids \(ids.shape)")
         var logits = self(ids)
         if logits.dtype == .bfloat16 { logits = logits.cast(to: .float32) }
         return crossEntropy(logits.reshaped([-1, config.vocabSize]), targets: targets.reshaped([-1]))

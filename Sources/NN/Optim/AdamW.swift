@@ -52,9 +52,9 @@ public final class AdamW: Optimizer {
                 let v = state.buffers["exp_avg_sq"]![i] ?? Tensor.zeros(p.shape, dtype: type, device: p.value.device)
                 state.buffers["exp_avg"]![i] = m
                 state.buffers["exp_avg_sq"]![i] = v
-                precondition(m.device == p.value.device,
+                guarantee(m.device == p.value.device,
                              "AdamW: state of \(state.names[i]) is on \(m.device), the parameter on \(p.value.device); create the optimizer after moving the model")
-                precondition(grad.shape == p.shape, "AdamW: gradient \(grad.shape) of \(state.names[i]) does not match its shape \(p.shape)")
+                guarantee(grad.shape == p.shape, "AdamW: gradient \(grad.shape) of \(state.names[i]) does not match its shape \(p.shape)")
                 let g = grad.dtype == type ? grad : grad.cast(to: type)
                 p.value.backend.adamW(parameter: p.value, gradient: g, m: m, v: v,
                                       AdamWStep(learningRate: Float(learningRate), beta1: Float(beta1), beta2: Float(beta2),

@@ -1,3 +1,4 @@
+import Tensors
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -27,7 +28,7 @@ public struct LearningRateSchedule: Codable, Equatable, Sendable {
 
     /// - Parameter minLR: the floor; nil means 10% of `peakLR`.
     public init(peakLR: Double, minLR: Double? = nil, warmupSteps: Int, totalSteps: Int) {
-        precondition(warmupSteps >= 0 && totalSteps >= warmupSteps,
+        guarantee(warmupSteps >= 0 && totalSteps >= warmupSteps,
                      "LearningRateSchedule: need 0 ≤ warmupSteps (\(warmupSteps)) ≤ totalSteps (\(totalSteps))")
         self.peakLR = peakLR
         self.minLR = minLR ?? 0.1 * peakLR

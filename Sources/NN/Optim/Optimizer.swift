@@ -50,7 +50,7 @@ struct NamedParameterState {
     init(_ named: [(String, Parameter)], kinds: [String]) {
         var seen = Set<String>()
         for (name, _) in named {
-            precondition(seen.insert(name).inserted, "Optimizer: parameter name \(name) appears twice")
+            guarantee(seen.insert(name).inserted, "Optimizer: parameter name \(name) appears twice")
         }
         names = named.map(\.0)
         parameters = named.map(\.1)
@@ -60,7 +60,7 @@ struct NamedParameterState {
 
     /// float32 state (master precision), or float64 for float64 parameters (CPU gradient checks).
     static func stateType(of p: Parameter) -> DType {
-        precondition(p.value.dtype == .float32 || p.value.dtype == .float64,
+        guarantee(p.value.dtype == .float32 || p.value.dtype == .float64,
                      "Optimizer: parameter of \(p.value.dtype) — keep master weights in float32 and cast activations instead")
         return p.value.dtype
     }

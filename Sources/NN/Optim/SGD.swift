@@ -23,7 +23,7 @@ public final class SGD: Optimizer {
 
     public init(parameters: [(String, Parameter)], learningRate: Double, momentum: Double = 0, weightDecay: Double = 0,
                 nesterov: Bool = false) {
-        precondition(!nesterov || momentum > 0, "SGD: Nesterov momentum needs momentum > 0")
+        guarantee(!nesterov || momentum > 0, "SGD: Nesterov momentum needs momentum > 0")
         self.learningRate = learningRate
         self.momentum = momentum
         self.weightDecay = weightDecay

@@ -52,10 +52,10 @@ public final class CUDABackend: Backend, @unchecked Sendable {
                 cache[key] = m
                 return m
             } catch {
-                preconditionFailure("CUDA kernels for \(key) failed to compile: \(error)")
+                fatalError("CUDA kernels for \(key) failed to compile: \(error)")
             }
         }
-        do { return try module.function(name) } catch { preconditionFailure("\(error)") }
+        do { return try module.function(name) } catch { fatalError("\(error)") }
     }
 
     /// Grid-stride launch over `n` elements.
@@ -83,7 +83,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     public func allocate(byteCount: Int) -> Storage {
         let allocator = gpu.allocator!
         let block: DeviceAllocation
-        do { block = try allocator.allocate(byteCount: max(byteCount, 1)) } catch { preconditionFailure("\(error)") }
+        do { block = try allocator.allocate(byteCount: max(byteCount, 1)) } catch { fatalError("\(error)") }
         if CUDABackend.poisonAllocations {
             gpu.stream.memsetD32(block.address, value: 0x7FC0_0000, count: block.blockSize / 4)
         }
@@ -94,12 +94,12 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     }
 
     public func upload(_ bytes: UnsafeRawBufferPointer, to tensor: Tensor) {
-        precondition(bytes.count == tensor.byteCount, "upload: \(bytes.count) bytes for a tensor of \(tensor.byteCount)")
+        guarantee(bytes.count == tensor.byteCount, "upload: \(bytes.count) bytes for a tensor of \(tensor.byteCount)")
         if let base = bytes.baseAddress { gpu.stream.copyHostToDevice(base, to: tensor.pointer, byteCount: bytes.count) }
     }
 
     public func download(_ tensor: Tensor, into bytes: UnsafeMutableRawBufferPointer) {
-        precondition(bytes.count == tensor.byteCount, "download: \(bytes.count) bytes for a tensor of \(tensor.byteCount)")
+        guarantee(bytes.count == tensor.byteCount, "download: \(bytes.count) bytes for a tensor of \(tensor.byteCount)")
         guard let base = bytes.baseAddress else { return }
         gpu.stream.copyDeviceToHost(tensor.pointer, to: base, byteCount: bytes.count)
         gpu.stream.synchronize()
@@ -124,7 +124,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     }
 
     public func random(_ out: Tensor, _ distribution: RandomDistribution, stream: RandomStream) {
-        precondition(out.dtype.isFloatingPoint, "random: \(out.dtype) is not a floating-point type")
+        guarantee(out.dtype.isFloatingPoint, "random: \(out.dtype) is not a floating-point type")
         let (code, a, b): (Int32, Double, Double) = switch distribution {
         case .uniform(let lo, let hi): (0, lo, hi)
         case .normal(let mean, let std): (1, mean, std)
@@ -138,19 +138,19 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     // MARK: Data movement
 
     public func copy(_ x: Tensor, to out: Tensor) {
-        precondition(x.byteCount == out.byteCount, "copy: \(x.byteCount) bytes into \(out.byteCount)")
+        guarantee(x.byteCount == out.byteCount, "copy: \(x.byteCount) bytes into \(out.byteCount)")
         gpu.stream.copyDeviceToDevice(x.pointer, to: out.pointer, byteCount: x.byteCount)
     }
 
     public func cast(_ x: Tensor, to out: Tensor) {
-        precondition(x.count == out.count, "cast: \(x.count) elements into \(out.count)")
+        guarantee(x.count == out.count, "cast: \(x.count) elements into \(out.count)")
         if x.dtype == out.dtype { return copy(x, to: out) }
         launchElementwise("cast_any", nil, count: x.count,
                           [x.arg, .int32(x.dtype.code), out.arg, .int32(out.dtype.code), .int64(Int64(x.count))])
     }
 
     public func copyBlock(from x: Tensor, offset: Int, stride: Int, to out: Tensor, offset outOffset: Int, stride outStride: Int, rows: Int, cols: Int) {
-        precondition(x.dtype == out.dtype, "copyBlock: \(x.dtype) into \(out.dtype)")
+        guarantee(x.dtype == out.dtype, "copyBlock: \(x.dtype) into \(out.dtype)")
         launchElementwise("copy_block_\(x.dtype.byteSize)", nil, count: rows * cols,
                           [x.arg, .int64(Int64(offset)), .int64(Int64(stride)), out.arg, .int64(Int64(outOffset)),
                            .int64(Int64(outStride)), .int64(Int64(rows)), .int64(Int64(cols))])
@@ -247,12 +247,12 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         switch a.dtype {
         case .float32: types = .float32
         case .bfloat16: types = .bfloat16
-        default: preconditionFailure("matmul: \(a.dtype) is not supported on CUDA (float32 or bfloat16)")
+        default: fatalError("matmul: \(a.dtype) is not supported on CUDA (float32 or bfloat16)")
         }
         guard m > 0, n > 0 else { return }
         if k == 0 { return fill(out, value: 0) }
         let blas: CUBLAS
-        do { blas = try gpu.blas() } catch { preconditionFailure("\(error)") }
+        do { blas = try gpu.blas() } catch { fatalError("\(error)") }
         blas.rowMajorGemm(transA: transposeA, transB: transposeB, m: m, n: n, k: k, alpha: alpha,
                           a: a.pointer, lda: transposeA ? m : k, b: b.pointer, ldb: transposeB ? k : n,
                           beta: beta, c: out.pointer, ldc: n, batch: batch,
@@ -274,7 +274,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     }
 
     public func topK(_ x: Tensor, k: Int, values: Tensor, indices: Tensor) {
-        precondition(k <= 32, "topK(\(k)) on CUDA supports k ≤ 32")
+        guarantee(k <= 32, "topK(\(k)) on CUDA supports k ≤ 32")
         let rows = x.rowCount
         guard rows > 0 else { return }
         launch(kernel("topk_rows", x.dtype), grid: ((rows + 127) / 128, 1, 1), block: (128, 1, 1), stream: gpu.stream,
@@ -294,7 +294,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     // MARK: Optimizer
 
     public func adamW(parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, _ s: AdamWStep) {
-        precondition(parameter.dtype == .float32 && gradient.dtype == .float32, "adamW on CUDA: float32 parameters and gradients")
+        guarantee(parameter.dtype == .float32 && gradient.dtype == .float32, "adamW on CUDA: float32 parameters and gradients")
         let c1 = 1 - pow(Double(s.beta1), Double(s.step)), c2 = (1 - pow(Double(s.beta2), Double(s.step))).squareRoot()
         launchElementwise("adamw", .float32, count: parameter.count,
                           [parameter.arg, gradient.arg, m.arg, v.arg, .int64(Int64(parameter.count)), .float(s.learningRate),

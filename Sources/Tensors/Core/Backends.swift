@@ -7,7 +7,7 @@ public enum Backends {
 
     public static func backend(for device: Device) -> any Backend {
         if let b = registry.withLock({ $0[device] }) { return b }
-        guard case .cuda(let index) = device else { preconditionFailure("no backend for \(device)") }
+        guard case .cuda(let index) = device else { fatalError("no backend for \(device)") }
         return registry.withLock { table in
             if let existing = table[device] { return existing }
             do {
@@ -15,7 +15,7 @@ public enum Backends {
                 table[device] = made
                 return made
             } catch {
-                preconditionFailure("cannot use \(device): \(error). Check Device.cudaAvailable (or `fastmoe info`) before using a GPU.")
+                fatalError("cannot use \(device): \(error). Check Device.cudaAvailable (or `fastmoe info`) before using a GPU.")
             }
         }
     }

@@ -1,3 +1,4 @@
+import Tensors
 // The safetensors format (https://github.com/huggingface/safetensors), which PyTorch, JAX and MLX
 // users can open directly:
 //   [8 bytes: header length N, little-endian UInt64]
@@ -53,7 +54,7 @@ public struct SafeTensorsEntry: Sendable, Equatable {
     ///
     /// - Precondition: `values.count` is the product of `shape`.
     public init(name: String, shape: [Int], float32 values: [Float]) {
-        precondition(values.count == shape.reduce(1, *),
+        guarantee(values.count == shape.reduce(1, *),
                      "SafeTensorsEntry \(name): \(values.count) values do not fill shape \(shape)")
         var bytes = [UInt8](repeating: 0, count: values.count * 4)
         bytes.withUnsafeMutableBytes { raw in
@@ -66,7 +67,7 @@ public struct SafeTensorsEntry: Sendable, Equatable {
     ///
     /// - Precondition: `dtype == .f32`.
     public var float32Values: [Float] {
-        precondition(dtype == .f32, "SafeTensorsEntry \(name): float32Values of a \(dtype.rawValue) entry")
+        guarantee(dtype == .f32, "SafeTensorsEntry \(name): float32Values of a \(dtype.rawValue) entry")
         return bytes.withUnsafeBytes { raw in
             (0..<(raw.count / 4)).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self))) }
         }

@@ -1,3 +1,4 @@
+import Tensors
 /// The tokenizer of the byte-level models: each UTF-8 byte is one token, so the vocabulary is 256
 /// and any text, in any language, is representable without a trained vocabulary.
 ///
@@ -26,7 +27,7 @@ public struct ByteTokenizer: Sendable {
     /// - Precondition: every token is in `0..<256`; anything else is not a token of this tokenizer.
     public func decode(_ tokens: [Int32]) -> String {
         let bytes = tokens.map { token -> UInt8 in
-            precondition((0..<256).contains(token), "ByteTokenizer.decode: token \(token) is outside 0..<256")
+            guarantee((0..<256).contains(token), "ByteTokenizer.decode: token \(token) is outside 0..<256")
             return UInt8(token)
         }
         return String(decoding: bytes, as: UTF8.self)

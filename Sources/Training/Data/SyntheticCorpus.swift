@@ -1,3 +1,4 @@
+import Tensors
 /// A built-in text corpus for runs without a data set: lines from several small "domains" (arithmetic,
 /// a toy English grammar, sorting, reversal, key-value lookup, bracket closing), interleaved at random.
 ///
@@ -52,7 +53,7 @@ public enum SyntheticCorpus {
     /// `byteCount` bytes of corpus text: whole lines, each ending in `\n`, except that the last line
     /// is cut where the count runs out. The same seed gives the same bytes.
     public static func generate(seed: UInt64 = 0, byteCount: Int) -> [UInt8] {
-        precondition(byteCount >= 0, "SyntheticCorpus.generate: byteCount \(byteCount) is negative")
+        guarantee(byteCount >= 0, "SyntheticCorpus.generate: byteCount \(byteCount) is negative")
         var rng = SplitMix64(seed: seed)
         var out: [UInt8] = []
         out.reserveCapacity(byteCount + 128)
@@ -223,7 +224,7 @@ struct SplitMix64 {
     /// A value in `0..<bound` by multiply-high (Lemire); the bias, at most bound/2^64, is far below
     /// anything a corpus or a sampler could show.
     mutating func below(_ bound: Int) -> Int {
-        precondition(bound > 0, "SplitMix64.below: bound \(bound) must be positive")
+        guarantee(bound > 0, "SplitMix64.below: bound \(bound) must be positive")
         return Int(next().multipliedFullWidth(by: UInt64(bound)).high)
     }
 

@@ -1,3 +1,4 @@
+import Tensors
 /// A data set could not be used; the message names the source, what was wrong and what to do.
 public struct DatasetError: Error, CustomStringConvertible, Sendable {
     /// The whole message, ready to print.
@@ -105,9 +106,9 @@ public struct TokenDataset: Sendable {
 
     /// Start offsets of `windows` evenly spaced validation windows of `seqLen + 1` tokens.
     func validationWindowStarts(windows: Int, seqLen: Int) -> [Int] {
-        precondition(windows >= 1 && seqLen >= 1, "validationBatches: batchSize, count and seqLen must be positive")
+        guarantee(windows >= 1 && seqLen >= 1, "validationBatches: batchSize, count and seqLen must be positive")
         let last = validation.count - (seqLen + 1)  // largest valid start
-        precondition(last >= 0, "validationBatches: seqLen \(seqLen) is longer than the validation part allows "
+        guarantee(last >= 0, "validationBatches: seqLen \(seqLen) is longer than the validation part allows "
             + "(\(validation.count) tokens); check the data set with this seqLen")
         if windows == 1 { return [0] }
         return (0..<windows).map { $0 * last / (windows - 1) }
@@ -154,9 +155,9 @@ public struct BatchSampler: Sendable {
     ///
     /// - Precondition: the stream holds at least `seqLen + 1` tokens (``TokenDataset`` checks this).
     public mutating func nextBatch(batchSize: Int, seqLen: Int) -> (inputs: [Int32], targets: [Int32]) {
-        precondition(batchSize >= 1 && seqLen >= 1, "BatchSampler.nextBatch: batchSize \(batchSize) and seqLen \(seqLen) must be positive")
+        guarantee(batchSize >= 1 && seqLen >= 1, "BatchSampler.nextBatch: batchSize \(batchSize) and seqLen \(seqLen) must be positive")
         let positions = tokens.count - seqLen  // number of valid starts
-        precondition(positions >= 1, "BatchSampler.nextBatch: seqLen \(seqLen) needs \(seqLen + 1) tokens, the stream has \(tokens.count)")
+        guarantee(positions >= 1, "BatchSampler.nextBatch: seqLen \(seqLen) needs \(seqLen + 1) tokens, the stream has \(tokens.count)")
         var starts: [Int] = []
         starts.reserveCapacity(batchSize)
         for _ in 0..<batchSize {

@@ -168,7 +168,7 @@ public final class MetricsLog {
     /// Appends `record` to both files and flushes them.
     public func append(_ record: MetricsRecord) throws {
         guard let jsonl, let csv else {
-            preconditionFailure("MetricsLog.append after close()")
+            fatalError("MetricsLog.append after close()")
         }
         try write(MetricsLog.jsonLine(record) + "\n", to: jsonl, path: jsonlPath)
         try write(MetricsLog.csvLine(record) + "\n", to: csv, path: csvPath)
