@@ -2,7 +2,7 @@ import Testing
 @testable import NN
 import Tensors
 
-final class TwoLayer: Module, Layer {
+final class TwoLayer: Module, Layer, @unchecked Sendable {
     let fc1: Linear
     let fc2: Linear
     let extra: [Linear]
@@ -63,5 +63,16 @@ struct ModuleTests {
         #expect(m.extra[0].weight.grad == nil)   // not used in the forward
         m.zeroGrad()
         #expect(m.parameters().allSatisfy { $0.grad == nil })
+    }
+}
+
+@Suite("Parameter")
+struct ParameterTests {
+    @Test func assigningARecordedValueKeepsTheParameterALeaf() {
+        let p = Parameter(Tensor([1, 2] as [Double]))
+        p.value = p.value * 3   // recorded: p.value required a gradient
+        #expect(p.value.isLeaf && p.value.requiresGrad)
+        (p.value * p.value).sum().backward()
+        #expect(p.grad?.doubles() == [6, 12])
     }
 }

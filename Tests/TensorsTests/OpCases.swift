@@ -61,13 +61,13 @@ let opCases: [OpCase] = {
         layerNorm($0[0], weight: $0[1], bias: $0[2])
     }
     add("layer norm without affine", { [randn([4, 5], seed: 24, scale: 2, shift: 1)] }) { layerNorm($0[0], weight: nil, bias: nil) }
-    add("embedding (repeats, -1)", { [randn([5, 3], seed: 25)] }) { embedding($0[0], ids) }
-    add("index add", { [randn([5, 3], seed: 26), randn([6, 3], seed: 27)] }) { $0[0].indexAdd(rows: ids, $0[1]) }
+    add("embedding (repeats, -1)", { [randn([5, 3], seed: 25)] }) { embedding($0[0], ids.to($0[0].device)) }
+    add("index add", { [randn([5, 3], seed: 26), randn([6, 3], seed: 27)] }) { $0[0].indexAdd(rows: ids.to($0[0].device), $0[1]) }
     add("top-k values", { [randn([3, 6], seed: 28)] }) { $0[0].topK(3).values }
     add("gather last axis", { [randn([3, 6], seed: 29)] }) { x in
-        x[0].gather(lastAxis: Tensor([0, 5, 2, 2, 1, -1] as [Int32], shape: [3, 2]))
+        x[0].gather(lastAxis: Tensor([0, 5, 2, 2, 1, -1] as [Int32], shape: [3, 2], device: x[0].device))
     }
-    add("cross-entropy (ignore)", { [randn([5, 6], seed: 30)] }) { crossEntropy($0[0], targets: targets) }
+    add("cross-entropy (ignore)", { [randn([5, 6], seed: 30)] }) { crossEntropy($0[0], targets: targets.to($0[0].device)) }
     add("concat axis 0", { [randn([2, 3], seed: 31), randn([1, 3], seed: 32)] }) { Tensor.concat($0, axis: 0) }
     add("concat axis -1", { [randn([2, 3], seed: 31), randn([2, 2], seed: 32)] }) { Tensor.concat($0, axis: -1) }
     add("split axis 0", { [randn([4, 3], seed: 33)] }) { x in

@@ -8,9 +8,13 @@ import Tensors
 /// let y = x.matmul(w.value, transposeB: true)
 /// ```
 public final class Parameter: @unchecked Sendable {
-    /// The current value: a leaf that requires a gradient.
+    /// The current value: a leaf that requires a gradient (a value produced by a recorded op is
+    /// detached, as in `init`, so gradients land in its `grad`).
     public var value: Tensor {
-        didSet { value.requiresGrad = true }
+        didSet {
+            if !value.isLeaf { value = value.detached() }
+            value.requiresGrad = true
+        }
     }
 
     public init(_ value: Tensor) {

@@ -5,7 +5,7 @@ import Tensors
 ///
 /// Default init is PyTorch's: `W, b ~ U(-1/√in, 1/√in)`. GPT-style models re-initialise with
 /// `Linear(…, initStd: 0.02)` (normal weights, zero bias).
-public final class Linear: Module, Layer {
+public final class Linear: Module, Layer, @unchecked Sendable {
     public let weight: Parameter
     public let bias: Parameter?
     public let inFeatures: Int
@@ -28,7 +28,7 @@ public final class Linear: Module, Layer {
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        precondition(x.lastDimension == inFeatures, "Linear(\(inFeatures)→\(outFeatures)): input \(x.shape) has last dimension \(x.lastDimension)")
+        guarantee(x.lastDimension == inFeatures, "Linear(\(inFeatures)→\(outFeatures)): input \(x.shape) has last dimension \(x.lastDimension)")
         let w = weight.value.dtype == x.dtype ? weight.value : weight.value.cast(to: x.dtype)
         let y = x.matmul(w, transposeB: true)
         guard let b = bias?.value else { return y }

@@ -31,13 +31,13 @@ extension Tensor {
     /// Gradients accumulate into `.grad` of the leaves that require them; the graph is freed as it is
     /// walked (a second backward through the same graph is not supported).
     public func backward(_ gradient: Tensor? = nil) {
-        precondition(requiresGrad, "backward(): tensor \(shape) does not require a gradient (no input was marked requiringGradient)")
+        guarantee(requiresGrad, "backward(): tensor \(shape) does not require a gradient (no input was marked requiringGradient)")
         let seed: Tensor
         if let gradient {
-            precondition(gradient.shape == shape, "backward(): gradient shape \(gradient.shape) differs from tensor shape \(shape)")
+            guarantee(gradient.shape == shape, "backward(): gradient shape \(gradient.shape) differs from tensor shape \(shape)")
             seed = gradient
         } else {
-            precondition(count == 1, "backward(): tensor of shape \(shape) is not a scalar; pass an explicit gradient")
+            guarantee(count == 1, "backward(): tensor of shape \(shape) is not a scalar; pass an explicit gradient")
             seed = Tensor.full(shape, 1, dtype: dtype, device: device)
         }
         withoutGradient { propagate(seed) }
@@ -60,10 +60,10 @@ extension Tensor {
         for t in order.reversed() {
             guard let fn = t.gradFunction, let g = grads.removeValue(forKey: ObjectIdentifier(t)) else { continue }
             let inputGrads = fn.backward(g)
-            precondition(inputGrads.count == fn.inputs.count, "backward of \(fn.name) returned \(inputGrads.count) gradients for \(fn.inputs.count) inputs")
+            guarantee(inputGrads.count == fn.inputs.count, "backward of \(fn.name) returned \(inputGrads.count) gradients for \(fn.inputs.count) inputs")
             for (input, ig) in zip(fn.inputs, inputGrads) {
                 guard let ig, input.requiresGrad else { continue }
-                precondition(ig.shape == input.shape, "backward of \(fn.name): gradient \(ig.shape) for input \(input.shape)")
+                guarantee(ig.shape == input.shape, "backward of \(fn.name): gradient \(ig.shape) for input \(input.shape)")
                 if input.gradFunction == nil {
                     input.grad = input.grad.map { $0 + ig } ?? ig
                 } else {

@@ -9,7 +9,7 @@ import Darwin
 public final class CPUBackend: Backend {
     public static let shared = CPUBackend()
     /// Worker threads for large ops: the number of online cores.
-    static let threadCount = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    public static let threadCount = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
 
     public let device = Device.cpu
     public var memoryStatistics: MemoryStatistics { HostAllocator.shared.statistics }
@@ -17,12 +17,12 @@ public final class CPUBackend: Backend {
     public func allocate(byteCount: Int) -> Storage { HostAllocator.shared.allocate(byteCount: byteCount) }
 
     public func upload(_ bytes: UnsafeRawBufferPointer, to tensor: Tensor) {
-        precondition(bytes.count == tensor.byteCount, "upload: \(bytes.count) bytes for a tensor of \(tensor.byteCount)")
+        guarantee(bytes.count == tensor.byteCount, "upload: \(bytes.count) bytes for a tensor of \(tensor.byteCount)")
         if let base = bytes.baseAddress { memcpy(UnsafeMutableRawPointer(bitPattern: tensor.address)!, base, bytes.count) }
     }
 
     public func download(_ tensor: Tensor, into bytes: UnsafeMutableRawBufferPointer) {
-        precondition(bytes.count == tensor.byteCount, "download: \(bytes.count) bytes for a tensor of \(tensor.byteCount)")
+        guarantee(bytes.count == tensor.byteCount, "download: \(bytes.count) bytes for a tensor of \(tensor.byteCount)")
         if let base = bytes.baseAddress { memcpy(base, UnsafeRawPointer(bitPattern: tensor.address)!, bytes.count) }
     }
 
@@ -47,7 +47,7 @@ public final class CPUBackend: Backend {
     }
 
     public func random(_ out: Tensor, _ distribution: RandomDistribution, stream: RandomStream) {
-        precondition(out.dtype.isFloatingPoint, "random: \(out.dtype) is not a floating-point type")
+        guarantee(out.dtype.isFloatingPoint, "random: \(out.dtype) is not a floating-point type")
         let (seed, offset) = (stream.seed, stream.offset)
         parallelFor(out.count, cost: 40) { range in
             for i in range {
@@ -68,7 +68,7 @@ public final class CPUBackend: Backend {
     // MARK: Data movement
 
     public func copy(_ x: Tensor, to out: Tensor) {
-        precondition(x.byteCount == out.byteCount, "copy: \(x.byteCount) bytes into \(out.byteCount)")
+        guarantee(x.byteCount == out.byteCount, "copy: \(x.byteCount) bytes into \(out.byteCount)")
         let src = UnsafeRawPointer(bitPattern: x.address)!, dst = UnsafeMutableRawPointer(bitPattern: out.address)!
         let n = x.byteCount
         parallelFor(n / 4096 + 1, cost: 4096) { r in
@@ -78,13 +78,13 @@ public final class CPUBackend: Backend {
     }
 
     public func cast(_ x: Tensor, to out: Tensor) {
-        precondition(x.count == out.count, "cast: \(x.count) elements into \(out.count)")
+        guarantee(x.count == out.count, "cast: \(x.count) elements into \(out.count)")
         if x.dtype == out.dtype { return copy(x, to: out) }
         parallelFor(x.count, cost: 2) { r in for i in r { self.store(out, i, self.load(x, i)) } }
     }
 
     public func copyBlock(from x: Tensor, offset: Int, stride: Int, to out: Tensor, offset outOffset: Int, stride outStride: Int, rows: Int, cols: Int) {
-        precondition(x.dtype == out.dtype, "copyBlock: \(x.dtype) into \(out.dtype)")
+        guarantee(x.dtype == out.dtype, "copyBlock: \(x.dtype) into \(out.dtype)")
         let e = x.dtype.byteSize
         let src = UnsafeRawPointer(bitPattern: x.address)!, dst = UnsafeMutableRawPointer(bitPattern: out.address)!
         parallelFor(rows, cost: cols) { r in

@@ -44,7 +44,7 @@ func dispatchFloat(_ dtype: DType, _ op: StaticString, float: () -> Void, double
     switch dtype {
     case .float32: float()
     case .float64: double()
-    case .bfloat16: preconditionFailure("\(op): bfloat16 compute runs on CUDA; cast to float32 on the CPU")
-    case .int32: preconditionFailure("\(op): not defined for int32 tensors")
+    case .bfloat16: fatalError("\(op): bfloat16 compute runs on CUDA; cast to float32 on the CPU")
+    case .int32: fatalError("\(op): not defined for int32 tensors")
     }
 }

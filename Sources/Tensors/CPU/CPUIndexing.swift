@@ -14,7 +14,7 @@ extension CPUBackend {
             for i in r {
                 let k = Int(idx[i])
                 if k < 0 { memset(dst + i * cols * e, 0, cols * e); continue }
-                precondition(k < rows, "gatherRows: index \(k) outside [0, \(rows))")
+                guarantee(k < rows, "gatherRows: index \(k) outside [0, \(rows))")
                 memcpy(dst + i * cols * e, src + k * cols * e, cols * e)
             }
         }
@@ -31,7 +31,7 @@ extension CPUBackend {
                 for i in 0..<n {
                     let k = Int(idx[i])
                     if k < 0 { continue }
-                    precondition(k < rows, "scatterAddRows: index \(k) outside [0, \(rows))")
+                    guarantee(k < rows, "scatterAddRows: index \(k) outside [0, \(rows))")
                     for j in r { d[k * cols + j] += s[i * cols + j] }
                 }
             }

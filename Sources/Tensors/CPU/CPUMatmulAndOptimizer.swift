@@ -22,7 +22,7 @@ extension CPUBackend {
                                 a: a.host(Double.self), lda: lda, strideA: m * k, b: b.host(Double.self), ldb: ldb, strideB: strideB,
                                 beta: Double(beta), c: out.host(Double.self), ldc: n, strideC: m * n, batch: batch)
         default:
-            preconditionFailure("matmul: \(a.dtype) compute runs on CUDA; cast to float32 on the CPU")
+            fatalError("matmul: \(a.dtype) compute runs on CUDA; cast to float32 on the CPU")
         }
     }
 

@@ -116,7 +116,7 @@ extension CPUBackend {
                 }
             }
         }
-        precondition(mean.dtype == x.dtype.statistics && rstd.dtype == x.dtype.statistics, "layerNorm: mean/rstd must be \(x.dtype.statistics)")
+        guarantee(mean.dtype == x.dtype.statistics && rstd.dtype == x.dtype.statistics, "layerNorm: mean/rstd must be \(x.dtype.statistics)")
         dispatchFloat(x.dtype, "layerNorm") { run(Float.self) } double: { run(Double.self) }
     }
 
@@ -186,7 +186,7 @@ extension CPUBackend {
                         v[row] = 0
                     } else {
                         v[row] = 1
-                        precondition(target >= 0 && Int(target) < cols, "crossEntropy: target \(target) outside [0, \(cols))")
+                        guarantee(target >= 0 && Int(target) < cols, "crossEntropy: target \(target) outside [0, \(cols))")
                         l[row] = z - p[Int(target)]
                     }
                 }

@@ -24,8 +24,8 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     var gradFunction: GradFunction?
 
     public init(storage: Storage, shape: [Int], dtype: DType, byteOffset: Int = 0) {
-        precondition(shape.allSatisfy { $0 >= 0 }, "Tensor: negative dimension in shape \(shape)")
-        precondition(byteOffset + shape.reduce(1, *) * dtype.byteSize <= storage.byteCount,
+        guarantee(shape.allSatisfy { $0 >= 0 }, "Tensor: negative dimension in shape \(shape)")
+        guarantee(byteOffset + shape.reduce(1, *) * dtype.byteSize <= storage.byteCount,
                      "Tensor: shape \(shape) of \(dtype) does not fit in \(storage.byteCount) bytes at offset \(byteOffset)")
         self.storage = storage
         self.shape = shape
@@ -98,21 +98,21 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     /// A float tensor from host values (stored as `dtype`).
     public convenience init(_ values: [Float], shape: [Int]? = nil, dtype: DType = .float32, device: Device = .cpu) {
         let shape = shape ?? [values.count]
-        precondition(shape.reduce(1, *) == values.count, "Tensor: \(values.count) values do not fill shape \(shape)")
+        guarantee(shape.reduce(1, *) == values.count, "Tensor: \(values.count) values do not fill shape \(shape)")
         self.init(hostValues: values.map(Double.init), shape: shape, dtype: dtype, device: device)
     }
 
     /// A float64 tensor (CPU gradient checks), or any dtype via `dtype`.
     public convenience init(_ values: [Double], shape: [Int]? = nil, dtype: DType = .float64, device: Device = .cpu) {
         let shape = shape ?? [values.count]
-        precondition(shape.reduce(1, *) == values.count, "Tensor: \(values.count) values do not fill shape \(shape)")
+        guarantee(shape.reduce(1, *) == values.count, "Tensor: \(values.count) values do not fill shape \(shape)")
         self.init(hostValues: values, shape: shape, dtype: dtype, device: device)
     }
 
     /// An int32 tensor (indices, targets).
     public convenience init(_ values: [Int32], shape: [Int]? = nil, device: Device = .cpu) {
         let shape = shape ?? [values.count]
-        precondition(shape.reduce(1, *) == values.count, "Tensor: \(values.count) values do not fill shape \(shape)")
+        guarantee(shape.reduce(1, *) == values.count, "Tensor: \(values.count) values do not fill shape \(shape)")
         let b = Backends.backend(for: device)
         self.init(storage: b.allocate(byteCount: values.count * 4), shape: shape, dtype: .int32)
         values.withUnsafeBytes { b.upload($0, to: self) }
@@ -127,7 +127,7 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
 
     /// A tensor over raw bytes already in `dtype`'s layout (checkpoint loading).
     public convenience init(bytes: [UInt8], shape: [Int], dtype: DType, device: Device = .cpu) {
-        precondition(bytes.count == shape.reduce(1, *) * dtype.byteSize,
+        guarantee(bytes.count == shape.reduce(1, *) * dtype.byteSize,
                      "Tensor: \(bytes.count) bytes do not hold shape \(shape) of \(dtype)")
         let b = Backends.backend(for: device)
         self.init(storage: b.allocate(byteCount: bytes.count), shape: shape, dtype: dtype)
@@ -151,13 +151,13 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
 
     /// Every element of an int32 tensor. Waits for the device.
     public func int32s() -> [Int32] {
-        precondition(dtype == .int32, "int32s(): tensor is \(dtype)")
+        guarantee(dtype == .int32, "int32s(): tensor is \(dtype)")
         return bytes().withUnsafeBytes { Array($0.bindMemory(to: Int32.self)) }
     }
 
     /// The single element. Waits for the device.
     public func item() -> Double {
-        precondition(count == 1, "item(): tensor of shape \(shape) has \(count) elements, not 1")
+        guarantee(count == 1, "item(): tensor of shape \(shape) has \(count) elements, not 1")
         return doubles()[0]
     }
 
@@ -166,7 +166,7 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     /// Marks this leaf as needing a gradient; returns self for chaining.
     @discardableResult
     public func requiringGradient(_ flag: Bool = true) -> Tensor {
-        precondition(isLeaf, "requiringGradient(): only a leaf tensor can be marked; use detached() first")
+        guarantee(isLeaf, "requiringGradient(): only a leaf tensor can be marked; use detached() first")
         requiresGrad = flag
         return self
     }

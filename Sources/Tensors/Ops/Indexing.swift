@@ -4,9 +4,9 @@
 extension Tensor {
     /// Rows of `self` ([V, D...]) picked by `indices` (any shape): out [indices..., D...].
     public func indexSelect(rows indices: Tensor) -> Tensor {
-        precondition(indices.dtype == .int32, "indexSelect: indices must be int32, got \(indices.dtype)")
-        precondition(indices.device == device, "indexSelect: indices on \(indices.device), table on \(device)")
-        precondition(rank >= 1, "indexSelect: table must have at least one dimension")
+        guarantee(indices.dtype == .int32, "indexSelect: indices must be int32, got \(indices.dtype)")
+        guarantee(indices.device == device, "indexSelect: indices on \(indices.device), table on \(device)")
+        guarantee(rank >= 1, "indexSelect: table must have at least one dimension")
         let rowShape = Array(shape.dropFirst())
         let out = Tensor.empty(indices.shape + rowShape, dtype: dtype, device: device)
         let table = reshaped([shape[0], -1])
@@ -20,8 +20,8 @@ extension Tensor {
 
     /// `self` with `source` rows added at `indices`: out[indices[i]] += source[i] (a new tensor).
     public func indexAdd(rows indices: Tensor, _ source: Tensor) -> Tensor {
-        precondition(indices.dtype == .int32 && indices.rank == 1, "indexAdd: indices must be 1-D int32, got \(indices.shape) \(indices.dtype)")
-        precondition(source.shape == [indices.count] + shape.dropFirst() && source.dtype == dtype,
+        guarantee(indices.dtype == .int32 && indices.rank == 1, "indexAdd: indices must be 1-D int32, got \(indices.shape) \(indices.dtype)")
+        guarantee(source.shape == [indices.count] + shape.dropFirst() && source.dtype == dtype,
                      "indexAdd: source \(source.shape) \(source.dtype) does not fit \(indices.count) rows of \(shape) \(dtype)")
         let out = contiguousCopy().detached()
         backend.scatterAddRows(source.reshaped([indices.count, -1]), indices: indices, out.reshaped([shape[0], -1]))
@@ -32,7 +32,7 @@ extension Tensor {
 
     /// The `k` largest values of the last axis, largest first (ties: lower index first), and their int32 indices.
     public func topK(_ k: Int) -> (values: Tensor, indices: Tensor) {
-        precondition(k >= 1 && k <= lastDimension, "topK(\(k)): k must be in 1...\(lastDimension) for shape \(shape)")
+        guarantee(k >= 1 && k <= lastDimension, "topK(\(k)): k must be in 1...\(lastDimension) for shape \(shape)")
         let outShape = Array(shape.dropLast()) + [k]
         let values = Tensor.empty(outShape, dtype: dtype, device: device)
         let indices = Tensor.empty(outShape, dtype: .int32, device: device)
@@ -47,7 +47,7 @@ extension Tensor {
 
     /// `out[..., j] = self[..., indices[..., j]]` along the last axis (index -1 gives 0).
     public func gather(lastAxis indices: Tensor) -> Tensor {
-        precondition(indices.dtype == .int32 && Array(indices.shape.dropLast()) == Array(shape.dropLast()),
+        guarantee(indices.dtype == .int32 && Array(indices.shape.dropLast()) == Array(shape.dropLast()),
                      "gather: indices \(indices.shape) \(indices.dtype) do not fit \(shape)")
         let out = Tensor.empty(indices.shape, dtype: dtype, device: device)
         backend.gatherLastAxis(self, indices: indices, out)

@@ -6,8 +6,8 @@
 /// let loss = crossEntropy(logits.reshaped([-1, vocab]), targets: y.reshaped([-1]))
 /// ```
 public func crossEntropy(_ logits: Tensor, targets: Tensor, ignoreIndex: Int32 = -100) -> Tensor {
-    precondition(targets.dtype == .int32, "crossEntropy: targets must be int32, got \(targets.dtype)")
-    precondition(Array(logits.shape.dropLast()) == targets.shape,
+    guarantee(targets.dtype == .int32, "crossEntropy: targets must be int32, got \(targets.dtype)")
+    guarantee(Array(logits.shape.dropLast()) == targets.shape,
                  "crossEntropy: logits \(logits.shape) need targets of shape \(Array(logits.shape.dropLast())), got \(targets.shape)")
     let rows = logits.rowCount, b = logits.backend
     let losses = Tensor.empty([rows], dtype: logits.dtype, device: logits.device)

@@ -8,8 +8,8 @@ extension Tensor {
     /// ```
     public func matmul(_ b: Tensor, transposeA: Bool = false, transposeB: Bool = false) -> Tensor {
         let a = self
-        precondition(a.dtype == b.dtype, "matmul: dtypes differ: \(a.dtype) and \(b.dtype)")
-        precondition(a.device == b.device, "matmul: devices differ: \(a.device) and \(b.device)")
+        guarantee(a.dtype == b.dtype, "matmul: dtypes differ: \(a.dtype) and \(b.dtype)")
+        guarantee(a.device == b.device, "matmul: devices differ: \(a.device) and \(b.device)")
         let outShape = ShapeCheck.matmul(a.shape, b.shape, transposeA: transposeA, transposeB: transposeB).orStop()
         // A batched left operand times a shared right one is a single 2-D product over all rows.
         if a.rank > 2 && b.rank == 2 {

@@ -4,7 +4,7 @@ extension Tensor {
     /// Sets positions above the causal diagonal of the last two axes to `value` (-inf for attention).
     /// For [..., Tq, Tk] with Tk ≥ Tq, query i sees keys j ≤ i + (Tk - Tq).
     public func causalMasked(value: Double = -.infinity) -> Tensor {
-        precondition(rank >= 2, "causalMasked: needs [..., Tq, Tk], got \(shape)")
+        guarantee(rank >= 2, "causalMasked: needs [..., Tq, Tk], got \(shape)")
         let out = Tensor.empty(shape, dtype: dtype, device: device)
         backend.causalMask(self, value: value, out)
         return out.recording("causalMask", [self]) { g in [g.causalMasked(value: 0)] }
@@ -29,7 +29,7 @@ extension Tensor {
 /// Inverted dropout: zeroes elements with probability `p` and scales the rest by 1/(1-p).
 /// Identity when `p == 0` or `training` is false. The mask comes from `generator`, so a seeded run repeats.
 public func dropout(_ x: Tensor, p: Double, training: Bool, generator: inout RandomGenerator) -> Tensor {
-    precondition(p >= 0 && p < 1, "dropout: p = \(p) must be in [0, 1)")
+    guarantee(p >= 0 && p < 1, "dropout: p = \(p) must be in [0, 1)")
     guard training, p > 0 else { return x }
     let mask = Tensor.empty(x.shape, dtype: x.dtype, device: x.device)
     x.backend.random(mask, .dropoutMask(p: p), stream: generator.next())

@@ -22,7 +22,7 @@ extension Tensor {
 /// ```
 public func layerNorm(_ x: Tensor, weight: Tensor?, bias: Tensor?, epsilon: Float = 1e-5) -> Tensor {
     for p in [weight, bias].compactMap({ $0 }) {
-        precondition(p.shape == [x.lastDimension] && p.dtype == x.dtype && p.device == x.device,
+        guarantee(p.shape == [x.lastDimension] && p.dtype == x.dtype && p.device == x.device,
                      "layerNorm: parameter \(p.shape) \(p.dtype) on \(p.device) does not fit input \(x.shape) \(x.dtype) on \(x.device)")
     }
     let out = Tensor.empty(x.shape, dtype: x.dtype, device: x.device)

@@ -25,7 +25,7 @@ extension Tensor {
 
     /// Reductions over an axis; only the last axis (-1 or rank-1) is supported.
     public func sum(axis: Int) -> Tensor {
-        precondition(axis == -1 || axis == rank - 1, "sum(axis: \(axis)) on \(shape): only the last axis is supported")
+        guarantee(axis == -1 || axis == rank - 1, "sum(axis: \(axis)) on \(shape): only the last axis is supported")
         return sum(lastAxis: ())
     }
 
@@ -33,7 +33,7 @@ extension Tensor {
 
     /// Maximum over the last axis: [..., C] -> [...]; the gradient flows to the first maximal element.
     public func max(axis: Int) -> Tensor {
-        precondition(axis == -1 || axis == rank - 1, "max(axis: \(axis)) on \(shape): only the last axis is supported")
+        guarantee(axis == -1 || axis == rank - 1, "max(axis: \(axis)) on \(shape): only the last axis is supported")
         return topK(1).values.reshaped(Array(shape.dropLast()))
     }
 

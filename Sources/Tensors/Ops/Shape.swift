@@ -12,7 +12,7 @@ extension Tensor {
 
     /// Rows `range` of the first axis, sharing storage (no copy): contiguous in a row-major tensor.
     public func rows(_ range: Range<Int>) -> Tensor {
-        precondition(rank >= 1 && range.lowerBound >= 0 && range.upperBound <= shape[0],
+        guarantee(rank >= 1 && range.lowerBound >= 0 && range.upperBound <= shape[0],
                      "rows(\(range)): outside the first axis of \(shape)")
         let rowElements = count / Swift.max(shape[0], 1)
         let out = Tensor(storage: storage, shape: [range.count] + shape.dropFirst(), dtype: dtype,
@@ -27,7 +27,7 @@ extension Tensor {
 
     /// Swaps the last two axes: [..., M, N] -> [..., N, M] (a copy).
     public func transposed() -> Tensor {
-        precondition(rank >= 2, "transposed(): needs 2 or more dimensions, tensor has shape \(shape)")
+        guarantee(rank >= 2, "transposed(): needs 2 or more dimensions, tensor has shape \(shape)")
         var s = shape
         s.swapAt(rank - 1, rank - 2)
         let out = Tensor.empty(s, dtype: dtype, device: device)
@@ -40,7 +40,7 @@ extension Tensor {
         let outShape = ShapeCheck.concat(tensors.map(\.shape), axis: axis).orStop()
         let first = tensors[0]
         for t in tensors {
-            precondition(t.dtype == first.dtype && t.device == first.device,
+            guarantee(t.dtype == first.dtype && t.device == first.device,
                          "concat: tensors differ in dtype or device (\(t.dtype) on \(t.device) vs \(first.dtype) on \(first.device))")
         }
         let out = Tensor.empty(outShape, dtype: first.dtype, device: first.device)
@@ -60,9 +60,9 @@ extension Tensor {
     /// Splits along axis 0 or -1 into pieces of the given sizes.
     public func split(_ sizes: [Int], axis: Int) -> [Tensor] {
         let lastAxis = axis != 0
-        precondition(axis == 0 || axis == -1 || axis == rank - 1, "split(axis: \(axis)) on \(shape): use 0 or -1")
+        guarantee(axis == 0 || axis == -1 || axis == rank - 1, "split(axis: \(axis)) on \(shape): use 0 or -1")
         let a = lastAxis ? rank - 1 : 0
-        precondition(sizes.reduce(0, +) == shape[a], "split: sizes \(sizes) do not add up to \(shape[a]) (axis \(axis) of \(shape))")
+        guarantee(sizes.reduce(0, +) == shape[a], "split: sizes \(sizes) do not add up to \(shape[a]) (axis \(axis) of \(shape))")
         if !lastAxis {
             var at = 0
             return sizes.map { n in defer { at += n }; return rows(at..<(at + n)).contiguousCopy() }

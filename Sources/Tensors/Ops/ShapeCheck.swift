@@ -83,7 +83,7 @@ extension Result where Failure == ShapeError {
     func orStop() -> Success {
         switch self {
         case .success(let v): return v
-        case .failure(let e): preconditionFailure(e.message)
+        case .failure(let e): fatalError(e.message)
         }
     }
 }

@@ -145,7 +145,7 @@ extension CPUGEMM {
         a: UnsafePointer<S>, lda: Int, b: UnsafePointer<S>, ldb: Int,
         beta: S, c: UnsafeMutablePointer<S>, ldc: Int, blas: BLASLibrary?, threads: Int
     ) {
-        precondition(m >= 0 && n >= 0 && k >= 0, "CPUGEMM: negative size m=\(m) n=\(n) k=\(k)")
+        guarantee(m >= 0 && n >= 0 && k >= 0, "CPUGEMM: negative size m=\(m) n=\(n) k=\(k)")
         checkStride(lda, rows: transA ? k : m, cols: transA ? m : k, name: "lda")
         checkStride(ldb, rows: transB ? n : k, cols: transB ? k : n, name: "ldb")
         checkStride(ldc, rows: m, cols: n, name: "ldc")
@@ -179,8 +179,8 @@ extension CPUGEMM {
     /// small products across threads, each product on one thread.
     static func batched(m: Int, n: Int, k: Int, strideC: Int, batch: Int, useBLAS: Bool,
                         body: (Int, Int) -> Void) {
-        precondition(batch >= 0, "CPUGEMM: negative batch \(batch)")
-        precondition(strideC != 0 || batch <= 1, "CPUGEMM: strideC == 0 with batch \(batch) would write every product to one C")
+        guarantee(batch >= 0, "CPUGEMM: negative batch \(batch)")
+        guarantee(strideC != 0 || batch <= 1, "CPUGEMM: strideC == 0 with batch \(batch) would write every product to one C")
         if batch == 0 || m == 0 || n == 0 { return }
         let work = m.multipliedReportingOverflow(by: n).partialValue.multipliedReportingOverflow(by: k)
         let small = !work.overflow && work.partialValue < batchParallelThreshold
@@ -202,7 +202,7 @@ extension CPUGEMM {
     }
 
     private static func checkStride(_ ld: Int, rows: Int, cols: Int, name: String) {
-        precondition(rows <= 1 || cols == 0 || ld >= cols,
+        guarantee(rows <= 1 || cols == 0 || ld >= cols,
                      "CPUGEMM: \(name)=\(ld) is smaller than the row width \(cols)")
     }
 

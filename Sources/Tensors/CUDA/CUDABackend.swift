@@ -1,0 +1,327 @@
+import CUDA
+import Synchronization
+
+/// The CUDA backend: one per device. Every primitive enqueues kernels or cuBLAS calls on the
+/// device's stream and returns; only `download` and `synchronize` wait.
+///
+/// Kernels are compiled by NVRTC on first use, one module per element type (the prelude's `FM_*`
+/// macro picks `T`), plus one dtype-independent module for data movement and casts.
+public final class CUDABackend: Backend, @unchecked Sendable {
+    public let device: Device
+    let gpu: CUDADevice
+    private let modules = Mutex<[String: CUDAModule]>([:])
+
+    public init(index: Int) throws {
+        gpu = try CUDA.device(index)
+        device = .cuda(index)
+        _ = try gpu.blas()
+    }
+
+    /// When set, every new allocation is filled with NaN (0x7FC00000 words) before use, so a test
+    /// comparing against the CPU fails on any element a kernel forgot to write.
+    public static var poisonAllocations: Bool {
+        get { poison.load(ordering: .relaxed) }
+        set { poison.store(newValue, ordering: .relaxed) }
+    }
+    private static let poison = Atomic<Bool>(false)
+
+    public var memoryStatistics: MemoryStatistics {
+        let s = gpu.allocator.statistics
+        return MemoryStatistics(allocated: s.allocatedBytes, reserved: s.reservedBytes, peak: s.peakAllocatedBytes)
+    }
+
+    // MARK: Kernels
+
+    /// The function `name` from the module for `dtype` (nil: the dtype-independent movement module).
+    func kernel(_ name: String, _ dtype: DType?) -> CUDAFunction {
+        let key: String
+        let source: String
+        switch dtype {
+        case nil, .int32?:
+            key = "movement"
+            source = "#define FM_F32\n" + KernelPrelude.source + MovementKernels.source
+        case .float32?, .float64?, .bfloat16?:
+            let macro = dtype == .float64 ? "FM_F64" : dtype == .bfloat16 ? "FM_BF16" : "FM_F32"
+            key = "ops_" + dtype!.rawValue
+            source = "#define \(macro)\n" + KernelPrelude.source + ElementwiseKernels.source + RowKernels.source + IndexingKernels.source
+        }
+        let module = modules.withLock { cache -> CUDAModule in
+            if let m = cache[key] { return m }
+            do {
+                let m = try gpu.compiler().module(source: source, name: "fastmoe_\(key)")
+                cache[key] = m
+                return m
+            } catch {
+                fatalError("CUDA kernels for \(key) failed to compile: \(error)")
+            }
+        }
+        do { return try module.function(name) } catch { fatalError("\(error)") }
+    }
+
+    /// Grid-stride launch over `n` elements.
+    func launchElementwise(_ name: String, _ dtype: DType?, count n: Int, _ args: [KernelArgument]) {
+        guard n > 0 else { return }
+        let blocks = min((n + 255) / 256, gpu.multiprocessorCount * 32)
+        launch(kernel(name, dtype), grid: (blocks, 1, 1), block: (256, 1, 1), stream: gpu.stream, arguments: args)
+    }
+
+    /// One block per row of `cols` elements.
+    func launchRows(_ name: String, _ dtype: DType, rows: Int, cols: Int, _ args: [KernelArgument]) {
+        guard rows > 0 else { return }
+        let threads = min(1024, max(32, (min(cols, 1024) + 31) / 32 * 32))
+        launch(kernel(name, dtype), grid: (rows, 1, 1), block: (threads, 1, 1), stream: gpu.stream, arguments: args)
+    }
+
+    /// One thread per column.
+    func launchColumns(_ name: String, _ dtype: DType, cols: Int, _ args: [KernelArgument]) {
+        guard cols > 0 else { return }
+        launch(kernel(name, dtype), grid: ((cols + 255) / 256, 1, 1), block: (256, 1, 1), stream: gpu.stream, arguments: args)
+    }
+
+    // MARK: Memory
+
+    public func allocate(byteCount: Int) -> Storage {
+        let allocator = gpu.allocator!
+        let block: DeviceAllocation
+        do { block = try allocator.allocate(byteCount: max(byteCount, 1)) } catch { fatalError("\(error)") }
+        if CUDABackend.poisonAllocations {
+            gpu.stream.memsetD32(block.address, value: 0x7FC0_0000, count: block.blockSize / 4)
+        }
+        // Freed blocks are reused in stream order: all work runs on the device's one stream.
+        return Storage(address: UInt(block.address), byteCount: byteCount, device: device) { address, _ in
+            allocator.free(CUdeviceptr(address))
+        }
+    }
+
+    public func upload(_ bytes: UnsafeRawBufferPointer, to tensor: Tensor) {
+        guarantee(bytes.count == tensor.byteCount, "upload: \(bytes.count) bytes for a tensor of \(tensor.byteCount)")
+        if let base = bytes.baseAddress { gpu.stream.copyHostToDevice(base, to: tensor.pointer, byteCount: bytes.count) }
+    }
+
+    public func download(_ tensor: Tensor, into bytes: UnsafeMutableRawBufferPointer) {
+        guarantee(bytes.count == tensor.byteCount, "download: \(bytes.count) bytes for a tensor of \(tensor.byteCount)")
+        guard let base = bytes.baseAddress else { return }
+        gpu.stream.copyDeviceToHost(tensor.pointer, to: base, byteCount: bytes.count)
+        gpu.stream.synchronize()
+    }
+
+    public func synchronize() { gpu.stream.synchronize() }
+
+    // MARK: Creation
+
+    public func fill(_ out: Tensor, value: Double) {
+        if out.dtype == .int32 {
+            launchElementwise("fill_int32", nil, count: out.count, [out.arg, .int64(Int64(out.count)), .int32(Int32(value))])
+        } else {
+            launchElementwise("fill", out.dtype, count: out.count, [out.arg, .int64(Int64(out.count)), .double(value)])
+        }
+    }
+
+    public func arange(_ out: Tensor, start: Double, step: Double) {
+        let n = Int64(out.count)
+        launchElementwise(out.dtype == .int32 ? "arange_int32" : "arange", out.dtype == .int32 ? nil : out.dtype,
+                          count: out.count, [out.arg, .int64(n), .double(start), .double(step)])
+    }
+
+    public func random(_ out: Tensor, _ distribution: RandomDistribution, stream: RandomStream) {
+        guarantee(out.dtype.isFloatingPoint, "random: \(out.dtype) is not a floating-point type")
+        let (code, a, b): (Int32, Double, Double) = switch distribution {
+        case .uniform(let lo, let hi): (0, lo, hi)
+        case .normal(let mean, let std): (1, mean, std)
+        case .dropoutMask(let p): (2, p, 0)
+        }
+        launchElementwise("random_fill", out.dtype, count: out.count,
+                          [out.arg, .int64(Int64(out.count)), .int64(Int64(bitPattern: stream.seed)),
+                           .int64(Int64(bitPattern: stream.offset)), .int32(code), .double(a), .double(b)])
+    }
+
+    // MARK: Data movement
+
+    public func copy(_ x: Tensor, to out: Tensor) {
+        guarantee(x.byteCount == out.byteCount, "copy: \(x.byteCount) bytes into \(out.byteCount)")
+        gpu.stream.copyDeviceToDevice(x.pointer, to: out.pointer, byteCount: x.byteCount)
+    }
+
+    public func cast(_ x: Tensor, to out: Tensor) {
+        guarantee(x.count == out.count, "cast: \(x.count) elements into \(out.count)")
+        if x.dtype == out.dtype { return copy(x, to: out) }
+        launchElementwise("cast_any", nil, count: x.count,
+                          [x.arg, .int32(x.dtype.code), out.arg, .int32(out.dtype.code), .int64(Int64(x.count))])
+    }
+
+    public func copyBlock(from x: Tensor, offset: Int, stride: Int, to out: Tensor, offset outOffset: Int, stride outStride: Int, rows: Int, cols: Int) {
+        guarantee(x.dtype == out.dtype, "copyBlock: \(x.dtype) into \(out.dtype)")
+        launchElementwise("copy_block_\(x.dtype.byteSize)", nil, count: rows * cols,
+                          [x.arg, .int64(Int64(offset)), .int64(Int64(stride)), out.arg, .int64(Int64(outOffset)),
+                           .int64(Int64(outStride)), .int64(Int64(rows)), .int64(Int64(cols))])
+    }
+
+    public func transposeLastTwo(_ x: Tensor, _ out: Tensor) {
+        let m = x.shape[x.rank - 2], n = x.shape[x.rank - 1], batch = x.count / max(m * n, 1)
+        guard x.count > 0 else { return }
+        launch(kernel("transpose_\(x.dtype.byteSize)", nil), grid: ((n + 31) / 32, (m + 31) / 32, batch), block: (32, 8, 1),
+               stream: gpu.stream, arguments: [x.arg, out.arg, .int64(Int64(m)), .int64(Int64(n))])
+    }
+
+    // MARK: Elementwise
+
+    public func unary(_ op: UnaryOp, _ x: Tensor, _ out: Tensor) {
+        launchElementwise("unary_fwd", x.dtype, count: x.count, [.int32(op.code), x.arg, out.arg, .int64(Int64(x.count))])
+    }
+
+    public func unaryBackward(_ op: UnaryOp, x: Tensor, gradOut: Tensor, _ out: Tensor) {
+        launchElementwise("unary_bwd", x.dtype, count: x.count, [.int32(op.code), x.arg, gradOut.arg, out.arg, .int64(Int64(x.count))])
+    }
+
+    public func binary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, _ broadcast: Broadcast, _ out: Tensor) {
+        let bc: Int32 = switch broadcast { case .none: 0; case .scalar: 1; case .row: 2; case .column: 3 }
+        launchElementwise("binary_fwd", a.dtype, count: a.count,
+                          [.int32(op.code), a.arg, b.arg, out.arg, .int64(Int64(a.count)), .int32(bc), .int64(Int64(a.lastDimension))])
+    }
+
+    public func binaryScalar(_ op: BinaryOp, _ a: Tensor, _ s: Double, scalarFirst: Bool, _ out: Tensor) {
+        launchElementwise("binary_scalar", a.dtype, count: a.count,
+                          [.int32(op.code), a.arg, .double(s), .int32(scalarFirst ? 1 : 0), out.arg, .int64(Int64(a.count))])
+    }
+
+    public func causalMask(_ x: Tensor, value: Double, _ out: Tensor) {
+        let rows = x.shape[x.rank - 2], cols = x.shape[x.rank - 1]
+        launchElementwise("causal_mask", x.dtype, count: x.count,
+                          [x.arg, out.arg, .int64(Int64(x.count)), .int64(Int64(rows)), .int64(Int64(cols)), .double(value)])
+    }
+
+    // MARK: Reductions and row-wise ops
+
+    public func reduceLastAxis(_ op: ReduceOp, _ x: Tensor, _ out: Tensor) {
+        launchRows("reduce_last", x.dtype, rows: x.rowCount, cols: x.lastDimension,
+                   [.int32(op == .sum ? 0 : 1), x.arg, out.arg, .int64(Int64(x.lastDimension))])
+    }
+
+    public func sumRows(_ x: Tensor, _ out: Tensor) {
+        launchColumns("sum_rows", x.dtype, cols: x.lastDimension, [x.arg, out.arg, .int64(Int64(x.rowCount)), .int64(Int64(x.lastDimension))])
+    }
+
+    public func softmax(_ x: Tensor, _ out: Tensor, log: Bool) {
+        launchRows("softmax_fwd", x.dtype, rows: x.rowCount, cols: x.lastDimension,
+                   [x.arg, out.arg, .int64(Int64(x.lastDimension)), .int32(log ? 1 : 0)])
+    }
+
+    public func softmaxBackward(y: Tensor, gradOut: Tensor, _ out: Tensor, log: Bool) {
+        launchRows("softmax_bwd", y.dtype, rows: y.rowCount, cols: y.lastDimension,
+                   [y.arg, gradOut.arg, out.arg, .int64(Int64(y.lastDimension)), .int32(log ? 1 : 0)])
+    }
+
+    public func layerNorm(_ x: Tensor, weight: Tensor?, bias: Tensor?, epsilon: Float, _ out: Tensor, mean: Tensor, rstd: Tensor) {
+        launchRows("layernorm_fwd", x.dtype, rows: x.rowCount, cols: x.lastDimension,
+                   [x.arg, weight.arg, bias.arg, out.arg, mean.arg, rstd.arg, .int64(Int64(x.lastDimension)), .float(epsilon)])
+    }
+
+    public func layerNormBackward(x: Tensor, weight: Tensor?, mean: Tensor, rstd: Tensor, gradOut: Tensor,
+                                  gradX: Tensor, gradWeight: Tensor?, gradBias: Tensor?) {
+        let rows = x.rowCount, cols = x.lastDimension
+        launchRows("layernorm_bwd_x", x.dtype, rows: rows, cols: cols,
+                   [x.arg, weight.arg, mean.arg, rstd.arg, gradOut.arg, gradX.arg, .int64(Int64(cols))])
+        if gradWeight != nil || gradBias != nil {
+            launchColumns("layernorm_bwd_params", x.dtype, cols: cols,
+                          [x.arg, mean.arg, rstd.arg, gradOut.arg, gradWeight.arg, gradBias.arg, .int64(Int64(rows)), .int64(Int64(cols))])
+        }
+    }
+
+    public func crossEntropy(_ logits: Tensor, targets: Tensor, ignoreIndex: Int32, losses: Tensor, valid: Tensor, logsumexp: Tensor) {
+        launchRows("cross_entropy_fwd", logits.dtype, rows: logits.rowCount, cols: logits.lastDimension,
+                   [logits.arg, targets.arg, losses.arg, valid.arg, logsumexp.arg, .int64(Int64(logits.lastDimension)), .int32(ignoreIndex)])
+    }
+
+    public func crossEntropyBackward(_ logits: Tensor, targets: Tensor, ignoreIndex: Int32, logsumexp: Tensor, gradLoss: Tensor, _ out: Tensor) {
+        launchRows("cross_entropy_bwd", logits.dtype, rows: logits.rowCount, cols: logits.lastDimension,
+                   [logits.arg, targets.arg, logsumexp.arg, gradLoss.arg, out.arg, .int64(Int64(logits.lastDimension)), .int32(ignoreIndex)])
+    }
+
+    // MARK: Linear algebra
+
+    public func matmul(_ a: Tensor, _ b: Tensor, _ out: Tensor, transposeA: Bool, transposeB: Bool, alpha: Float, beta: Float) {
+        let m = out.shape[out.rank - 2], n = out.shape[out.rank - 1]
+        let k = transposeA ? a.shape[a.rank - 2] : a.shape[a.rank - 1]
+        let batch = out.count / max(m * n, 1)
+        let types: GemmDataTypes
+        switch a.dtype {
+        case .float32: types = .float32
+        case .bfloat16: types = .bfloat16
+        default: fatalError("matmul: \(a.dtype) is not supported on CUDA (float32 or bfloat16)")
+        }
+        guard m > 0, n > 0 else { return }
+        if k == 0 { return fill(out, value: 0) }
+        let blas: CUBLAS
+        do { blas = try gpu.blas() } catch { fatalError("\(error)") }
+        blas.rowMajorGemm(transA: transposeA, transB: transposeB, m: m, n: n, k: k, alpha: alpha,
+                          a: a.pointer, lda: transposeA ? m : k, b: b.pointer, ldb: transposeB ? k : n,
+                          beta: beta, c: out.pointer, ldc: n, batch: batch,
+                          strides: GemmStrides(a: m * k, b: b.rank == 2 ? 0 : k * n, c: m * n), dtypes: types)
+    }
+
+    // MARK: Indexing
+
+    public func gatherRows(_ table: Tensor, indices: Tensor, _ out: Tensor) {
+        let cols = table.lastDimension
+        launchElementwise("gather_rows_\(table.dtype.byteSize)", nil, count: indices.count * cols,
+                          [table.arg, indices.arg, out.arg, .int64(Int64(indices.count)), .int64(Int64(cols)), .int64(Int64(table.rowCount))])
+    }
+
+    public func scatterAddRows(_ x: Tensor, indices: Tensor, _ out: Tensor) {
+        let cols = x.lastDimension
+        launchElementwise("scatter_add_rows", x.dtype, count: indices.count * cols,
+                          [x.arg, indices.arg, out.arg, .int64(Int64(indices.count)), .int64(Int64(cols)), .int64(Int64(out.rowCount))])
+    }
+
+    public func topK(_ x: Tensor, k: Int, values: Tensor, indices: Tensor) {
+        guarantee(k <= 32, "topK(\(k)) on CUDA supports k ≤ 32")
+        let rows = x.rowCount
+        guard rows > 0 else { return }
+        launch(kernel("topk_rows", x.dtype), grid: ((rows + 127) / 128, 1, 1), block: (128, 1, 1), stream: gpu.stream,
+               arguments: [x.arg, values.arg, indices.arg, .int64(Int64(rows)), .int64(Int64(x.lastDimension)), .int32(Int32(k))])
+    }
+
+    public func gatherLastAxis(_ x: Tensor, indices: Tensor, _ out: Tensor) {
+        launchElementwise("gather_last", x.dtype, count: out.count,
+                          [x.arg, indices.arg, out.arg, .int64(Int64(out.count)), .int64(Int64(x.lastDimension)), .int64(Int64(indices.lastDimension))])
+    }
+
+    public func scatterAddLastAxis(_ x: Tensor, indices: Tensor, _ out: Tensor) {
+        launchElementwise("scatter_add_last", x.dtype, count: x.count,
+                          [x.arg, indices.arg, out.arg, .int64(Int64(x.count)), .int64(Int64(out.lastDimension)), .int64(Int64(indices.lastDimension))])
+    }
+
+    // MARK: Optimizer
+
+    public func adamW(parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, _ s: AdamWStep) {
+        guarantee(parameter.dtype == .float32 && gradient.dtype == .float32, "adamW on CUDA: float32 parameters and gradients")
+        let c1 = 1 - pow(Double(s.beta1), Double(s.step)), c2 = (1 - pow(Double(s.beta2), Double(s.step))).squareRoot()
+        launchElementwise("adamw", .float32, count: parameter.count,
+                          [parameter.arg, gradient.arg, m.arg, v.arg, .int64(Int64(parameter.count)), .float(s.learningRate),
+                           .float(s.beta1), .float(s.beta2), .float(s.epsilon), .float(1 - s.learningRate * s.weightDecay),
+                           .float(Float(Double(s.learningRate) / c1)), .float(Float(c2))])
+    }
+}
+
+extension Tensor {
+    /// The device address as a kernel argument.
+    var arg: KernelArgument { .pointer(CUdeviceptr(address)) }
+    var pointer: CUdeviceptr { CUdeviceptr(address) }
+}
+
+extension Optional where Wrapped == Tensor {
+    /// A null pointer for an absent optional tensor (the kernel checks for it).
+    var arg: KernelArgument { .pointer(self.map { CUdeviceptr($0.address) } ?? 0) }
+}
+
+extension DType {
+    /// The dtype code the cast kernel uses: the order of `allCases`.
+    var code: Int32 { Int32(DType.allCases.firstIndex(of: self)!) }
+}
+
+extension UnaryOp { var code: Int32 { Int32(UnaryOp.allCases.firstIndex(of: self)!) } }
+extension BinaryOp { var code: Int32 { Int32(BinaryOp.allCases.firstIndex(of: self)!) } }
+
+#if canImport(Glibc)
+import Glibc
+#endif

@@ -1,0 +1,107 @@
+/// Elementwise kernels: unary ops and their derivatives, binary ops with broadcast, scalar ops,
+/// the causal mask, fill and arange. Op codes are the case order of `UnaryOp` / `BinaryOp`, passed
+/// as an int (a uniform branch per launch costs nothing next to the memory traffic).
+enum ElementwiseKernels {
+    static let source = #"""
+    __device__ __forceinline__ acc_t unary_value(int op, acc_t x) {
+        switch (op) {
+        case 0: return -x;                                   // neg
+        case 1: return FM_EXP(x);                            // exp
+        case 2: return FM_LOG(x);                            // log
+        case 3: return FM_SQRT(x);                           // sqrt
+        case 4: return FM_TANH(x);                           // tanh
+        case 5: return x > 0 ? x : (acc_t)0;                 // relu
+        case 6: return (acc_t)1 / ((acc_t)1 + FM_EXP(-x));   // sigmoid
+        case 7: return x / ((acc_t)1 + FM_EXP(-x));          // silu
+        case 8: { acc_t u = (acc_t)0.7978845608028654 * (x + (acc_t)0.044715 * x * x * x);
+                  return (acc_t)0.5 * x * ((acc_t)1 + FM_TANH(u)); }            // gelu tanh
+        case 9: return (acc_t)0.5 * x * ((acc_t)1 + FM_ERF(x * (acc_t)0.7071067811865476)); // gelu erf
+        case 10: return x * x;                               // square
+        case 11: return (acc_t)1 / x;                        // reciprocal
+        default: return x < 0 ? -x : x;                      // abs
+        }
+    }
+
+    __device__ __forceinline__ acc_t unary_derivative(int op, acc_t x) {
+        switch (op) {
+        case 0: return (acc_t)-1;
+        case 1: return FM_EXP(x);
+        case 2: return (acc_t)1 / x;
+        case 3: return (acc_t)1 / ((acc_t)2 * FM_SQRT(x));
+        case 4: { acc_t t = FM_TANH(x); return (acc_t)1 - t * t; }
+        case 5: return x > 0 ? (acc_t)1 : (acc_t)0;
+        case 6: { acc_t s = (acc_t)1 / ((acc_t)1 + FM_EXP(-x)); return s * ((acc_t)1 - s); }
+        case 7: { acc_t s = (acc_t)1 / ((acc_t)1 + FM_EXP(-x)); return s * ((acc_t)1 + x * ((acc_t)1 - s)); }
+        case 8: { acc_t inner = (acc_t)0.7978845608028654 * (x + (acc_t)0.044715 * x * x * x);
+                  acc_t t = FM_TANH(inner);
+                  acc_t d = (acc_t)0.7978845608028654 * ((acc_t)1 + (acc_t)3 * (acc_t)0.044715 * x * x);
+                  return (acc_t)0.5 * ((acc_t)1 + t) + (acc_t)0.5 * x * ((acc_t)1 - t * t) * d; }
+        case 9: return (acc_t)0.5 * ((acc_t)1 + FM_ERF(x * (acc_t)0.7071067811865476))
+                       + x * (acc_t)0.3989422804014327 * FM_EXP(-x * x / (acc_t)2);
+        case 10: return (acc_t)2 * x;
+        case 11: return (acc_t)-1 / (x * x);
+        default: return x > 0 ? (acc_t)1 : (x < 0 ? (acc_t)-1 : (acc_t)0);
+        }
+    }
+
+    __device__ __forceinline__ acc_t binary_value(int op, acc_t a, acc_t b) {
+        switch (op) {
+        case 0: return a + b;
+        case 1: return a - b;
+        case 2: return a * b;
+        default: return a / b;
+        }
+    }
+
+    extern "C" __global__ void unary_fwd(int op, const T* x, T* out, int64_t n) {
+        GRID_STRIDE(i, n) out[i] = ST(unary_value(op, LD(x[i])));
+    }
+
+    extern "C" __global__ void unary_bwd(int op, const T* x, const T* g, T* out, int64_t n) {
+        GRID_STRIDE(i, n) out[i] = ST(LD(g[i]) * unary_derivative(op, LD(x[i])));
+    }
+
+    /// broadcast: 0 none, 1 scalar, 2 row (b[i % cols]), 3 column (b[i / cols]).
+    extern "C" __global__ void binary_fwd(int op, const T* a, const T* b, T* out, int64_t n, int broadcast, int64_t cols) {
+        GRID_STRIDE(i, n) {
+            int64_t j = broadcast == 0 ? i : broadcast == 1 ? 0 : broadcast == 2 ? i % cols : i / cols;
+            out[i] = ST(binary_value(op, LD(a[i]), LD(b[j])));
+        }
+    }
+
+    extern "C" __global__ void binary_scalar(int op, const T* a, double s, int scalar_first, T* out, int64_t n) {
+        acc_t c = (acc_t)s;
+        GRID_STRIDE(i, n) out[i] = ST(scalar_first ? binary_value(op, c, LD(a[i])) : binary_value(op, LD(a[i]), c));
+    }
+
+    extern "C" __global__ void causal_mask(const T* x, T* out, int64_t n, int64_t rows, int64_t cols, double value) {
+        int64_t shift = cols - rows;
+        T v = ST((acc_t)value);
+        GRID_STRIDE(i, n) {
+            int64_t j = i % cols, r = (i / cols) % rows;
+            out[i] = j > r + shift ? v : x[i];
+        }
+    }
+
+    extern "C" __global__ void fill(T* out, int64_t n, double value) {
+        T v = ST((acc_t)value);
+        GRID_STRIDE(i, n) out[i] = v;
+    }
+
+    extern "C" __global__ void arange(T* out, int64_t n, double start, double step) {
+        GRID_STRIDE(i, n) out[i] = ST((acc_t)(start + (double)i * step));
+    }
+
+    /// AdamW as the CPU computes it (float32 parameters and moments only).
+    extern "C" __global__ void adamw(float* p, const float* g, float* m, float* v, int64_t n,
+                                     float lr, float beta1, float beta2, float eps, float decay, float step_size, float c2) {
+        GRID_STRIDE(i, n) {
+            float gi = g[i];
+            float mi = beta1 * m[i] + (1.0f - beta1) * gi;
+            float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+            m[i] = mi; v[i] = vi;
+            p[i] = p[i] * decay - step_size * mi / (sqrtf(vi) / c2 + eps);
+        }
+    }
+    """#
+}

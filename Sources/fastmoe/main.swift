@@ -1,2 +1,0 @@
-import FastMoE
-print("fastmoe")

@@ -1,0 +1,135 @@
+import Testing
+@testable import Tensors
+
+/// The op table run on the CPU and on the GPU from the same fresh random float32 inputs: outputs and
+/// every input gradient must agree (GPU allocations poisoned with NaN, so unwritten elements fail).
+@Suite("CPU vs CUDA", .enabled(if: Device.cudaAvailable), .serialized)
+struct CUDAOpTests {
+    let gpu = Device.cuda(0)
+
+    /// Output and input gradients of `op` for inputs in `dtype` on `device` (upstream gradient fixed).
+    func run(_ op: OpCase, _ inputs: [Tensor], on device: Device, dtype: DType) -> [[Double]] {
+        let leaves = inputs.map { $0.cast(to: dtype).to(device).detached().requiringGradient() }
+        let out = op.apply(leaves)
+        var g = RandomGenerator(seed: 11)
+        let w = Tensor.randomNormal(out.shape, dtype: .float32, generator: &g).cast(to: dtype).to(device)
+        (out * w).sum().backward()
+        return [out.doubles()] + leaves.map { $0.grad?.doubles() ?? [] }
+    }
+
+    /// max |a - b| / max |b| over all elements (b the CPU reference).
+    func relativeError(_ a: [Double], _ b: [Double]) -> Double {
+        guard a.count == b.count else { return .infinity }
+        let scale = max(b.map { Swift.abs($0) }.max() ?? 0, 1e-6)
+        return zip(a, b).map { $0.isNaN || $1.isNaN ? .infinity : Swift.abs($0 - $1) }.max().map { $0 / scale } ?? 0
+    }
+
+    @Test(arguments: opCases)
+    func float32MatchesCPU(_ op: OpCase) {
+        CUDABackend.poisonAllocations = true
+        defer { CUDABackend.poisonAllocations = false }
+        let inputs = op.inputs()
+        let cpu = run(op, inputs, on: .cpu, dtype: .float32)
+        let cuda = run(op, inputs, on: gpu, dtype: .float32)
+        let tolerance = op.name.hasPrefix("matmul") ? 1e-4 : 1e-5
+        for (i, (c, r)) in zip(cuda, cpu).enumerated() {
+            let e = relativeError(c, r)
+            #expect(e <= tolerance, "\(op.name) \(i == 0 ? "output" : "gradient of input \(i - 1)"): relative error \(e)")
+        }
+    }
+
+    static let bfloat16Cases = opCases.filter { c in
+        ["add", "mul row broadcast", "div", "exp", "tanh", "gelu tanh", "gelu erf", "silu", "matmul", "matmul Bᵀ",
+         "matmul batched", "softmax", "log-softmax", "layer norm", "sum last axis", "cross-entropy (ignore)",
+         "embedding (repeats, -1)", "transpose", "causal mask"].contains(c.name)
+    }
+
+    /// bfloat16 on the GPU against float32 on the CPU over the same (bf16-rounded) inputs.
+    @Test(arguments: bfloat16Cases)
+    func bfloat16MatchesCPUFloat32(_ op: OpCase) {
+        let inputs = op.inputs().map { $0.cast(to: .bfloat16).cast(to: .float32) }
+        let cpu = run(op, inputs, on: .cpu, dtype: .float32)
+        let cuda = run(op, inputs, on: gpu, dtype: .bfloat16)
+        for (i, (c, r)) in zip(cuda, cpu).enumerated() {
+            let e = relativeError(c, r)
+            #expect(e <= 2e-2, "\(op.name) bf16 \(i == 0 ? "output" : "gradient of input \(i - 1)"): relative error \(e)")
+        }
+    }
+
+    @Test func randomNumbersMatchTheCPU() {
+        var a = RandomGenerator(seed: 1234), b = RandomGenerator(seed: 1234)
+        let u = Tensor.randomUniform([100_003], low: -2, high: 5, generator: &a).scalars()
+        #expect(u == Tensor.randomUniform([100_003], low: -2, high: 5, device: gpu, generator: &b).scalars())
+        let n = Tensor.randomNormal([100_003], generator: &a).scalars()
+        let ng = Tensor.randomNormal([100_003], device: gpu, generator: &b).scalars()
+        #expect(zip(n, ng).allSatisfy { Swift.abs($0 - $1) <= 1e-5 * max(1, Swift.abs($0)) })
+        let m = Tensor.empty([4099], device: gpu)
+        m.backend.random(m, .dropoutMask(p: 0.3), stream: RandomStream(seed: 5, offset: 9))
+        let mc = Tensor.empty([4099])
+        mc.backend.random(mc, .dropoutMask(p: 0.3), stream: RandomStream(seed: 5, offset: 9))
+        #expect(m.scalars() == mc.scalars())
+    }
+
+    @Test func castsAndCreationMatchTheCPU() {
+        var g = RandomGenerator(seed: 3)
+        let x = Tensor.randomNormal([1000], std: 100, generator: &g)
+        for (from, to) in [(DType.float32, DType.bfloat16), (.float32, .int32), (.bfloat16, .float32), (.int32, .float32)] {
+            let cpu = x.cast(to: from).cast(to: to)
+            let cuda = x.cast(to: from).to(gpu).cast(to: to)
+            #expect(cpu.bytes() == cuda.bytes(), "cast \(from) → \(to)")
+        }
+        #expect(Tensor.arange(10, start: 3, step: 2, device: gpu).int32s() == (0..<10).map { Int32(3 + 2 * $0) })
+        #expect(Tensor.full([5], 2.5, dtype: .bfloat16, device: gpu).scalars() == [2.5, 2.5, 2.5, 2.5, 2.5])
+    }
+
+    @Test func topKMatchesTheCPU() {
+        var g = RandomGenerator(seed: 4)
+        let x = Tensor.randomNormal([333, 64], generator: &g)
+        let (v, i) = x.topK(8), (vg, ig) = x.to(gpu).topK(8)
+        #expect(v.scalars() == vg.scalars())
+        #expect(i.int32s() == ig.int32s())
+    }
+
+    @Test func largeRowsAndReductions() {
+        var g = RandomGenerator(seed: 5)
+        let x = Tensor.randomNormal([37, 5000], generator: &g)
+        let xg = x.to(gpu)
+        #expect(relativeError(xg.softmax().doubles(), x.softmax().doubles()) < 1e-5)
+        #expect(relativeError(xg.sum(axis: -1).doubles(), x.sum(axis: -1).doubles()) < 1e-5)
+        #expect(relativeError(xg.sumRows().doubles(), x.sumRows().doubles()) < 1e-5)
+        #expect(relativeError(xg.max(axis: -1).doubles(), x.max(axis: -1).doubles()) == 0)
+    }
+
+    @Test func adamWMatchesTheCPU() {
+        var g = RandomGenerator(seed: 6)
+        let p = Tensor.randomNormal([1000], generator: &g), grad = Tensor.randomNormal([1000], generator: &g)
+        let m = Tensor.randomNormal([1000], std: 0.1, generator: &g), v = Tensor.randomUniform([1000], generator: &g)
+        let (pg, mg, vg) = (p.to(gpu), m.to(gpu), v.to(gpu))
+        let step = AdamWStep(learningRate: 1e-3, beta1: 0.9, beta2: 0.95, epsilon: 1e-8, weightDecay: 0.1, step: 3)
+        p.backend.adamW(parameter: p, gradient: grad, m: m, v: v, step)
+        pg.backend.adamW(parameter: pg, gradient: grad.to(gpu), m: mg, v: vg, step)
+        #expect(relativeError(pg.doubles(), p.doubles()) < 1e-6)
+        #expect(relativeError(mg.doubles(), m.doubles()) < 1e-6)
+        #expect(relativeError(vg.doubles(), v.doubles()) < 1e-6)
+    }
+
+    /// A training-like loop of forward, backward and update must not grow the reserved pool.
+    @Test func allocatorDoesNotGrowOverATrainingLoop() {
+        var g = RandomGenerator(seed: 7)
+        let w1 = Tensor.randomNormal([256, 512], std: 0.05, device: gpu, generator: &g).requiringGradient()
+        let w2 = Tensor.randomNormal([512, 256], std: 0.05, device: gpu, generator: &g).requiringGradient()
+        var reservedAfterWarmup = 0
+        for step in 0..<1000 {
+            let x = Tensor.randomNormal([64, 256], device: gpu, generator: &g)
+            let loss = x.matmul(w1).gelu().matmul(w2).squared().mean()
+            loss.backward()
+            w1.grad = nil
+            w2.grad = nil
+            if step == 10 { reservedAfterWarmup = w1.backend.memoryStatistics.reserved }
+        }
+        w1.backend.synchronize()
+        let stats = w1.backend.memoryStatistics
+        #expect(stats.reserved == reservedAfterWarmup, "reserved grew from \(reservedAfterWarmup) to \(stats.reserved)")
+        #expect(stats.peak >= stats.allocated && stats.allocated > 0)
+    }
+}
