@@ -1,7 +1,7 @@
 import Testing
 @testable import Tensors
 
-/// The routing plan by its definition (RoutingPrimitives.routingPlan), slot by slot, quadratic.
+/// The routing plan by its definition (RoutingBackend.routingPlan), slot by slot, quadratic.
 private func referencePlan(_ expert: [Int32], tokens t: Int, k: Int, n: Int, capacity: Int?, priority: RoutingPriority, mask: [Double]?)
     -> (kept: [Int32], before: [Int32], after: [Int32], position: [Int32], slot: [Int32], token: [Int32], sortedExpert: [Int32]) {
     let slots = t * k

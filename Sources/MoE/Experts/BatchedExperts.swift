@@ -63,7 +63,7 @@ public final class BatchedExperts: Module, Experts {
 
     /// From given layers (e.g. copied weights).
     public init(fc1: GroupedLinear, fc2: GroupedLinear, activation: ExpertActivation = .gelu) {
-        precondition(fc1.expertCount == fc2.expertCount && fc1.outFeatures == fc2.inFeatures && fc2.outFeatures == fc1.inFeatures,
+        guarantee(fc1.expertCount == fc2.expertCount && fc1.outFeatures == fc2.inFeatures && fc2.outFeatures == fc1.inFeatures,
                      "BatchedExperts: fc1 [\(fc1.expertCount), \(fc1.outFeatures), \(fc1.inFeatures)] and fc2 [\(fc2.expertCount), \(fc2.outFeatures), \(fc2.inFeatures)] do not chain")
         self.fc1 = fc1
         self.fc2 = fc2

@@ -12,14 +12,14 @@ public final class ExpertList: Module, Experts {
     public let experts: [any Layer]
 
     public init(_ experts: [any Layer]) {
-        precondition(!experts.isEmpty, "ExpertList: needs at least one expert")
+        guarantee(!experts.isEmpty, "ExpertList: needs at least one expert")
         self.experts = experts
     }
 
     public var expertCount: Int { experts.count }
 
     public func callAsFunction(_ rows: Tensor, groups: ExpertGroups) -> Tensor {
-        precondition(groups.sizes.count == experts.count, "ExpertList: \(groups.sizes.count) group sizes for \(experts.count) experts")
+        guarantee(groups.sizes.count == experts.count, "ExpertList: \(groups.sizes.count) group sizes for \(experts.count) experts")
         var outputs: [Tensor] = []
         for (e, (offset, size)) in zip(groups.offsets, groups.sizes).enumerated() where size > 0 {
             outputs.append(experts[e](rows.rows(offset..<(offset + size))))

@@ -9,7 +9,7 @@ public struct ExpertGroups: @unchecked Sendable {
     public let expertOfRow: Tensor
 
     public init(sizes: [Int], expertOfRow: Tensor) {
-        precondition(expertOfRow.count == sizes.reduce(0, +), "ExpertGroups: \(expertOfRow.count) rows labelled, sizes \(sizes) add up to \(sizes.reduce(0, +))")
+        guarantee(expertOfRow.count == sizes.reduce(0, +), "ExpertGroups: \(expertOfRow.count) rows labelled, sizes \(sizes) add up to \(sizes.reduce(0, +))")
         self.sizes = sizes
         self.expertOfRow = expertOfRow
     }

@@ -16,9 +16,9 @@ public final class GroupedLinear: Module {
 
     /// From given values (`weight [E, out, in]`, `bias [E, out]`).
     public init(weight: Tensor, bias: Tensor?) {
-        precondition(weight.rank == 3, "GroupedLinear: weight must be [E, out, in], got \(weight.shape)")
+        guarantee(weight.rank == 3, "GroupedLinear: weight must be [E, out, in], got \(weight.shape)")
         (expertCount, outFeatures, inFeatures) = (weight.shape[0], weight.shape[1], weight.shape[2])
-        precondition(bias.map { $0.shape == [weight.shape[0], weight.shape[1]] } ?? true,
+        guarantee(bias.map { $0.shape == [weight.shape[0], weight.shape[1]] } ?? true,
                      "GroupedLinear: bias \(bias!.shape) must be [\(weight.shape[0]), \(weight.shape[1])]")
         self.weight = Parameter(weight)
         self.bias = bias.map(Parameter.init)

@@ -54,7 +54,7 @@ open class Dispatcher: @unchecked Sendable {
     /// `out[b] = Σ_j score[b, j] · y[slot (b, j)]` for expert outputs `y [S, d]` in dispatch order.
     open func combine(_ y: Tensor, score: Tensor, _ dispatched: DispatchedTokens) -> Tensor {
         let b = dispatched.tokenCount, k = dispatched.topK, d = y.lastDimension
-        precondition(score.shape == [b, k], "combine: score \(score.shape) does not match the dispatch's [\(b), \(k)]")
+        guarantee(score.shape == [b, k], "combine: score \(score.shape) does not match the dispatch's [\(b), \(k)]")
         if y.shape[0] == 0 { return Tensor.zeros([b, d], dtype: y.dtype, device: y.device) }
         let weights = score.cast(to: y.dtype)
         // Dropped slots gather an exact zero row (slotPosition -1).

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import NN
+import Tensors
 
 /// How the tokens of one forward spread over the experts (MOE_SEMANTICS §5), from the counts the
 /// layer already downloaded for its group sizes (no second download).
@@ -15,7 +16,7 @@ public struct LoadStatistics: Sendable, Equatable, Codable {
     public let topK: Int
 
     public init(countsBeforeDrop: [Int], counts: [Int], tokens: Int, topK: Int) {
-        precondition(countsBeforeDrop.count == counts.count, "LoadStatistics: \(countsBeforeDrop.count) routed counts, \(counts.count) kept")
+        guarantee(countsBeforeDrop.count == counts.count, "LoadStatistics: \(countsBeforeDrop.count) routed counts, \(counts.count) kept")
         self.countsBeforeDrop = countsBeforeDrop
         self.counts = counts
         self.tokens = tokens

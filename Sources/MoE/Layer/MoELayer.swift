@@ -18,6 +18,8 @@ open class MoELayer: Module, Layer, MoEAuxiliaryLossProvider {
     /// Moves tokens between the gate's decisions and the experts (the expert-parallel seam).
     public let dispatcher: Dispatcher
     public let dModel: Int
+    /// Dropout on the layer's output (a dense MLP's, carried over by `moefy`); nil for none.
+    public var dropout: Dropout?
 
     public private(set) var lastAuxLoss: Tensor?
     public private(set) var lastZLoss: Tensor?
@@ -25,8 +27,8 @@ open class MoELayer: Module, Layer, MoEAuxiliaryLossProvider {
 
     public init(dModel: Int, gate: any Gate, experts: any Experts, dispatcher: Dispatcher? = nil) {
         let d = dispatcher ?? Dispatcher(expertCount: gate.expertCount)
-        precondition(d.expertCount == gate.expertCount, "MoELayer: dispatcher for \(d.expertCount) experts, gate routes to \(gate.expertCount)")
-        precondition(dispatcher != nil || experts.expertCount == gate.expertCount,
+        guarantee(d.expertCount == gate.expertCount, "MoELayer: dispatcher for \(d.expertCount) experts, gate routes to \(gate.expertCount)")
+        guarantee(dispatcher != nil || experts.expertCount == gate.expertCount,
                      "MoELayer: gate routes to \(gate.expertCount) experts but \(experts.expertCount) are given")
         self.gate = gate
         self.experts = experts
@@ -35,7 +37,7 @@ open class MoELayer: Module, Layer, MoEAuxiliaryLossProvider {
     }
 
     open func callAsFunction(_ x: Tensor) -> Tensor {
-        precondition(x.lastDimension == dModel, "MoELayer(d = \(dModel)): input \(x.shape) has last dimension \(x.lastDimension)")
+        guarantee(x.lastDimension == dModel, "MoELayer(d = \(dModel)): input \(x.shape) has last dimension \(x.lastDimension)")
         let tokens = x.reshaped([-1, dModel])
         let routing = gate.route(tokens)
         let dispatched = dispatcher.dispatch(tokens, routing: routing)
@@ -45,6 +47,14 @@ open class MoELayer: Module, Layer, MoEAuxiliaryLossProvider {
         lastZLoss = routing.zLoss
         lastLoadStatistics = LoadStatistics(countsBeforeDrop: dispatched.countsBeforeDrop, counts: dispatched.counts,
                                             tokens: dispatched.tokenCount, topK: dispatched.topK)
-        return out.reshaped(x.shape)
+        let y2 = out.reshaped(x.shape)
+        return dropout.map { $0(y2) } ?? y2
+    }
+}
+
+extension MoELayer: ActiveParameterCounting {
+    /// The gate, plus `k` experts' worth of expert parameters (the mean expert, for mixed experts).
+    public var activeParameterCount: Int {
+        gate.parameterCount + gate.topK * experts.parameterCount / max(experts.expertCount, 1)
     }
 }

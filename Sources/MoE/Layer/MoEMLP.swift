@@ -23,11 +23,11 @@ public enum GateKind: Sendable, Equatable {
         case .noisyTopK:
             return NoisyTopKGate(dModel: dModel, expertCount: experts, topK: topK, zLossWeight: zLossWeight, dtype: dtype, device: device, generator: &generator)
         case .gshard(let train, let eval, let random):
-            precondition(topK == 2, "GateKind.gshard: GShard routes to 2 experts, topK is \(topK)")
+            guarantee(topK == 2, "GateKind.gshard: GShard routes to 2 experts, topK is \(topK)")
             return GShardGate(dModel: dModel, expertCount: experts, trainingCapacityFactor: train, evalCapacityFactor: eval,
                               randomRouting: random, zLossWeight: zLossWeight, dtype: dtype, device: device, generator: &generator)
         case .switch(let train, let eval, let jitter):
-            precondition(topK == 1, "GateKind.switch: Switch routes to 1 expert, topK is \(topK)")
+            guarantee(topK == 1, "GateKind.switch: Switch routes to 1 expert, topK is \(topK)")
             return SwitchGate(dModel: dModel, expertCount: experts, trainingCapacityFactor: train, evalCapacityFactor: eval,
                               jitter: jitter, zLossWeight: zLossWeight, dtype: dtype, device: device, generator: &generator)
         case .zero:

@@ -27,7 +27,7 @@ public final class GShardGate: Module, Gate {
     public init(dModel: Int, expertCount: Int, trainingCapacityFactor: Double = 1.2, evalCapacityFactor: Double = 2.4,
                 randomRouting: Bool = true, zLossWeight: Double = 0,
                 dtype: DType = .float32, device: Device = .cpu, generator: inout RandomGenerator) {
-        precondition(expertCount >= 2, "GShardGate: top-2 routing needs at least 2 experts, got \(expertCount)")
+        guarantee(expertCount >= 2, "GShardGate: top-2 routing needs at least 2 experts, got \(expertCount)")
         linear = Linear(dModel, expertCount, device: device, dtype: dtype, generator: &generator)
         self.expertCount = expertCount
         self.trainingCapacityFactor = trainingCapacityFactor

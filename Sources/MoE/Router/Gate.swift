@@ -37,7 +37,7 @@ public struct GateOutput: @unchecked Sendable {
     public var plan: RoutingPlan?
 
     public init(expert: Tensor, score: Tensor, auxLoss: Tensor? = nil, zLoss: Tensor? = nil, plan: RoutingPlan? = nil) {
-        precondition(expert.dtype == .int32 && expert.rank == 2 && score.shape == expert.shape,
+        guarantee(expert.dtype == .int32 && expert.rank == 2 && score.shape == expert.shape,
                      "GateOutput: expert \(expert.shape) \(expert.dtype) and score \(score.shape) must both be [B, k], expert int32")
         self.expert = expert
         self.score = score

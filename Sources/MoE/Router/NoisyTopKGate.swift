@@ -24,7 +24,7 @@ public final class NoisyTopKGate: Module, Gate {
 
     public init(dModel: Int, expertCount: Int, topK: Int = 2, zLossWeight: Double = 0,
                 dtype: DType = .float32, device: Device = .cpu, generator: inout RandomGenerator) {
-        precondition(topK >= 1 && topK <= expertCount, "NoisyTopKGate: topK \(topK) must be in 1...\(expertCount)")
+        guarantee(topK >= 1 && topK <= expertCount, "NoisyTopKGate: topK \(topK) must be in 1...\(expertCount)")
         let bound = 1 / Double(expertCount).squareRoot()
         wGate = Parameter(Tensor.randomUniform([dModel, expertCount], low: -bound, high: bound, dtype: dtype, device: device, generator: &generator))
         wNoise = Parameter(Tensor.randomUniform([dModel, expertCount], low: -bound, high: bound, dtype: dtype, device: device, generator: &generator))

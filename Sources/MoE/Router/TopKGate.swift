@@ -17,7 +17,7 @@ public final class TopKGate: Module, Gate {
 
     public init(dModel: Int, expertCount: Int, topK: Int = 2, zLossWeight: Double = 0,
                 dtype: DType = .float32, device: Device = .cpu, generator: inout RandomGenerator) {
-        precondition(topK >= 1 && topK <= expertCount, "TopKGate: topK \(topK) must be in 1...\(expertCount)")
+        guarantee(topK >= 1 && topK <= expertCount, "TopKGate: topK \(topK) must be in 1...\(expertCount)")
         linear = Linear(dModel, expertCount, device: device, dtype: dtype, generator: &generator)
         self.expertCount = expertCount
         self.topK = topK

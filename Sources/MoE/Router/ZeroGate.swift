@@ -7,7 +7,7 @@ public final class ZeroGate: Module, Gate {
     public let topK: Int
 
     public init(expertCount: Int, topK: Int = 1) {
-        precondition(expertCount >= 1 && topK >= 1, "ZeroGate: expertCount \(expertCount) and topK \(topK) must be positive")
+        guarantee(expertCount >= 1 && topK >= 1, "ZeroGate: expertCount \(expertCount) and topK \(topK) must be positive")
         self.expertCount = expertCount
         self.topK = topK
     }

@@ -2,7 +2,7 @@
 // CUDA kernels, which follow the same histogram / scan / stable-placement steps), and grouped GEMMs
 // as one CPU GEMM per expert over its block of rows (pointer offsets, never a loop over tokens).
 
-extension CPUBackend {
+extension CPUBackend: RoutingBackend {
     public func routingPlan(expert: Tensor, slotMask: Tensor?, expertCount n: Int, capacity: Int?, priority: RoutingPriority,
                             kept: Tensor, counts: Tensor, slotPosition: Tensor, sortedSlot: Tensor,
                             sortedToken: Tensor, sortedExpert: Tensor) {
@@ -14,13 +14,13 @@ extension CPUBackend {
         var routed = [Int32](repeating: -1, count: slots)
         for s in 0..<slots {
             let e = Int(src[s])
-            precondition(e >= -1 && e < n, "routingPlan: expert index \(e) outside [-1, \(n))")
+            guarantee(e >= -1 && e < n, "routingPlan: expert index \(e) outside [-1, \(n))")
             var drop = e < 0
             if let mask = slotMask, !drop {
                 switch mask.dtype {
                 case .float32: drop = mask.host(Float.self)[s] < 0
                 case .float64: drop = mask.host(Double.self)[s] < 0
-                default: preconditionFailure("routingPlan: slotMask must be float32 or float64, got \(mask.dtype)")
+                default: fatalError("routingPlan: slotMask must be float32 or float64, got \(mask.dtype)")
                 }
             }
             routed[s] = drop ? -1 : Int32(e)

@@ -59,7 +59,7 @@ public struct AdamWStep: Sendable {
 /// shapes and tests can poison an output before a call. Tensors are contiguous and row-major;
 /// "rows" means the tensor viewed as `[count / lastDim, lastDim]`. Nothing here may assume host
 /// memory: only `download` reads back, and it is the one sync point.
-public protocol Backend: AnyObject, Sendable, RoutingPrimitives {
+public protocol Backend: AnyObject, Sendable {
     var device: Device { get }
     var memoryStatistics: MemoryStatistics { get }
 

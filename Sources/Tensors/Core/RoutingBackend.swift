@@ -10,11 +10,14 @@ public enum RoutingPriority: Sendable, Equatable {
 }
 
 /// The primitives of the MoE path: the routing plan (a counting sort of slots by expert) and the
-/// grouped GEMMs of the batched experts. Every `Backend` implements them (`Backend` refines this
-/// protocol); the op layer (`Ops/Routing.swift`) allocates the outputs, as for every primitive.
+/// grouped GEMMs of the batched experts. A backend adds them by conforming
+/// (`extension CUDABackend: RoutingBackend`); the op layer (`Ops/Routing.swift`) allocates the
+/// outputs, as for every primitive, and stops with a message naming this protocol on a backend
+/// that does not conform. A separate protocol, so `Backend` stays the dense core and a backend's
+/// MoE kernels live in their own files.
 ///
 /// The CPU implementation (`CPU/CPURouting.swift`) is the reference for these semantics.
-public protocol RoutingPrimitives: AnyObject {
+public protocol RoutingBackend: Backend {
     /// The routing plan: which slots an expert keeps, and a stable expert-ordered layout of them.
     ///
     /// Inputs: `expert` `[T, k]` int32, each value in `[0, N)` or `-1` (routed nowhere);

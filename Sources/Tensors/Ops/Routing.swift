@@ -3,7 +3,7 @@
 // gates from top-k scores). Shapes: T tokens, k choices, N experts, S dispatched rows, E experts here.
 
 /// The result of `routingPlan`: every tensor int32, on the routing table's device.
-/// See `RoutingPrimitives.routingPlan` for the exact semantics of each field.
+/// See `RoutingBackend.routingPlan` for the exact semantics of each field.
 public struct RoutingPlan: @unchecked Sendable {
     /// `[T, k]`: the expert of each slot, `-1` where the slot is routed nowhere or dropped by capacity.
     public let kept: Tensor
@@ -35,11 +35,11 @@ public struct RoutingPlan: @unchecked Sendable {
 /// ```
 public func routingPlan(_ expert: Tensor, expertCount: Int, capacity: Int? = nil,
                         priority: RoutingPriority = .tokenMajor, slotMask: Tensor? = nil) -> RoutingPlan {
-    precondition(expert.dtype == .int32 && expert.rank == 2, "routingPlan: expert must be [T, k] int32, got \(expert.shape) \(expert.dtype)")
-    precondition(expertCount >= 1, "routingPlan: expertCount \(expertCount) must be at least 1")
-    precondition(capacity.map { $0 >= 0 } ?? true, "routingPlan: capacity \(capacity!) is negative")
+    guarantee(expert.dtype == .int32 && expert.rank == 2, "routingPlan: expert must be [T, k] int32, got \(expert.shape) \(expert.dtype)")
+    guarantee(expertCount >= 1, "routingPlan: expertCount \(expertCount) must be at least 1")
+    guarantee(capacity.map { $0 >= 0 } ?? true, "routingPlan: capacity \(capacity!) is negative")
     if let mask = slotMask {
-        precondition(mask.shape == expert.shape && mask.dtype.isFloatingPoint && mask.device == expert.device,
+        guarantee(mask.shape == expert.shape && mask.dtype.isFloatingPoint && mask.device == expert.device,
                      "routingPlan: slotMask \(mask.shape) \(mask.dtype) on \(mask.device) does not fit expert \(expert.shape) on \(expert.device)")
     }
     let slots = expert.count, device = expert.device
@@ -50,7 +50,7 @@ public func routingPlan(_ expert: Tensor, expertCount: Int, capacity: Int? = nil
                            sortedToken: Tensor.empty([slots], dtype: .int32, device: device),
                            sortedExpert: Tensor.empty([slots], dtype: .int32, device: device),
                            expertCount: expertCount)
-    expert.backend.routingPlan(expert: expert, slotMask: slotMask?.detached(), expertCount: expertCount, capacity: capacity,
+    expert.routingBackend("routingPlan").routingPlan(expert: expert, slotMask: slotMask?.detached(), expertCount: expertCount, capacity: capacity,
                                priority: priority, kept: plan.kept, counts: plan.counts, slotPosition: plan.slotPosition,
                                sortedSlot: plan.sortedSlot, sortedToken: plan.sortedToken, sortedExpert: plan.sortedExpert)
     return plan
@@ -66,46 +66,54 @@ public func routingPlan(_ expert: Tensor, expertCount: Int, capacity: Int? = nil
 /// let h = groupedLinear(xs, weight: w1, bias: b1, groupSizes: [3, 0, 5], expertOfRow: rowsExpert)
 /// ```
 public func groupedLinear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, groupSizes: [Int], expertOfRow: Tensor? = nil) -> Tensor {
-    precondition(weight.rank == 3 && x.rank == 2 && x.lastDimension == weight.shape[2],
+    guarantee(weight.rank == 3 && x.rank == 2 && x.lastDimension == weight.shape[2],
                  "groupedLinear: x \(x.shape) does not fit weight \(weight.shape) ([E, out, in])")
-    precondition(groupSizes.count == weight.shape[0] && groupSizes.allSatisfy({ $0 >= 0 }) && groupSizes.reduce(0, +) == x.shape[0],
+    guarantee(groupSizes.count == weight.shape[0] && groupSizes.allSatisfy({ $0 >= 0 }) && groupSizes.reduce(0, +) == x.shape[0],
                  "groupedLinear: group sizes \(groupSizes) must be \(weight.shape[0]) non-negative counts summing to \(x.shape[0]) rows")
-    precondition(x.dtype == weight.dtype && x.device == weight.device,
+    guarantee(x.dtype == weight.dtype && x.device == weight.device,
                  "groupedLinear: x is \(x.dtype) on \(x.device), weight \(weight.dtype) on \(weight.device)")
     let out = Tensor.empty([x.shape[0], weight.shape[1]], dtype: x.dtype, device: x.device)
-    x.backend.groupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: true, out)
+    x.routingBackend("groupedLinear").groupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: true, out)
     let y = out.recording("groupedLinear", [x, weight]) { gy in
         var gx: Tensor?, gw: Tensor?
         if x.requiresGrad {
             let g = Tensor.empty(x.shape, dtype: x.dtype, device: x.device)
-            g.backend.groupedMatmul(gy, weight: weight, groupSizes: groupSizes, transposeWeight: false, g)
+            g.routingBackend("groupedLinear").groupedMatmul(gy, weight: weight, groupSizes: groupSizes, transposeWeight: false, g)
             gx = g
         }
         if weight.requiresGrad {
             let g = Tensor.empty(weight.shape, dtype: weight.dtype, device: weight.device)
-            g.backend.groupedMatmulWeightGradient(gy, x, groupSizes: groupSizes, g)
+            g.routingBackend("groupedLinear").groupedMatmulWeightGradient(gy, x, groupSizes: groupSizes, g)
             gw = g
         }
         return [gx, gw]
     }
     guard let bias else { return y }
-    precondition(bias.shape == [weight.shape[0], weight.shape[1]] && bias.dtype == x.dtype,
+    guarantee(bias.shape == [weight.shape[0], weight.shape[1]] && bias.dtype == x.dtype,
                  "groupedLinear: bias \(bias.shape) \(bias.dtype) must be [\(weight.shape[0]), \(weight.shape[1])] \(x.dtype)")
-    guard let expertOfRow else { preconditionFailure("groupedLinear: a bias needs expertOfRow, the expert of each row") }
-    precondition(expertOfRow.shape == [x.shape[0]] && expertOfRow.dtype == .int32,
+    guard let expertOfRow else { fatalError("groupedLinear: a bias needs expertOfRow, the expert of each row") }
+    guarantee(expertOfRow.shape == [x.shape[0]] && expertOfRow.dtype == .int32,
                  "groupedLinear: expertOfRow must be [\(x.shape[0])] int32, got \(expertOfRow.shape) \(expertOfRow.dtype)")
     // Composed: a row gather of the bias (its backward is a deterministic scatter-add per expert).
     return y + bias.indexSelect(rows: expertOfRow)
 }
 
 extension Tensor {
+    /// This tensor's backend as a `RoutingBackend`, or a stop that says which backend lacks the MoE primitives.
+    func routingBackend(_ op: String) -> any RoutingBackend {
+        guard let b = backend as? any RoutingBackend else {
+            fatalError("\(op): the \(device) backend does not implement RoutingBackend (routingPlan, groupedMatmul, groupedMatmulWeightGradient)")
+        }
+        return b
+    }
+
     /// The transpose of `gather(lastAxis:)`: `[..., k]` values placed into `[..., width]` zeros at
     /// `indices` (`[..., k]` int32; `-1` places nothing; repeated indices add). Differentiable.
     /// ```swift
     /// let dense = score.scattered(lastAxis: expert, width: expertCount)   // [B, k] -> [B, N]
     /// ```
     public func scattered(lastAxis indices: Tensor, width: Int) -> Tensor {
-        precondition(indices.dtype == .int32 && indices.shape == shape,
+        guarantee(indices.dtype == .int32 && indices.shape == shape,
                      "scattered: indices \(indices.shape) \(indices.dtype) must be int32 of shape \(shape)")
         let outShape = Array(shape.dropLast()) + [width]
         let out = Tensor.zeros(outShape, dtype: dtype, device: device)

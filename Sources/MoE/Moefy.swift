@@ -1,0 +1,64 @@
+import NN
+import Tensors
+
+/// Turns the dense MLPs of a Transformer into MoE MLPs (MOE_SEMANTICS §6): every `TransformerBlock`
+/// in `model` (depth first, e.g. `GPT.blocks`) whose index `i` satisfies `i % every == 0` and whose
+/// `mlp` is a dense `MLP` gets an `MoEMLP` in its place. Returns the names of the replaced modules.
+///
+/// - `expertHidden`: each expert's hidden width; defaults to `h_dense / topK`, so a token's
+///   FLOPs stay those of the dense model (FastMoE's Megatron adapter does the same), apart from
+///   the gate and `k − 1` extra output biases.
+/// - `copy`: sparse upcycling: every expert starts as a copy of the dense MLP (its width is then
+///   `h_dense`, the default when `copy` is set; a different `expertHidden` is refused). Since the
+///   scores of the top-k gates add up to 1, the upcycled model computes what the dense one did
+///   until training moves the experts apart. Without `copy`, experts get Megatron's init
+///   (`N(0, 0.02)`, second weight `N(0, 0.02/√(2·blocks))`, biases 0), as GPT's own init.
+/// - The dense MLP's activation and dropout carry over; the gate's parameters follow the dense
+///   weights' dtype and device.
+/// ```swift
+/// var g = RandomGenerator(seed: 1)
+/// let model = GPT(config, generator: &g)
+/// moefy(model, experts: 8, topK: 2, gate: .topK, generator: &g)   // every block: 8 experts, h/2 wide
+/// ```
+@discardableResult
+public func moefy(_ model: Module, experts: Int, topK: Int = 2, gate: GateKind = .topK, every: Int = 1,
+                  expertHidden: Int? = nil, copy: Bool = false, zLossWeight: Double = 0,
+                  generator: inout RandomGenerator) -> [String] {
+    guarantee(experts >= 1 && topK >= 1 && topK <= experts, "moefy: topK \(topK) must be in 1...experts (\(experts))")
+    guarantee(every >= 1, "moefy: every = \(every) must be at least 1 (1 = every block)")
+    let blocks = model.namedModules().compactMap { entry in (entry.module as? TransformerBlock).map { (entry.name, $0) } }
+    var replaced: [String] = []
+    for (i, (name, block)) in blocks.enumerated() where i % every == 0 {
+        guard let dense = block.mlp as? MLP else { continue }
+        let d = dense.fc1.inFeatures, hDense = dense.fc1.outFeatures
+        let hidden = expertHidden ?? (copy ? hDense : max(1, hDense / topK))
+        guarantee(!copy || hidden == hDense,
+                  "moefy: copy: true seeds every expert with the dense MLP (hidden \(hDense)); expertHidden \(hidden) cannot hold it — drop expertHidden")
+        let weight = dense.fc1.weight.value
+        let activation: ExpertActivation
+        switch dense.activation.kind {
+        case .gelu(let approximate): activation = approximate ? .gelu : .geluExact
+        case .silu: activation = .silu
+        case .relu: activation = .relu
+        }
+        let moe = MoEMLP(dModel: d, hidden: hidden, experts: experts, topK: topK, gate: gate, zLossWeight: zLossWeight,
+                         activation: activation, initialization: .megatron(std: 0.02, layers: blocks.count),
+                         dtype: weight.dtype, device: weight.device, generator: &generator)
+        if copy {
+            func repeated(_ t: Tensor) -> Tensor {
+                let one = t.detached().reshaped([1] + t.shape)
+                return Tensor.concat(Array(repeating: one, count: experts), axis: 0)
+            }
+            let e = moe.batchedExperts
+            e.fc1.weight.value = repeated(dense.fc1.weight.value)
+            e.fc2.weight.value = repeated(dense.fc2.weight.value)
+            if let b = dense.fc1.bias { e.fc1.bias!.value = repeated(b.value) } else { e.fc1.bias!.value = Tensor.zeros([experts, hidden], dtype: weight.dtype, device: weight.device) }
+            if let b = dense.fc2.bias { e.fc2.bias!.value = repeated(b.value) } else { e.fc2.bias!.value = Tensor.zeros([experts, d], dtype: weight.dtype, device: weight.device) }
+        }
+        if dense.dropout.p > 0 { moe.dropout = dense.dropout }
+        moe.train(dense.isTraining)
+        block.mlp = moe
+        replaced.append(name.isEmpty ? "mlp" : "\(name).mlp")
+    }
+    return replaced
+}
