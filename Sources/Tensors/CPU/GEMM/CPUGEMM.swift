@@ -14,7 +14,7 @@ import Synchronization
 /// var c = [Float](repeating: 0, count: 4)
 /// CPUGEMM.gemm(transA: false, transB: false, m: 2, n: 2, k: 3, alpha: 1, a: a, lda: 3,
 ///              b: b, ldb: 2, beta: 0, c: &c, ldc: 2)   // c == [4, 5, 10, 11]
-/// print(CPUGEMM.implementationName)                  // "OpenBLAS (libopenblas.so.0)"
+/// print(CPUGEMM.implementationName)   // "OpenBLAS (libopenblas.so.0, SkylakeX kernels)"
 /// ```
 public enum CPUGEMM {
     // MARK: Which implementation runs
@@ -28,9 +28,9 @@ public enum CPUGEMM {
     }
 
     /// The implementation that calls made now would use, for `fastmoe info` and benchmark reports:
-    /// e.g. `"OpenBLAS (libopenblas.so.0)"` or `"Swift blocked SIMD fallback (2 threads)"`.
+    /// e.g. `"OpenBLAS (libopenblas.so.0, SkylakeX kernels)"` or `"Swift blocked SIMD fallback (2 threads)"`.
     public static var implementationName: String {
-        if let blas = activeBLAS { return "\(blas.vendor) (\(blas.fileName))" }
+        if let blas = activeBLAS { return blas.description }
         return fallbackName
     }
 
