@@ -39,11 +39,11 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         switch dtype {
         case nil, .int32?:
             key = "movement"
-            source = "#define FM_F32\n" + KernelPrelude.source + MovementKernels.source
+            source = ["#define FM_F32", KernelPrelude.source, MovementKernels.source].joined(separator: "\n")
         case .float32?, .float64?, .bfloat16?:
             let macro = dtype == .float64 ? "FM_F64" : dtype == .bfloat16 ? "FM_BF16" : "FM_F32"
             key = "ops_" + dtype!.rawValue
-            source = "#define \(macro)\n" + KernelPrelude.source + ElementwiseKernels.source + RowKernels.source + IndexingKernels.source
+            source = ["#define \(macro)", KernelPrelude.source, ElementwiseKernels.source, RowKernels.source, IndexingKernels.source].joined(separator: "\n")
         }
         let module = modules.withLock { cache -> CUDAModule in
             if let m = cache[key] { return m }
