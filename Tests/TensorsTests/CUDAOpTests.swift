@@ -100,6 +100,35 @@ struct CUDAOpTests {
         #expect(relativeError(xg.max(axis: -1).doubles(), x.max(axis: -1).doubles()) == 0)
     }
 
+    /// Every row-kernel path: warp-per-row at each register width (cols up to 1024) and block-per-row beyond.
+    @Test(arguments: [1, 31, 33, 100, 513, 1000, 1024, 1025, 3000])
+    func rowKernelsAtEveryWidth(_ cols: Int) {
+        CUDABackend.poisonAllocations = true
+        defer { CUDABackend.poisonAllocations = false }
+        var g = RandomGenerator(seed: UInt64(cols))
+        let x = Tensor.randomNormal([301, cols], std: 2, generator: &g)
+        let w = Tensor.randomNormal([cols], generator: &g), b = Tensor.randomNormal([cols], generator: &g)
+        let up = Tensor.randomNormal([301, cols], generator: &g)
+        let functions: [(String, ([Tensor]) -> Tensor)] = [
+            ("softmax", { $0[0].softmax() }), ("log-softmax", { $0[0].logSoftmax() }),
+            ("layer norm", { layerNorm($0[0], weight: $0[1], bias: $0[2]) }), ("sum rows", { $0[0].sumRows() }),
+        ]
+        for (name, f) in functions {
+            var results: [[[Double]]] = []
+            for device in [Device.cpu, gpu] {
+                let leaves = [x, w, b].map { $0.to(device).detached().requiringGradient() }
+                let out = f(leaves)
+                let upstream = out.shape == up.shape ? up.to(device) : Tensor.ones(out.shape, device: device)
+                (out * upstream).sum().backward()
+                results.append([out.doubles()] + leaves.map { $0.grad?.doubles() ?? [] })
+            }
+            for (i, (c, r)) in zip(results[1], results[0]).enumerated() {
+                let e = relativeError(c, r)
+                #expect(e <= 1e-5, "\(name) cols \(cols) \(i == 0 ? "output" : "gradient \(i - 1)"): relative error \(e)")
+            }
+        }
+    }
+
     @Test func adamWMatchesTheCPU() {
         var g = RandomGenerator(seed: 6)
         let p = Tensor.randomNormal([1000], generator: &g), grad = Tensor.randomNormal([1000], generator: &g)

@@ -25,6 +25,25 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     }
     private static let poison = Atomic<Bool>(false)
 
+    /// Lets float32 matmuls use TF32 tensor cores (10-bit mantissa inputs, float32 accumulation). Off by default.
+    public var allowTF32: Bool {
+        get { (try? gpu.blas().allowTF32) ?? false }
+        set { try? gpu.blas().allowTF32 = newValue }
+    }
+
+    /// The cuBLAS handle of this device (for benchmarks that time the bare library call).
+    public func blas() throws -> CUBLAS { try gpu.blas() }
+
+    /// A timing event pair on this device's stream: `measure` returns GPU milliseconds of `body`.
+    public func measureMilliseconds(_ body: () -> Void) throws -> Double {
+        let start = try CUDAEvent(device: gpu), end = try CUDAEvent(device: gpu)
+        start.record(on: gpu.stream)
+        body()
+        end.record(on: gpu.stream)
+        end.synchronize()
+        return Double(end.elapsedMilliseconds(since: start))
+    }
+
     public var memoryStatistics: MemoryStatistics {
         let s = gpu.allocator.statistics
         return MemoryStatistics(allocated: s.allocatedBytes, reserved: s.reservedBytes, peak: s.peakAllocatedBytes)
@@ -43,7 +62,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         case .float32?, .float64?, .bfloat16?:
             let macro = dtype == .float64 ? "FM_F64" : dtype == .bfloat16 ? "FM_BF16" : "FM_F32"
             key = "ops_" + dtype!.rawValue
-            source = ["#define \(macro)", KernelPrelude.source, ElementwiseKernels.source, RowKernels.source, IndexingKernels.source].joined(separator: "\n")
+            source = ["#define \(macro)", KernelPrelude.source, ElementwiseKernels.source, RowKernels.source, WarpRowKernels.source, IndexingKernels.source].joined(separator: "\n")
         }
         let module = modules.withLock { cache -> CUDAModule in
             if let m = cache[key] { return m }
@@ -72,10 +91,38 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         launch(kernel(name, dtype), grid: (rows, 1, 1), block: (threads, 1, 1), stream: gpu.stream, arguments: args)
     }
 
-    /// One thread per column.
-    func launchColumns(_ name: String, _ dtype: DType, cols: Int, _ args: [KernelArgument]) {
+    /// Rows of at most 1024 elements run one warp per row with the row in registers (`NAME_wV`,
+    /// 32·V ≥ cols), 4 rows per block; longer rows one block per row (`NAME`). The warp kernels take
+    /// `rows` before `cols`; `trailing` are the arguments after those two.
+    func launchRowwise(_ name: String, _ dtype: DType, rows: Int, cols: Int, leading: [KernelArgument], trailing: [KernelArgument]) {
+        guard rows > 0 else { return }
+        if cols <= 1024 {
+            var v = 1
+            while 32 * v < cols { v *= 2 }
+            launch(kernel("\(name)_w\(v)", dtype), grid: ((rows + 3) / 4, 1, 1), block: (128, 1, 1), stream: gpu.stream,
+                   arguments: leading + [.int64(Int64(rows)), .int64(Int64(cols))] + trailing)
+        } else {
+            launchRows(name, dtype, rows: rows, cols: cols, leading + [.int64(Int64(cols))] + trailing)
+        }
+    }
+
+    /// Column sums in two deterministic stages (see `column_partials`): mode 0 sums `x` into `out0`;
+    /// mode 1 writes the layer-norm parameter gradients Σ g·x̂ into `out0` and Σ g into `out1`.
+    func columnSums(mode: Int32, x: Tensor, g: Tensor?, mean: Tensor?, rstd: Tensor?, out0: Tensor?, out1: Tensor?) {
+        let rows = x.rowCount, cols = x.lastDimension
         guard cols > 0 else { return }
-        launch(kernel(name, dtype), grid: ((cols + 255) / 256, 1, 1), block: (256, 1, 1), stream: gpu.stream, arguments: args)
+        if rows == 0 {
+            for o in [out0, out1].compactMap({ $0 }) { fill(o, value: 0) }
+            return
+        }
+        let chunk = 128, chunks = (rows + chunk - 1) / chunk
+        let p0 = Tensor.empty([chunks, cols], dtype: x.dtype.statistics, device: device)
+        let p1 = mode == 1 ? Tensor.empty([chunks, cols], dtype: x.dtype.statistics, device: device) : nil
+        launch(kernel("column_partials", x.dtype), grid: ((cols + 31) / 32, chunks, 1), block: (32, 8, 1), stream: gpu.stream,
+               arguments: [x.arg, (g ?? x).arg, mean.arg, rstd.arg, p0.arg, p1.arg, .int64(Int64(rows)), .int64(Int64(cols)),
+                           .int64(Int64(chunk)), .int32(mode)])
+        launch(kernel("column_finish", x.dtype), grid: ((cols + 255) / 256, 1, 1), block: (256, 1, 1), stream: gpu.stream,
+               arguments: [p0.arg, p1.arg, out0.arg, out1.arg, .int64(Int64(chunks)), .int64(Int64(cols))])
     }
 
     // MARK: Memory
@@ -198,32 +245,31 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     }
 
     public func sumRows(_ x: Tensor, _ out: Tensor) {
-        launchColumns("sum_rows", x.dtype, cols: x.lastDimension, [x.arg, out.arg, .int64(Int64(x.rowCount)), .int64(Int64(x.lastDimension))])
+        columnSums(mode: 0, x: x, g: nil, mean: nil, rstd: nil, out0: out, out1: nil)
     }
 
     public func softmax(_ x: Tensor, _ out: Tensor, log: Bool) {
-        launchRows("softmax_fwd", x.dtype, rows: x.rowCount, cols: x.lastDimension,
-                   [x.arg, out.arg, .int64(Int64(x.lastDimension)), .int32(log ? 1 : 0)])
+        launchRowwise("softmax_fwd", x.dtype, rows: x.rowCount, cols: x.lastDimension,
+                      leading: [x.arg, out.arg], trailing: [.int32(log ? 1 : 0)])
     }
 
     public func softmaxBackward(y: Tensor, gradOut: Tensor, _ out: Tensor, log: Bool) {
-        launchRows("softmax_bwd", y.dtype, rows: y.rowCount, cols: y.lastDimension,
-                   [y.arg, gradOut.arg, out.arg, .int64(Int64(y.lastDimension)), .int32(log ? 1 : 0)])
+        launchRowwise("softmax_bwd", y.dtype, rows: y.rowCount, cols: y.lastDimension,
+                      leading: [y.arg, gradOut.arg, out.arg], trailing: [.int32(log ? 1 : 0)])
     }
 
     public func layerNorm(_ x: Tensor, weight: Tensor?, bias: Tensor?, epsilon: Float, _ out: Tensor, mean: Tensor, rstd: Tensor) {
-        launchRows("layernorm_fwd", x.dtype, rows: x.rowCount, cols: x.lastDimension,
-                   [x.arg, weight.arg, bias.arg, out.arg, mean.arg, rstd.arg, .int64(Int64(x.lastDimension)), .float(epsilon)])
+        launchRowwise("layernorm_fwd", x.dtype, rows: x.rowCount, cols: x.lastDimension,
+                      leading: [x.arg, weight.arg, bias.arg, out.arg, mean.arg, rstd.arg], trailing: [.float(epsilon)])
     }
 
     public func layerNormBackward(x: Tensor, weight: Tensor?, mean: Tensor, rstd: Tensor, gradOut: Tensor,
                                   gradX: Tensor, gradWeight: Tensor?, gradBias: Tensor?) {
         let rows = x.rowCount, cols = x.lastDimension
-        launchRows("layernorm_bwd_x", x.dtype, rows: rows, cols: cols,
-                   [x.arg, weight.arg, mean.arg, rstd.arg, gradOut.arg, gradX.arg, .int64(Int64(cols))])
+        launchRowwise("layernorm_bwd_x", x.dtype, rows: rows, cols: cols,
+                      leading: [x.arg, weight.arg, mean.arg, rstd.arg, gradOut.arg, gradX.arg], trailing: [])
         if gradWeight != nil || gradBias != nil {
-            launchColumns("layernorm_bwd_params", x.dtype, cols: cols,
-                          [x.arg, mean.arg, rstd.arg, gradOut.arg, gradWeight.arg, gradBias.arg, .int64(Int64(rows)), .int64(Int64(cols))])
+            columnSums(mode: 1, x: x, g: gradOut, mean: mean, rstd: rstd, out0: gradWeight, out1: gradBias)
         }
     }
 

@@ -16,7 +16,39 @@ enum OpsBenchmarks {
                 rows.append(BenchRow(name: "gemm fp32 \(n)³ (\(label))", milliseconds: ms, rate: flops / ms / 1e6, unit: "GFLOP/s"))
             }
             CPUGEMM.forceFallback = false
+        } else if let cuda = Backends.backend(for: device) as? CUDABackend {
+            rows += cudaGemm(cuda, repeats: repeats)
         }
+        return rows
+    }
+
+    /// Our `matmul` against the bare cuBLAS call on the same operands, both timed with CUDA events:
+    /// the wrapper should add nothing (the bare call is the ceiling of this row).
+    static func cudaGemm(_ cuda: CUDABackend, repeats: Int) -> [BenchRow] {
+        var rows: [BenchRow] = []
+        let blas: CUBLAS
+        do { blas = try cuda.blas() } catch { print("gemm: \(error)"); return [] }
+        for n in [4096, 8192] {
+            for (dtype, tf32) in [(DType.bfloat16, false), (.float32, false), (.float32, true)] {
+                var g = RandomGenerator(seed: UInt64(n))
+                let a = Tensor.randomNormal([n, n], dtype: dtype, device: cuda.device, generator: &g)
+                let b = Tensor.randomNormal([n, n], dtype: dtype, device: cuda.device, generator: &g)
+                let c = Tensor.empty([n, n], dtype: dtype, device: cuda.device)
+                cuda.allowTF32 = tf32
+                let types: GemmDataTypes = dtype == .bfloat16 ? .bfloat16 : .float32
+                let median = { (body: () -> Void) in deviceMilliseconds(cuda.device, repeats: repeats, body) }
+                let bare = median {
+                    blas.rowMajorGemm(m: n, n: n, k: n, a: CUdeviceptr(a.address), lda: n, b: CUdeviceptr(b.address), ldb: n,
+                                      c: CUdeviceptr(c.address), ldc: n, dtypes: types)
+                }
+                let ours = median { _ = withoutGradient { a.matmul(b) } }
+                let flops = 2 * Double(n) * Double(n) * Double(n)
+                let label = "gemm \(dtype == .bfloat16 ? "bf16" : tf32 ? "fp32 (tf32)" : "fp32") \(n)³"
+                rows.append(BenchRow(name: label + " cuBLAS (ceiling)", milliseconds: bare, rate: flops / bare / 1e9, unit: "TFLOP/s", ofCeiling: 1))
+                rows.append(BenchRow(name: label + " matmul", milliseconds: ours, rate: flops / ours / 1e9, unit: "TFLOP/s", ofCeiling: bare / ours))
+            }
+        }
+        cuda.allowTF32 = false
         return rows
     }
 
@@ -27,9 +59,9 @@ enum OpsBenchmarks {
         let y = Tensor.randomNormal([n / 1024, 1024], device: device, generator: &g)
         let w = Tensor.ones([1024], device: device), bias = Tensor.zeros([1024], device: device)
         let bytes = Double(x.byteCount)
-        let sync = { x.backend.synchronize() }
         func gbps(_ ms: Double, _ passes: Double) -> Double { passes * bytes / ms / 1e6 }
-        let copyMs = medianMilliseconds(repeats: repeats, sync: sync) { _ = x.contiguousCopy() }
+        let time = { (body: () -> Void) in deviceMilliseconds(device, repeats: repeats, body) }
+        let copyMs = time { _ = x.contiguousCopy() }
         let ceiling = gbps(copyMs, 2)
         var rows = [BenchRow(name: "copy (ceiling)", milliseconds: copyMs, rate: ceiling, unit: "GB/s", ofCeiling: 1)]
         let cases: [(String, Double, () -> Void)] = [
@@ -39,10 +71,21 @@ enum OpsBenchmarks {
             ("layer norm (rows of 1024)", 2, { _ = layerNorm(x, weight: w, bias: bias) }),
         ]
         for (name, passes, body) in cases {
-            let ms = medianMilliseconds(repeats: repeats, sync: sync) { withoutGradient { body() } }
+            let ms = time { withoutGradient { body() } }
             let rate = gbps(ms, passes)
             rows.append(BenchRow(name: name, milliseconds: ms, rate: rate, unit: "GB/s", ofCeiling: rate / ceiling))
         }
         return rows
     }
+}
+
+/// Median milliseconds of `body` on `device`: CUDA events on a GPU (no host overhead in the number),
+/// the host clock around a synchronous run on the CPU.
+func deviceMilliseconds(_ device: Device, repeats: Int, _ body: () -> Void) -> Double {
+    guard let cuda = Backends.backend(for: device) as? CUDABackend else {
+        return medianMilliseconds(repeats: repeats, sync: {}, body)
+    }
+    body()
+    let times = (0..<repeats).map { _ in (try? cuda.measureMilliseconds(body)) ?? .nan }
+    return times.sorted()[times.count / 2]
 }

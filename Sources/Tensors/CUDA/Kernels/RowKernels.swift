@@ -1,6 +1,6 @@
-/// Row-wise kernels, one block per row of `cols` elements: last-axis reductions, softmax and its
-/// backward, layer norm and its backward, cross-entropy and its backward; plus the column sums
-/// (bias and layer-norm parameter gradients), one thread per column.
+/// Row-wise kernels, one block per row of `cols` elements: last-axis reductions, cross-entropy and
+/// its backward, and the softmax and layer-norm kernels for rows longer than 1024 (shorter rows use
+/// the warp-per-row kernels of `WarpRowKernels`).
 enum RowKernels {
     static let source = #"""
     extern "C" __global__ void reduce_last(int op, const T* x, T* out, int64_t cols) {
@@ -13,14 +13,6 @@ enum RowKernels {
         }
         v = op == 0 ? block_sum(v, sh) : block_max(v, sh);
         if (threadIdx.x == 0) out[blockIdx.x] = ST(v);
-    }
-
-    extern "C" __global__ void sum_rows(const T* x, T* out, int64_t rows, int64_t cols) {
-        int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-        if (j >= cols) return;
-        acc_t s = 0;
-        for (int64_t r = 0; r < rows; r++) s += LD(x[r * cols + j]);
-        out[j] = ST(s);
     }
 
     extern "C" __global__ void softmax_fwd(const T* x, T* out, int64_t cols, int log_form) {
@@ -92,20 +84,6 @@ enum RowKernels {
             acc_t d = LD(g[o + j]) * (w ? LD(w[j]) : (acc_t)1);
             gx[o + j] = ST(rs * (d - sd - xhat * sdx));
         }
-    }
-
-    extern "C" __global__ void layernorm_bwd_params(const T* x, const stat_t* mean, const stat_t* rstd, const T* g,
-                                                    T* gw, T* gb, int64_t rows, int64_t cols) {
-        int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-        if (j >= cols) return;
-        acc_t aw = 0, ab = 0;
-        for (int64_t r = 0; r < rows; r++) {
-            acc_t gv = LD(g[r * cols + j]);
-            aw += gv * (LD(x[r * cols + j]) - (acc_t)mean[r]) * (acc_t)rstd[r];
-            ab += gv;
-        }
-        if (gw) gw[j] = ST(aw);
-        if (gb) gb[j] = ST(ab);
     }
 
     extern "C" __global__ void cross_entropy_fwd(const T* x, const int32_t* t, T* loss, T* valid, stat_t* lse,
