@@ -36,12 +36,19 @@ enum OpsBenchmarks {
                 let c = Tensor.empty([n, n], dtype: dtype, device: cuda.device)
                 cuda.allowTF32 = tf32
                 let types: GemmDataTypes = dtype == .bfloat16 ? .bfloat16 : .float32
-                let median = { (body: () -> Void) in deviceMilliseconds(cuda.device, repeats: repeats, body) }
-                let bare = median {
+                let bareCall = {
                     blas.rowMajorGemm(m: n, n: n, k: n, a: CUdeviceptr(a.address), lda: n, b: CUdeviceptr(b.address), ldb: n,
                                       c: CUdeviceptr(c.address), ldc: n, dtypes: types)
                 }
-                let ours = median { _ = withoutGradient { a.matmul(b) } }
+                let oursCall = { _ = withoutGradient { a.matmul(b) } }
+                // Alternate the two so clock and thermal drift fall on both alike.
+                var bareTimes: [Double] = [], ourTimes: [Double] = []
+                bareCall(); oursCall()
+                for _ in 0..<repeats {
+                    bareTimes.append((try? cuda.measureMilliseconds(bareCall)) ?? .nan)
+                    ourTimes.append((try? cuda.measureMilliseconds(oursCall)) ?? .nan)
+                }
+                let bare = bareTimes.sorted()[repeats / 2], ours = ourTimes.sorted()[repeats / 2]
                 let flops = 2 * Double(n) * Double(n) * Double(n)
                 let label = "gemm \(dtype == .bfloat16 ? "bf16" : tf32 ? "fp32 (tf32)" : "fp32") \(n)³"
                 rows.append(BenchRow(name: label + " cuBLAS (ceiling)", milliseconds: bare, rate: flops / bare / 1e9, unit: "TFLOP/s", ofCeiling: 1))

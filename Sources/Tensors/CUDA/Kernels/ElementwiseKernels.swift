@@ -13,8 +13,9 @@ enum ElementwiseKernels {
         case 5: return x > 0 ? x : (acc_t)0;                 // relu
         case 6: return (acc_t)1 / ((acc_t)1 + FM_EXP(-x));   // sigmoid
         case 7: return x / ((acc_t)1 + FM_EXP(-x));          // silu
+        // gelu tanh: 0.5·x·(1 + tanh(u)) = x·sigmoid(2u), one exp instead of tanh's longer sequence.
         case 8: { acc_t u = (acc_t)0.7978845608028654 * (x + (acc_t)0.044715 * x * x * x);
-                  return (acc_t)0.5 * x * ((acc_t)1 + FM_TANH(u)); }            // gelu tanh
+                  return x / ((acc_t)1 + FM_EXP((acc_t)-2 * u)); }
         case 9: return (acc_t)0.5 * x * ((acc_t)1 + FM_ERF(x * (acc_t)0.7071067811865476)); // gelu erf
         case 10: return x * x;                               // square
         case 11: return (acc_t)1 / x;                        // reciprocal
@@ -33,7 +34,7 @@ enum ElementwiseKernels {
         case 6: { acc_t s = (acc_t)1 / ((acc_t)1 + FM_EXP(-x)); return s * ((acc_t)1 - s); }
         case 7: { acc_t s = (acc_t)1 / ((acc_t)1 + FM_EXP(-x)); return s * ((acc_t)1 + x * ((acc_t)1 - s)); }
         case 8: { acc_t inner = (acc_t)0.7978845608028654 * (x + (acc_t)0.044715 * x * x * x);
-                  acc_t t = FM_TANH(inner);
+                  acc_t t = (acc_t)2 / ((acc_t)1 + FM_EXP((acc_t)-2 * inner)) - (acc_t)1;   // tanh(inner)
                   acc_t d = (acc_t)0.7978845608028654 * ((acc_t)1 + (acc_t)3 * (acc_t)0.044715 * x * x);
                   return (acc_t)0.5 * ((acc_t)1 + t) + (acc_t)0.5 * x * ((acc_t)1 - t * t) * d; }
         case 9: return (acc_t)0.5 * ((acc_t)1 + FM_ERF(x * (acc_t)0.7071067811865476))
