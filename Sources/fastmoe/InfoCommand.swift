@@ -9,5 +9,9 @@ struct InfoCommand: ParsableCommand {
     func run() throws {
         print("fastmoe \(FastMoEVersion.string)")
         print("cpu: \(CPUBackend.threadCount) threads, GEMM: \(CPUGEMM.implementationName)")
+        print(CUDA.diagnostics())
+        if !Device.cudaAvailable {
+            print("hint: set FASTMOE_CUDA_LIBRARY_PATH to the folders holding the NVIDIA libraries if they are installed elsewhere")
+        }
     }
 }
