@@ -11,8 +11,10 @@ struct GPULayerCase: CustomTestStringConvertible, Sendable {
     let experts: Int
     let tokens: Int
     let training: Bool
-    /// Whether the CPU run must drop some slots (capacity or random routing), so the case tests drops.
-    let drops: Bool
+    /// Whether the CPU run must drop slots by capacity (the capacity is below the routed slots).
+    var drops = false
+    /// Whether the slot mask must route some second choices nowhere (GShard's random routing).
+    var masks = false
     var testDescription: String { name }
 }
 
@@ -26,17 +28,17 @@ struct CUDAMoELayerTests {
     let gpu = Device.cuda(0)
 
     static let cases = [
-        GPULayerCase(name: "top-2", gate: .topK, topK: 2, experts: 8, tokens: 96, training: true, drops: false),
-        GPULayerCase(name: "top-1, 64 experts (some empty)", gate: .topK, topK: 1, experts: 64, tokens: 24, training: true, drops: false),
-        GPULayerCase(name: "GShard training (random routing)", gate: .gshard(), topK: 2, experts: 8, tokens: 96, training: true, drops: true),
+        GPULayerCase(name: "top-2", gate: .topK, topK: 2, experts: 8, tokens: 96, training: true),
+        GPULayerCase(name: "top-1, 64 experts (some empty)", gate: .topK, topK: 1, experts: 64, tokens: 24, training: true),
+        GPULayerCase(name: "GShard training (random routing)", gate: .gshard(), topK: 2, experts: 8, tokens: 96, training: true, masks: true),
         GPULayerCase(name: "GShard training, capacity factor 0.5", gate: .gshard(trainingCapacityFactor: 0.5, randomRouting: false),
                      topK: 2, experts: 8, tokens: 96, training: true, drops: true),
-        GPULayerCase(name: "GShard eval", gate: .gshard(), topK: 2, experts: 8, tokens: 96, training: false, drops: false),
+        GPULayerCase(name: "GShard eval", gate: .gshard(), topK: 2, experts: 8, tokens: 96, training: false),
         GPULayerCase(name: "Switch training (jitter), capacity factor 0.8", gate: .switch(trainingCapacityFactor: 0.8), topK: 1,
                      experts: 8, tokens: 96, training: true, drops: true),
         GPULayerCase(name: "Switch training (logit jitter)", gate: .switch(jitter: .logits(epsilon: 0.1)), topK: 1,
-                     experts: 4, tokens: 64, training: true, drops: false),
-        GPULayerCase(name: "Switch eval", gate: .switch(), topK: 1, experts: 8, tokens: 96, training: false, drops: false),
+                     experts: 4, tokens: 64, training: true),
+        GPULayerCase(name: "Switch eval", gate: .switch(), topK: 1, experts: 8, tokens: 96, training: false),
     ]
 
     func relativeError(_ a: [Double], _ b: [Double]) -> Double {
@@ -79,6 +81,7 @@ struct CUDAMoELayerTests {
         // the same experts here); everything else within float32 GEMM tolerance.
         #expect(cuda.load == cpu.load, "\(c.name): load \(cuda.load) vs CPU \(cpu.load)")
         if c.drops { #expect(cpu.load.keptSlots < cpu.load.routedSlots, "\(c.name): the case should drop slots") }
+        if c.masks { #expect(cpu.load.routedSlots < c.tokens * c.topK, "\(c.name): random routing should drop second choices") }
         if c.experts == 64 { #expect(cpu.load.counts.contains(0), "\(c.name): the case should leave an expert empty") }
         #expect(cuda.values.map(\.0) == cpu.values.map(\.0))
         for ((name, a), (_, b)) in zip(cuda.values, cpu.values) {
