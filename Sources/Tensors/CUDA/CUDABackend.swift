@@ -5,7 +5,7 @@ import Synchronization
 /// device's stream and returns; only `download` and `synchronize` wait.
 ///
 /// Kernels are compiled by NVRTC on first use, one module per element type (the prelude's `FM_*`
-/// macro picks `T`), plus one dtype-independent module for data movement and casts.
+/// macro picks `T`), plus one dtype-independent module for data movement, casts and the routing plan.
 public final class CUDABackend: Backend, @unchecked Sendable {
     public let device: Device
     let gpu: CUDADevice
@@ -58,7 +58,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         switch dtype {
         case nil, .int32?:
             key = "movement"
-            source = ["#define FM_F32", KernelPrelude.source, MovementKernels.source].joined(separator: "\n")
+            source = ["#define FM_F32", KernelPrelude.source, MovementKernels.source, RoutingKernels.source].joined(separator: "\n")
         case .float32?, .float64?, .bfloat16?:
             let macro = dtype == .float64 ? "FM_F64" : dtype == .bfloat16 ? "FM_BF16" : "FM_F32"
             key = "ops_" + dtype!.rawValue

@@ -1,0 +1,186 @@
+import CUDA
+import Synchronization
+
+// The MoE primitives on CUDA: the routing plan as two stable counting sorts built from the
+// chunked rank / column scan / elementwise kernels of `RoutingKernels` (no general sort, no host loop,
+// no result that depends on the order of atomics), and grouped GEMMs as one cuBLAS grouped GEMM
+// (cuBLAS ≥ 12.5) or one cuBLAS GEMM per expert, never per token.
+// Every call only enqueues work: the host never waits here (the MoE layer downloads the counts once).
+
+extension CUDABackend: RoutingBackend {
+    /// Whether grouped GEMMs use `cublasGemmGroupedBatchedEx` when the loaded cuBLAS has it (≥ 12.5).
+    /// When false, or with an older cuBLAS, they run as one `cublasGemmEx` per non-empty expert.
+    /// On by default; tests turn it off to cover the fallback, benchmarks to compare the two.
+    public static var usesGroupedGemm: Bool {
+        get { groupedGemmEnabled.load(ordering: .relaxed) }
+        set { groupedGemmEnabled.store(newValue, ordering: .relaxed) }
+    }
+    private static let groupedGemmEnabled = Atomic<Bool>(true)
+
+    // MARK: Routing plan
+
+    /// Kernel plan (see `RoutingKernels` for the kernels and their cost):
+    /// 1. `routing_prepare`: mask → `kept` holds the routed expert of each slot; sorted outputs = -1.
+    /// 2. With a capacity: rank every routed slot within its expert in priority order (chunked rank +
+    ///    column scan, whose totals are `countsBeforeDrop`), then drop the slots ranked ≥ C.
+    /// 3. Rank every kept slot within its expert in slot order (totals: the kept counts; without a
+    ///    capacity also `countsBeforeDrop`), scan the kept counts into expert offsets, and place.
+    /// About 8 launches; O(T*k) work and reads per pass, plus O(T*k/4) for the chunk scans.
+    public func routingPlan(expert: Tensor, slotMask: Tensor?, expertCount n: Int, capacity: Int?, priority: RoutingPriority,
+                            kept: Tensor, counts: Tensor, slotPosition: Tensor, sortedSlot: Tensor,
+                            sortedToken: Tensor, sortedExpert: Tensor) {
+        let slots = expert.count
+        guarantee(n <= Int(Int32.max) && slots <= Int(Int32.max), "routingPlan on CUDA: \(slots) slots over \(n) experts exceed int32 indices")
+        guard slots > 0 else { return fill(counts, value: 0) }
+        let k = expert.lastDimension, tokens = slots / k
+        let before = counts.pointer, after = counts.pointer + CUdeviceptr(n * 4)
+
+        if let mask = slotMask {
+            guarantee([DType.float32, .float64, .bfloat16].contains(mask.dtype), "routingPlan: slotMask must be a float tensor, got \(mask.dtype)")
+        }
+        launchElementwise("routing_prepare", nil, count: slots,
+                          [expert.arg, slotMask.arg, .int32(slotMask?.dtype.code ?? 0), .int64(Int64(slots)), .int32(Int32(n)),
+                           kept.arg, sortedSlot.arg, sortedToken.arg, sortedExpert.arg])
+
+        // Chunks of at least 4N ranks keep the per-chunk histograms (chunks × N ints, and the work of
+        // scanning them) within T*k/4; 1024 keeps a warp's walk over its chunk to 32 steps for N ≤ 256.
+        var chunk = 1024
+        while chunk < 4 * n { chunk *= 2 }
+        let chunks = (slots + chunk - 1) / chunk
+        let localRank = Tensor.empty([slots], dtype: .int32, device: device)
+        let chunkCount = Tensor.empty([chunks * n], dtype: .int32, device: device)
+
+        /// Ranks the slots with a key ≥ 0 within their key, in `choiceMajor` or slot order; leaves the
+        /// exclusive per-chunk offsets in `chunkCount` and the per-key totals at `total` (and `total2`).
+        func rank(choiceMajor: Bool, total: CUdeviceptr, total2: CUdeviceptr) {
+            // Four warps a block while four rows of counters fit the default 48 KiB of shared memory.
+            let warpsPerBlock = n <= 3072 ? 4 : 1
+            let sharedBytes = warpsPerBlock * n * 4
+            let useShared = sharedBytes <= 48 * 1024
+            launch(kernel("routing_rank_chunks", nil), grid: ((chunks + warpsPerBlock - 1) / warpsPerBlock, 1, 1),
+                   block: (32 * warpsPerBlock, 1, 1), sharedMemory: useShared ? sharedBytes : 0, stream: gpu.stream,
+                   arguments: [kept.arg, .int64(Int64(slots)), .int64(Int64(tokens)), .int64(Int64(k)), .int32(choiceMajor ? 1 : 0),
+                               .int32(Int32(n)), .int64(Int64(chunk)), .int64(Int64(chunks)), .int32(useShared ? 1 : 0),
+                               localRank.arg, chunkCount.arg])
+            launch(kernel("routing_scan_columns", nil), grid: (n, 1, 1), block: (256, 1, 1), stream: gpu.stream,
+                   arguments: [chunkCount.arg, chunkCount.arg, .int64(Int64(chunks)), .int32(Int32(n)), .pointer(total), .pointer(total2)])
+        }
+
+        if let capacity {
+            let choiceMajor = priority == .choiceMajor
+            rank(choiceMajor: choiceMajor, total: before, total2: 0)
+            launchElementwise("routing_apply_capacity", nil, count: slots,
+                              [kept.arg, localRank.arg, chunkCount.arg, .int64(Int64(slots)), .int64(Int64(tokens)), .int64(Int64(k)),
+                               .int32(choiceMajor ? 1 : 0), .int32(Int32(n)), .int64(Int64(chunk)), .int64(Int64(capacity))])
+            rank(choiceMajor: false, total: after, total2: 0)
+        } else {
+            rank(choiceMajor: false, total: before, total2: after)
+        }
+
+        // Expert offsets: the exclusive scan of the kept counts (one column of N rows).
+        let offsets = Tensor.empty([n], dtype: .int32, device: device)
+        launch(kernel("routing_scan_columns", nil), grid: (1, 1, 1), block: (256, 1, 1), stream: gpu.stream,
+               arguments: [.pointer(after), offsets.arg, .int64(Int64(n)), .int32(1), .pointer(0), .pointer(0)])
+        launchElementwise("routing_place", nil, count: slots,
+                          [kept.arg, localRank.arg, chunkCount.arg, offsets.arg, .int64(Int64(slots)), .int64(Int64(k)),
+                           .int32(Int32(n)), .int64(Int64(chunk)), slotPosition.arg, sortedSlot.arg, sortedToken.arg, sortedExpert.arg])
+    }
+
+    // MARK: Grouped GEMMs
+
+    public func groupedMatmul(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool, _ out: Tensor) {
+        let types = Self.gemmTypes(x.dtype, "groupedMatmul")
+        let outCols = transposeWeight ? weight.shape[1] : weight.shape[2]
+        let inner = transposeWeight ? weight.shape[2] : weight.shape[1]
+        let matrix = weight.shape[1] * weight.shape[2], size = x.dtype.byteSize
+        guard outCols > 0, x.shape[0] > 0 else { return }
+        if inner == 0 { return fill(out, value: 0) }
+        var problems: [GemmProblem] = []
+        var row = 0
+        for (e, rows) in groupSizes.enumerated() {
+            defer { row += rows }
+            // An empty expert has no rows of `out` to write.
+            if rows == 0 { continue }
+            problems.append(GemmProblem(m: rows, n: outCols, k: inner, a: x.pointer + CUdeviceptr(row * inner * size),
+                                        b: weight.pointer + CUdeviceptr(e * matrix * size), c: out.pointer + CUdeviceptr(row * outCols * size)))
+        }
+        enqueueGemms(problems, transA: false, transB: transposeWeight, lda: inner, ldb: transposeWeight ? inner : outCols, ldc: outCols, types)
+    }
+
+    public func groupedMatmulWeightGradient(_ gy: Tensor, _ x: Tensor, groupSizes: [Int], _ out: Tensor) {
+        let types = Self.gemmTypes(gy.dtype, "groupedMatmulWeightGradient")
+        let outRows = out.shape[1], inCols = out.shape[2], matrix = outRows * inCols, size = gy.dtype.byteSize
+        guard matrix > 0 else { return }
+        var problems: [GemmProblem] = []
+        var row = 0
+        for (e, rows) in groupSizes.enumerated() {
+            defer { row += rows }
+            let c = out.pointer + CUdeviceptr(e * matrix * size)
+            // An expert with no rows gets a zero gradient (the buffer is uninitialised).
+            if rows == 0 {
+                gpu.stream.memsetD8(c, value: 0, count: matrix * size)
+                continue
+            }
+            problems.append(GemmProblem(m: outRows, n: inCols, k: rows, a: gy.pointer + CUdeviceptr(row * outRows * size),
+                                        b: x.pointer + CUdeviceptr(row * inCols * size), c: c))
+        }
+        enqueueGemms(problems, transA: true, transB: false, lda: outRows, ldb: inCols, ldc: inCols, types)
+    }
+
+    /// cuBLAS operand types for a float dtype on CUDA (float32 accumulation in both cases).
+    static func gemmTypes(_ dtype: DType, _ op: String) -> GemmDataTypes {
+        switch dtype {
+        case .float32: return .float32
+        case .bfloat16: return .bfloat16
+        default: fatalError("\(op): \(dtype) is not supported on CUDA (float32 or bfloat16)")
+        }
+    }
+
+    /// Enqueues `C_i = op(A_i) op(B_i)` (row-major, beta 0) for every problem: one grouped GEMM with
+    /// a group per distinct (m, n, k) when cuBLAS has it, else one GEMM per problem.
+    private func enqueueGemms(_ problems: [GemmProblem], transA: Bool, transB: Bool, lda: Int, ldb: Int, ldc: Int, _ types: GemmDataTypes) {
+        guard !problems.isEmpty else { return }
+        let blas: CUBLAS
+        do { blas = try gpu.blas() } catch { fatalError("\(error)") }
+        guard problems.count > 1, blas.supportsGroupedGemm, Self.usesGroupedGemm else {
+            for p in problems {
+                blas.rowMajorGemm(transA: transA, transB: transB, m: p.m, n: p.n, k: p.k, a: p.a, lda: lda, b: p.b, ldb: ldb,
+                                  c: p.c, ldc: ldc, dtypes: types)
+            }
+            return
+        }
+        // Problems of equal size share a group (with a capacity every expert often has C rows).
+        var groupOf: [[Int]: Int] = [:]
+        var members: [[GemmProblem]] = []
+        for p in problems {
+            let key = [p.m, p.n, p.k]
+            if let g = groupOf[key] { members[g].append(p) } else { groupOf[key] = members.count; members.append([p]) }
+        }
+        let ordered = members.flatMap { $0 }
+        let pointers = ordered.map { UInt64($0.a) } + ordered.map { UInt64($0.b) } + ordered.map { UInt64($0.c) }
+        // cuBLAS reads the pointer arrays from device memory when the GEMM runs: a buffer from the
+        // stream-ordered allocator, freed after the enqueue (later users of the block come after it).
+        let buffer = allocate(byteCount: pointers.count * 8)
+        let base = CUdeviceptr(buffer.address), count = CUdeviceptr(ordered.count * 8)
+        gpu.stream.upload(pointers, to: base)
+        let groups = members.count
+        do {
+            try blas.rowMajorGroupedGemm(
+                transA: Array(repeating: transA, count: groups), transB: Array(repeating: transB, count: groups),
+                m: members.map { Int32($0[0].m) }, n: members.map { Int32($0[0].n) }, k: members.map { Int32($0[0].k) },
+                alpha: Array(repeating: 1, count: groups), aPointers: base, lda: Array(repeating: Int32(lda), count: groups),
+                bPointers: base + count, ldb: Array(repeating: Int32(ldb), count: groups),
+                beta: Array(repeating: 0, count: groups), cPointers: base + 2 * count, ldc: Array(repeating: Int32(ldc), count: groups),
+                groupSizes: members.map { Int32($0.count) }, dtypes: types)
+        } catch {
+            fatalError("\(error)")
+        }
+        withExtendedLifetime(buffer) {}
+    }
+}
+
+/// One GEMM of a grouped product: row-major sizes (op(A) m×k, op(B) k×n) and device addresses.
+private struct GemmProblem {
+    var m: Int, n: Int, k: Int
+    var a: CUdeviceptr, b: CUdeviceptr, c: CUdeviceptr
+}

@@ -1,0 +1,171 @@
+import Testing
+@testable import Tensors
+
+/// A random `[T, k]` routing table over `N` experts: a share of `-1` slots, a share sent to one hot
+/// expert (skew), the rest uniform over experts `0..<N-1`, so expert `N-1` is always empty (N > 1).
+struct RoutingTable: CustomTestStringConvertible, Sendable {
+    let tokens: Int, k: Int, experts: Int, skew: Double, unrouted: Double
+    var testDescription: String { "T=\(tokens) k=\(k) N=\(experts) skew=\(skew)" }
+
+    func values(seed: UInt64) -> (expert: [Int32], mask: [Float]) {
+        var g = RandomGenerator(seed: seed)
+        let uniform = max(experts - 1, 1)
+        let expert = (0..<(tokens * k)).map { _ -> Int32 in
+            let u = Double(g.nextUniform())
+            if u < unrouted { return -1 }
+            if u < unrouted + skew { return Int32(experts / 2) }
+            return Int32(min(Int(Double(g.nextUniform()) * Double(uniform)), uniform - 1))
+        }
+        let mask = (0..<(tokens * k)).map { _ in g.nextUniform() - 0.3 }
+        return (expert, mask)
+    }
+}
+
+/// The MoE primitives on the GPU against the CPU backend (their reference, itself checked against the
+/// definitions in RoutingTests): the routing plan bit for bit, grouped linear layers within float
+/// tolerances. GPU allocations are poisoned with NaN, so an element a kernel forgets to write fails.
+@Suite("CUDA routing primitives vs CPU", .enabled(if: Device.cudaAvailable), .serialized)
+struct CUDARoutingTests {
+    let gpu = Device.cuda(0)
+
+    static let tables = [
+        RoutingTable(tokens: 1, k: 1, experts: 1, skew: 0, unrouted: 0),
+        RoutingTable(tokens: 7, k: 2, experts: 4, skew: 0, unrouted: 0.2),
+        RoutingTable(tokens: 300, k: 2, experts: 8, skew: 0, unrouted: 0.1),
+        RoutingTable(tokens: 1000, k: 1, experts: 64, skew: 0.9, unrouted: 0.05),
+        RoutingTable(tokens: 2048, k: 2, experts: 256, skew: 0.3, unrouted: 0.05),
+        RoutingTable(tokens: 3001, k: 3, experts: 5000, skew: 0.2, unrouted: 0.1),    // one warp a block
+        RoutingTable(tokens: 300, k: 2, experts: 20000, skew: 0.5, unrouted: 0.1),    // counters in global memory
+        RoutingTable(tokens: 50_000, k: 4, experts: 256, skew: 0, unrouted: 0.01),
+        RoutingTable(tokens: 100_000, k: 2, experts: 64, skew: 0.8, unrouted: 0.02),
+    ]
+
+    /// "" when equal, else the first differing index and values.
+    func difference(_ a: [Int32], _ b: [Int32]) -> String {
+        guard a.count == b.count else { return "\(a.count) values, expected \(b.count)" }
+        guard let i = a.indices.first(where: { a[$0] != b[$0] }) else { return "" }
+        return "first difference at \(i): \(a[i]), expected \(b[i])"
+    }
+
+    @Test(arguments: tables)
+    func routingPlanIsBitExact(_ table: RoutingTable) {
+        CUDABackend.poisonAllocations = true
+        defer { CUDABackend.poisonAllocations = false }
+        let (expertValues, maskValues) = table.values(seed: UInt64(table.tokens * 31 + table.experts))
+        let shape = [table.tokens, table.k], slots = table.tokens * table.k
+        let expert = Tensor(expertValues, shape: shape), mask = Tensor(maskValues, shape: shape)
+        let expertGPU = expert.to(gpu), maskGPU = mask.to(gpu)
+        let small = max(1, slots / table.experts / 2)
+        for capacity in [nil, 0, 1, small, slots] as [Int?] {
+            for priority in [RoutingPriority.tokenMajor, .choiceMajor] {
+                for useMask in [false, true] {
+                    let cpu = routingPlan(expert, expertCount: table.experts, capacity: capacity, priority: priority,
+                                          slotMask: useMask ? mask : nil)
+                    let cuda = routingPlan(expertGPU, expertCount: table.experts, capacity: capacity, priority: priority,
+                                           slotMask: useMask ? maskGPU : nil)
+                    let label = "\(table.testDescription) C=\(capacity.map(String.init) ?? "nil") \(priority) mask=\(useMask)"
+                    for (name, c, r) in [("kept", cuda.kept, cpu.kept), ("counts", cuda.counts, cpu.counts),
+                                         ("slotPosition", cuda.slotPosition, cpu.slotPosition), ("sortedSlot", cuda.sortedSlot, cpu.sortedSlot),
+                                         ("sortedToken", cuda.sortedToken, cpu.sortedToken), ("sortedExpert", cuda.sortedExpert, cpu.sortedExpert)] {
+                        let d = difference(c.int32s(), r.int32s())
+                        #expect(d.isEmpty, "\(label): \(name): \(d)")
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func choiceMajorAndMaskOnTheGPU() {
+        // Token 0 picks (0, 1), token 1 picks (1, 0); one seat each: the first choices win.
+        let expert = Tensor([0, 1, 1, 0] as [Int32], shape: [2, 2]).to(gpu)
+        #expect(routingPlan(expert, expertCount: 2, capacity: 1, priority: .choiceMajor).kept.int32s() == [0, -1, 1, -1])
+        #expect(routingPlan(expert, expertCount: 2, capacity: 1, priority: .tokenMajor).kept.int32s() == [0, 1, -1, -1])
+        // A negative mask routes the slot nowhere, in any float dtype (float64 -1e-300 stays negative).
+        for dtype in [DType.float32, .bfloat16, .float64] {
+            let mask = Tensor([1, -1e-300, -0.5, 0] as [Double], shape: [2, 2]).cast(to: dtype).to(gpu)
+            let plan = routingPlan(expert, expertCount: 2, slotMask: mask)
+            let expected: [Int32] = dtype == .float64 ? [0, -1, -1, 0] : [0, 1, -1, 0]   // -1e-300 is -0 in float32 / bfloat16
+            #expect(plan.kept.int32s() == expected, "\(dtype)")
+            #expect(plan.counts.int32s() == (expected == [0, -1, -1, 0] ? [2, 0, 2, 0] : [2, 1, 2, 1]), "\(dtype)")
+        }
+    }
+
+    @Test func anEmptyTableHasZeroCounts() {
+        CUDABackend.poisonAllocations = true
+        defer { CUDABackend.poisonAllocations = false }
+        let plan = routingPlan(Tensor.empty([0, 2], dtype: .int32, device: gpu), expertCount: 3, capacity: 1)
+        #expect(plan.counts.int32s() == [0, 0, 0, 0, 0, 0])
+    }
+
+    // MARK: Grouped GEMMs
+
+    static let groupSizes: [[Int]] = [[5, 0, 17, 3, 0], [0, 0, 40], [8, 8, 8, 8], [1, 2, 0, 3, 4, 5, 6, 0, 7, 8], [33]]
+
+    /// Output and the gradients of x, weight and bias of `groupedLinear` on `device` in `dtype`.
+    func groupedLinearRun(_ sizes: [Int], on device: Device, dtype: DType, rounded: Bool) -> [[Double]] {
+        let e = sizes.count, rows = sizes.reduce(0, +), inW = 24, outW = 40
+        var g = RandomGenerator(seed: UInt64(rows * 7 + e))
+        func input(_ shape: [Int], std: Double = 1) -> Tensor {
+            let t = Tensor.randomNormal(shape, std: std, generator: &g)
+            return (rounded ? t.cast(to: .bfloat16).cast(to: .float32) : t).cast(to: dtype).to(device)
+        }
+        let x = input([rows, inW]).requiringGradient(), w = input([e, outW, inW], std: 0.2).requiringGradient()
+        let b = input([e, outW]).requiringGradient(), upstream = input([rows, outW])
+        let expertOfRow = Tensor(sizes.enumerated().flatMap { Array(repeating: Int32($0.offset), count: $0.element) }).to(device)
+        let y = groupedLinear(x, weight: w, bias: b, groupSizes: sizes, expertOfRow: expertOfRow)
+        (y * upstream).sum().backward()
+        return [y.doubles(), x.grad!.doubles(), w.grad!.doubles(), b.grad!.doubles()]
+    }
+
+    func relativeError(_ a: [Double], _ b: [Double]) -> Double {
+        guard a.count == b.count else { return .infinity }
+        let scale = max(b.map { Swift.abs($0) }.max() ?? 0, 1e-6)
+        return zip(a, b).map { $0.isNaN || $1.isNaN ? .infinity : Swift.abs($0 - $1) }.max().map { $0 / scale } ?? 0
+    }
+
+    static let names = ["output", "input gradient", "weight gradient", "bias gradient"]
+
+    @Test(arguments: [true, false])
+    func groupedLinearFloat32MatchesCPU(groupedGemm: Bool) {
+        CUDABackend.poisonAllocations = true
+        CUDABackend.usesGroupedGemm = groupedGemm
+        defer { CUDABackend.poisonAllocations = false; CUDABackend.usesGroupedGemm = true }
+        for sizes in Self.groupSizes {
+            let cpu = groupedLinearRun(sizes, on: .cpu, dtype: .float32, rounded: false)
+            let cuda = groupedLinearRun(sizes, on: gpu, dtype: .float32, rounded: false)
+            for (i, (c, r)) in zip(cuda, cpu).enumerated() {
+                let e = relativeError(c, r)
+                #expect(e <= 1e-4, "sizes \(sizes) grouped=\(groupedGemm): \(Self.names[i]) relative error \(e)")
+            }
+            // An empty expert's weight gradient is exactly zero (not left as poison).
+            let perExpert = 40 * 24
+            for (ex, n) in sizes.enumerated() where n == 0 {
+                #expect(cuda[2][(ex * perExpert)..<((ex + 1) * perExpert)].allSatisfy { $0 == 0 }, "sizes \(sizes): expert \(ex)")
+            }
+        }
+    }
+
+    @Test(arguments: [true, false])
+    func groupedLinearBFloat16MatchesCPUFloat32(groupedGemm: Bool) {
+        CUDABackend.poisonAllocations = true
+        CUDABackend.usesGroupedGemm = groupedGemm
+        defer { CUDABackend.poisonAllocations = false; CUDABackend.usesGroupedGemm = true }
+        for sizes in Self.groupSizes {
+            let cpu = groupedLinearRun(sizes, on: .cpu, dtype: .float32, rounded: true)
+            let cuda = groupedLinearRun(sizes, on: gpu, dtype: .bfloat16, rounded: true)
+            for (i, (c, r)) in zip(cuda, cpu).enumerated() {
+                let e = relativeError(c, r)
+                #expect(e <= 2e-2, "sizes \(sizes) grouped=\(groupedGemm) bf16: \(Self.names[i]) relative error \(e)")
+            }
+        }
+    }
+
+    @Test func weightGradientWithNoRowsIsZero() {
+        CUDABackend.poisonAllocations = true
+        defer { CUDABackend.poisonAllocations = false }
+        let gy = Tensor.empty([0, 3], device: gpu), x = Tensor.empty([0, 5], device: gpu)
+        let out = Tensor.empty([4, 3, 5], device: gpu)
+        out.routingBackend("test").groupedMatmulWeightGradient(gy, x, groupSizes: [0, 0, 0, 0], out)
+        #expect(out.scalars() == [Float](repeating: 0, count: 60))
+    }
+}
