@@ -41,6 +41,8 @@ let opCases: [OpCase] = {
     add("square", { [a()] }) { $0[0].squared() }
     add("reciprocal", { [positive([3, 4], seed: 11)] }) { $0[0].reciprocal() }
     add("abs", { [a()] }) { $0[0].abs() }
+    add("tanh, length not a multiple of 4", { [randn([5, 3], seed: 40)] }) { $0[0].tanh() }
+    add("gelu of an unaligned row view", { [randn([7, 3], seed: 41)] }) { $0[0].rows(1..<6).gelu() }
     add("matmul", { [randn([3, 5], seed: 12), randn([5, 4], seed: 13)] }) { $0[0].matmul($0[1]) }
     add("matmul Aᵀ", { [randn([5, 3], seed: 12), randn([5, 4], seed: 13)] }) { $0[0].matmul($0[1], transposeA: true) }
     add("matmul Bᵀ", { [randn([3, 5], seed: 12), randn([4, 5], seed: 13)] }) { $0[0].matmul($0[1], transposeB: true) }

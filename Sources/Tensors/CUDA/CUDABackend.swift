@@ -213,11 +213,14 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     // MARK: Elementwise
 
     public func unary(_ op: UnaryOp, _ x: Tensor, _ out: Tensor) {
-        launchElementwise("unary_fwd", x.dtype, count: x.count, [.int32(op.code), x.arg, out.arg, .int64(Int64(x.count))])
+        let vec: Int32 = [x, out].allSatisfy { $0.address % 16 == 0 } ? 1 : 0
+        launchElementwise("unary_fwd_\(op.code)", x.dtype, count: (x.count + 3) / 4, [x.arg, out.arg, .int64(Int64(x.count)), .int32(vec)])
     }
 
     public func unaryBackward(_ op: UnaryOp, x: Tensor, gradOut: Tensor, _ out: Tensor) {
-        launchElementwise("unary_bwd", x.dtype, count: x.count, [.int32(op.code), x.arg, gradOut.arg, out.arg, .int64(Int64(x.count))])
+        let vec: Int32 = [x, gradOut, out].allSatisfy { $0.address % 16 == 0 } ? 1 : 0
+        launchElementwise("unary_bwd_\(op.code)", x.dtype, count: (x.count + 3) / 4,
+                          [x.arg, gradOut.arg, out.arg, .int64(Int64(x.count)), .int32(vec)])
     }
 
     public func binary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, _ broadcast: Broadcast, _ out: Tensor) {
