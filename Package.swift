@@ -23,10 +23,12 @@ let package = Package(
         .executableTarget(
             name: "fastmoe",
             dependencies: ["FastMoE", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        // Finite-difference checks and random inputs shared by the test targets below.
+        .target(name: "TestSupport", dependencies: ["NN", "Tensors"], path: "Tests/TestSupport"),
         .testTarget(name: "CUDATests", dependencies: ["CUDA"]),
-        .testTarget(name: "TensorsTests", dependencies: ["Tensors"]),
-        .testTarget(name: "NNTests", dependencies: ["NN"]),
-        .testTarget(name: "MoETests", dependencies: ["MoE"]),
+        .testTarget(name: "TensorsTests", dependencies: ["Tensors", "TestSupport"]),
+        .testTarget(name: "NNTests", dependencies: ["NN", "TestSupport"]),
+        .testTarget(name: "MoETests", dependencies: ["MoE", "TestSupport"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training"]),
     ],
     // Swift 6 tools, Swift 5 language mode: the engine shares reference-counted tensors across

@@ -1,3 +1,4 @@
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -5,11 +6,6 @@ import Glibc
 import NN
 @testable import Tensors
 
-/// Fresh float64 normal values.
-func randn(_ shape: [Int], seed: UInt64, scale: Double = 1) -> Tensor {
-    var g = RandomGenerator(seed: seed)
-    return Tensor.randomNormal(shape, std: scale, dtype: .float64, generator: &g)
-}
 
 /// The float64 identity: with it as the gate weight (and a zero bias), the logits are the input.
 func identity(_ n: Int) -> Tensor {
@@ -85,29 +81,3 @@ func batchedCopy(of list: [MLPExpert]) -> BatchedExperts {
     return BatchedExperts(fc1: fc1, fc2: fc2, activation: .gelu)
 }
 
-/// Central finite differences in float64 against autograd for `Σ f(inputs) ⊙ w` (w fixed, random);
-/// the largest error relative to max(1, |numeric|). Non-float64 inputs are held constant.
-func gradientCheckError(_ inputs: [Tensor], epsilon: Double = 1e-6, _ f: ([Tensor]) -> Tensor) -> Double {
-    let probe = withoutGradient { f(inputs.map { $0.detached() }) }
-    let w = randn(probe.shape, seed: 99)
-    func loss(_ xs: [Tensor]) -> Tensor { (f(xs) * w).sum() }
-    let leaves = inputs.map { t -> Tensor in t.dtype == .float64 ? t.detached().requiringGradient() : t.detached() }
-    loss(leaves).backward()
-    var worst = 0.0
-    for (i, leaf) in leaves.enumerated() where leaf.dtype == .float64 {
-        let analytic = leaf.grad?.doubles() ?? [Double](repeating: 0, count: leaf.count)
-        let base = leaf.doubles()
-        for j in 0..<base.count {
-            func value(_ delta: Double) -> Double {
-                var v = base
-                v[j] += delta
-                var xs = inputs.map { $0.detached() }
-                xs[i] = Tensor(v, shape: leaf.shape)
-                return withoutGradient { loss(xs).item() }
-            }
-            let numeric = (value(epsilon) - value(-epsilon)) / (2 * epsilon)
-            worst = max(worst, Swift.abs(numeric - analytic[j]) / max(1, Swift.abs(numeric)))
-        }
-    }
-    return worst
-}

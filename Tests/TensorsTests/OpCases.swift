@@ -1,3 +1,4 @@
+import TestSupport
 @testable import Tensors
 
 /// One differentiable op, described once: inputs and the function of them. The gradient checks

@@ -1,13 +1,11 @@
-import Glibc
+// Float64 finite-difference checks and fresh random inputs shared by every test target.
 import NN
 import Tensors
-
-// Float64 finite-difference helpers (the first is copied from Tests/TensorsTests/GradientCheck.swift).
 
 /// Central finite differences in float64 against the autograd gradient of
 /// `loss = Σ f(inputs) ⊙ w` for a fixed random `w` (so every output element matters).
 /// Returns the largest error relative to max(1, |numeric|).
-func gradientCheckError(_ inputs: [Tensor], epsilon: Double = 1e-6, _ f: ([Tensor]) -> Tensor) -> Double {
+public func gradientCheckError(_ inputs: [Tensor], epsilon: Double = 1e-6, _ f: ([Tensor]) -> Tensor) -> Double {
     var g = RandomGenerator(seed: 99)
     let probe = f(inputs.map { $0.detached() })
     let w = Tensor.randomNormal(probe.shape, dtype: .float64, generator: &g)
@@ -38,16 +36,28 @@ func gradientCheckError(_ inputs: [Tensor], epsilon: Double = 1e-6, _ f: ([Tenso
     return worst
 }
 
+/// Fresh float64 normal values of a shape (never zeros).
+public func randn(_ shape: [Int], seed: UInt64, scale: Double = 1, shift: Double = 0) -> Tensor {
+    var g = RandomGenerator(seed: seed)
+    return Tensor.randomNormal(shape, mean: shift, std: scale, dtype: .float64, generator: &g)
+}
+
+/// Float64 values bounded away from zero (for log, sqrt, reciprocal, division).
+public func positive(_ shape: [Int], seed: UInt64) -> Tensor {
+    var g = RandomGenerator(seed: seed)
+    return Tensor.randomUniform(shape, low: 0.5, high: 2, dtype: .float64, generator: &g)
+}
+
 /// Finite differences of a scalar `loss()` with respect to up to `elements` entries (spread over the
 /// tensor) of each float64 parameter, against the autograd gradient. Returns the worst error
 /// relative to max(1e-3, |numeric|), so tiny gradients are compared absolutely.
-func parameterGradientError(_ parameters: [Parameter], elements: Int = 6, epsilon: Double = 1e-6,
+public func parameterGradientError(_ parameters: [Parameter], elements: Int = 6, epsilon: Double = 1e-6,
                             _ loss: () -> Tensor) -> Double {
     for p in parameters { p.grad = nil }
     loss().backward()
     var worst = 0.0
     for p in parameters {
-        precondition(p.value.dtype == .float64, "parameterGradientError: cast the module to float64 first")
+        guarantee(p.value.dtype == .float64, "parameterGradientError: cast the module to float64 first")
         let original = p.value
         let analytic = original.grad?.doubles() ?? [Double](repeating: 0, count: original.count)
         let base = original.doubles()
@@ -67,19 +77,8 @@ func parameterGradientError(_ parameters: [Parameter], elements: Int = 6, epsilo
     return worst
 }
 
-/// Fresh float64 normal values of a shape.
-func randn(_ shape: [Int], seed: UInt64, scale: Double = 1) -> Tensor {
-    var g = RandomGenerator(seed: seed)
-    return Tensor.randomNormal(shape, std: scale, dtype: .float64, generator: &g)
-}
-
 /// The largest absolute difference between two equally long arrays.
-func maxDifference(_ a: [Double], _ b: [Double]) -> Double {
-    precondition(a.count == b.count, "maxDifference: \(a.count) vs \(b.count) values")
+public func maxDifference(_ a: [Double], _ b: [Double]) -> Double {
+    guarantee(a.count == b.count, "maxDifference: \(a.count) vs \(b.count) values")
     return zip(a, b).map { Swift.abs($0 - $1) }.max() ?? 0
-}
-
-/// GPT-2's tanh GELU in float64, written out with libm.
-func geluTanhReference(_ x: Double) -> Double {
-    0.5 * x * (1 + Glibc.tanh((2 / Double.pi).squareRoot() * (x + 0.044715 * x * x * x)))
 }
