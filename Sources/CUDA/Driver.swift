@@ -87,16 +87,9 @@ public final class Driver: @unchecked Sendable {
         try sharedResult.get()
     }
 
-    private static let sharedResult: Result<Driver, CUDAError> = {
-        do {
-            let library = try LibraryLoader.load(name: "libcuda", candidates: ["libcuda.so.1", "libcuda.so"])
-            return .success(try Driver(library: library))
-        } catch let error as CUDAError {
-            return .failure(error)
-        } catch {
-            return .failure(.invalidArgument("\(error)"))
-        }
-    }()
+    private static let sharedResult: Result<Driver, CUDAError> = LibraryLoader.capture {
+        try Driver(library: LibraryLoader.load(name: "libcuda", candidates: ["libcuda.so.1", "libcuda.so"]))
+    }
 
     /// Binds every function from `library` and initializes the driver.
     /// Symbols are the versioned names that cuda.h maps the API names to (`cuMemAlloc` → `cuMemAlloc_v2`).

@@ -223,3 +223,16 @@ extension String {
         return result
     }
 }
+
+extension LibraryLoader {
+    /// Runs a one-time library setup and keeps its outcome, so every later use sees the same error.
+    static func capture<T>(_ setup: () throws -> T) -> Result<T, CUDAError> {
+        do {
+            return .success(try setup())
+        } catch let error as CUDAError {
+            return .failure(error)
+        } catch {
+            return .failure(.invalidArgument("\(error)"))
+        }
+    }
+}

@@ -57,15 +57,9 @@ public final class NCCL: @unchecked Sendable {
         try sharedResult.get()
     }
 
-    private static let sharedResult: Swift.Result<NCCL, CUDAError> = {
-        do {
-            return .success(try NCCL(library: LibraryLoader.load(name: "libnccl", candidates: ["libnccl.so.2"])))
-        } catch let error as CUDAError {
-            return .failure(error)
-        } catch {
-            return .failure(.invalidArgument("\(error)"))
-        }
-    }()
+    private static let sharedResult: Swift.Result<NCCL, CUDAError> = LibraryLoader.capture {
+        try NCCL(library: LibraryLoader.load(name: "libnccl", candidates: ["libnccl.so.2"]))
+    }
 
     init(library: LoadedLibrary) throws {
         self.library = library

@@ -35,17 +35,10 @@ final class NVRTC: @unchecked Sendable {
         try sharedResult.get()
     }
 
-    private static let sharedResult: Swift.Result<NVRTC, CUDAError> = {
-        do {
-            let majors = preferredMajorVersions(available: [13, 12])
-            let library = try LibraryLoader.load(name: "libnvrtc", candidates: majors.map { "libnvrtc.so.\($0)" })
-            return .success(try NVRTC(library: library))
-        } catch let error as CUDAError {
-            return .failure(error)
-        } catch {
-            return .failure(.invalidArgument("\(error)"))
-        }
-    }()
+    private static let sharedResult: Swift.Result<NVRTC, CUDAError> = LibraryLoader.capture {
+        let majors = preferredMajorVersions(available: [13, 12])
+        return try NVRTC(library: LibraryLoader.load(name: "libnvrtc", candidates: majors.map { "libnvrtc.so.\($0)" }))
+    }
 
     init(library: LoadedLibrary) throws {
         self.library = library
