@@ -10,10 +10,13 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     public let device: Device
     let gpu: CUDADevice
     private let modules = Mutex<[String: CUDAModule]>([:])
+    /// Host staging for small downloads (nil if the driver refused pinned memory: then pageable copies).
+    private let pinned: Mutex<PinnedHostBuffer?>
 
     public init(index: Int) throws {
         gpu = try CUDA.device(index)
         device = .cuda(index)
+        pinned = Mutex(try? PinnedHostBuffer(device: gpu, byteCount: CUDABackend.pinnedBytes))
         _ = try gpu.blas()
     }
 
@@ -148,9 +151,20 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     public func download(_ tensor: Tensor, into bytes: UnsafeMutableRawBufferPointer) {
         guarantee(bytes.count == tensor.byteCount, "download: \(bytes.count) bytes for a tensor of \(tensor.byteCount)")
         guard let base = bytes.baseAddress else { return }
+        // Small read-backs (the MoE layer's expert counts, loss values) go through pinned memory:
+        // a DMA straight into it, no staging copy by the driver.
+        if bytes.count <= CUDABackend.pinnedBytes, pinned.withLock({ buffer -> Bool in
+            guard let buffer else { return false }
+            gpu.stream.copyDeviceToHost(tensor.pointer, to: buffer.baseAddress, byteCount: bytes.count)
+            gpu.stream.synchronize()
+            base.copyMemory(from: buffer.baseAddress, byteCount: bytes.count)
+            return true
+        }) { return }
         gpu.stream.copyDeviceToHost(tensor.pointer, to: base, byteCount: bytes.count)
         gpu.stream.synchronize()
     }
+
+    static let pinnedBytes = 64 << 10
 
     public func synchronize() { gpu.stream.synchronize() }
 
