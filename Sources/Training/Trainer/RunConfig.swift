@@ -114,9 +114,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// the synthetic corpus well below its unigram entropy (docs/benchmarks.md, "CPU training").
     static let tiny = RunConfig(
         preset: "tiny", name: nil, layers: 4, dModel: 128, heads: 4, seqLen: 64, mlpHidden: nil, dropout: 0,
-        batchSize: 16, steps: 600, lr: 2e-3, warmup: 40, weightDecay: 0.1, clip: 1, seed: 1337,
+        batchSize: 16, steps: 500, lr: 2e-3, warmup: 40, weightDecay: 0.1, clip: 1, seed: 1337,
         device: "auto", precision: "fp32",
-        evalEvery: 100, evalBatches: 8, checkpointEvery: 300, keepCheckpoints: 2, logEvery: 10,
+        evalEvery: 100, evalBatches: 8, checkpointEvery: 250, keepCheckpoints: 2, logEvery: 10,
         data: nil, valFraction: 0.05, corpusBytes: 2_000_000, out: nil,
         experts: 0, topK: nil, gate: "topk", moeEvery: 1, expertHidden: nil, capacityFactor: nil,
         balanceWeight: 0.01, zLossWeight: 0, initFrom: nil)
