@@ -96,7 +96,7 @@ import Testing
     func cudaWithoutAGPU() throws {
         let config = try RunConfig.resolve(overrides: ["device": .string("cuda")])
         #expect(errorMessage { _ = try config.resolveDevice() }
-                == "device cuda: no CUDA device is available on this machine (run `fastmoe info` to see why); use --device cpu")
+                == "--device cuda: no CUDA device is available on this machine (run `fastmoe info` to see why); use --device cpu")
         #expect(try RunConfig.resolve(overrides: ["device": .string("auto")]).resolveDevice() == .cpu)
     }
 

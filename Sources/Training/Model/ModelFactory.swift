@@ -61,7 +61,7 @@ extension ModelFactory {
         let directory = try Checkpoint.resolve(path)
         let state = try Checkpoint.readState(directory)
         let model = build(state.config, device: device)
-        if !device.isCUDA { model.activationDType = .float32 }
+        if !device.isCUDA { model.activationDType = nil }
         try Checkpoint.loadModel(model, from: directory, savedConfig: state.config, expectedConfig: state.config)
         return (model, state, directory)
     }

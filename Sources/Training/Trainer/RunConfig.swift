@@ -138,8 +138,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// `topK`, or the gate's own when unset.
     public var effectiveTopK: Int { topK ?? (gate == "switch" ? 1 : 2) }
 
-    /// The activation dtype `precision` asks for.
-    public var activationDType: DType { precision == "bf16" ? .bfloat16 : .float32 }
+    /// The activation dtype `precision` asks for: bfloat16, or nil (the float32 of the parameters).
+    public var activationDType: DType? { precision == "bf16" ? .bfloat16 : nil }
 
     /// The MoE gate these settings build (meaningful after `validate()`). Evaluation uses twice the
     /// training capacity factor, as GShard and Switch do (1.2 and 2.4 by default).
@@ -157,15 +157,15 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public func resolveDevice() throws -> Device {
         if device == "auto" { return Device.cudaAvailable ? .cuda(0) : .cpu }
         guard let d = Device(parsing: device) else {
-            throw RunConfigError("device '\(device)' is not one of cpu, cuda, cuda:N, auto")
+            throw RunConfigError("--device '\(device)' is not one of cpu, cuda, cuda:N, auto")
         }
         if case .cuda(let index) = d {
             guard Device.cudaAvailable else {
-                throw RunConfigError("device \(device): no CUDA device is available on this machine "
+                throw RunConfigError("--device \(device): no CUDA device is available on this machine "
                     + "(run `fastmoe info` to see why); use --device cpu")
             }
             guard index < Device.cudaDeviceCount else {
-                throw RunConfigError("device \(device): this machine has \(Device.cudaDeviceCount) CUDA device(s), "
+                throw RunConfigError("--device \(device): this machine has \(Device.cudaDeviceCount) CUDA device(s), "
                     + "numbered from 0; pick one of them")
             }
         }

@@ -73,8 +73,8 @@ struct TrainBench: ParsableCommand {
         // The ceiling: a square dense GEMM in the activations' dtype on the same device.
         let n = dev.isCUDA ? 4096 : 1024
         var g = RandomGenerator(seed: 1)
-        let a = Tensor.randomNormal([n, n], device: dev, generator: &g).cast(to: config.activationDType)
-        let b = Tensor.randomNormal([n, n], device: dev, generator: &g).cast(to: config.activationDType)
+        let a = Tensor.randomNormal([n, n], device: dev, generator: &g).cast(to: config.activationDType ?? .float32)
+        let b = Tensor.randomNormal([n, n], device: dev, generator: &g).cast(to: config.activationDType ?? .float32)
         let gemmMs = medianMilliseconds(repeats: 5, sync: { backend.synchronize() }) { _ = withoutGradient { a.matmul(b) } }
         let gemmGFLOPs = 2 * Double(n * n * n) / gemmMs / 1e6
 
