@@ -7,5 +7,6 @@ struct FastMoECommand: ParsableCommand {
         commandName: "fastmoe",
         abstract: "FastMoE in Swift: train Mixture-of-Experts language models on CPUs and NVIDIA GPUs.",
         version: FastMoEVersion.string,
-        subcommands: [InfoCommand.self, BenchCommand.self])
+        subcommands: [TrainCommand.self, GenerateCommand.self, EvalCommand.self, ReportCommand.self, CompareCommand.self,
+                      InfoCommand.self, BenchCommand.self])
 }

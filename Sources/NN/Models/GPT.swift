@@ -28,6 +28,11 @@ public final class GPT: Module, @unchecked Sendable {
     public let lnF: LayerNorm
     /// The output head `D → V` (no bias) when embeddings are not tied; nil when they are.
     public let lmHead: Linear?
+    /// The dtype the blocks compute in; nil = the parameters' dtype. `.bfloat16` is mixed precision
+    /// (DESIGN.md, DTypes): the parameters stay float32 masters, the embedding sum is cast once, every
+    /// `Linear` and `LayerNorm` casts its parameters to the activations' dtype, and `loss` casts the
+    /// logits back to float32; gradients reach the float32 parameters through those casts.
+    public var activationDType: DType?
 
     /// Builds a model with GPT-2's init; stops with the validation message if `config` is invalid
     /// (call `GPT.validate(_:)` first on a configuration from outside the program).
@@ -59,6 +64,7 @@ public final class GPT: Module, @unchecked Sendable {
         let positions = wpe(Tensor.arange(t, dtype: .int32, device: ids.device))   // [T, D]
         // [T, D] broadcasts over the batch as a row of [B, T·D].
         var x = (tokens.reshaped([b, t * d]) + positions.reshaped([t * d])).reshaped([b, t, d])
+        if let activationDType { x = x.cast(to: activationDType) }
         x = drop(x)
         for block in blocks { x = block(x) }
         x = lnF(x)

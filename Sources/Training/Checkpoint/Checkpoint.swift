@@ -1,0 +1,198 @@
+import NN
+import Tensors
+
+/// A checkpoint could not be written or used; the message names the file and says what to do.
+public struct CheckpointError: Error, CustomStringConvertible, Sendable, Equatable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Checkpoint directories of a run: `OUT/checkpoint-STEP/` holding
+/// - `model.safetensors`: every parameter, float32, named by its place in the module tree
+///   (`blocks.0.attn.qkv.weight`), readable by Python's `safetensors` and by PyTorch;
+/// - `optimizer.safetensors`: AdamW's `step` and its moments `exp_avg.<param>`, `exp_avg_sq.<param>`;
+/// - `state.json`: `TrainingState` (step, config, sampler and generator states, data fingerprint).
+///
+/// Each is built in a temporary directory and renamed into place, then `OUT/latest` (one line: the
+/// directory's name) is replaced, so `latest` always names a complete checkpoint.
+/// ```swift
+/// let dir = try Checkpoint.resolve("runs/tiny")          // → runs/tiny/checkpoint-600
+/// let state = try Checkpoint.readState(dir)
+/// let model = ModelFactory.build(state.config, device: .cpu)
+/// try Checkpoint.loadModel(model, from: dir, savedConfig: state.config, expectedConfig: state.config)
+/// ```
+public enum Checkpoint {
+    public static let modelFile = "model.safetensors"
+    public static let optimizerFile = "optimizer.safetensors"
+    public static let stateFile = "state.json"
+    /// The pointer file in a run directory naming its newest complete checkpoint.
+    public static let latestFile = "latest"
+    static let files = [modelFile, optimizerFile, stateFile]
+
+    /// `checkpoint-STEP`.
+    public static func directoryName(step: Int) -> String { "checkpoint-\(step)" }
+
+    // MARK: Writing
+
+    /// Writes `OUT/checkpoint-STEP` atomically, points `OUT/latest` at it, copies the state to
+    /// `OUT/state.json` (what reports read), and removes the oldest checkpoints beyond `keep`
+    /// (0 keeps all). Returns the checkpoint's path.
+    @discardableResult
+    public static func save(runDirectory: String, model: Module, optimizer: any Optimizer, state: TrainingState,
+                            keep: Int) throws -> String {
+        let name = directoryName(step: state.step)
+        let path = runDirectory + "/" + name
+        let metadata = ["format": "pt", "fastmoe_version": FastMoEVersion.string, "step": String(state.step)]
+        let stateBytes = Array(state.jsonText().utf8)
+        try AtomicFile.replaceDirectory(path) { temporary in
+            try SafeTensors.write(model.namedParameters().map { entry(name: $0.name, $0.parameter.value) },
+                                  metadata: metadata, to: temporary + "/" + modelFile)
+            try SafeTensors.write(optimizer.stateTensors().map { entry(name: $0.0, $0.1) },
+                                  metadata: metadata, to: temporary + "/" + optimizerFile)
+            try AtomicFile.write(bytes: stateBytes, to: temporary + "/" + stateFile)
+        }
+        try AtomicFile.write(bytes: Array((name + "\n").utf8), to: runDirectory + "/" + latestFile)
+        try AtomicFile.write(bytes: stateBytes, to: runDirectory + "/" + stateFile)
+        if keep > 0 {
+            let steps = try FileSystem.listDirectory(runDirectory).compactMap { entry -> Int? in
+                guard entry.hasPrefix("checkpoint-"), let s = Int(entry.dropFirst("checkpoint-".count)) else { return nil }
+                return s
+            }.sorted()
+            for old in steps.dropLast(keep) where old != state.step {
+                try FileSystem.removeRecursively(runDirectory + "/" + directoryName(step: old))
+            }
+        }
+        return path
+    }
+
+    /// A tensor as a safetensors entry (float32 → F32, int32 → I32, …), bytes as stored.
+    static func entry(name: String, _ t: Tensor) -> SafeTensorsEntry {
+        let dtype: SafeTensorsDType
+        switch t.dtype {
+        case .float32: dtype = .f32
+        case .float64: dtype = .f64
+        case .bfloat16: dtype = .bf16
+        case .int32: dtype = .i32
+        }
+        return SafeTensorsEntry(name: name, dtype: dtype, shape: t.shape, bytes: t.bytes())
+    }
+
+    // MARK: Finding
+
+    /// The checkpoint directory `path` names: a checkpoint itself, or a run directory (its `latest`).
+    /// Throws with what is missing when neither fits.
+    public static func resolve(_ path: String) throws -> String {
+        var path = path
+        while path.count > 1 && path.hasSuffix("/") { path.removeLast() }
+        try AtomicFile.recoverInterruptedReplace(path)
+        guard FileSystem.exists(path) else {
+            throw CheckpointError("\(path): no such directory; give a run directory (with a '\(latestFile)' file) or a checkpoint-STEP directory")
+        }
+        guard FileSystem.isDirectory(path) else {
+            throw CheckpointError("\(path): is a file; give a run directory or a checkpoint-STEP directory")
+        }
+        let latest = path + "/" + latestFile
+        if FileSystem.exists(latest) {
+            let text = String(decoding: try FileSystem.readFile(latest), as: UTF8.self)
+            let name = String(text.filter { !$0.isWhitespace })
+            guard !name.isEmpty, !name.contains("/") else {
+                throw CheckpointError("\(latest): does not name a checkpoint directory (it holds '\(text)'); "
+                    + "write the name of the newest checkpoint-STEP directory into it, or pass that directory")
+            }
+            let target = path + "/" + name
+            try AtomicFile.recoverInterruptedReplace(target)
+            guard FileSystem.isDirectory(target) else {
+                throw CheckpointError("\(latest): names '\(name)', which is not in \(path); pass one of the checkpoint-STEP "
+                    + "directories that are there")
+            }
+            try checkComplete(target)
+            return target
+        }
+        if files.contains(where: { FileSystem.exists(path + "/" + $0) }) {
+            try checkComplete(path)
+            return path
+        }
+        let found = (try? FileSystem.listDirectory(path))?.filter { $0.hasPrefix("checkpoint-") } ?? []
+        let hint = found.isEmpty ? "" : " (it has \(found.joined(separator: ", ")): pass one of them)"
+        throw CheckpointError("\(path): neither a run directory (no '\(latestFile)' file) nor a checkpoint (no \(files.joined(separator: ", ")))\(hint)")
+    }
+
+    /// Throws, naming the missing file, unless the checkpoint has all three files.
+    static func checkComplete(_ directory: String) throws {
+        let missing = files.filter { !FileSystem.exists(directory + "/" + $0) }
+        guard missing.isEmpty else {
+            throw CheckpointError("\(directory): the checkpoint is missing \(missing.joined(separator: " and ")); it is incomplete — "
+                + "use another checkpoint of the run (each needs \(files.joined(separator: ", ")))")
+        }
+    }
+
+    // MARK: Reading
+
+    /// The checkpoint's `state.json`.
+    public static func readState(_ directory: String) throws -> TrainingState {
+        let path = directory + "/" + stateFile
+        let bytes: [UInt8]
+        do { bytes = try FileSystem.readFile(path) } catch let e as FileSystemError {
+            throw CheckpointError("\(path): cannot read (\(e.reason ?? e.description)); the checkpoint is incomplete — use another one")
+        }
+        return try TrainingState.parse(bytes, path: path)
+    }
+
+    /// Loads `model.safetensors` into `model`, checking that it holds exactly the model's parameters
+    /// with their shapes, as float32. Nothing is changed unless every tensor fits.
+    /// `savedConfig` and `expectedConfig` turn a shape mismatch into an architecture diagnosis.
+    public static func loadModel(_ model: Module, from directory: String, savedConfig: RunConfig?, expectedConfig: RunConfig?) throws {
+        let path = directory + "/" + modelFile
+        let file = try readSafeTensors(path)
+        var architecture = ""
+        if let savedConfig, let expectedConfig, let difference = RunConfig.architectureDifference(saved: savedConfig, expected: expectedConfig) {
+            architecture = "; the checkpoint is from a different architecture (\(difference))"
+        }
+        let parameters = model.namedParameters()
+        let names = Set(parameters.map(\.name))
+        var values: [(Parameter, Tensor)] = []
+        for (name, p) in parameters {
+            guard let e = file[name] else {
+                throw CheckpointError("\(path): has no tensor '\(name)', which the model needs\(architecture.isEmpty ? "; the checkpoint is from a different model" : architecture)")
+            }
+            guard e.shape == p.shape else {
+                throw CheckpointError("\(path): \(name) has shape \(e.shape) but the model expects \(p.shape)"
+                    + (architecture.isEmpty ? "; the checkpoint is from a different architecture" : architecture))
+            }
+            guard e.dtype == .f32 else {
+                throw CheckpointError("\(path): \(name) is \(e.dtype.rawValue) but the model loads F32 (float32) weights; "
+                    + "convert the file's tensors to float32")
+            }
+            values.append((p, Tensor(bytes: e.bytes, shape: e.shape, dtype: .float32, device: p.value.device)))
+        }
+        if let extra = file.names.first(where: { !names.contains($0) }) {
+            throw CheckpointError("\(path): holds '\(extra)', which the model does not have\(architecture.isEmpty ? "; the checkpoint is from a different model" : architecture)")
+        }
+        for (p, v) in values { p.value = v }
+    }
+
+    /// Loads `optimizer.safetensors` into `optimizer` (names and shapes checked by the optimizer).
+    public static func loadOptimizer(_ optimizer: any Optimizer, from directory: String, device: Device) throws {
+        let path = directory + "/" + optimizerFile
+        let file = try readSafeTensors(path)
+        var tensors: [(String, Tensor)] = []
+        for name in file.names {
+            let e = file[name]!
+            let dtype: DType
+            switch e.dtype {
+            case .f32: dtype = .float32
+            case .i32: dtype = .int32
+            default:
+                throw CheckpointError("\(path): \(name) is \(e.dtype.rawValue); optimizer state is F32 (and an I32 step)")
+            }
+            tensors.append((name, Tensor(bytes: e.bytes, shape: e.shape, dtype: dtype, device: name == "step" ? .cpu : device)))
+        }
+        do { try optimizer.loadState(tensors) } catch let e as OptimizerStateError {
+            throw CheckpointError("\(path): \(e.message)")
+        }
+    }
+
+    static func readSafeTensors(_ path: String) throws -> SafeTensorsFile {
+        do { return try SafeTensors.read(path: path) } catch let e as SafeTensorsError { throw CheckpointError(e.description) }
+    }
+}

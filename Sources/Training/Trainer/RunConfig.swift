@@ -1,0 +1,184 @@
+import MoE
+import NN
+import Tensors
+
+/// Everything that defines a training run: model shape, optimisation, data, MoE layers, output.
+///
+/// Built in three layers, each overriding the one before: a preset (`tiny` unless one is named), an
+/// optional config file (`--config run.toml` or `.json`), then the command-line flags. Keys are the
+/// flag names without the leading `--`; `-` and `_` are interchangeable (`d-model` = `d_model`).
+/// ```swift
+/// var config = try RunConfig.resolve(preset: "tiny", configFile: "run.toml",
+///                                    overrides: ["experts": .int(4), "steps": .int(200)])
+/// try config.validate()
+/// ```
+public struct RunConfig: Codable, Equatable, Sendable {
+    // Model
+    /// The preset the run started from (`tiny`, `small`, `medium`).
+    public var preset: String
+    /// A name for the run (the report's title); nil = the output directory's name.
+    public var name: String?
+    public var layers: Int
+    public var dModel: Int
+    public var heads: Int
+    /// Tokens per training window (and the model's context length).
+    public var seqLen: Int
+    /// Width of the dense MLPs; nil = 4·dModel.
+    public var mlpHidden: Int?
+    public var dropout: Double
+
+    // Optimisation
+    public var batchSize: Int
+    public var steps: Int
+    /// Peak learning rate (after warm-up); cosine decay to 10% of it at the last step.
+    public var lr: Double
+    /// Linear warm-up steps (cut to `steps` when longer).
+    public var warmup: Int
+    public var weightDecay: Double
+    /// Global gradient-norm clip; 0 = off.
+    public var clip: Double
+    public var seed: UInt64
+
+    // Where and how
+    /// `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available).
+    public var device: String
+    /// `fp32`, or `bf16` (CUDA only: bfloat16 activations, float32 master weights).
+    public var precision: String
+
+    // Evaluation, logging, checkpoints
+    /// Evaluate every this many steps (and at the end); 0 = only at the end.
+    public var evalEvery: Int
+    /// Fixed validation batches per evaluation.
+    public var evalBatches: Int
+    /// Write a checkpoint every this many steps (and at the end); 0 = only at the end.
+    public var checkpointEvery: Int
+    /// Checkpoints kept in the output directory (oldest removed first); 0 = keep all.
+    public var keepCheckpoints: Int
+    /// A metrics record (and a progress line off a terminal) every this many steps.
+    public var logEvery: Int
+
+    // Data
+    /// A text file to train on; nil = the built-in synthetic corpus.
+    public var data: String?
+    /// The fraction at the end of the data held out for validation.
+    public var valFraction: Double
+    /// Size of the synthetic corpus when no `data` is given.
+    public var corpusBytes: Int
+
+    /// The output directory; nil = `runs/<name or timestamp>`.
+    public var out: String?
+
+    // Mixture of experts (0 experts = a dense model)
+    public var experts: Int
+    /// Experts per token; nil = the gate's own (1 for switch, 2 otherwise).
+    public var topK: Int?
+    /// `topk`, `noisy`, `gshard` or `switch`.
+    public var gate: String
+    /// Every this many blocks get an MoE MLP (block i with i % moeEvery == 0).
+    public var moeEvery: Int
+    /// Each expert's hidden width; nil = mlpHidden / topK (the dense model's FLOPs per token).
+    public var expertHidden: Int?
+    /// Training capacity factor of the gshard and switch gates (evaluation uses twice it); nil = 1.2.
+    public var capacityFactor: Double?
+    /// Weight of the mean load-balancing loss over MoE layers.
+    public var balanceWeight: Double
+    /// Weight of the router z-loss (ST-MoE); 0 = off.
+    public var zLossWeight: Double
+    /// A dense checkpoint whose weights seed the model before its MLPs become experts (upcycling).
+    public var initFrom: String?
+
+    /// The sizes of a preset; every other setting has the same default in all presets.
+    public static func preset(_ name: String) throws -> RunConfig {
+        var c = RunConfig.tiny
+        switch name {
+        case "tiny": break
+        case "small":
+            (c.layers, c.dModel, c.heads, c.seqLen, c.batchSize) = (6, 256, 8, 128, 32)
+            (c.steps, c.lr, c.warmup, c.evalEvery, c.checkpointEvery) = (2000, 1e-3, 100, 250, 1000)
+            c.corpusBytes = 8_000_000
+        case "medium":
+            (c.layers, c.dModel, c.heads, c.seqLen, c.batchSize) = (12, 512, 8, 256, 32)
+            (c.steps, c.lr, c.warmup, c.evalEvery, c.checkpointEvery) = (5000, 6e-4, 200, 500, 1000)
+            c.corpusBytes = 32_000_000
+        default:
+            throw RunConfigError("preset '\(name)' is not one of \(presetNames.joined(separator: ", "))")
+        }
+        c.preset = name
+        return c
+    }
+
+    /// The presets, smallest first.
+    public static let presetNames = ["tiny", "small", "medium"]
+
+    /// The default run: finishes in about two minutes on 2 CPU cores in a release build and learns
+    /// the synthetic corpus well below its unigram entropy (docs/benchmarks.md, "CPU training").
+    static let tiny = RunConfig(
+        preset: "tiny", name: nil, layers: 4, dModel: 128, heads: 4, seqLen: 64, mlpHidden: nil, dropout: 0,
+        batchSize: 16, steps: 500, lr: 2e-3, warmup: 40, weightDecay: 0.1, clip: 1, seed: 1337,
+        device: "auto", precision: "fp32",
+        evalEvery: 100, evalBatches: 8, checkpointEvery: 250, keepCheckpoints: 2, logEvery: 10,
+        data: nil, valFraction: 0.05, corpusBytes: 2_000_000, out: nil,
+        experts: 0, topK: nil, gate: "topk", moeEvery: 1, expertHidden: nil, capacityFactor: nil,
+        balanceWeight: 0.01, zLossWeight: 0, initFrom: nil)
+
+    /// The gate names `gate` accepts.
+    public static let gateNames = ["topk", "noisy", "gshard", "switch"]
+
+    // MARK: Derived values
+
+    /// The GPT shape of this run.
+    public var gptConfig: GPTConfig {
+        GPTConfig(vocabSize: ByteTokenizer.vocabularySize, contextLength: seqLen, layers: layers, dModel: dModel,
+                  heads: heads, mlpHidden: mlpHidden ?? 4 * dModel, dropout: dropout)
+    }
+
+    /// Whether the model has MoE layers.
+    public var isMoE: Bool { experts > 0 }
+
+    /// `topK`, or the gate's own when unset.
+    public var effectiveTopK: Int { topK ?? (gate == "switch" ? 1 : 2) }
+
+    /// The activation dtype `precision` asks for: bfloat16, or nil (the float32 of the parameters).
+    public var activationDType: DType? { precision == "bf16" ? .bfloat16 : nil }
+
+    /// The MoE gate these settings build (meaningful after `validate()`). Evaluation uses twice the
+    /// training capacity factor, as GShard and Switch do (1.2 and 2.4 by default).
+    public var gateKind: GateKind {
+        let cf = capacityFactor ?? 1.2
+        switch gate {
+        case "noisy": return .noisyTopK
+        case "gshard": return .gshard(trainingCapacityFactor: cf, evalCapacityFactor: 2 * cf)
+        case "switch": return .switch(trainingCapacityFactor: cf, evalCapacityFactor: 2 * cf)
+        default: return .topK
+        }
+    }
+
+    /// The device `device` names, checked to exist.
+    public func resolveDevice() throws -> Device {
+        if device == "auto" { return Device.cudaAvailable ? .cuda(0) : .cpu }
+        guard let d = Device(parsing: device) else {
+            throw RunConfigError("--device '\(device)' is not one of cpu, cuda, cuda:N, auto")
+        }
+        if case .cuda(let index) = d {
+            guard Device.cudaAvailable else {
+                throw RunConfigError("--device \(device): no CUDA device is available on this machine "
+                    + "(run `fastmoe info` to see why); use --device cpu")
+            }
+            guard index < Device.cudaDeviceCount else {
+                throw RunConfigError("--device \(device): this machine has \(Device.cudaDeviceCount) CUDA device(s), "
+                    + "numbered from 0; pick one of them")
+            }
+        }
+        if precision == "bf16" && !d.isCUDA {
+            throw RunConfigError("precision bf16 runs on CUDA only (bfloat16 is storage-only on the CPU); "
+                + "use --precision fp32 on the CPU, or --device cuda")
+        }
+        return d
+    }
+}
+
+/// A run configuration that cannot run; the message names the setting (as its flag) and the fix.
+public struct RunConfigError: Error, CustomStringConvertible, Sendable, Equatable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

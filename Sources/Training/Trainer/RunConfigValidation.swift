@@ -1,0 +1,120 @@
+import NN
+import Tensors
+
+extension RunConfig {
+    /// Checks every setting, throwing a `RunConfigError` that names it by its flag and says what to
+    /// change. Nothing about the machine is checked here (see `resolveDevice()`), so a config can be
+    /// validated anywhere.
+    public func validate() throws {
+        func fail(_ key: String, _ message: String) -> RunConfigError {
+            RunConfigError("\(RunConfig.flag(key)) \(message)")
+        }
+        guard RunConfig.presetNames.contains(preset) else {
+            throw fail("preset", "'\(preset)' is not one of \(RunConfig.presetNames.joined(separator: ", "))")
+        }
+        // Model shape.
+        guard layers >= 1 else { throw fail("layers", "is \(layers); the model needs at least 1 Transformer block") }
+        guard dModel >= 1 else { throw fail("d_model", "is \(dModel); the model width must be at least 1") }
+        guard heads >= 1 else { throw fail("heads", "is \(heads); attention needs at least 1 head") }
+        guard dModel % heads == 0 else {
+            let divisors = (1...dModel).filter { dModel % $0 == 0 }.prefix(8).map(String.init).joined(separator: ", ")
+            throw fail("heads", "(\(heads)) must divide --d-model (\(dModel)) so every head gets d-model / heads channels; "
+                + "use a divisor of \(dModel) (\(divisors), …)")
+        }
+        guard seqLen >= 1 else { throw fail("seq_len", "is \(seqLen); a training window needs at least 1 token") }
+        if let h = mlpHidden, h < 1 { throw fail("mlp_hidden", "is \(h); the MLP width must be at least 1") }
+        guard dropout >= 0 && dropout < 1 else { throw fail("dropout", "is \(dropout); it is a probability in [0, 1)") }
+
+        // Optimisation.
+        guard batchSize >= 1 else { throw fail("batch_size", "is \(batchSize); a batch needs at least 1 window") }
+        guard steps >= 1 else { throw fail("steps", "is \(steps); train for at least 1 step") }
+        guard lr.isFinite && lr > 0 else {
+            throw fail("lr", "is \(lr); the learning rate must be a positive number such as 3e-4")
+        }
+        // A warm-up longer than the run is cut to the run (a short run of a preset keeps working).
+        guard warmup >= 0 else { throw fail("warmup", "is \(warmup); use 0 (none) or a number of steps") }
+        guard weightDecay.isFinite && weightDecay >= 0 else {
+            throw fail("weight_decay", "is \(weightDecay); use 0 (off) or a positive number such as 0.1")
+        }
+        guard clip.isFinite && clip >= 0 else { throw fail("clip", "is \(clip); use 0 (off) or a positive norm such as 1") }
+
+        guard ["fp32", "bf16"].contains(precision) else { throw fail("precision", "'\(precision)' is not fp32 or bf16") }
+        guard device == "auto" || Device(parsing: device) != nil else {
+            throw fail("device", "'\(device)' is not one of cpu, cuda, cuda:N, auto")
+        }
+
+        // Evaluation, logging, checkpoints.
+        guard evalEvery >= 0 else { throw fail("eval_every", "is \(evalEvery); use 0 (only at the end) or a step count") }
+        guard evalBatches >= 1 else { throw fail("eval_batches", "is \(evalBatches); evaluate on at least 1 batch") }
+        guard checkpointEvery >= 0 else {
+            throw fail("checkpoint_every", "is \(checkpointEvery); use 0 (only at the end) or a step count")
+        }
+        guard keepCheckpoints >= 0 else { throw fail("keep_checkpoints", "is \(keepCheckpoints); use 0 (keep all) or a count") }
+        guard logEvery >= 1 else { throw fail("log_every", "is \(logEvery); log at least every step (1) or less often") }
+
+        // Data.
+        guard valFraction > 0 && valFraction < 1 else {
+            throw fail("val_fraction", "is \(valFraction); it must be between 0 and 1 (exclusive), e.g. 0.05")
+        }
+        if let data, data.isEmpty { throw fail("data", "is empty; give the path of a text file, or leave it out for the synthetic corpus") }
+        guard corpusBytes >= 1 else { throw fail("corpus_bytes", "is \(corpusBytes); the synthetic corpus needs at least 1 byte") }
+
+        try validateMoE()
+        try GPT.validate(gptConfig)
+    }
+
+    func validateMoE() throws {
+        func fail(_ key: String, _ message: String) -> RunConfigError {
+            RunConfigError("\(RunConfig.flag(key)) \(message)")
+        }
+        guard experts >= 0 else { throw fail("experts", "is \(experts); use 0 (a dense model) or the number of experts") }
+        guard experts > 0 else {
+            // MoE settings on a dense run are a mistake the user would not notice otherwise.
+            let set: [String] = [topK != nil ? "top_k" : nil, gate != "topk" ? "gate" : nil,
+                                 expertHidden != nil ? "expert_hidden" : nil, capacityFactor != nil ? "capacity_factor" : nil,
+                                 initFrom != nil ? "init_from" : nil, moeEvery != 1 ? "moe_every" : nil].compactMap { $0 }
+            if let first = set.first {
+                throw fail(first, "is set but the model is dense (--experts 0); add --experts N to make MoE layers, or drop \(RunConfig.flag(first))")
+            }
+            return
+        }
+        guard RunConfig.gateNames.contains(gate) else {
+            throw fail("gate", "'\(gate)' is not one of \(RunConfig.gateNames.joined(separator: ", "))")
+        }
+        let k = effectiveTopK
+        guard k >= 1 && k <= experts else {
+            throw fail("top_k", "is \(k) but there are \(experts) experts; each token goes to 1 ... \(experts) of them")
+        }
+        if gate == "gshard" {
+            guard k == 2 else { throw fail("top_k", "is \(k) but the gshard gate routes every token to 2 experts; drop --top-k or use --gate topk") }
+            guard experts >= 2 else { throw fail("experts", "is \(experts) but the gshard gate needs at least 2 experts") }
+        }
+        if gate == "switch" && k != 1 {
+            throw fail("top_k", "is \(k) but the switch gate routes every token to 1 expert; drop --top-k or use --gate topk")
+        }
+        if let cf = capacityFactor {
+            guard gate == "gshard" || gate == "switch" else {
+                throw fail("capacity_factor", "applies to the gshard and switch gates only (the \(gate) gate has no capacity); drop it or use --gate gshard|switch")
+            }
+            guard cf.isFinite && cf > 0 else {
+                throw fail("capacity_factor", "is \(cf); it must be positive (1.0 = exactly the balanced share, 1.2 is usual)")
+            }
+        }
+        guard moeEvery >= 1 && moeEvery <= layers else {
+            throw fail("moe_every", "is \(moeEvery); use 1 (every block) up to --layers (\(layers)) (only block 0)")
+        }
+        if let h = expertHidden {
+            guard h >= 1 else { throw fail("expert_hidden", "is \(h); an expert's hidden width must be at least 1") }
+            if initFrom != nil {
+                throw fail("expert_hidden", "cannot be set with --init-from: upcycled experts are copies of the dense MLP (width \(mlpHidden ?? 4 * dModel)); drop --expert-hidden")
+            }
+        }
+        guard balanceWeight.isFinite && balanceWeight >= 0 else {
+            throw fail("balance_weight", "is \(balanceWeight); use 0 (off) or a small positive weight such as 0.01")
+        }
+        guard zLossWeight.isFinite && zLossWeight >= 0 else {
+            throw fail("z_loss_weight", "is \(zLossWeight); use 0 (off) or a small positive weight such as 0.001")
+        }
+        if let initFrom, initFrom.isEmpty { throw fail("init_from", "is empty; give a dense run's directory or checkpoint") }
+    }
+}

@@ -1,0 +1,24 @@
+import Tensors
+
+/// The token stream of a run: `config.data` split by `valFraction`, or the built-in synthetic corpus.
+public enum TrainingData {
+    /// The seed of the built-in corpus. Fixed, not the run's seed, so every run sees the same text and
+    /// validation losses of runs with different seeds are comparable.
+    public static let corpusSeed: UInt64 = 0
+
+    /// Loads (or generates) and splits the data; throws a `DatasetError` saying what is wrong with it.
+    public static func load(_ config: RunConfig) throws -> TokenDataset {
+        if let path = config.data {
+            return try TokenDataset.load(path: path, seqLen: config.seqLen, valFraction: config.valFraction)
+        }
+        let bytes = SyntheticCorpus.generate(seed: corpusSeed, byteCount: config.corpusBytes)
+        return try TokenDataset(tokens: bytes, seqLen: config.seqLen, valFraction: config.valFraction,
+                                source: "synthetic corpus (\(config.corpusBytes) bytes)")
+    }
+
+    /// `batch` as int32 tensors `[B, T]` on `device`.
+    static func tensors(_ batch: (inputs: [Int32], targets: [Int32]), batchSize: Int, seqLen: Int, device: Device) -> (Tensor, Tensor) {
+        (Tensor(batch.inputs, shape: [batchSize, seqLen], device: device),
+         Tensor(batch.targets, shape: [batchSize, seqLen], device: device))
+    }
+}

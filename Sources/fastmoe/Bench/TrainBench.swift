@@ -1,0 +1,92 @@
+import ArgumentParser
+import FastMoE
+
+struct TrainBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Training throughput (tokens/s, model FLOP/s against the dense GEMM ceiling of the same run) and peak memory.")
+
+    @Option(help: "Model and batch sizes: tiny, small, medium.")
+    var preset: String = "tiny"
+
+    @Option(help: "cpu, cuda, cuda:N or auto (CUDA when available).")
+    var device: String = "auto"
+
+    @Option(help: "fp32, or bf16 (CUDA only).")
+    var precision: String = "fp32"
+
+    @Option(help: "Experts per MoE layer (0 = dense).")
+    var experts: Int = 0
+
+    @Option(name: .customLong("top-k"), help: "Experts per token (default 2; 1 for switch).")
+    var topK: Int?
+
+    @Option(help: "topk, noisy, gshard or switch.")
+    var gate: String?
+
+    @Option(name: .customLong("batch-size"), help: "Windows per step (default: the preset's).")
+    var batchSize: Int?
+
+    @Option(help: "Timed training steps (the median is reported).")
+    var repeats: Int = 10
+
+    func validate() throws {
+        guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1") }
+    }
+
+    func run() throws {
+        var overrides: [String: ConfigValue] = ["device": .string(device), "precision": .string(precision), "experts": .int(experts)]
+        if let topK { overrides["top_k"] = .int(topK) }
+        if let gate { overrides["gate"] = .string(gate) }
+        if let batchSize { overrides["batch_size"] = .int(batchSize) }
+        let config = try RunConfig.resolve(preset: preset, overrides: overrides)
+        try config.validate()
+        let dev = try config.resolveDevice()
+        let model = ModelFactory.build(config, device: dev)
+        let optimizer = AdamW(parameters: model.namedParameters().map { ($0.name, $0.parameter) }, learningRate: config.lr,
+                              weightDecay: config.weightDecay)
+        // Enough text for distinct windows; the data do not change the speed.
+        let corpus = SyntheticCorpus.generate(seed: 0, byteCount: max(1 << 18, 4 * config.batchSize * (config.seqLen + 1)))
+        var sampler = BatchSampler(tokens: corpus, seed: config.seed)
+        let parameters = model.parameters()
+        let backend = Backends.backend(for: dev)
+        func step() {
+            let batch = sampler.nextBatch(batchSize: config.batchSize, seqLen: config.seqLen)
+            let x = Tensor(batch.inputs, shape: [config.batchSize, config.seqLen], device: dev)
+            let y = Tensor(batch.targets, shape: [config.batchSize, config.seqLen], device: dev)
+            var loss = model.loss(ids: x, targets: y)
+            if let aux = MoEAuxiliaryLoss.total(in: model, balanceWeight: config.balanceWeight) {
+                loss = loss + aux.cast(to: loss.dtype)
+            }
+            loss.backward()
+            clipGradNorm(parameters, maxNorm: config.clip)
+            optimizer.step()
+            optimizer.zeroGrad()
+        }
+        step()   // first-use costs (kernel compilation, allocator growth) outside the timing
+        let ms = medianMilliseconds(repeats: repeats, sync: { backend.synchronize() }, step)
+        let peak = backend.memoryStatistics.peak
+        let tokens = Double(config.batchSize * config.seqLen)
+        let tokensPerSecond = tokens / ms * 1e3
+        let modelGFLOPs = model.flopsPerToken * tokensPerSecond / 1e9
+
+        // The ceiling: a square dense GEMM in the activations' dtype on the same device.
+        let n = dev.isCUDA ? 4096 : 1024
+        var g = RandomGenerator(seed: 1)
+        let a = Tensor.randomNormal([n, n], device: dev, generator: &g).cast(to: config.activationDType ?? .float32)
+        let b = Tensor.randomNormal([n, n], device: dev, generator: &g).cast(to: config.activationDType ?? .float32)
+        let gemmMs = medianMilliseconds(repeats: 5, sync: { backend.synchronize() }) { _ = withoutGradient { a.matmul(b) } }
+        let gemmGFLOPs = 2 * Double(n * n * n) / gemmMs / 1e6
+
+        let kind = config.isMoE ? "moe \(config.experts)e top-\(config.effectiveTopK) \(config.gate)" : "dense"
+        let rows = [
+            BenchRow(name: "gemm \(config.precision) \(n)³ (ceiling)", milliseconds: gemmMs, rate: gemmGFLOPs, unit: "GFLOP/s", ofCeiling: 1),
+            BenchRow(name: "train step \(preset) \(kind)", milliseconds: ms, rate: tokensPerSecond, unit: "tokens/s"),
+            BenchRow(name: "train model FLOP/s", milliseconds: ms, rate: modelGFLOPs, unit: "GFLOP/s", ofCeiling: modelGFLOPs / gemmGFLOPs),
+        ]
+        BenchRow.printTable(rows, title: "fastmoe bench train --preset \(preset) on \(dev) (\(DeviceChoice.describe(dev))): "
+            + "batch \(config.batchSize)×\(config.seqLen), \(format(model.flopsPerToken / 1e6, 2)) MFLOP/token, \(config.precision)")
+        print("peak memory: \(format(Double(peak) / 1_048_576, 1)) MiB (\(dev), since the process started)")
+        print("{\"bench\":\"peak memory\",\"bytes\":\(peak),\"device\":\"\(dev)\"}")
+    }
+}

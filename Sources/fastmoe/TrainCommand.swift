@@ -1,0 +1,99 @@
+import ArgumentParser
+import FastMoE
+
+/// The run settings as flags. Every flag is optional: an unset flag leaves the value of the config
+/// file, or else of the preset. Each maps to the `RunConfig` key of the same name (dashes → `_`).
+struct RunOptions: ParsableArguments {
+    @Option(help: "Sizes to start from: tiny (default; ~2 min on 2 CPU cores), small, medium.")
+    var preset: String?
+    @Option(help: "A name for the run (report title; default output directory runs/<name>).")
+    var name: String?
+
+    @Option(help: "Transformer blocks.") var layers: Int?
+    @Option(name: .customLong("d-model"), help: "Model width.") var dModel: Int?
+    @Option(help: "Attention heads (must divide --d-model).") var heads: Int?
+    @Option(name: .customLong("seq-len"), help: "Tokens per training window (the context length).") var seqLen: Int?
+    @Option(name: .customLong("mlp-hidden"), help: "Dense MLP width (default 4 × d-model).") var mlpHidden: Int?
+    @Option(help: "Dropout probability.") var dropout: Double?
+
+    @Option(name: .customLong("batch-size"), help: "Windows per step.") var batchSize: Int?
+    @Option(help: "Optimizer steps.") var steps: Int?
+    @Option(help: "Peak learning rate (AdamW; cosine decay to 10%).") var lr: Double?
+    @Option(help: "Linear warm-up steps.") var warmup: Int?
+    @Option(name: .customLong("weight-decay"), help: "AdamW weight decay (matrices only).") var weightDecay: Double?
+    @Option(help: "Gradient-norm clip (0 = off).") var clip: Double?
+    @Option(help: "Seed of the initial weights, data order, dropout and gate noise.") var seed: UInt64?
+
+    @Option(help: "cpu, cuda, cuda:N or auto (CUDA when available).") var device: String?
+    @Option(help: "fp32, or bf16 (CUDA only: bfloat16 activations, float32 master weights).") var precision: String?
+
+    @Option(name: .customLong("eval-every"), help: "Evaluate every N steps (0 = only at the end).") var evalEvery: Int?
+    @Option(name: .customLong("eval-batches"), help: "Fixed validation batches per evaluation.") var evalBatches: Int?
+    @Option(name: .customLong("checkpoint-every"), help: "Checkpoint every N steps (0 = only at the end).") var checkpointEvery: Int?
+    @Option(name: .customLong("keep-checkpoints"), help: "Checkpoints kept (0 = all).") var keepCheckpoints: Int?
+    @Option(name: .customLong("log-every"), help: "A metrics record every N steps.") var logEvery: Int?
+    @Option(help: "Output directory (default runs/<name or timestamp>).") var out: String?
+
+    @Option(help: "A text file to train on (default: the built-in synthetic corpus).") var data: String?
+    @Option(name: .customLong("val-fraction"), help: "Fraction at the end of the data held out for validation.") var valFraction: Double?
+    @Option(name: .customLong("corpus-bytes"), help: "Size of the synthetic corpus.") var corpusBytes: Int?
+
+    @Option(help: "Experts per MoE layer (0 = dense).") var experts: Int?
+    @Option(name: .customLong("top-k"), help: "Experts per token (default: 2; 1 for switch).") var topK: Int?
+    @Option(help: "topk, noisy, gshard or switch.") var gate: String?
+    @Option(name: .customLong("moe-every"), help: "Every M-th block gets an MoE MLP (1 = all).") var moeEvery: Int?
+    @Option(name: .customLong("expert-hidden"), help: "Expert hidden width (default mlp-hidden / top-k: equal FLOPs).") var expertHidden: Int?
+    @Option(name: .customLong("capacity-factor"), help: "gshard/switch training capacity factor (eval: twice it; default 1.2).") var capacityFactor: Double?
+    @Option(name: .customLong("balance-weight"), help: "Weight of the load-balancing loss (mean over layers).") var balanceWeight: Double?
+    @Option(name: .customLong("z-loss-weight"), help: "Weight of the router z-loss (0 = off).") var zLossWeight: Double?
+    @Option(name: .customLong("init-from"), help: "Upcycle: start every expert from this dense run's MLP weights.") var initFrom: String?
+
+    /// The flags that were given, as `RunConfig` keys (the preset is passed separately).
+    func overrides() -> [String: ConfigValue] {
+        var v: [String: ConfigValue] = [:]
+        func put(_ key: String, _ x: Int?) { if let x { v[key] = .int(x) } }
+        func put(_ key: String, _ x: Double?) { if let x { v[key] = .double(x) } }
+        func put(_ key: String, _ x: String?) { if let x { v[key] = .string(x) } }
+        put("name", name)
+        put("layers", layers); put("d_model", dModel); put("heads", heads); put("seq_len", seqLen)
+        put("mlp_hidden", mlpHidden); put("dropout", dropout)
+        put("batch_size", batchSize); put("steps", steps); put("lr", lr); put("warmup", warmup)
+        put("weight_decay", weightDecay); put("clip", clip)
+        if let seed { v["seed"] = .string(String(seed)) }
+        put("device", device); put("precision", precision)
+        put("eval_every", evalEvery); put("eval_batches", evalBatches); put("checkpoint_every", checkpointEvery)
+        put("keep_checkpoints", keepCheckpoints); put("log_every", logEvery); put("out", out)
+        put("data", data); put("val_fraction", valFraction); put("corpus_bytes", corpusBytes)
+        put("experts", experts); put("top_k", topK); put("gate", gate); put("moe_every", moeEvery)
+        put("expert_hidden", expertHidden); put("capacity_factor", capacityFactor); put("balance_weight", balanceWeight)
+        put("z_loss_weight", zLossWeight); put("init_from", initFrom)
+        return v
+    }
+}
+
+struct TrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Train a GPT language model (dense or mixture-of-experts) and write metrics and checkpoints.",
+        discussion: """
+        Settings come from a preset (--preset, default tiny), then a config file (--config run.toml or \
+        run.json; keys are the flag names without '--', with '-' or '_'), then the flags. Without --data \
+        the model trains on the built-in synthetic corpus. The output directory gets metrics.jsonl, \
+        metrics.csv, checkpoint-STEP/ directories and a 'latest' pointer; `fastmoe report DIR` draws it.
+        """)
+
+    @OptionGroup var options: RunOptions
+
+    @Option(help: "A config file (.toml or .json) between the preset and the flags.")
+    var config: String?
+
+    @Option(help: "Continue the run in this directory (or from this checkpoint) exactly where it stopped.")
+    var resume: String?
+
+    func run() throws {
+        let trainer = try Trainer.prepare(preset: options.preset, configFile: config, overrides: options.overrides(), resume: resume)
+        let console = ConsoleReporter()
+        trainer.onEvent = console.handle
+        try trainer.run()
+    }
+}
