@@ -94,8 +94,24 @@ public func groupedLinear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, grou
     guard let expertOfRow else { fatalError("groupedLinear: a bias needs expertOfRow, the expert of each row") }
     guarantee(expertOfRow.shape == [x.shape[0]] && expertOfRow.dtype == .int32,
                  "groupedLinear: expertOfRow must be [\(x.shape[0])] int32, got \(expertOfRow.shape) \(expertOfRow.dtype)")
-    // Composed: a row gather of the bias (its backward is a deterministic scatter-add per expert).
-    return y + bias.indexSelect(rows: expertOfRow)
+    return addGroupedBias(y, bias: bias, groupSizes: groupSizes, expertOfRow: expertOfRow)
+}
+
+/// `y[r] + bias[expertOfRow[r]]` over expert-contiguous rows. The bias gradient is a column sum over
+/// each expert's block of rows, not a scatter-add: thousands of rows adding into a handful of bias
+/// rows would serialise on atomics on the GPU (measured: 676 ms per step for an 8-expert bf16 layer).
+func addGroupedBias(_ y: Tensor, bias: Tensor, groupSizes: [Int], expertOfRow: Tensor) -> Tensor {
+    let out = withoutGradient { y + bias.indexSelect(rows: expertOfRow) }
+    return out.recording("groupedBias", [y, bias]) { g in
+        guard bias.requiresGrad else { return [g, nil] }
+        var start = 0
+        let perExpert = groupSizes.map { n -> Tensor in
+            defer { start += n }
+            guard n > 0 else { return Tensor.zeros([1, g.lastDimension], dtype: g.dtype, device: g.device) }
+            return g.rows(start..<(start + n)).sumRows().reshaped([1, -1])
+        }
+        return [g, Tensor.concat(perExpert, axis: 0)]
+    }
 }
 
 extension Tensor {
