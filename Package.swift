@@ -4,7 +4,7 @@ import PackageDescription
 // Layering (../shared/DESIGN.md): each target imports only those listed before it.
 let package = Package(
     name: "FastMoE",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .library(name: "FastMoE", targets: ["FastMoE"]),
         .executable(name: "fastmoe", targets: ["fastmoe"]),

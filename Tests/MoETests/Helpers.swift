@@ -37,7 +37,7 @@ func maxDifference(_ a: [Double], _ b: [Double]) -> Double {
 }
 
 /// The expert of the tests: Linear(d→h) → GELU → Linear(h→d), as a plain module.
-final class MLPExpert: Module, Layer {
+final class MLPExpert: Module, Layer, @unchecked Sendable {
     let fc1: Linear
     let fc2: Linear
 
@@ -50,7 +50,7 @@ final class MLPExpert: Module, Layer {
 }
 
 /// Top-k with a capacity (token-major drops): a user-written gate, so any k can drop slots.
-final class CapacityTopKGate: Module, Gate {
+final class CapacityTopKGate: Module, Gate, @unchecked Sendable {
     let linear: Linear
     let expertCount: Int
     let topK: Int

@@ -183,7 +183,7 @@ struct LoadStatisticsTests {
     }
 
     @Test func totalIsTheWeightedMeanOfBalanceLossesPlusZLosses() {
-        final class TwoLayers: Module {
+        final class TwoLayers: Module, @unchecked Sendable {
             let a: MoEMLP, b: MoEMLP
             init(generator g: inout RandomGenerator) {
                 a = MoEMLP(dModel: 4, hidden: 4, experts: 4, topK: 2, gate: .gshard(), zLossWeight: 1e-3, dtype: .float64, generator: &g)

@@ -33,7 +33,7 @@ public enum ExpertActivation: Sendable, Equatable {
 /// ```swift
 /// let experts = BatchedExperts(experts: 8, dModel: 512, hidden: 1024, initialization: .megatron(layers: 12), generator: &g)
 /// ```
-public final class BatchedExperts: Module, Experts {
+public final class BatchedExperts: Module, Experts, @unchecked Sendable {
     public let fc1: GroupedLinear
     public let fc2: GroupedLinear
     public let activation: ExpertActivation

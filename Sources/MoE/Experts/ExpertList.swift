@@ -8,7 +8,7 @@ import Tensors
 /// ```swift
 /// let experts = ExpertList((0..<4).map { _ in Linear(64, 64, generator: &g) })
 /// ```
-public final class ExpertList: Module, Experts {
+public final class ExpertList: Module, Experts, @unchecked Sendable {
     public let experts: [any Layer]
 
     public init(_ experts: [any Layer]) {

@@ -7,7 +7,7 @@ import Tensors
 /// let fc = GroupedLinear(experts: 4, 64, 256, weight: w, bias: b)
 /// let y = fc(rows, groups: groups)
 /// ```
-public final class GroupedLinear: Module {
+public final class GroupedLinear: Module, @unchecked Sendable {
     public let weight: Parameter
     public let bias: Parameter?
     public let expertCount: Int

@@ -12,7 +12,7 @@ import Tensors
 /// let y = moe(x)                         // x [batch, time, 64]
 /// let loss = task + 0.01 * moe.lastAuxLoss!
 /// ```
-open class MoELayer: Module, Layer, MoEAuxiliaryLossProvider {
+open class MoELayer: Module, Layer, MoEAuxiliaryLossProvider, @unchecked Sendable {
     public let gate: any Gate
     public let experts: any Experts
     /// Moves tokens between the gate's decisions and the experts (the expert-parallel seam).

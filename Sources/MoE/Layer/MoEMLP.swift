@@ -43,7 +43,7 @@ public enum GateKind: Sendable, Equatable {
 ///                  initialization: .megatron(layers: 12), generator: &g)
 /// let y = mlp(x)   // x [batch, time, 512]
 /// ```
-public final class MoEMLP: MoELayer {
+public final class MoEMLP: MoELayer, @unchecked Sendable {
     public init(dModel: Int, hidden: Int, experts: Int, topK: Int = 2, gate: GateKind = .topK, zLossWeight: Double = 0,
                 activation: ExpertActivation = .gelu, initialization: ExpertInitialization = .linearDefault,
                 dtype: DType = .float32, device: Device = .cpu, generator: inout RandomGenerator) {

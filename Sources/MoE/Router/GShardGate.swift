@@ -13,7 +13,7 @@ import Tensors
 /// ```swift
 /// let gate = GShardGate(dModel: 512, expertCount: 8, generator: &g)
 /// ```
-public final class GShardGate: Module, Gate {
+public final class GShardGate: Module, Gate, @unchecked Sendable {
     public let linear: Linear
     public let expertCount: Int
     public let topK = 2

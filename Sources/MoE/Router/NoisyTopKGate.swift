@@ -11,7 +11,7 @@ import Tensors
 /// ```swift
 /// let gate = NoisyTopKGate(dModel: 512, expertCount: 8, topK: 2, generator: &g)
 /// ```
-public final class NoisyTopKGate: Module, Gate {
+public final class NoisyTopKGate: Module, Gate, @unchecked Sendable {
     /// `[d, N]`: clean logits `x · wGate`. Init as FastMoE: U(−1/√N, 1/√N) (kaiming_uniform, a = √5, on `[d, N]`).
     public let wGate: Parameter
     /// `[d, N]`: noise scale logits `x · wNoise`, same init.

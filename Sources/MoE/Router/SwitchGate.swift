@@ -20,7 +20,7 @@ public enum SwitchJitter: Sendable, Equatable {
 /// ```swift
 /// let gate = SwitchGate(dModel: 512, expertCount: 8, generator: &g)
 /// ```
-public final class SwitchGate: Module, Gate {
+public final class SwitchGate: Module, Gate, @unchecked Sendable {
     public let linear: Linear
     public let expertCount: Int
     public let topK = 1

@@ -7,7 +7,7 @@ import Tensors
 /// let gate = TopKGate(dModel: 512, expertCount: 8, topK: 2, generator: &g)
 /// let routing = gate.route(x)   // routing.expert [B, 2], routing.score [B, 2]
 /// ```
-public final class TopKGate: Module, Gate {
+public final class TopKGate: Module, Gate, @unchecked Sendable {
     /// `Linear(d, N)` with PyTorch's default init.
     public let linear: Linear
     public let expertCount: Int

@@ -2,7 +2,7 @@ import NN
 import Tensors
 
 /// Routes every slot to expert 0 with score `1/k` (a test tool: the layer then equals expert 0).
-public final class ZeroGate: Module, Gate {
+public final class ZeroGate: Module, Gate, @unchecked Sendable {
     public let expertCount: Int
     public let topK: Int
 

@@ -6,7 +6,7 @@ import Darwin
 
 /// The floating-point types the CPU backend computes in: float32 for training, float64 for
 /// gradient checks. bfloat16 is storage-only on the CPU (cast it to float32 to compute).
-protocol CPUFloat: BinaryFloatingPoint, SIMDScalar, Sendable where Self.RawSignificand: FixedWidthInteger {
+protocol CPUFloat: BinaryFloatingPoint, Sendable {
     static func exp(_ x: Self) -> Self
     static func log(_ x: Self) -> Self
     static func tanh(_ x: Self) -> Self
