@@ -44,7 +44,7 @@ struct RunOptions: ParsableArguments {
     @Option(name: .customLong("moe-every"), help: "Every M-th block gets an MoE MLP (1 = all).") var moeEvery: Int?
     @Option(name: .customLong("expert-hidden"), help: "Expert hidden width (default mlp-hidden / top-k: equal FLOPs).") var expertHidden: Int?
     @Option(name: .customLong("capacity-factor"), help: "gshard/switch training capacity factor (eval: twice it; default 1.2).") var capacityFactor: Double?
-    @Option(name: .customLong("balance-weight"), help: "Weight of the load-balancing loss (mean over layers).") var balanceWeight: Double?
+    @Option(name: .customLong("balance-weight"), help: "Weight of the load-balancing loss (mean over layers); the topk gate has none: use noisy, gshard or switch to balance.") var balanceWeight: Double?
     @Option(name: .customLong("z-loss-weight"), help: "Weight of the router z-loss (0 = off).") var zLossWeight: Double?
     @Option(name: .customLong("init-from"), help: "Upcycle: start every expert from this dense run's MLP weights.") var initFrom: String?
 
