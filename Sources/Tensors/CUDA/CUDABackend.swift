@@ -56,21 +56,11 @@ public final class CUDABackend: Backend, @unchecked Sendable {
 
     /// The function `name` from the module for `dtype` (nil: the dtype-independent movement module).
     func kernel(_ name: String, _ dtype: DType?) -> CUDAFunction {
-        let key: String
-        let source: String
-        switch dtype {
-        case nil, .int32?:
-            key = "movement"
-            source = ["#define FM_F32", KernelPrelude.source, MovementKernels.source, RoutingKernels.source].joined(separator: "\n")
-        case .float32?, .float64?, .bfloat16?:
-            let macro = dtype == .float64 ? "FM_F64" : dtype == .bfloat16 ? "FM_BF16" : "FM_F32"
-            key = "ops_" + dtype!.rawValue
-            source = ["#define \(macro)", KernelPrelude.source, ElementwiseKernels.source, RowKernels.source, WarpRowKernels.source, IndexingKernels.source].joined(separator: "\n")
-        }
+        let key = dtype == nil || dtype == .int32 ? "movement" : "ops_" + dtype!.rawValue
         let module = modules.withLock { cache -> CUDAModule in
             if let m = cache[key] { return m }
             do {
-                let m = try gpu.compiler().module(source: source, name: "fastmoe_\(key)")
+                let m = try gpu.compiler().module(source: CUDABackend.moduleSource(dtype), name: "fastmoe_\(key)")
                 cache[key] = m
                 return m
             } catch {
@@ -78,6 +68,19 @@ public final class CUDABackend: Backend, @unchecked Sendable {
             }
         }
         do { return try module.function(name) } catch { fatalError("\(error)") }
+    }
+
+    /// The source of the module for `dtype` (nil or int32: the dtype-independent movement module).
+    /// Built only when a module is compiled, not on every launch.
+    static func moduleSource(_ dtype: DType?) -> String {
+        switch dtype {
+        case nil, .int32?:
+            return ["#define FM_F32", KernelPrelude.source, MovementKernels.source, RoutingKernels.source].joined(separator: "\n")
+        case .float32?, .float64?, .bfloat16?:
+            let macro = dtype == .float64 ? "FM_F64" : dtype == .bfloat16 ? "FM_BF16" : "FM_F32"
+            return ["#define \(macro)", KernelPrelude.source, ElementwiseKernels.source, RowKernels.source,
+                    WarpRowKernels.source, IndexingKernels.source].joined(separator: "\n")
+        }
     }
 
     /// Grid-stride launch over `n` elements.
