@@ -19,11 +19,6 @@ public enum Backends {
             }
         }
     }
-
-    /// Registers a backend explicitly (tests, or a backend created eagerly).
-    public static func register(_ backend: any Backend) {
-        registry.withLock { $0[backend.device] = backend }
-    }
 }
 
 extension Device {

@@ -14,8 +14,8 @@ struct BenchRow {
         let width = max(28, rows.map(\.name.count).max() ?? 0)
         print(pad("measurement", width) + pad("median ms", 12) + pad("rate", 14) + "of ceiling")
         for r in rows {
-            let ceiling = r.ofCeiling.map { format($0 * 100, 1) + "%" } ?? ""
-            print(pad(r.name, width) + pad(format(r.milliseconds, 3), 12) + pad(format(r.rate, 2) + " " + r.unit, 14) + ceiling)
+            let ceiling = r.ofCeiling.map { fixed($0 * 100, 1) + "%" } ?? ""
+            print(pad(r.name, width) + pad(fixed(r.milliseconds, 3), 12) + pad(fixed(r.rate, 2) + " " + r.unit, 14) + ceiling)
         }
         for r in rows {
             var fields = ["\"bench\":\"\(r.name)\"", "\"ms\":\(r.milliseconds)", "\"rate\":\(r.rate)", "\"unit\":\"\(r.unit)\""]
@@ -25,18 +25,6 @@ struct BenchRow {
     }
 
     static func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
-}
-
-/// Fixed-point formatting without Foundation.
-func format(_ x: Double, _ digits: Int) -> String {
-    guard x.isFinite else { return "\(x)" }
-    var scale = 1.0
-    for _ in 0..<digits { scale *= 10 }
-    let v = (abs(x) * scale).rounded()
-    let whole = Int(v / scale), frac = Int(v.truncatingRemainder(dividingBy: scale))
-    var f = String(frac)
-    while f.count < digits { f = "0" + f }
-    return (x < 0 ? "-" : "") + String(whole) + (digits > 0 ? "." + f : "")
 }
 
 /// Median wall time of `body` in milliseconds, after one untimed warm-up; `sync` waits for the device.

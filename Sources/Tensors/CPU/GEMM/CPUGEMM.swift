@@ -42,9 +42,8 @@ public enum CPUGEMM {
     /// Whether a BLAS library was found (independent of `forceFallback`).
     static var blasAvailable: Bool { BLASLibrary.shared != nil }
 
-    /// Threads the fallback splits a large product over: the online CPUs, as Dispatch's
-    /// `concurrentPerform` also assumes.
-    static let threadCount: Int = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+    /// Threads the fallback splits a large product over: the backend's worker count.
+    static var threadCount: Int { CPUBackend.threadCount }
 
     private static let forceFallbackFlag = Atomic<Bool>(false)
 
