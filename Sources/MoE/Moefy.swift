@@ -1,9 +1,12 @@
 import NN
 import Tensors
 
+// Notation: d model width, N experts in all, k slots per token, h expert hidden width.
+
 /// Turns the dense MLPs of a Transformer into MoE MLPs (MOE_SEMANTICS §6): every `TransformerBlock`
 /// in `model` (depth first, e.g. `GPT.blocks`) whose index `i` satisfies `i % every == 0` and whose
-/// `mlp` is a dense `MLP` gets an `MoEMLP` in its place. Returns the names of the replaced modules.
+/// `mlp` is a dense `MLP` gets an MoE MLP (`MoELayer.mlp`) in its place. Returns the names of the
+/// replaced modules.
 ///
 /// - `expertHidden`: each expert's hidden width; defaults to `h_dense / topK`, so a token's
 ///   FLOPs stay those of the dense model (FastMoE's Megatron adapter does the same), apart from
@@ -15,23 +18,25 @@ import Tensors
 ///   (`N(0, 0.02)`, second weight `N(0, 0.02/√(2·blocks))`, biases 0), as GPT's own init.
 /// - The dense MLP's activation and dropout carry over; the gate's parameters follow the dense
 ///   weights' dtype and device.
+/// - `balanceWeight`: each new layer adds `balanceWeight / layers · auxLoss` to the objective when
+///   called (the mean over layers of MOE_SEMANTICS §1); 0 leaves the balance loss out.
 /// ```swift
 /// var g = RandomGenerator(seed: 1)
 /// let model = GPT(config, generator: &g)
-/// moefy(model, experts: 8, topK: 2, gate: .topK, generator: &g)   // every block: 8 experts, h/2 wide
+/// moefy(model, expertCount: 8, topK: 2, gate: .gshard, balanceWeight: 0.01, generator: &g)   // every block: 8 experts, h/2 wide
 /// ```
 @discardableResult
-public func moefy(_ model: Module, experts: Int, topK: Int = 2, gate: GateKind = .topK, every: Int = 1,
-                  expertHidden: Int? = nil, copy: Bool = false, zLossWeight: Double = 0,
-                  generator: inout RandomGenerator) -> [String] {
+public func moefy(_ model: Module, expertCount experts: Int, topK: Int = 2, gate: GateSpec = .topK, every: Int = 1,
+                  expertHidden: Int? = nil, copy: Bool = false, balanceWeight: Double = 0, zLossWeight: Double = 0,
+                  capacityFactor: CapacityFactor = CapacityFactor(), generator: inout RandomGenerator) -> [String] {
     guarantee(experts >= 1 && topK >= 1 && topK <= experts, "moefy: topK \(topK) must be in 1...experts (\(experts))")
     guarantee(every >= 1, "moefy: every = \(every) must be at least 1 (1 = every block)")
     let blocks = model.namedModules().compactMap { entry in (entry.module as? TransformerBlock).map { (entry.name, $0) } }
-    var replaced: [String] = []
+    var replaced: [(name: String, layer: MoELayer)] = []
     for (i, (name, block)) in blocks.enumerated() where i % every == 0 {
         guard let dense = block.mlp as? MLP else { continue }
         let d = dense.fc1.inFeatures, hDense = dense.fc1.outFeatures
-        let hidden = expertHidden ?? (copy ? hDense : max(1, hDense / topK))
+        let hidden = expertHidden ?? (copy ? hDense : defaultExpertHidden(denseHidden: hDense, topK: topK))
         guarantee(!copy || hidden == hDense,
                   "moefy: copy: true seeds every expert with the dense MLP (hidden \(hDense)); expertHidden \(hidden) cannot hold it — drop expertHidden")
         let weight = dense.fc1.weight.value
@@ -41,15 +46,16 @@ public func moefy(_ model: Module, experts: Int, topK: Int = 2, gate: GateKind =
         case .silu: activation = .silu
         case .relu: activation = .relu
         }
-        let moe = MoEMLP(dModel: d, hidden: hidden, experts: experts, topK: topK, gate: gate, zLossWeight: zLossWeight,
-                         activation: activation, initialization: .megatron(std: 0.02, layers: blocks.count),
-                         dtype: weight.dtype, device: weight.device, generator: &generator)
+        let moe = MoELayer.mlp(dModel: d, hidden: hidden, expertCount: experts, topK: topK, gate: gate, zLossWeight: zLossWeight,
+                               capacityFactor: capacityFactor, activation: activation,
+                               initialization: .megatron(std: 0.02, layers: blocks.count),
+                               dtype: weight.dtype, device: weight.device, generator: &generator)
         if copy {
             func repeated(_ t: Tensor) -> Tensor {
                 let one = t.detached().reshaped([1] + t.shape)
                 return Tensor.concat(Array(repeating: one, count: experts), axis: 0)
             }
-            let e = moe.batchedExperts
+            let e = moe.experts as! BatchedExperts   // what `MoELayer.mlp` builds
             e.fc1.weight.value = repeated(dense.fc1.weight.value)
             e.fc2.weight.value = repeated(dense.fc2.weight.value)
             if let b = dense.fc1.bias { e.fc1.bias!.value = repeated(b.value) } else { e.fc1.bias!.value = Tensor.zeros([experts, hidden], dtype: weight.dtype, device: weight.device) }
@@ -58,7 +64,11 @@ public func moefy(_ model: Module, experts: Int, topK: Int = 2, gate: GateKind =
         if dense.dropout.p > 0 { moe.dropout = dense.dropout }
         moe.train(dense.isTraining)
         block.mlp = moe
-        replaced.append(name.isEmpty ? "mlp" : "\(name).mlp")
+        replaced.append((name.isEmpty ? "mlp" : "\(name).mlp", moe))
     }
-    return replaced
+    for (_, layer) in replaced { layer.balanceLossWeight = balanceWeight / Double(replaced.count) }
+    return replaced.map(\.name)
 }
+
+/// `moefy`'s expert width: `h_dense / k`, so a token's FLOPs stay those of the dense model.
+public func defaultExpertHidden(denseHidden: Int, topK: Int) -> Int { max(1, denseHidden / topK) }

@@ -40,7 +40,7 @@ struct RunOptions: ParsableArguments {
 
     @Option(help: "Experts per MoE layer (0 = dense).") var experts: Int?
     @Option(name: .customLong("top-k"), help: "Experts per token (default: 2; 1 for switch).") var topK: Int?
-    @Option(help: "topk, noisy, gshard or switch.") var gate: String?
+    @Option(help: ArgumentHelp(GateSpec.helpText)) var gate: String?
     @Option(name: .customLong("moe-every"), help: "Every M-th block gets an MoE MLP (1 = all).") var moeEvery: Int?
     @Option(name: .customLong("expert-hidden"), help: "Expert hidden width (default mlp-hidden / top-k: equal FLOPs).") var expertHidden: Int?
     @Option(name: .customLong("capacity-factor"), help: "gshard/switch training capacity factor (eval: twice it; default 1.2).") var capacityFactor: Double?

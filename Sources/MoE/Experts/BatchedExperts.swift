@@ -1,6 +1,8 @@
 import NN
 import Tensors
 
+// Notation: E experts on this rank, S rows they compute, d model width, h expert hidden width.
+
 /// How `BatchedExperts` (and `MoEMLP`) initialise their weights.
 public enum ExpertInitialization: Sendable, Equatable {
     /// Megatron's: weights N(0, std), the second weight N(0, std / √(2·layers)), biases 0.
@@ -31,14 +33,14 @@ public enum ExpertActivation: Sendable, Equatable {
 /// `E` identical MLP experts `Linear(d→h) → activation → Linear(h→d)` computed with grouped GEMMs
 /// (FastMoE's `FMoETransformerMLP` experts): `fc1` `[E, h, d] + [E, h]`, `fc2` `[E, d, h] + [E, d]`.
 /// ```swift
-/// let experts = BatchedExperts(experts: 8, dModel: 512, hidden: 1024, initialization: .megatron(layers: 12), generator: &g)
+/// let experts = BatchedExperts(localExpertCount: 8, dModel: 512, hidden: 1024, initialization: .megatron(layers: 12), generator: &g)
 /// ```
 public final class BatchedExperts: Module, Experts, @unchecked Sendable {
     public let fc1: GroupedLinear
     public let fc2: GroupedLinear
     public let activation: ExpertActivation
 
-    public init(experts: Int, dModel: Int, hidden: Int, activation: ExpertActivation = .gelu,
+    public init(localExpertCount experts: Int, dModel: Int, hidden: Int, activation: ExpertActivation = .gelu,
                 initialization: ExpertInitialization = .linearDefault,
                 dtype: DType = .float32, device: Device = .cpu, generator: inout RandomGenerator) {
         func layer(_ inWidth: Int, _ outWidth: Int, std: Double?) -> GroupedLinear {
@@ -63,14 +65,14 @@ public final class BatchedExperts: Module, Experts, @unchecked Sendable {
 
     /// From given layers (e.g. copied weights).
     public init(fc1: GroupedLinear, fc2: GroupedLinear, activation: ExpertActivation = .gelu) {
-        guarantee(fc1.expertCount == fc2.expertCount && fc1.outFeatures == fc2.inFeatures && fc2.outFeatures == fc1.inFeatures,
-                     "BatchedExperts: fc1 [\(fc1.expertCount), \(fc1.outFeatures), \(fc1.inFeatures)] and fc2 [\(fc2.expertCount), \(fc2.outFeatures), \(fc2.inFeatures)] do not chain")
+        guarantee(fc1.localExpertCount == fc2.localExpertCount && fc1.outFeatures == fc2.inFeatures && fc2.outFeatures == fc1.inFeatures,
+                     "BatchedExperts: fc1 [\(fc1.localExpertCount), \(fc1.outFeatures), \(fc1.inFeatures)] and fc2 [\(fc2.localExpertCount), \(fc2.outFeatures), \(fc2.inFeatures)] do not chain")
         self.fc1 = fc1
         self.fc2 = fc2
         self.activation = activation
     }
 
-    public var expertCount: Int { fc1.expertCount }
+    public var localExpertCount: Int { fc1.localExpertCount }
 
     public func callAsFunction(_ rows: Tensor, groups: ExpertGroups) -> Tensor {
         fc2(activation(fc1(rows, groups: groups)), groups: groups)

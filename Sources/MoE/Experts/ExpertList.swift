@@ -1,10 +1,13 @@
 import NN
 import Tensors
 
+// Notation: E experts on this rank, S rows they compute, d model width.
+
 /// Any layers as experts, one per expert, of any (mixed) types: FastMoE's `expert` list.
 ///
 /// The generic path: each expert runs on its block of rows (a free view) and the results are
-/// concatenated. Use `BatchedExperts` for the fast path of identical MLP experts.
+/// concatenated. Use `BatchedExperts` for the fast path of identical MLP experts. The experts'
+/// parameters join the `.expert` group (`Parameter.group`) however they were made.
 /// ```swift
 /// let experts = ExpertList((0..<4).map { _ in Linear(64, 64, generator: &g) })
 /// ```
@@ -13,10 +16,13 @@ public final class ExpertList: Module, Experts, @unchecked Sendable {
 
     public init(_ experts: [any Layer]) {
         guarantee(!experts.isEmpty, "ExpertList: needs at least one expert")
+        for expert in experts {
+            for p in expert.parameters() { p.group = .expert }
+        }
         self.experts = experts
     }
 
-    public var expertCount: Int { experts.count }
+    public var localExpertCount: Int { experts.count }
 
     public func callAsFunction(_ rows: Tensor, groups: ExpertGroups) -> Tensor {
         guarantee(groups.sizes.count == experts.count, "ExpertList: \(groups.sizes.count) group sizes for \(experts.count) experts")

@@ -1,11 +1,13 @@
 import NN
 import Tensors
 
-/// How dispatched rows split among the experts: `sizes[e]` consecutive rows for expert `e`.
+// Notation: E experts on this rank, S rows they compute (expert-contiguous), d model width.
+
+/// How dispatched rows split among this rank's experts: `sizes[e]` consecutive rows for local expert `e`.
 public struct ExpertGroups: @unchecked Sendable {
-    /// Rows per expert, on the host (GEMM problem sizes).
+    /// `[E]`: rows per local expert, on the host (GEMM problem sizes).
     public let sizes: [Int]
-    /// `[S]` int32 on the rows' device: the expert of each row (bias gathers).
+    /// `[S]` int32 on the rows' device: the local expert of each row (bias gathers).
     public let expertOfRow: Tensor
 
     public init(sizes: [Int], expertOfRow: Tensor) {
@@ -21,10 +23,10 @@ public struct ExpertGroups: @unchecked Sendable {
     }
 }
 
-/// The experts of an MoE layer, computing over expert-contiguous rows `[S, d] -> [S, d]`.
+/// The experts held on this rank, computing over expert-contiguous rows `[S, d] -> [S, d]`.
 public protocol Experts: Module {
-    /// The experts held here (`E`, per rank).
-    var expertCount: Int { get }
+    /// `E`: the experts held here.
+    var localExpertCount: Int { get }
     /// Runs expert `e` on rows `offsets[e] ..< offsets[e] + sizes[e]` of `rows`, for every `e`.
     func callAsFunction(_ rows: Tensor, groups: ExpertGroups) -> Tensor
 }

@@ -1,32 +1,35 @@
 import NN
 import Tensors
 
+// Notation: E experts on this rank, S rows they compute (expert-contiguous).
+
 /// `E` linear layers applied to expert-contiguous rows with one grouped GEMM (FastMoE's `FMoELinear`):
 /// `y_e = x_e W_eᵀ + b_e`. Weight `[E, out, in]` (each expert's matrix as `Linear` stores it), bias `[E, out]`.
+/// Its parameters are in the `.expert` group.
 /// ```swift
-/// let fc = GroupedLinear(experts: 4, 64, 256, weight: w, bias: b)
-/// let y = fc(rows, groups: groups)
+/// let fc = GroupedLinear(weight: Tensor.randomNormal([4, 256, 64], std: 0.02), bias: Tensor.zeros([4, 256]))
+/// let y = fc(rows, groups: groups)   // rows [S, 64] -> [S, 256]
 /// ```
 public final class GroupedLinear: Module, @unchecked Sendable {
     public let weight: Parameter
     public let bias: Parameter?
-    public let expertCount: Int
+    public let localExpertCount: Int
     public let inFeatures: Int
     public let outFeatures: Int
 
     /// From given values (`weight [E, out, in]`, `bias [E, out]`).
     public init(weight: Tensor, bias: Tensor?) {
         guarantee(weight.rank == 3, "GroupedLinear: weight must be [E, out, in], got \(weight.shape)")
-        (expertCount, outFeatures, inFeatures) = (weight.shape[0], weight.shape[1], weight.shape[2])
+        (localExpertCount, outFeatures, inFeatures) = (weight.shape[0], weight.shape[1], weight.shape[2])
         guarantee(bias.map { $0.shape == [weight.shape[0], weight.shape[1]] } ?? true,
                      "GroupedLinear: bias \(bias!.shape) must be [\(weight.shape[0]), \(weight.shape[1])]")
-        self.weight = Parameter(weight)
-        self.bias = bias.map(Parameter.init)
+        self.weight = Parameter(weight, group: .expert)
+        self.bias = bias.map { Parameter($0, group: .expert) }
     }
 
     public func callAsFunction(_ x: Tensor, groups: ExpertGroups) -> Tensor {
-        let w = weight.value.dtype == x.dtype ? weight.value : weight.value.cast(to: x.dtype)
-        let b = bias.map { $0.value.dtype == x.dtype ? $0.value : $0.value.cast(to: x.dtype) }
+        let w = weight.value.cast(to: x.dtype)
+        let b = bias?.value.cast(to: x.dtype)
         return groupedLinear(x, weight: w, bias: b, groupSizes: groups.sizes, expertOfRow: groups.expertOfRow)
     }
 }

@@ -1,96 +1,50 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import NN
+import Synchronization
 import Tensors
 
-/// How the tokens of one forward spread over the experts (MOE_SEMANTICS §5), from the counts the
-/// layer already downloaded for its group sizes (no second download).
-public struct LoadStatistics: Sendable, Equatable, Codable {
-    /// Slots routed to each expert, before capacity drops.
-    public let countsBeforeDrop: [Int]
-    /// Slots each expert computed (after drops).
-    public let counts: [Int]
-    /// `B` and `k` of the forward.
-    public let tokens: Int
-    public let topK: Int
+// Notation: N experts in all.
 
-    public init(countsBeforeDrop: [Int], counts: [Int], tokens: Int, topK: Int) {
-        guarantee(countsBeforeDrop.count == counts.count, "LoadStatistics: \(countsBeforeDrop.count) routed counts, \(counts.count) kept")
-        self.countsBeforeDrop = countsBeforeDrop
-        self.counts = counts
-        self.tokens = tokens
-        self.topK = topK
-    }
-
-    public var expertCount: Int { counts.count }
-    /// Slots the gate routed somewhere (`B·k` less any it routed nowhere).
-    public var routedSlots: Int { countsBeforeDrop.reduce(0, +) }
-    /// Slots the experts computed.
-    public var keptSlots: Int { counts.reduce(0, +) }
-
-    /// The fraction of routed slots dropped by capacity.
-    public var droppedFraction: Double { routedSlots == 0 ? 0 : Double(routedSlots - keptSlots) / Double(routedSlots) }
-
-    /// The busiest expert's routed slots over the mean (1 = perfectly balanced), before drops: the
-    /// routing's balance, which capacity would otherwise hide.
-    public var maxOverMean: Double {
-        let mean = Double(routedSlots) / Double(max(expertCount, 1))
-        return mean == 0 ? 0 : Double(countsBeforeDrop.max() ?? 0) / mean
-    }
-
-    /// Population standard deviation over mean of the routed counts (0 = balanced).
-    public var coefficientOfVariation: Double {
-        let n = Double(max(expertCount, 1)), mean = Double(routedSlots) / n
-        guard mean > 0 else { return 0 }
-        let variance = countsBeforeDrop.reduce(0) { $0 + (Double($1) - mean) * (Double($1) - mean) } / n
-        return variance.squareRoot() / mean
-    }
-
-    /// Entropy (nats) of the routed load distribution `count_e / Σ count`.
-    public var entropy: Double {
-        let total = Double(routedSlots)
-        guard total > 0 else { return 0 }
-        return countsBeforeDrop.reduce(0) { h, c in
-            guard c > 0 else { return h }
-            let p = Double(c) / total
-            return h - p * Glibc.log(p)
-        }
-    }
-
-    /// `entropy / log N`: 1 when every expert gets the same load, 0 when one gets everything.
-    public var normalizedEntropy: Double { expertCount > 1 ? entropy / Glibc.log(Double(expertCount)) : 1 }
-}
-
-/// Collects the load of every MoE layer in a model after a forward, and sums it over steps (for
-/// the report's expert-load heatmap).
+/// The expert load of a model's MoE layers over an interval of training steps (MOE_SEMANTICS §5):
+/// the one tracker the layers report to, so nothing walks the module tree per step.
+///
+/// `install(in:)` walks the model once and hands the monitor to every `MoELayer`; each training-mode
+/// forward then adds its counts (from the layer's one download); the trainer reads `interval()` at
+/// each logging step and `reset()`s. Evaluation-mode forwards are not counted.
 /// ```swift
-/// var monitor = LoadMonitor()
-/// monitor.record(model)              // after each forward
-/// for (name, s) in LoadMonitor.snapshot(model) { print(name, s.maxOverMean) }
+/// let monitor = LoadMonitor.install(in: model)
+/// // ... training steps ...
+/// for (name, load) in monitor.interval() { print(name, load.maxOverMean) }
+/// monitor.reset()
 /// ```
-public struct LoadMonitor: Sendable {
-    /// Routed slots per expert summed over the recorded steps, per layer name.
-    public private(set) var totalCountsBeforeDrop: [String: [Int]] = [:]
-    /// Kept slots per expert summed over the recorded steps, per layer name.
-    public private(set) var totalCounts: [String: [Int]] = [:]
-    public private(set) var steps = 0
+public final class LoadMonitor: Sendable {
+    /// The MoE layers' module names, in model order.
+    public let layerNames: [String]
+    private let sums: Mutex<[LoadStatistics?]>
 
-    public init() {}
-
-    /// Each MoE layer's statistics from its last forward, by module name.
-    public static func snapshot(_ model: Module) -> [(name: String, statistics: LoadStatistics)] {
-        MoEAuxiliaryLoss.providers(in: model).compactMap { entry in
-            entry.provider.lastLoadStatistics.map { (entry.name, $0) }
-        }
+    init(layerNames: [String]) {
+        self.layerNames = layerNames
+        sums = Mutex(Array(repeating: nil, count: layerNames.count))
     }
 
-    /// Adds the last forward's counts of every MoE layer to the totals.
-    public mutating func record(_ model: Module) {
-        for (name, s) in LoadMonitor.snapshot(model) {
-            totalCountsBeforeDrop[name] = zip(totalCountsBeforeDrop[name] ?? Array(repeating: 0, count: s.expertCount), s.countsBeforeDrop).map(+)
-            totalCounts[name] = zip(totalCounts[name] ?? Array(repeating: 0, count: s.expertCount), s.counts).map(+)
-        }
-        steps += 1
+    /// A monitor for every `MoELayer` of `model` (replacing any earlier one).
+    @discardableResult
+    public static func install(in model: Module) -> LoadMonitor {
+        let layers = model.namedModules().compactMap { entry in (entry.module as? MoELayer).map { (entry.name, $0) } }
+        let monitor = LoadMonitor(layerNames: layers.map(\.0))
+        for (index, (_, layer)) in layers.enumerated() { layer.loadMonitor = (monitor, index) }
+        return monitor
     }
+
+    func record(layer index: Int, _ load: LoadStatistics) {
+        sums.withLock { $0[index] = $0[index].map { $0.adding(load) } ?? load }
+    }
+
+    /// Each layer's counts summed since the last `reset`, by module name (layers that ran no
+    /// training forward are left out).
+    public func interval() -> [(name: String, load: LoadStatistics)] {
+        sums.withLock { sums in zip(layerNames, sums).compactMap { name, s in s.map { (name, $0) } } }
+    }
+
+    /// Starts a new interval.
+    public func reset() { sums.withLock { $0 = Array(repeating: nil, count: layerNames.count) } }
 }

@@ -1,60 +1,107 @@
 import NN
 import Tensors
 
-/// A Mixture-of-Experts layer (FastMoE's `FMoE`): gate, dispatcher, experts (MOE_SEMANTICS §1).
+// Notation: T tokens on this rank (inputs [..., d] flattened to [T, d]), d model width, N experts in
+// all, E experts on this rank, W ranks of the expert-parallel group, k slots per token.
+
+/// What one forward of an `MoELayer` computes (MOE_SEMANTICS §1).
+public struct MoEOutput: @unchecked Sendable {
+    /// The layer's output, shaped as its input.
+    public let output: Tensor
+    /// The gate's balance loss, unweighted, if the gate has one.
+    public let auxLoss: Tensor?
+    /// The router z-loss, already weighted by the gate's `zLossWeight`, if on.
+    public let zLoss: Tensor?
+    /// This rank's routed and kept counts.
+    public let load: LoadStatistics
+}
+
+/// A Mixture-of-Experts layer (FastMoE's `FMoE`): route → dispatch → experts → combine, a thin
+/// composition of the gate (`Router/`), the dispatcher (`Dispatch/`) and the experts (`Experts/`).
 ///
-/// Inputs of any leading shape `[..., d]` are flattened to `[B, d]` and the output is reshaped back,
-/// so it can stand in for a Transformer block's MLP. The gate's losses and the load of the last
-/// forward are kept for the trainer (`MoEAuxiliaryLossProvider`).
+/// Inputs of any leading shape `[..., d]` are flattened to `[T, d]` and the output is reshaped back,
+/// so it can stand in for a Transformer block's MLP. `forward` returns the output with the gate's
+/// losses and the load; calling the layer returns the output alone, with
+/// `balanceLossWeight · auxLoss + zLoss` attached to the graph (`attachAuxiliaryLoss`), so the task
+/// loss's backward trains the gate to balance, and with the load reported to its `LoadMonitor`.
 /// ```swift
-/// let moe = MoELayer(dModel: 64, gate: TopKGate(dModel: 64, expertCount: 4, topK: 2, generator: &g),
-///                    experts: BatchedExperts(experts: 4, dModel: 64, hidden: 128, generator: &g))
-/// let y = moe(x)                         // x [batch, time, 64]
-/// let loss = task + 0.01 * moe.lastAuxLoss!
+/// let moe = MoELayer(dModel: 64, gate: TopKGate(dModel: 64, globalExpertCount: 4, topK: 2, generator: &g),
+///                    experts: BatchedExperts(localExpertCount: 4, dModel: 64, hidden: 128, generator: &g))
+/// let result = moe.forward(x)            // x [batch, time, 64]
+/// let loss = task + 0.01 * result.auxLoss!
 /// ```
-open class MoELayer: Module, Layer, MoEAuxiliaryLossProvider, @unchecked Sendable {
+public final class MoELayer: Module, Layer, @unchecked Sendable {
     public let gate: any Gate
     public let experts: any Experts
     /// Moves tokens between the gate's decisions and the experts (the expert-parallel seam).
-    public let dispatcher: Dispatcher
+    public let dispatcher: TokenDispatcher
     public let dModel: Int
     /// Dropout on the layer's output (a dense MLP's, carried over by `moefy`); nil for none.
     public var dropout: Dropout?
+    /// The weight of the gate's balance loss in the training objective when the layer is called
+    /// (`moefy` sets `balanceWeight / MoE layers`: MOE_SEMANTICS §1's mean over layers); 0 = not added.
+    public var balanceLossWeight: Double = 0
+    /// Where training-mode calls report their load, and this layer's index there (`LoadMonitor.install`).
+    var loadMonitor: (monitor: LoadMonitor, index: Int)?
 
-    public private(set) var lastAuxLoss: Tensor?
-    public private(set) var lastZLoss: Tensor?
-    public private(set) var lastLoadStatistics: LoadStatistics?
-
-    public init(dModel: Int, gate: any Gate, experts: any Experts, dispatcher: Dispatcher? = nil) {
-        let d = dispatcher ?? Dispatcher(expertCount: gate.expertCount)
-        guarantee(d.expertCount == gate.expertCount, "MoELayer: dispatcher for \(d.expertCount) experts, gate routes to \(gate.expertCount)")
-        guarantee(dispatcher != nil || experts.expertCount == gate.expertCount,
-                     "MoELayer: gate routes to \(gate.expertCount) experts but \(experts.expertCount) are given")
+    /// A layer over `gate` and `experts`; `exchange` spreads the experts over ranks (local by default).
+    public init(dModel: Int, gate: any Gate, experts: any Experts, exchange: (any TokenExchange)? = nil) {
+        let dispatcher = TokenDispatcher(globalExpertCount: gate.globalExpertCount, exchange: exchange)
+        guarantee(experts.localExpertCount == dispatcher.exchange.localExpertCount,
+                  "MoELayer: \(gate.globalExpertCount) experts over \(dispatcher.exchange.rankCount) rank(s) leave "
+                  + "\(dispatcher.exchange.localExpertCount) on this one, but \(experts.localExpertCount) are given")
         self.gate = gate
         self.experts = experts
-        self.dispatcher = d
+        self.dispatcher = dispatcher
         self.dModel = dModel
     }
 
-    open func callAsFunction(_ x: Tensor) -> Tensor {
+    /// The output with the gate's losses and the load (nothing attached, nothing reported).
+    public func forward(_ x: Tensor) -> MoEOutput {
         guarantee(x.lastDimension == dModel, "MoELayer(d = \(dModel)): input \(x.shape) has last dimension \(x.lastDimension)")
         let tokens = x.reshaped([-1, dModel])
         let routing = gate.route(tokens)
         let dispatched = dispatcher.dispatch(tokens, routing: routing)
         let y = experts(dispatched.rows, groups: dispatched.groups)
-        let out = dispatcher.combine(y, score: routing.score, dispatched)
-        lastAuxLoss = routing.auxLoss
-        lastZLoss = routing.zLoss
-        lastLoadStatistics = LoadStatistics(countsBeforeDrop: dispatched.countsBeforeDrop, counts: dispatched.counts,
-                                            tokens: dispatched.tokenCount, topK: dispatched.topK)
-        let y2 = out.reshaped(x.shape)
-        return dropout.map { $0(y2) } ?? y2
+        var out = dispatcher.combine(y, score: routing.score, dispatched).reshaped(x.shape)
+        if let dropout { out = dropout(out) }
+        return MoEOutput(output: out, auxLoss: routing.auxLoss, zLoss: routing.zLoss, load: dispatched.load)
+    }
+
+    public func callAsFunction(_ x: Tensor) -> Tensor {
+        let result = forward(x)
+        if isTraining, let (monitor, index) = loadMonitor { monitor.record(layer: index, result.load) }
+        var objective = result.zLoss
+        if balanceLossWeight != 0, let aux = result.auxLoss {
+            let weighted = aux * balanceLossWeight
+            objective = objective.map { $0 + weighted } ?? weighted
+        }
+        guard let objective else { return result.output }
+        return attachAuxiliaryLoss(objective, to: result.output)
+    }
+
+    /// The standard Transformer MoE MLP (FastMoE's `FMoETransformerMLP`): a gate from the table and
+    /// `BatchedExperts` `Linear(d→h) → GELU → Linear(h→d)`, both with bias.
+    /// ```swift
+    /// let mlp = MoELayer.mlp(dModel: 512, hidden: 1024, expertCount: 8, topK: 2, gate: .topK,
+    ///                        initialization: .megatron(layers: 12), generator: &g)
+    /// let y = mlp(x)   // x [batch, time, 512]
+    /// ```
+    public static func mlp(dModel: Int, hidden: Int, expertCount: Int, topK: Int = 2, gate: GateSpec = .topK,
+                           zLossWeight: Double = 0, capacityFactor: CapacityFactor = CapacityFactor(),
+                           activation: ExpertActivation = .gelu, initialization: ExpertInitialization = .linearDefault,
+                           dtype: DType = .float32, device: Device = .cpu, generator: inout RandomGenerator) -> MoELayer {
+        let router = gate.make(GateOptions(dModel: dModel, globalExpertCount: expertCount, topK: topK, zLossWeight: zLossWeight,
+                                           capacityFactor: capacityFactor, dtype: dtype, device: device), generator: &generator)
+        let experts = BatchedExperts(localExpertCount: expertCount, dModel: dModel, hidden: hidden, activation: activation,
+                                     initialization: initialization, dtype: dtype, device: device, generator: &generator)
+        return MoELayer(dModel: dModel, gate: router, experts: experts)
     }
 }
 
 extension MoELayer: ActiveParameterCounting {
     /// The gate, plus `k` experts' worth of expert parameters (the mean expert, for mixed experts).
     public var activeParameterCount: Int {
-        gate.parameterCount + gate.topK * experts.parameterCount / max(experts.expertCount, 1)
+        gate.parameterCount + gate.topK * experts.parameterCount / max(experts.localExpertCount, 1)
     }
 }

@@ -1,64 +1,67 @@
 import NN
 import Tensors
 
+// Notation: T tokens, d model width, N experts in all, k = 2 slots per token, C capacity.
+
 /// GShard's top-2 gate (Lepikhin et al. 2020).
 ///
 /// `z = x W_gᵀ + b_g`; experts = the top 2 logits, scores = softmax over those two (equal to GShard's
-/// `p1/(p1+p2)`). Aux loss `N · Σ_e c_e·m_e` with `p = softmax(z)`, `m_e = mean_b p[b, e]`, `c_e` the
+/// `p1/(p1+p2)`). Aux loss `N · Σ_e c_e·m_e` with `p = softmax(z)`, `m_e = mean_t p[t, e]`, `c_e` the
 /// fraction of tokens whose arg-max is `e`. In training, random routing keeps the second expert only
-/// where `2·score[b, 1] ≥ u_b`, `u_b ~ U[0, 1)` (before capacity, as GShard's algorithm: a second
+/// where `2·score[t, 1] ≥ u_t`, `u_t ~ U[0, 1)` (before capacity, as GShard's algorithm: a second
 /// choice not sent takes no seat; eval keeps both, so evaluation is deterministic). Capacity
-/// `C = ceil(cf · B · 2 / N)` (cf 1.2 training, 2.4 eval); surplus slots are dropped in priority
+/// `C = ceil(cf · T · 2 / N)` (cf 1.2 training, 2.4 eval); surplus slots are dropped in priority
 /// order: all first choices before second choices, token order within each.
 /// ```swift
-/// let gate = GShardGate(dModel: 512, expertCount: 8, generator: &g)
+/// let gate = GShardGate(dModel: 512, globalExpertCount: 8, generator: &g)
 /// ```
 public final class GShardGate: Module, Gate, @unchecked Sendable {
     public let linear: Linear
-    public let expertCount: Int
+    public let globalExpertCount: Int
     public let topK = 2
-    public var trainingCapacityFactor: Double
-    public var evalCapacityFactor: Double
+    public var capacityFactor: CapacityFactor
     public var randomRouting: Bool
     public var zLossWeight: Double
-    /// The source of the random-routing draws (state saved for an exact resume).
-    public var generator: RandomGenerator
+    /// The source of the random-routing draws (found by reflection: checkpoints save its state).
+    public let randomSource: RandomSource
+    public var generator: RandomGenerator {
+        get { randomSource.generator }
+        set { randomSource.generator = newValue }
+    }
 
-    public init(dModel: Int, expertCount: Int, trainingCapacityFactor: Double = 1.2, evalCapacityFactor: Double = 2.4,
+    public init(dModel: Int, globalExpertCount: Int, trainingCapacityFactor: Double = 1.2, evalCapacityFactor: Double = 2.4,
                 randomRouting: Bool = true, zLossWeight: Double = 0,
                 dtype: DType = .float32, device: Device = .cpu, generator: inout RandomGenerator) {
-        guarantee(expertCount >= 2, "GShardGate: top-2 routing needs at least 2 experts, got \(expertCount)")
-        linear = Linear(dModel, expertCount, device: device, dtype: dtype, generator: &generator)
-        self.expertCount = expertCount
-        self.trainingCapacityFactor = trainingCapacityFactor
-        self.evalCapacityFactor = evalCapacityFactor
+        guarantee(globalExpertCount >= 2, "GShardGate: top-2 routing needs at least 2 experts, got \(globalExpertCount)")
+        linear = Linear(dModel, globalExpertCount, device: device, dtype: dtype, generator: &generator)
+        self.globalExpertCount = globalExpertCount
+        capacityFactor = CapacityFactor(training: trainingCapacityFactor, eval: evalCapacityFactor)
         self.randomRouting = randomRouting
         self.zLossWeight = zLossWeight
-        self.generator = GateMath.childGenerator(&generator)
+        randomSource = RandomSource(GateMath.childGenerator(&generator))
     }
 
     /// The seats per expert for `tokens` tokens in the current mode.
     public func capacity(tokens: Int) -> Int {
-        GateMath.capacity(factor: isTraining ? trainingCapacityFactor : evalCapacityFactor, tokens: tokens, topK: 2, experts: expertCount)
+        capacityFactor.capacity(tokens: tokens, topK: 2, experts: globalExpertCount, training: isTraining)
     }
 
     public func route(_ x: Tensor) -> GateOutput {
-        let b = x.shape[0], n = expertCount
+        let t = x.shape[0]
         let z = GateMath.routerPrecision(linear(x))
         let (values, expert) = z.topK(2)
         let score = values.softmax()
-        let meanProbability = z.softmax().sumRows() / Double(b)
-        // Σ_e c_e·m_e = mean_b m[top1(b)]: no one-hot needed. topK's first column is the arg-max.
-        let aux = meanProbability.indexSelect(rows: GateMath.column(expert, 0)).mean() * Double(n)
+        // topK's first column is the arg-max.
+        let aux = GateMath.balanceLoss(probabilities: z.softmax(), top1: GateMath.column(expert, 0))
         var mask: Tensor?
         if isTraining && randomRouting {
             mask = withoutGradient { () -> Tensor in
-                let u = Tensor.randomUniform([b, 1], dtype: score.dtype, device: x.device, generator: &generator)
+                let u = Tensor.randomUniform([t, 1], dtype: score.dtype, device: x.device, generator: &randomSource.generator)
                 let keepSecond = GateMath.column(score, 1) * 2 - u
-                return Tensor.concat([Tensor.ones([b, 1], dtype: score.dtype, device: x.device), keepSecond], axis: -1)
+                return Tensor.concat([Tensor.ones([t, 1], dtype: score.dtype, device: x.device), keepSecond], axis: -1)
             }
         }
-        let plan = routingPlan(expert, expertCount: n, capacity: capacity(tokens: b), priority: .choiceMajor, slotMask: mask)
-        return GateOutput(expert: plan.kept, score: score, auxLoss: aux, zLoss: RouterZLoss.weighted(z, zLossWeight), plan: plan)
+        let plan = routingPlan(expert, expertCount: globalExpertCount, capacity: capacity(tokens: t), priority: .choiceMajor, slotMask: mask)
+        return GateOutput(expert: plan.keptExpert, score: score, auxLoss: aux, zLoss: RouterZLoss.weighted(z, zLossWeight), plan: plan)
     }
 }

@@ -1,17 +1,53 @@
 import Tensors
 
+// Notation: T tokens, N experts in all, k slots per token, C capacity per expert.
 // Formulas the gates share (MOE_SEMANTICS §4), composed from tensor ops so they differentiate and
 // run on any device.
 
-enum GateMath {
-    /// `C = ceil(cf · B · k / N)`. The tolerance keeps a product like `1.2 · 10` that lands a hair
-    /// above an integer in binary from rounding up to the next one.
-    static func capacity(factor: Double, tokens: Int, topK: Int, experts: Int) -> Int {
-        Int((factor * Double(tokens * topK) / Double(experts) - 1e-9).rounded(.up))
+/// The capacity factors of a gate that drops slots beyond an expert's capacity (GShard, Switch):
+/// `C = ceil(cf · T · k / N)`, with one factor in training and a larger one in evaluation.
+public struct CapacityFactor: Sendable, Equatable {
+    public var training: Double
+    public var eval: Double
+
+    public init(training: Double = 1.2, eval: Double = 2.4) {
+        self.training = training
+        self.eval = eval
     }
 
+    /// `C` for `tokens` tokens. The tolerance keeps a product like `1.2 · 10` that lands a hair above
+    /// an integer in binary from rounding up to the next one.
+    public func capacity(tokens: Int, topK: Int, experts: Int, training isTraining: Bool) -> Int {
+        let factor = isTraining ? training : eval
+        return Int((factor * Double(tokens * topK) / Double(experts) - 1e-9).rounded(.up))
+    }
+}
+
+/// The router z-loss of ST-MoE (Zoph et al. 2022), an option on every gate: `mean_t (logsumexp_e z)²`.
+public enum RouterZLoss {
+    /// The weight ST-MoE uses.
+    public static let defaultWeight = 1e-3
+
+    /// `weight · mean_t (logsumexp_e z[t, e])²`, or nil when the weight is 0 (off).
+    static func weighted(_ z: Tensor, _ weight: Double) -> Tensor? {
+        weight == 0 ? nil : GateMath.logsumexp(z).squared().mean() * weight
+    }
+}
+
+enum GateMath {
     /// Router logits in at least float32: softmax over bfloat16 logits loses the small probabilities.
-    static func routerPrecision(_ z: Tensor) -> Tensor { z.dtype == .bfloat16 ? z.cast(to: .float32) : z }
+    static func routerPrecision(_ z: Tensor) -> Tensor { z.cast(to: z.dtype == .bfloat16 ? .float32 : z.dtype) }
+
+    /// The Switch/GShard balance loss `N · Σ_e f_e·P_e`: `f_e` the fraction of tokens whose first
+    /// choice (`top1 [T, 1]`, before capacity drops) is `e`, `P_e` the mean of `p [T, N]` over tokens.
+    /// `f` is a count (no gradient); placing ones by index within each row needs no atomics.
+    static func balanceLoss(probabilities p: Tensor, top1: Tensor) -> Tensor {
+        let t = p.shape[0], n = p.lastDimension
+        let f = withoutGradient {
+            Tensor.ones(top1.shape, dtype: p.dtype, device: p.device).scattered(lastAxis: top1, width: n).sumRows() / Double(t)
+        }
+        return (f * (p.sumRows() / Double(t))).sum() * Double(n)
+    }
 
     /// `cv²(v) = var(v) / (mean(v)² + 1e-10)` with the unbiased variance; 0 for a single element.
     static func cvSquared(_ v: Tensor) -> Tensor {
@@ -22,12 +58,11 @@ enum GateMath {
         return variance / (mean.squared() + 1e-10)
     }
 
-    /// ST-MoE's router z-loss: `mean_b (logsumexp_e z[b, e])²`.
-    static func zLoss(_ z: Tensor) -> Tensor {
-        // The shift by the row maximum keeps exp finite; its gradient cancels, so it is taken as a constant.
+    /// `logsumexp` over the last axis; the shift by the row maximum keeps exp finite, and its
+    /// gradient cancels, so it is taken as a constant.
+    static func logsumexp(_ z: Tensor) -> Tensor {
         let m = withoutGradient { z.max(axis: -1) }.detached()
-        let lse = (z - m).exp().sum(lastAxis: ()).log() + m
-        return lse.squared().mean()
+        return (z - m).exp().sum(lastAxis: ()).log() + m
     }
 
     /// `softplus(x) = log(1 + eˣ)`, as `relu(x) + log(1 + e^{-|x|})` so large inputs do not overflow.
@@ -55,7 +90,7 @@ enum GateMath {
         return RandomGenerator(seed: s.seed ^ (s.offset &+ 1) &* 0x9E37_79B9_7F4A_7C15)
     }
 
-    /// Column `j` of `[B, k]` as `[B, 1]` (a copy).
+    /// Column `j` of `[T, k]` as `[T, 1]` (a copy).
     static func column(_ t: Tensor, _ j: Int) -> Tensor {
         let k = t.lastDimension
         var sizes = [Int]()

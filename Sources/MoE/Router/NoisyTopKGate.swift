@@ -1,6 +1,8 @@
 import NN
 import Tensors
 
+// Notation: T tokens, d model width, N experts in all, k slots per token.
+
 /// Noisy top-k gating (Shazeer et al. 2017; FastMoE's `NoisyGate`).
 ///
 /// Training: `σ = softplus(x·w_noise) + 0.01`, `noisy = x·w_gate + ε·σ` with `ε ~ N(0, 1)`; eval:
@@ -9,39 +11,43 @@ import Tensors
 /// `load_e = Σ_b Φ((clean − thr) / σ)` with `thr` the (k+1)-th largest noisy value where `e` is in the
 /// top k, else the k-th. The load term is skipped in eval (σ = 0) and when `k == N` (it is constant).
 /// ```swift
-/// let gate = NoisyTopKGate(dModel: 512, expertCount: 8, topK: 2, generator: &g)
+/// let gate = NoisyTopKGate(dModel: 512, globalExpertCount: 8, topK: 2, generator: &g)
 /// ```
 public final class NoisyTopKGate: Module, Gate, @unchecked Sendable {
     /// `[d, N]`: clean logits `x · wGate`. Init as FastMoE: U(−1/√N, 1/√N) (kaiming_uniform, a = √5, on `[d, N]`).
     public let wGate: Parameter
     /// `[d, N]`: noise scale logits `x · wNoise`, same init.
     public let wNoise: Parameter
-    public let expertCount: Int
+    public let globalExpertCount: Int
     public let topK: Int
     public var zLossWeight: Double
-    /// The source of `ε`; its state (seed, offset) is what a checkpoint saves for an exact resume.
-    public var generator: RandomGenerator
+    /// The source of `ε` (found by reflection: checkpoints save its state for an exact resume).
+    public let randomSource: RandomSource
+    public var generator: RandomGenerator {
+        get { randomSource.generator }
+        set { randomSource.generator = newValue }
+    }
 
-    public init(dModel: Int, expertCount: Int, topK: Int = 2, zLossWeight: Double = 0,
+    public init(dModel: Int, globalExpertCount expertCount: Int, topK: Int = 2, zLossWeight: Double = 0,
                 dtype: DType = .float32, device: Device = .cpu, generator: inout RandomGenerator) {
         guarantee(topK >= 1 && topK <= expertCount, "NoisyTopKGate: topK \(topK) must be in 1...\(expertCount)")
         let bound = 1 / Double(expertCount).squareRoot()
         wGate = Parameter(Tensor.randomUniform([dModel, expertCount], low: -bound, high: bound, dtype: dtype, device: device, generator: &generator))
         wNoise = Parameter(Tensor.randomUniform([dModel, expertCount], low: -bound, high: bound, dtype: dtype, device: device, generator: &generator))
-        self.expertCount = expertCount
+        globalExpertCount = expertCount
         self.topK = topK
         self.zLossWeight = zLossWeight
-        self.generator = GateMath.childGenerator(&generator)
+        randomSource = RandomSource(GateMath.childGenerator(&generator))
     }
 
     public func route(_ x: Tensor) -> GateOutput {
-        let k = topK, n = expertCount, b = x.shape[0]
+        let k = topK, n = globalExpertCount, b = x.shape[0]
         let clean = x.matmul(wGate.value.cast(to: x.dtype))
         var noisy = clean
         var sigma: Tensor?
         if isTraining {
             let s = GateMath.softplus(x.matmul(wNoise.value.cast(to: x.dtype))) + 0.01
-            let epsilon = Tensor.randomNormal([b, n], dtype: x.dtype, device: x.device, generator: &generator)
+            let epsilon = Tensor.randomNormal([b, n], dtype: x.dtype, device: x.device, generator: &randomSource.generator)
             noisy = clean + epsilon * s
             sigma = s
         }

@@ -18,7 +18,7 @@ open class Module: @unchecked Sendable {
 
     public init() {}
 
-    /// The direct children, in declaration order: (name, parameter or module).
+    /// The direct children, in declaration order: (name, parameter, module or random source).
     public func children() -> [(String, Child)] {
         var out: [(String, Child)] = []
         var mirror: Mirror? = Mirror(reflecting: self)
@@ -35,12 +35,14 @@ open class Module: @unchecked Sendable {
     public enum Child {
         case parameter(Parameter)
         case module(Module)
+        case randomSource(RandomSource)
     }
 
     private static func collect(_ name: String, _ value: Any, into out: inout [(String, Child)]) {
         switch value {
         case let p as Parameter: out.append((name, .parameter(p)))
         case let m as Module: out.append((name, .module(m)))
+        case let r as RandomSource: out.append((name, .randomSource(r)))
         case let ps as [Parameter]: for (i, p) in ps.enumerated() { out.append(("\(name).\(i)", .parameter(p))) }
         case let ms as [Module]: for (i, m) in ms.enumerated() { out.append(("\(name).\(i)", .module(m))) }
         default:
@@ -65,6 +67,7 @@ open class Module: @unchecked Sendable {
                 switch child {
                 case .parameter(let p): if seen.insert(ObjectIdentifier(p)).inserted { out.append((full, p)) }
                 case .module(let sub): walk(sub, full)
+                case .randomSource: break
                 }
             }
         }

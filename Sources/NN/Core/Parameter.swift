@@ -8,6 +8,12 @@ import Tensors
 /// let y = x.matmul(w.value, transposeB: true)
 /// ```
 public final class Parameter: @unchecked Sendable {
+    /// Which ranks hold a replica of this parameter, so that data-parallel gradient sync, global
+    /// clipping and sharded checkpoints can tell parameters apart without matching names.
+    /// Set where the parameter is made (`GroupedLinear` makes `.expert` ones); `ExpertList` moves the
+    /// parameters of the layers it is given into `.expert`.
+    public var group: ParameterGroup
+
     /// The current value: a leaf that requires a gradient (a value produced by a recorded op is
     /// detached, as in `init`, so gradients land in its `grad`).
     public var value: Tensor {
@@ -17,7 +23,8 @@ public final class Parameter: @unchecked Sendable {
         }
     }
 
-    public init(_ value: Tensor) {
+    public init(_ value: Tensor, group: ParameterGroup = .shared) {
+        self.group = group
         let leaf = value.isLeaf ? value : value.detached()
         leaf.requiresGrad = true
         self.value = leaf
@@ -29,4 +36,13 @@ public final class Parameter: @unchecked Sendable {
     }
 
     public var shape: [Int] { value.shape }
+}
+
+/// Where a parameter's replicas live (Megatron tags expert weights the same way, `allreduce = False`).
+public enum ParameterGroup: String, Sendable, Equatable, CaseIterable {
+    /// Every rank holds it: its gradient is averaged over the data-parallel group.
+    case shared
+    /// An expert's: held by the ranks of one expert-parallel slice; its gradient is averaged over
+    /// that expert's replicas only.
+    case expert
 }

@@ -3,9 +3,9 @@ import Tensors
 /// Inverted dropout as a layer: in training mode zeroes each element with probability `p` and
 /// scales the rest by `1/(1-p)`; in evaluation mode (or with `p == 0`) it returns its input.
 ///
-/// Each `Dropout` owns its random generator, which advances once per call in training. The state is
-/// two integers (`generator`); save it with a checkpoint and restore it to resume a run exactly
-/// (`Module.namedDropouts()` lists every dropout of a model by name).
+/// Each `Dropout` owns its random generator (a `RandomSource`), which advances once per call in
+/// training. The state is two integers (`generator`); checkpoints save it with every other random
+/// source of the model (`Module.namedRandomSources()`) to resume a run exactly.
 /// ```swift
 /// var g = RandomGenerator(seed: 1)
 /// let drop = Dropout(0.1, generator: &g)
@@ -15,35 +15,31 @@ import Tensors
 /// ```
 public final class Dropout: Module, Layer, @unchecked Sendable {
     public let p: Double
+    /// The source of the masks.
+    public let randomSource: RandomSource
     /// The generator the masks come from; settable to restore a saved state.
-    public var generator: RandomGenerator
+    public var generator: RandomGenerator {
+        get { randomSource.generator }
+        set { randomSource.generator = newValue }
+    }
 
     /// A dropout whose generator is derived from `generator` (which advances by one draw), so
     /// every dropout of a model built from one seed has its own stream.
     public init(_ p: Double, generator: inout RandomGenerator) {
         guarantee(p >= 0 && p < 1, "Dropout: p = \(p) must be in [0, 1)")
         self.p = p
-        let s = generator.next()
-        self.generator = RandomGenerator(seed: Dropout.mix(s.seed ^ Dropout.mix(s.offset)))
+        randomSource = RandomSource(deriving: &generator)
     }
 
     /// A dropout with an explicit generator state.
     public init(_ p: Double, state: RandomGenerator) {
         guarantee(p >= 0 && p < 1, "Dropout: p = \(p) must be in [0, 1)")
         self.p = p
-        generator = state
+        randomSource = RandomSource(state)
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        dropout(x, p: p, training: isTraining, generator: &generator)
-    }
-
-    /// SplitMix64's finaliser: spreads (seed, draw) pairs over distinct Philox keys.
-    private static func mix(_ z0: UInt64) -> UInt64 {
-        var z = z0 &+ 0x9E37_79B9_7F4A_7C15
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
+        dropout(x, p: p, training: isTraining, generator: &randomSource.generator)
     }
 }
 

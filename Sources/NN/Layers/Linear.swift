@@ -29,9 +29,9 @@ public final class Linear: Module, Layer, @unchecked Sendable {
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
         guarantee(x.lastDimension == inFeatures, "Linear(\(inFeatures)→\(outFeatures)): input \(x.shape) has last dimension \(x.lastDimension)")
-        let w = weight.value.dtype == x.dtype ? weight.value : weight.value.cast(to: x.dtype)
+        let w = weight.value.cast(to: x.dtype)
         let y = x.matmul(w, transposeB: true)
         guard let b = bias?.value else { return y }
-        return y + (b.dtype == x.dtype ? b : b.cast(to: x.dtype))
+        return y + b.cast(to: x.dtype)
     }
 }

@@ -70,7 +70,7 @@ public final class GPT: Module, @unchecked Sendable {
         x = lnF(x)
         if let lmHead { return lmHead(x) }
         let head = wte.weight.value
-        return x.matmul(head.dtype == x.dtype ? head : head.cast(to: x.dtype), transposeB: true)
+        return x.matmul(head.cast(to: x.dtype), transposeB: true)
     }
 
     /// Mean next-token cross-entropy of the logits of `ids` against `targets` (both int32 `[B, T]`;

@@ -55,7 +55,7 @@ public final class AdamW: Optimizer {
                 guarantee(m.device == p.value.device,
                              "AdamW: state of \(state.names[i]) is on \(m.device), the parameter on \(p.value.device); create the optimizer after moving the model")
                 guarantee(grad.shape == p.shape, "AdamW: gradient \(grad.shape) of \(state.names[i]) does not match its shape \(p.shape)")
-                let g = grad.dtype == type ? grad : grad.cast(to: type)
+                let g = grad.cast(to: type)
                 p.value.backend.adamW(parameter: p.value, gradient: g, m: m, v: v,
                                       AdamWStep(learningRate: Float(learningRate), beta1: Float(beta1), beta2: Float(beta2),
                                                 epsilon: Float(epsilon), weightDecay: Float(weightDecay(for: p)), step: stepCount))

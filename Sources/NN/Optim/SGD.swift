@@ -37,7 +37,7 @@ public final class SGD: Optimizer {
             for (i, p) in state.parameters.enumerated() {
                 guard let grad = p.grad else { continue }
                 let type = NamedParameterState.stateType(of: p)
-                var g = grad.dtype == type ? grad : grad.cast(to: type)
+                var g = grad.cast(to: type)
                 if weightDecay != 0 { g = g + p.value * weightDecay }
                 if momentum != 0 {
                     let buffer = state.buffers["momentum"]![i].map { $0 * momentum + g } ?? g.contiguousCopy()

@@ -98,3 +98,27 @@ extension CPUBackend {
         dispatchFloat(x.dtype, "scatterAddLastAxis") { run(Float.self) } double: { run(Double.self) }
     }
 }
+
+extension CPUBackend {
+    public func gatherSumRows(_ x: Tensor, indices: Tensor, weights: Tensor?, _ out: Tensor) {
+        let cols = x.lastDimension, k = indices.lastDimension, rows = x.rowCount
+        let idx = indices.host(Int32.self)
+        func run<T: CPUFloat>(_: T.Type) {
+            let s = x.host(T.self), d = out.host(T.self), w = weights?.host(T.self)
+            parallelFor(out.rowCount, cost: cols * k) { r in
+                for t in r {
+                    let o = d + t * cols
+                    for c in 0..<cols { o[c] = 0 }
+                    for j in 0..<k {
+                        let row = Int(idx[t * k + j])
+                        if row < 0 { continue }
+                        guarantee(row < rows, "gatherSumRows: index \(row) outside [0, \(rows))")
+                        let weight = w.map { $0[t * k + j] } ?? 1, src = s + row * cols
+                        for c in 0..<cols { o[c] += weight * src[c] }
+                    }
+                }
+            }
+        }
+        dispatchFloat(x.dtype, "gatherSumRows") { run(Float.self) } double: { run(Double.self) }
+    }
+}

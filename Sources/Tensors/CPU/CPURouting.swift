@@ -2,12 +2,12 @@
 // CUDA kernels, which follow the same histogram / scan / stable-placement steps), and grouped GEMMs
 // as one CPU GEMM per expert over its block of rows (pointer offsets, never a loop over tokens).
 
-extension CPUBackend: RoutingBackend {
+extension CPUBackend: MoEBackend {
     public func routingPlan(expert: Tensor, slotMask: Tensor?, expertCount n: Int, capacity: Int?, priority: RoutingPriority,
-                            kept: Tensor, counts: Tensor, slotPosition: Tensor, sortedSlot: Tensor,
-                            sortedToken: Tensor, sortedExpert: Tensor) {
+                            keptExpert: Tensor, counts: Tensor, rowOfSlot: Tensor, slotOfRow: Tensor,
+                            tokenOfRow: Tensor, expertOfRow: Tensor) {
         let slots = expert.count, k = expert.lastDimension, tokens = expert.rowCount
-        let src = expert.host(Int32.self), keptOut = kept.host(Int32.self)
+        let src = expert.host(Int32.self), keptOut = keptExpert.host(Int32.self)
         let before = counts.host(Int32.self), after = counts.host(Int32.self) + n
 
         // The expert of each slot after the mask: negative mask = routed nowhere.
@@ -50,18 +50,18 @@ extension CPUBackend: RoutingBackend {
         var next = [Int](repeating: 0, count: n)
         var total = 0
         for g in 0..<n { next[g] = total; total += Int(after[g]) }
-        let position = slotPosition.host(Int32.self), slot = sortedSlot.host(Int32.self)
-        let token = sortedToken.host(Int32.self), expertOfRow = sortedExpert.host(Int32.self)
-        for p in total..<slots { slot[p] = -1; token[p] = -1; expertOfRow[p] = -1 }
+        let row = rowOfSlot.host(Int32.self), slot = slotOfRow.host(Int32.self)
+        let token = tokenOfRow.host(Int32.self), expertAt = expertOfRow.host(Int32.self)
+        for p in total..<slots { slot[p] = -1; token[p] = -1; expertAt[p] = -1 }
         for s in 0..<slots {
             let e = Int(keptOut[s])
-            if e < 0 { position[s] = -1; continue }
+            if e < 0 { row[s] = -1; continue }
             let p = next[e]
             next[e] += 1
-            position[s] = Int32(p)
+            row[s] = Int32(p)
             slot[p] = Int32(s)
             token[p] = Int32(s / k)
-            expertOfRow[p] = Int32(e)
+            expertAt[p] = Int32(e)
         }
     }
 

@@ -79,7 +79,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         case .float32?, .float64?, .bfloat16?:
             let macro = dtype == .float64 ? "FM_F64" : dtype == .bfloat16 ? "FM_BF16" : "FM_F32"
             return ["#define \(macro)", KernelPrelude.source, ElementwiseKernels.source, RowKernels.source,
-                    WarpRowKernels.source, IndexingKernels.source].joined(separator: "\n")
+                    WarpRowKernels.source, IndexingKernels.source, DispatchKernels.source].joined(separator: "\n")
         }
     }
 
@@ -345,6 +345,13 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         guard rows > 0 else { return }
         launch(kernel("topk_rows", x.dtype), grid: ((rows + 127) / 128, 1, 1), block: (128, 1, 1), stream: gpu.stream,
                arguments: [x.arg, values.arg, indices.arg, .int64(Int64(rows)), .int64(Int64(x.lastDimension)), .int32(Int32(k))])
+    }
+
+    public func gatherSumRows(_ x: Tensor, indices: Tensor, weights: Tensor?, _ out: Tensor) {
+        let cols = x.lastDimension, k = indices.lastDimension
+        launchElementwise("gather_sum_rows", x.dtype, count: out.count,
+                          [x.arg, indices.arg, weights.arg, out.arg, .int64(Int64(out.rowCount)), .int64(Int64(cols)),
+                           .int64(Int64(k)), .int64(Int64(x.rowCount))])
     }
 
     public func gatherLastAxis(_ x: Tensor, indices: Tensor, _ out: Tensor) {

@@ -7,7 +7,7 @@ import Synchronization
 // (cuBLAS ≥ 12.5) or one cuBLAS GEMM per expert, never per token.
 // Every call only enqueues work: the host never waits here (the MoE layer downloads the counts once).
 
-extension CUDABackend: RoutingBackend {
+extension CUDABackend: MoEBackend {
     /// Whether grouped GEMMs use `cublasGemmGroupedBatchedEx` when the loaded cuBLAS has it (≥ 12.5).
     /// When false, or with an older cuBLAS, they run as one `cublasGemmEx` per non-empty expert.
     /// On by default; tests turn it off to cover the fallback, benchmarks to compare the two.
@@ -20,15 +20,15 @@ extension CUDABackend: RoutingBackend {
     // MARK: Routing plan
 
     /// Kernel plan (see `RoutingKernels` for the kernels and their cost):
-    /// 1. `routing_prepare`: mask → `kept` holds the routed expert of each slot; sorted outputs = -1.
+    /// 1. `routing_prepare`: mask → `keptExpert` holds the routed expert of each slot; sorted outputs = -1.
     /// 2. With a capacity: rank every routed slot within its expert in priority order (chunked rank +
-    ///    column scan, whose totals are `countsBeforeDrop`), then drop the slots ranked ≥ C.
+    ///    column scan, whose totals are the routed counts), then drop the slots ranked ≥ C.
     /// 3. Rank every kept slot within its expert in slot order (totals: the kept counts; without a
-    ///    capacity also `countsBeforeDrop`), scan the kept counts into expert offsets, and place.
+    ///    capacity also the routed counts), scan the kept counts into expert offsets, and place.
     /// About 8 launches; O(T*k) work and reads per pass, plus O(T*k/4) for the chunk scans.
     public func routingPlan(expert: Tensor, slotMask: Tensor?, expertCount n: Int, capacity: Int?, priority: RoutingPriority,
-                            kept: Tensor, counts: Tensor, slotPosition: Tensor, sortedSlot: Tensor,
-                            sortedToken: Tensor, sortedExpert: Tensor) {
+                            keptExpert: Tensor, counts: Tensor, rowOfSlot: Tensor, slotOfRow: Tensor,
+                            tokenOfRow: Tensor, expertOfRow: Tensor) {
         let slots = expert.count
         guarantee(n <= Int(Int32.max) && slots <= Int(Int32.max), "routingPlan on CUDA: \(slots) slots over \(n) experts exceed int32 indices")
         guard slots > 0 else { return fill(counts, value: 0) }
@@ -40,7 +40,7 @@ extension CUDABackend: RoutingBackend {
         }
         launchElementwise("routing_prepare", nil, count: slots,
                           [expert.arg, slotMask.arg, .int32(slotMask?.dtype.code ?? 0), .int64(Int64(slots)), .int32(Int32(n)),
-                           kept.arg, sortedSlot.arg, sortedToken.arg, sortedExpert.arg])
+                           keptExpert.arg, slotOfRow.arg, tokenOfRow.arg, expertOfRow.arg])
 
         // Chunks of at least 4N ranks keep the per-chunk histograms (chunks × N ints, and the work of
         // scanning them) within T*k/4; 1024 keeps a warp's walk over its chunk to 32 steps for N ≤ 256.
@@ -59,7 +59,7 @@ extension CUDABackend: RoutingBackend {
             let useShared = sharedBytes <= 48 * 1024
             launch(kernel("routing_rank_chunks", nil), grid: ((chunks + warpsPerBlock - 1) / warpsPerBlock, 1, 1),
                    block: (32 * warpsPerBlock, 1, 1), sharedMemory: useShared ? sharedBytes : 0, stream: gpu.stream,
-                   arguments: [kept.arg, .int64(Int64(slots)), .int64(Int64(tokens)), .int64(Int64(k)), .int32(choiceMajor ? 1 : 0),
+                   arguments: [keptExpert.arg, .int64(Int64(slots)), .int64(Int64(tokens)), .int64(Int64(k)), .int32(choiceMajor ? 1 : 0),
                                .int32(Int32(n)), .int64(Int64(chunk)), .int64(Int64(chunks)), .int32(useShared ? 1 : 0),
                                localRank.arg, chunkCount.arg])
             launch(kernel("routing_scan_columns", nil), grid: (n, 1, 1), block: (256, 1, 1), stream: gpu.stream,
@@ -70,7 +70,7 @@ extension CUDABackend: RoutingBackend {
             let choiceMajor = priority == .choiceMajor
             rank(choiceMajor: choiceMajor, total: before, total2: 0)
             launchElementwise("routing_apply_capacity", nil, count: slots,
-                              [kept.arg, localRank.arg, chunkCount.arg, .int64(Int64(slots)), .int64(Int64(tokens)), .int64(Int64(k)),
+                              [keptExpert.arg, localRank.arg, chunkCount.arg, .int64(Int64(slots)), .int64(Int64(tokens)), .int64(Int64(k)),
                                .int32(choiceMajor ? 1 : 0), .int32(Int32(n)), .int64(Int64(chunk)), .int64(Int64(capacity))])
             rank(choiceMajor: false, total: after, total2: 0)
         } else {
@@ -82,8 +82,8 @@ extension CUDABackend: RoutingBackend {
         launch(kernel("routing_scan_columns", nil), grid: (1, 1, 1), block: (256, 1, 1), stream: gpu.stream,
                arguments: [.pointer(after), offsets.arg, .int64(Int64(n)), .int32(1), .pointer(0), .pointer(0)])
         launchElementwise("routing_place", nil, count: slots,
-                          [kept.arg, localRank.arg, chunkCount.arg, offsets.arg, .int64(Int64(slots)), .int64(Int64(k)),
-                           .int32(Int32(n)), .int64(Int64(chunk)), slotPosition.arg, sortedSlot.arg, sortedToken.arg, sortedExpert.arg])
+                          [keptExpert.arg, localRank.arg, chunkCount.arg, offsets.arg, .int64(Int64(slots)), .int64(Int64(k)),
+                           .int32(Int32(n)), .int64(Int64(chunk)), rowOfSlot.arg, slotOfRow.arg, tokenOfRow.arg, expertOfRow.arg])
     }
 
     // MARK: Grouped GEMMs

@@ -118,13 +118,23 @@ public protocol Backend: AnyObject, Sendable {
 
     // Indexing. Indices are int32; a negative index selects nothing (a zero row / no write).
     func gatherRows(_ table: Tensor, indices: Tensor, _ out: Tensor)
-    /// `out[indices[i]] += x[i]` (deterministic: rows are added in `i` order).
+    /// `out[indices[i]] += x[i]`. On the CPU rows are added in `i` order. On CUDA they are added with
+    /// atomics: where three or more rows land on one output row, float results may differ in the
+    /// last bits from run to run. It serves the embedding backward and `indexSelect`'s generic
+    /// backward; the MoE path uses `gatherSumRows` instead and is bit-reproducible.
     func scatterAddRows(_ x: Tensor, indices: Tensor, _ out: Tensor)
+    /// `out[t] = Σ_j weights[t, j] · x[indices[t, j]]` for `indices` `[T, k]`, the `j` taken in order
+    /// and accumulated in float32 (float64 for float64 tensors); a negative index adds nothing, so a
+    /// row whose indices are all negative is zero. `weights` `[T, k]` has `x`'s dtype; nil means all
+    /// ones. The MoE combine (weights = scores) and the permutation's backward (a token's `k` copies
+    /// added up): a fixed order and no atomics, so both are bit-reproducible for every `k`.
+    func gatherSumRows(_ x: Tensor, indices: Tensor, weights: Tensor?, _ out: Tensor)
     /// `values[r, j], indices[r, j]`: the k largest of row r, largest first, ties to the lower index.
     func topK(_ x: Tensor, k: Int, values: Tensor, indices: Tensor)
     /// `out[r, j] = x[r, indices[r, j]]`.
     func gatherLastAxis(_ x: Tensor, indices: Tensor, _ out: Tensor)
-    /// `out[r, indices[r, j]] += x[r, j]`.
+    /// `out[r, indices[r, j]] += x[r, j]`. On CUDA repeated indices within a row add with atomics (in
+    /// an unspecified order); the top-k and gate uses have distinct indices per row, so they are exact.
     func scatterAddLastAxis(_ x: Tensor, indices: Tensor, _ out: Tensor)
 
     // Optimizer.

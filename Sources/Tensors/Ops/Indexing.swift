@@ -59,5 +59,21 @@ extension Tensor {
     }
 }
 
+extension Tensor {
+    /// The transpose of `gather(lastAxis:)`: `[..., k]` values placed into `[..., width]` zeros at
+    /// `indices` (`[..., k]` int32; `-1` places nothing; repeated indices add). Differentiable.
+    /// ```swift
+    /// let dense = score.scattered(lastAxis: expert, width: expertCount)   // [T, k] -> [T, N]
+    /// ```
+    public func scattered(lastAxis indices: Tensor, width: Int) -> Tensor {
+        guarantee(indices.dtype == .int32 && indices.shape == shape,
+                     "scattered: indices \(indices.shape) \(indices.dtype) must be int32 of shape \(shape)")
+        let outShape = Array(shape.dropLast()) + [width]
+        let out = Tensor.zeros(outShape, dtype: dtype, device: device)
+        backend.scatterAddLastAxis(self, indices: indices, out)
+        return out.recording("scatteredLastAxis", [self]) { g in [g.gather(lastAxis: indices)] }
+    }
+}
+
 /// Embedding lookup: `table` [V, D], `ids` int32 of any shape -> [ids..., D].
 public func embedding(_ table: Tensor, _ ids: Tensor) -> Tensor { table.indexSelect(rows: ids) }

@@ -1,3 +1,4 @@
+import MoE
 import Tensors
 
 /// Identifies the token stream a run trained on, so a resume on different data is caught.
@@ -199,7 +200,7 @@ extension RunConfig {
             ]
             if c.isMoE {
                 rows += [("top-k", String(c.effectiveTopK)), ("gate", c.gate), ("moe-every", String(c.moeEvery)),
-                         ("expert-hidden", String(c.initFrom != nil ? c.gptConfig.mlpHidden : (c.expertHidden ?? max(1, c.gptConfig.mlpHidden / c.effectiveTopK))))]
+                         ("expert-hidden", String(c.initFrom != nil ? c.gptConfig.mlpHidden : (c.expertHidden ?? defaultExpertHidden(denseHidden: c.gptConfig.mlpHidden, topK: c.effectiveTopK))))]
             }
             return rows
         }

@@ -1,6 +1,7 @@
 // The run's metrics, appended as they happen to OUT/metrics.jsonl (the record of truth, read back by
 // the report) and OUT/metrics.csv (for spreadsheets and quick plots). Both are flushed after every
 // record, so a crash loses nothing already logged and `tail -f` shows progress.
+import MoE
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -31,23 +32,27 @@ public struct MoELayerLoad: Equatable, Sendable {
         self.entropy = entropy
     }
 
-    /// A load record with max/mean, cv and entropy computed from `counts`. All three are 0 when no
-    /// token was routed (there is no distribution to measure).
+    /// A load record with max/mean, cv and entropy computed from `counts` (`LoadStatistics`' formulas).
+    /// All three are 0 when no token was routed (there is no distribution to measure).
     public init(layer: Int, counts: [Int], droppedFraction: Double) {
-        let total = Double(counts.reduce(0, +))
-        var maxOverMean = 0.0, cv = 0.0, entropy = 0.0
-        if total > 0 && !counts.isEmpty {
-            let mean = total / Double(counts.count)
-            maxOverMean = Double(counts.max()!) / mean
-            let variance = counts.reduce(0.0) { $0 + (Double($1) - mean) * (Double($1) - mean) } / Double(counts.count)
-            cv = variance.squareRoot() / mean
-            for c in counts where c > 0 {
-                let p = Double(c) / total
-                entropy -= p * log(p)
-            }
-        }
         self.init(layer: layer, counts: counts, droppedFraction: droppedFraction,
-                  maxOverMean: maxOverMean, cv: cv, entropy: entropy)
+                  maxOverMean: LoadStatistics.maxOverMean(counts), cv: LoadStatistics.coefficientOfVariation(counts),
+                  entropy: LoadStatistics.entropy(counts))
+    }
+
+    /// One record per MoE layer of a logging interval: the routed counts and the dropped fraction. The
+    /// layer number is the Transformer block's index (`blocks.3.mlp` → 3), else its place in the model.
+    public static func records(_ interval: [(name: String, load: LoadStatistics)]) -> [MoELayerLoad] {
+        interval.enumerated().map { index, layer in
+            MoELayerLoad(layer: blockIndex(layer.name) ?? index, counts: layer.load.routedCounts,
+                         droppedFraction: layer.load.droppedFraction)
+        }
+    }
+
+    static func blockIndex(_ name: String) -> Int? {
+        let parts = name.split(separator: ".")
+        guard let i = parts.firstIndex(of: "blocks"), i + 1 < parts.count else { return nil }
+        return Int(parts[i + 1])
     }
 }
 

@@ -20,9 +20,9 @@ public enum ModelFactory {
         model.activationDType = config.activationDType
         if config.isMoE {
             let hidden = config.initFrom != nil ? config.gptConfig.mlpHidden : config.expertHidden
-            moefy(model, experts: config.experts, topK: config.effectiveTopK, gate: config.gateKind,
-                  every: config.moeEvery, expertHidden: hidden, copy: false, zLossWeight: config.zLossWeight,
-                  generator: &generator)
+            moefy(model, expertCount: config.experts, topK: config.effectiveTopK, gate: config.gateSpec ?? .topK,
+                  every: config.moeEvery, expertHidden: hidden, copy: false, balanceWeight: config.balanceWeight,
+                  zLossWeight: config.zLossWeight, capacityFactor: config.gateCapacityFactor, generator: &generator)
         }
         return model
     }
@@ -48,8 +48,9 @@ public enum ModelFactory {
         let model = GPT(config.gptConfig, device: device, generator: &generator)
         model.activationDType = config.activationDType
         try Checkpoint.loadModel(model, from: directory, savedConfig: saved.config, expectedConfig: dense)
-        moefy(model, experts: config.experts, topK: config.effectiveTopK, gate: config.gateKind, every: config.moeEvery,
-              copy: true, zLossWeight: config.zLossWeight, generator: &generator)
+        moefy(model, expertCount: config.experts, topK: config.effectiveTopK, gate: config.gateSpec ?? .topK, every: config.moeEvery,
+              copy: true, balanceWeight: config.balanceWeight, zLossWeight: config.zLossWeight,
+              capacityFactor: config.gateCapacityFactor, generator: &generator)
         return model
     }
 }

@@ -121,8 +121,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
         experts: 0, topK: nil, gate: "topk", moeEvery: 1, expertHidden: nil, capacityFactor: nil,
         balanceWeight: 0.01, zLossWeight: 0, initFrom: nil)
 
-    /// The gate names `gate` accepts.
-    public static let gateNames = ["topk", "noisy", "gshard", "switch"]
+    /// The gate names `gate` accepts: the gate table's (`GateSpec.all`).
+    public static var gateNames: [String] { GateSpec.all.map(\.name) }
 
     // MARK: Derived values
 
@@ -136,21 +136,19 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var isMoE: Bool { experts > 0 }
 
     /// `topK`, or the gate's own when unset.
-    public var effectiveTopK: Int { topK ?? (gate == "switch" ? 1 : 2) }
+    public var effectiveTopK: Int { topK ?? gateSpec?.fixedTopK ?? 2 }
 
     /// The activation dtype `precision` asks for: bfloat16, or nil (the float32 of the parameters).
     public var activationDType: DType? { precision == "bf16" ? .bfloat16 : nil }
 
-    /// The MoE gate these settings build (meaningful after `validate()`). Evaluation uses twice the
-    /// training capacity factor, as GShard and Switch do (1.2 and 2.4 by default).
-    public var gateKind: GateKind {
+    /// The gate table's row for `gate`, or nil for an unknown name (`validate()` refuses it).
+    public var gateSpec: GateSpec? { GateSpec.named(gate) }
+
+    /// The capacity factors of a gate with a capacity. Evaluation uses twice the training factor, as
+    /// GShard and Switch do (1.2 and 2.4 by default).
+    public var gateCapacityFactor: CapacityFactor {
         let cf = capacityFactor ?? 1.2
-        switch gate {
-        case "noisy": return .noisyTopK
-        case "gshard": return .gshard(trainingCapacityFactor: cf, evalCapacityFactor: 2 * cf)
-        case "switch": return .switch(trainingCapacityFactor: cf, evalCapacityFactor: 2 * cf)
-        default: return .topK
-        }
+        return CapacityFactor(training: cf, eval: 2 * cf)
     }
 
     /// The device `device` names, checked to exist.

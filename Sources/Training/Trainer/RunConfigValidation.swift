@@ -1,3 +1,4 @@
+import MoE
 import NN
 import Tensors
 
@@ -78,23 +79,21 @@ extension RunConfig {
             }
             return
         }
-        guard RunConfig.gateNames.contains(gate) else {
+        guard let spec = gateSpec else {
             throw fail("gate", "'\(gate)' is not one of \(RunConfig.gateNames.joined(separator: ", "))")
         }
         let k = effectiveTopK
         guard k >= 1 && k <= experts else {
             throw fail("top_k", "is \(k) but there are \(experts) experts; each token goes to 1 ... \(experts) of them")
         }
-        if gate == "gshard" {
-            guard k == 2 else { throw fail("top_k", "is \(k) but the gshard gate routes every token to 2 experts; drop --top-k or use --gate topk") }
-            guard experts >= 2 else { throw fail("experts", "is \(experts) but the gshard gate needs at least 2 experts") }
-        }
-        if gate == "switch" && k != 1 {
-            throw fail("top_k", "is \(k) but the switch gate routes every token to 1 expert; drop --top-k or use --gate topk")
+        if let fixed = spec.fixedTopK, k != fixed {
+            throw fail("top_k", "is \(k) but the \(gate) gate routes every token to \(fixed) expert\(fixed == 1 ? "" : "s"); drop --top-k or use --gate topk")
         }
         if let cf = capacityFactor {
-            guard gate == "gshard" || gate == "switch" else {
-                throw fail("capacity_factor", "applies to the gshard and switch gates only (the \(gate) gate has no capacity); drop it or use --gate gshard|switch")
+            guard spec.hasCapacity else {
+                let withCapacity = GateSpec.all.filter(\.hasCapacity).map(\.name)
+                throw fail("capacity_factor", "applies to the \(withCapacity.joined(separator: " and ")) gates only (the \(gate) gate has no capacity); "
+                    + "drop it or use --gate \(withCapacity.joined(separator: "|"))")
             }
             guard cf.isFinite && cf > 0 else {
                 throw fail("capacity_factor", "is \(cf); it must be positive (1.0 = exactly the balanced share, 1.2 is usual)")

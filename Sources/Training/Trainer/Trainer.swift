@@ -190,7 +190,8 @@ public final class Trainer {
         try FileSystem.makeDirectories(outputDirectory)
         let log = try MetricsLog(directory: outputDirectory)
         defer { log.close() }
-        let moeLayers = MoEAuxiliaryLoss.providers(in: model).map(\.name)
+        let loadMonitor = LoadMonitor.install(in: model)
+        let moeLayers = loadMonitor.layerNames
         onEvent(.started(TrainingStart(
             config: config, device: device, outputDirectory: outputDirectory, parameterCount: model.parameterCount,
             flopsPerToken: model.flopsPerToken, moeLayers: moeLayers, dataSource: dataset.source,
@@ -214,12 +215,9 @@ public final class Trainer {
             optimizer.learningRate = lr
             let (x, y) = TrainingData.tensors(sampler.nextBatch(batchSize: config.batchSize, seqLen: config.seqLen),
                                               batchSize: config.batchSize, seqLen: config.seqLen, device: device)
+            // The MoE layers' balance and z-losses are attached to the graph (`MoELayer.balanceLossWeight`).
             let lm = model.loss(ids: x, targets: y)
-            var total = lm
-            if config.isMoE, let aux = MoEAuxiliaryLoss.total(in: model, balanceWeight: config.balanceWeight) {
-                total = total + (aux.dtype == lm.dtype ? aux : aux.cast(to: lm.dtype))
-            }
-            total.backward()
+            lm.backward()
             let norm = config.clip > 0 ? clipGradNorm(parameters, maxNorm: config.clip) : 0
             if norm.isFinite { optimizer.step() } else { skipped += 1 }
             optimizer.zeroGrad()
@@ -229,7 +227,7 @@ public final class Trainer {
                     + "or raise --warmup (now \(config.warmup)), and restart"
                     + (checkpoint.map { " or resume from \($0)" } ?? ""))
             }
-            interval.add(loss: loss, loads: LoadMonitor.snapshot(model))
+            interval.add(loss: loss)
             step += 1
             let seconds = monotonicSeconds() - started
             stepSeconds += seconds
@@ -243,7 +241,7 @@ public final class Trainer {
             if isLogStep {
                 let record = TrainRecord(step: step, loss: interval.meanLoss, lr: lr,
                                          tokensPerSecond: Double(interval.steps * tokensPerStep) / max(interval.seconds, 1e-9),
-                                         elapsedSeconds: elapsed(), moe: config.isMoE ? interval.loads() : nil)
+                                         elapsedSeconds: elapsed(), moe: config.isMoE ? MoELayerLoad.records(loadMonitor.interval()) : nil)
                 try log.append(.train(record))
                 intervalLoss = interval.meanLoss
             }
@@ -251,8 +249,12 @@ public final class Trainer {
             onEvent(.step(StepProgress(step: step, totalSteps: config.steps, loss: loss,
                                        tokensPerSecond: Double(tokensPerStep) / max(perStep, 1e-9), lr: lr,
                                        elapsedSeconds: elapsed(), etaSeconds: Double(config.steps - step) * perStep,
-                                       balance: interval.balance(), isLogStep: isLogStep, intervalLoss: intervalLoss)))
-            if isLogStep { interval = IntervalStatistics() }
+                                       balance: loadMonitor.interval().map(\.load.maxOverMean), isLogStep: isLogStep,
+                                       intervalLoss: intervalLoss)))
+            if isLogStep {
+                interval = IntervalStatistics()
+                loadMonitor.reset()
+            }
 
             if (config.evalEvery > 0 && step % config.evalEvery == 0) || step == last {
                 try evaluateAndLog(log, elapsed: elapsed())
@@ -291,47 +293,16 @@ public final class Trainer {
     }
 }
 
-/// Sums over one logging interval: losses and, per MoE layer, routed and kept tokens per expert.
+/// Sums over one logging interval: losses and seconds (the expert load is the `LoadMonitor`'s).
 struct IntervalStatistics {
     var steps = 0
     var lossSum = 0.0
     var seconds = 0.0
-    /// Per MoE layer name, in model order.
-    var layers: [(name: String, routed: [Int], kept: [Int])] = []
 
     var meanLoss: Double { steps == 0 ? .nan : lossSum / Double(steps) }
 
-    mutating func add(loss: Double, loads: [(name: String, statistics: LoadStatistics)]) {
+    mutating func add(loss: Double) {
         steps += 1
         lossSum += loss
-        if layers.isEmpty { layers = loads.map { ($0.name, Array(repeating: 0, count: $0.statistics.expertCount), Array(repeating: 0, count: $0.statistics.expertCount)) } }
-        for (i, load) in loads.enumerated() where i < layers.count {
-            layers[i].routed = zip(layers[i].routed, load.statistics.countsBeforeDrop).map(+)
-            layers[i].kept = zip(layers[i].kept, load.statistics.counts).map(+)
-        }
-    }
-
-    /// Busiest expert over the mean, per layer (routed tokens, before capacity drops).
-    func balance() -> [Double] {
-        layers.map { layer in
-            let total = layer.routed.reduce(0, +)
-            guard total > 0 else { return 0 }
-            return Double(layer.routed.max()!) * Double(layer.routed.count) / Double(total)
-        }
-    }
-
-    /// Metrics records: the layer number is the Transformer block's index (`blocks.3.mlp` → 3).
-    func loads() -> [MoELayerLoad] {
-        layers.enumerated().map { index, layer in
-            let routed = layer.routed.reduce(0, +), kept = layer.kept.reduce(0, +)
-            return MoELayerLoad(layer: IntervalStatistics.blockIndex(layer.name) ?? index, counts: layer.routed,
-                                droppedFraction: routed == 0 ? 0 : Double(routed - kept) / Double(routed))
-        }
-    }
-
-    static func blockIndex(_ name: String) -> Int? {
-        let parts = name.split(separator: ".")
-        guard let i = parts.firstIndex(of: "blocks"), i + 1 < parts.count else { return nil }
-        return Int(parts[i + 1])
     }
 }

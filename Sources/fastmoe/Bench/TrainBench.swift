@@ -18,10 +18,10 @@ struct TrainBench: ParsableCommand {
     @Option(help: "Experts per MoE layer (0 = dense).")
     var experts: Int = 0
 
-    @Option(name: .customLong("top-k"), help: "Experts per token (default 2; 1 for switch).")
+    @Option(name: .customLong("top-k"), help: "Experts per token (default 2, or the gate's own k).")
     var topK: Int?
 
-    @Option(help: "topk, noisy, gshard or switch.")
+    @Option(help: ArgumentHelp(GateSpec.helpText))
     var gate: String?
 
     @Option(name: .customLong("batch-size"), help: "Windows per step (default: the preset's).")
@@ -54,11 +54,7 @@ struct TrainBench: ParsableCommand {
             let batch = sampler.nextBatch(batchSize: config.batchSize, seqLen: config.seqLen)
             let x = Tensor(batch.inputs, shape: [config.batchSize, config.seqLen], device: dev)
             let y = Tensor(batch.targets, shape: [config.batchSize, config.seqLen], device: dev)
-            var loss = model.loss(ids: x, targets: y)
-            if let aux = MoEAuxiliaryLoss.total(in: model, balanceWeight: config.balanceWeight) {
-                loss = loss + aux.cast(to: loss.dtype)
-            }
-            loss.backward()
+            model.loss(ids: x, targets: y).backward()   // MoE balance losses ride on the graph
             clipGradNorm(parameters, maxNorm: config.clip)
             optimizer.step()
             optimizer.zeroGrad()

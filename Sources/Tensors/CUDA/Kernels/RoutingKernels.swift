@@ -1,4 +1,4 @@
-/// The routing plan's kernels (`RoutingBackend.routingPlan` on CUDA): a stable counting sort of the
+/// The routing plan's kernels (`MoEBackend.routingPlan` on CUDA): a stable counting sort of the
 /// `T*k` slots by expert, with no general sort and no atomics whose order could show in the result.
 ///
 /// Both counting sorts (the capacity pass in priority order, the placement pass in slot order) use

@@ -11,13 +11,13 @@ public enum RoutingPriority: Sendable, Equatable {
 
 /// The primitives of the MoE path: the routing plan (a counting sort of slots by expert) and the
 /// grouped GEMMs of the batched experts. A backend adds them by conforming
-/// (`extension CUDABackend: RoutingBackend`); the op layer (`Ops/Routing.swift`) allocates the
+/// (`extension CUDABackend: MoEBackend`); the op layer (`Ops/Dispatch.swift`, `Ops/GroupedLinear.swift`) allocates the
 /// outputs, as for every primitive, and stops with a message naming this protocol on a backend
 /// that does not conform. A separate protocol, so `Backend` stays the dense core and a backend's
 /// MoE kernels live in their own files.
 ///
 /// The CPU implementation (`CPU/CPURouting.swift`) is the reference for these semantics.
-public protocol RoutingBackend: Backend {
+public protocol MoEBackend: Backend {
     /// The routing plan: which slots an expert keeps, and a stable expert-ordered layout of them.
     ///
     /// Inputs: `expert` `[T, k]` int32, each value in `[0, N)` or `-1` (routed nowhere);
@@ -25,26 +25,25 @@ public protocol RoutingBackend: Backend {
     /// is treated as `-1` before anything is counted (GShard's random routing);
     /// `capacity` `C` (nil = unlimited); `priority` as in `RoutingPriority`. Let `e(s)` be slot `s`'s
     /// expert after the mask, `rank(s)` its priority rank (`s`, or `j*T + b`). Outputs, all int32:
-    /// - `counts` `[2, N]`: row 0 `countsBeforeDrop[g] = #{s : e(s) == g}`; row 1
-    ///   `counts[g] = #{s : kept[s] == g} = min(countsBeforeDrop[g], C)`. One tensor so the host
+    /// - `counts` `[2, N]`: row 0 `routedCounts[g] = #{s : e(s) == g}`; row 1
+    ///   `keptCounts[g] = #{s : keptExpert[s] == g} = min(routedCounts[g], C)`. One tensor so the host
     ///   reads both with one download.
-    /// - `kept` `[T, k]`: `e(s)` if `#{s' : e(s') == e(s), rank(s') < rank(s)} < C`, else `-1`.
-    /// - `slotPosition` `[T*k]`: for a kept slot, `offset[kept[s]] + #{s' < s : kept[s'] == kept[s]}`
-    ///   with `offset = exclusive_scan(counts)`; `-1` for a slot not kept. Within an expert the
+    /// - `keptExpert` `[T, k]`: `e(s)` if `#{s' : e(s') == e(s), rank(s') < rank(s)} < C`, else `-1`.
+    /// - `rowOfSlot` `[T*k]`: for a kept slot, `offset[keptExpert[s]] + #{s' < s : keptExpert[s'] == keptExpert[s]}`
+    ///   with `offset = exclusive_scan(keptCounts)`; `-1` for a slot not kept. Within an expert the
     ///   order is `s` order (stable), whatever the priority: results are bit-reproducible.
-    /// - `sortedSlot` `[T*k]`: the inverse, `sortedSlot[slotPosition[s]] = s`; positions
-    ///   `>= Σ counts` hold `-1`.
-    /// - `sortedToken` `[T*k]`: `sortedSlot[p] / k`, or `-1` where `sortedSlot[p] == -1`.
-    /// - `sortedExpert` `[T*k]`: `kept[sortedSlot[p]]`, or `-1` (the expert of each dispatched row).
+    /// - `slotOfRow` `[T*k]`: the inverse, `slotOfRow[rowOfSlot[s]] = s`; rows `>= Σ keptCounts` hold `-1`.
+    /// - `tokenOfRow` `[T*k]`: `slotOfRow[r] / k`, or `-1` where `slotOfRow[r] == -1`.
+    /// - `expertOfRow` `[T*k]`: `keptExpert[slotOfRow[r]]`, or `-1` (the expert of each dispatched row).
     ///
     /// No general sort is needed (kernel plan): (1) a histogram of `e(s)` gives row 0 of `counts`;
     /// (2) with a capacity, a stable counting sort of the slots in priority order (histogram, exclusive
     /// scan, stable placement) gives each slot's index within its expert, kept when `< C`; (3) a
-    /// histogram of `kept`, an exclusive scan, and a stable placement in `s` order give
-    /// `slotPosition`, and scattering `s`, `s / k` and the expert to that position gives the rest.
+    /// histogram of `keptExpert`, an exclusive scan, and a stable placement in `s` order give
+    /// `rowOfSlot`, and scattering `s`, `s / k` and the expert to that row gives the rest.
     func routingPlan(expert: Tensor, slotMask: Tensor?, expertCount: Int, capacity: Int?, priority: RoutingPriority,
-                     kept: Tensor, counts: Tensor, slotPosition: Tensor, sortedSlot: Tensor,
-                     sortedToken: Tensor, sortedExpert: Tensor)
+                     keptExpert: Tensor, counts: Tensor, rowOfSlot: Tensor, slotOfRow: Tensor,
+                     tokenOfRow: Tensor, expertOfRow: Tensor)
 
     /// Grouped GEMM over expert-contiguous rows: `x` `[S, a]` holds `groupSizes[e]` rows for expert
     /// `e` in order (`Σ groupSizes == S`, `groupSizes.count == E`); `weight` `[E, out, in]`.

@@ -1,0 +1,80 @@
+import Tensors
+
+// Notation: T tokens on this rank, d model width, N experts in all, E experts on this rank, W ranks
+// of the expert-parallel group (N = W·E), k slots per token, S rows this rank's experts compute.
+
+/// One layer's dispatched rows and what `combine` needs to undo the dispatch.
+public struct DispatchedTokens: @unchecked Sendable {
+    /// `[S, d]`: the rows this rank's experts compute, expert-major (and source-rank-minor).
+    public let rows: Tensor
+    /// Rows per local expert and the local expert of each row: what the experts compute over.
+    public let groups: ExpertGroups
+    /// The routing plan the rows were permuted by.
+    public let plan: RoutingPlan
+    /// The message sizes of the exchange.
+    public let layout: ExchangeLayout
+    /// This rank's routed and kept counts, from the layer's one download (the load monitor's input).
+    public let load: LoadStatistics
+}
+
+/// Moves tokens to the experts and back (MOE_SEMANTICS §2, §3), in named stages:
+///
+/// `dispatch`: 1. **permute** (device only): the routing plan and the gather of token rows into
+/// expert order; 2. **count exchange** (device only, `TokenExchange.exchangeCounts`); 3. **the one
+/// host download** of the layer: routed `[N]`, kept `[N]` and received `[W, E]` counts in one copy
+/// (the grouped GEMM's problem sizes and the all-to-all's message sizes must be known on the host);
+/// 4. **row exchange** (`TokenExchange.dispatch`) and **grouping** by local expert.
+///
+/// `combine` mirrors it: **row exchange back** (`TokenExchange.combine`), then **unpermute**: the
+/// weighted sum of each token's `k` expert outputs (`unpermuteTokens`).
+/// ```swift
+/// let dispatcher = TokenDispatcher(globalExpertCount: 8)
+/// let dispatched = dispatcher.dispatch(tokens, routing: gate.route(tokens))
+/// let out = dispatcher.combine(experts(dispatched.rows, groups: dispatched.groups), score: routing.score, dispatched)
+/// ```
+public final class TokenDispatcher: @unchecked Sendable {
+    /// `N`.
+    public let globalExpertCount: Int
+    public let exchange: any TokenExchange
+
+    /// A dispatcher over `exchange` (the local identity by default).
+    public init(globalExpertCount: Int, exchange: (any TokenExchange)? = nil) {
+        let exchange = exchange ?? LocalExchange(globalExpertCount: globalExpertCount)
+        guarantee(exchange.rankCount * exchange.localExpertCount == globalExpertCount,
+                  "TokenDispatcher: \(globalExpertCount) experts cannot be \(exchange.localExpertCount) on each of \(exchange.rankCount) ranks")
+        self.globalExpertCount = globalExpertCount
+        self.exchange = exchange
+    }
+
+    /// The rows of `x [T, d]` that `routing` keeps, on the ranks of their experts, expert-major.
+    public func dispatch(_ x: Tensor, routing: GateOutput) -> DispatchedTokens {
+        let n = globalExpertCount, w = exchange.rankCount, e = exchange.localExpertCount
+        // 1. Permute: device work only.
+        let plan = routing.plan ?? routingPlan(routing.expert, expertCount: n)
+        let permuted = permuteTokens(x, by: plan)
+        // 2. Count exchange: device work only.
+        let received = exchange.exchangeCounts(plan.keptCounts)
+        // 3. The layer's one host sync: routed, kept and received counts in one download.
+        let all = received.map { Tensor.concat([plan.counts.reshaped([2 * n]), $0.reshaped([w * e])], axis: 0) } ?? plan.counts
+        let counts = all.int32s().map(Int.init)
+        let routed = Array(counts[0..<n]), kept = Array(counts[n..<(2 * n)])
+        let receivedPerExpert = received == nil
+            ? [kept]
+            : (0..<w).map { r in Array(counts[(2 * n + r * e)..<(2 * n + (r + 1) * e)]) }
+        let sendCounts = (0..<w).map { r in kept[(r * e)..<((r + 1) * e)].reduce(0, +) }
+        let layout = ExchangeLayout(sendCounts: sendCounts, receivedPerExpert: receivedPerExpert)
+        // 4. Row exchange and grouping.
+        let rows = exchange.dispatch(permuted.rows(0..<layout.rowsSent), layout)
+        let sizes = layout.tokensPerLocalExpert
+        let expertOfRow = received == nil
+            ? plan.expertOfRow.rows(0..<layout.rowsSent)
+            : Tensor(sizes.enumerated().flatMap { expert, rows in [Int32](repeating: Int32(expert), count: rows) }, device: x.device)
+        return DispatchedTokens(rows: rows, groups: ExpertGroups(sizes: sizes, expertOfRow: expertOfRow), plan: plan, layout: layout,
+                                load: LoadStatistics(routedCounts: routed, keptCounts: kept, tokenCount: plan.tokenCount, topK: plan.topK))
+    }
+
+    /// `out[t] = Σ_j score[t, j] · y[slot (t, j)]` for expert outputs `y [S, d]` in dispatch order.
+    public func combine(_ y: Tensor, score: Tensor, _ dispatched: DispatchedTokens) -> Tensor {
+        unpermuteTokens(exchange.combine(y, dispatched.layout), by: dispatched.plan, score: score)
+    }
+}
