@@ -30,7 +30,7 @@ private func drops(_ idx: [Int], order: [Int], capacity: Int, experts: Int) -> [
 struct GateTests {
     @Test func topKGatePicksTheLargestLogitsAndSoftmaxesThem() {
         var g = RandomGenerator(seed: 1)
-        let gate = TopKGate(dModel: 5, expertCount: 5, topK: 2, zLossWeight: 1e-3, dtype: .float64, generator: &g)
+        let gate = TopKGate(dModel: 5, globalExpertCount: 5, topK: 2, zLossWeight: 1e-3, dtype: .float64, generator: &g)
         setIdentity(gate.linear)
         let x = randn([4, 5], seed: 2), z = x.doubles()
         let out = gate.route(x)
@@ -48,7 +48,7 @@ struct GateTests {
 
     @Test func gshardDropsSecondChoicesBeforeLaterFirstChoices() {
         var g = RandomGenerator(seed: 3)
-        let gate = GShardGate(dModel: 3, expertCount: 3, evalCapacityFactor: 0.5, dtype: .float64, generator: &g)
+        let gate = GShardGate(dModel: 3, globalExpertCount: 3, evalCapacityFactor: 0.5, dtype: .float64, generator: &g)
         setIdentity(gate.linear)
         gate.eval()
         #expect(gate.capacity(tokens: 3) == 1)   // ceil(0.5 · 3 · 2 / 3)
@@ -58,13 +58,13 @@ struct GateTests {
         let out = gate.route(x)
         #expect(out.expert.int32s() == [0, -1, 1, -1, 2, -1])
         #expect(out.plan!.keptCounts.int32s() == [1, 1, 1])
-        #expect(out.plan!.countsBeforeDrop.int32s() == [2, 2, 2])
+        #expect(out.plan!.routedCounts.int32s() == [2, 2, 2])
     }
 
     @Test func gshardMatchesALoopReference() {
         var g = RandomGenerator(seed: 4)
         let (b, n) = (8, 4)
-        let gate = GShardGate(dModel: n, expertCount: n, evalCapacityFactor: 0.6, dtype: .float64, generator: &g)
+        let gate = GShardGate(dModel: n, globalExpertCount: n, evalCapacityFactor: 0.6, dtype: .float64, generator: &g)
         setIdentity(gate.linear)
         gate.eval()
         let capacity = Int((0.6 * Double(b * 2) / Double(n)).rounded(.up))
@@ -91,7 +91,7 @@ struct GateTests {
     @Test func gshardRandomRoutingKeepsTheSecondExpertWhereTwiceItsScoreReachesU() {
         var g = RandomGenerator(seed: 6)
         let (b, n) = (64, 4)
-        let gate = GShardGate(dModel: n, expertCount: n, trainingCapacityFactor: 100, dtype: .float64, generator: &g)
+        let gate = GShardGate(dModel: n, globalExpertCount: n, trainingCapacityFactor: 100, dtype: .float64, generator: &g)
         setIdentity(gate.linear)
         var draw = gate.generator
         let u = Tensor.randomUniform([b, 1], dtype: .float64, generator: &draw).doubles()
@@ -112,7 +112,7 @@ struct GateTests {
     @Test func switchGateDropsInTokenOrderAndUsesCountsBeforeDrops() {
         var g = RandomGenerator(seed: 8)
         let (b, n) = (6, 4)
-        let gate = SwitchGate(dModel: n, expertCount: n, evalCapacityFactor: 0.7, dtype: .float64, generator: &g)
+        let gate = SwitchGate(dModel: n, globalExpertCount: n, evalCapacityFactor: 0.7, dtype: .float64, generator: &g)
         setIdentity(gate.linear)
         gate.eval()
         #expect(gate.capacity(tokens: b) == 2)   // ceil(0.7 · 6 / 4)
@@ -138,7 +138,7 @@ struct GateTests {
     @Test func switchJitterMultipliesTheInputByUniformNoiseInTraining() {
         var g = RandomGenerator(seed: 9)
         let (b, n) = (5, 3)
-        let gate = SwitchGate(dModel: n, expertCount: n, trainingCapacityFactor: 10, jitter: .input(epsilon: 0.01), dtype: .float64, generator: &g)
+        let gate = SwitchGate(dModel: n, globalExpertCount: n, trainingCapacityFactor: 10, jitter: .input(epsilon: 0.01), dtype: .float64, generator: &g)
         setIdentity(gate.linear)
         var draw = gate.generator
         let noise = Tensor.randomUniform([b, n], low: 0.99, high: 1.01, dtype: .float64, generator: &draw).doubles()
@@ -155,7 +155,7 @@ struct GateTests {
     @Test func switchLogitsJitterIsFastMoEsAdditiveForm() {
         var g = RandomGenerator(seed: 11)
         let (b, n) = (5, 3)
-        let gate = SwitchGate(dModel: n, expertCount: n, trainingCapacityFactor: 10, jitter: .logits(epsilon: 0.1), dtype: .float64, generator: &g)
+        let gate = SwitchGate(dModel: n, globalExpertCount: n, trainingCapacityFactor: 10, jitter: .logits(epsilon: 0.1), dtype: .float64, generator: &g)
         setIdentity(gate.linear)
         var draw = gate.generator
         let noise = Tensor.randomUniform([b, n], low: 0.9, high: 1.1, dtype: .float64, generator: &draw).doubles()
@@ -167,7 +167,7 @@ struct GateTests {
     @Test func noisyGateLoadUsesTheNormalCDFOfTheMarginOverTheThreshold() {
         var g = RandomGenerator(seed: 13)
         let (b, d, n, k) = (6, 3, 4, 2)
-        let gate = NoisyTopKGate(dModel: d, expertCount: n, topK: k, dtype: .float64, generator: &g)
+        let gate = NoisyTopKGate(dModel: d, globalExpertCount: n, topK: k, dtype: .float64, generator: &g)
         gate.wGate.value = randn([d, n], seed: 14)
         gate.wNoise.value = randn([d, n], seed: 15)
         let x = randn([b, d], seed: 16), xv = x.doubles(), wg = gate.wGate.value.doubles(), wn = gate.wNoise.value.doubles()
@@ -212,7 +212,7 @@ struct GateTests {
 
     @Test func noisyGateAuxLossGradientMatchesFiniteDifferences() {
         var g = RandomGenerator(seed: 17)
-        let gate = NoisyTopKGate(dModel: 3, expertCount: 4, topK: 2, dtype: .float64, generator: &g)
+        let gate = NoisyTopKGate(dModel: 3, globalExpertCount: 4, topK: 2, dtype: .float64, generator: &g)
         let start = gate.generator, x = randn([6, 3], seed: 18)
         let error = gradientCheckError([randn([3, 4], seed: 19), randn([3, 4], seed: 20)]) { ws in
             gate.wGate.value = ws[0]
@@ -230,7 +230,7 @@ struct GateTests {
     }
 
     @Test func zeroGateSendsEverySlotToExpertZero() {
-        let out = ZeroGate(expertCount: 3, topK: 2).route(randn([4, 5], seed: 21))
+        let out = ZeroGate(globalExpertCount: 3, topK: 2).route(randn([4, 5], seed: 21))
         #expect(out.expert.int32s() == [Int32](repeating: 0, count: 8))
         #expect(out.score.doubles() == [Double](repeating: 0.5, count: 8))
     }

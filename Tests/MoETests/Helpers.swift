@@ -52,21 +52,21 @@ final class MLPExpert: Module, Layer, @unchecked Sendable {
 /// Top-k with a capacity (token-major drops): a user-written gate, so any k can drop slots.
 final class CapacityTopKGate: Module, Gate, @unchecked Sendable {
     let linear: Linear
-    let expertCount: Int
+    let globalExpertCount: Int
     let topK: Int
     let capacity: Int
 
-    init(dModel: Int, expertCount: Int, topK: Int, capacity: Int, generator g: inout RandomGenerator) {
-        linear = Linear(dModel, expertCount, dtype: .float64, generator: &g)
-        self.expertCount = expertCount
+    init(dModel: Int, globalExpertCount: Int, topK: Int, capacity: Int, generator g: inout RandomGenerator) {
+        linear = Linear(dModel, globalExpertCount, dtype: .float64, generator: &g)
+        self.globalExpertCount = globalExpertCount
         self.topK = topK
         self.capacity = capacity
     }
 
     func route(_ x: Tensor) -> GateOutput {
         let (values, expert) = linear(x).topK(topK)
-        let plan = routingPlan(expert, expertCount: expertCount, capacity: capacity, priority: .tokenMajor)
-        return GateOutput(expert: plan.kept, score: values.softmax(), plan: plan)
+        let plan = routingPlan(expert, expertCount: globalExpertCount, capacity: capacity, priority: .tokenMajor)
+        return GateOutput(expert: plan.keptExpert, score: values.softmax(), plan: plan)
     }
 }
 
@@ -81,3 +81,8 @@ func batchedCopy(of list: [MLPExpert]) -> BatchedExperts {
     return BatchedExperts(fc1: fc1, fc2: fc2, activation: .gelu)
 }
 
+
+extension MoELayer {
+    /// The batched experts `MoELayer.mlp` builds.
+    var batched: BatchedExperts { experts as! BatchedExperts }
+}

@@ -45,7 +45,7 @@ private func batchedGradients(_ experts: BatchedExperts) -> [[Tensor?]] {
         let per = g.count / g.shape[0]
         return Tensor(Array(g.doubles()[(e * per)..<((e + 1) * per)]))
     }
-    return (0..<experts.expertCount).map { e in
+    return (0..<experts.localExpertCount).map { e in
         [slice(experts.fc1.weight.grad, e), slice(experts.fc1.bias!.grad, e), slice(experts.fc2.weight.grad, e), slice(experts.fc2.bias!.grad, e)]
     }
 }
@@ -57,7 +57,7 @@ struct MoELayerTests {
         var g = RandomGenerator(seed: UInt64(30 + k))
         let (d, h, n, b) = (4, 6, 4, 7)
         let list = (0..<n).map { _ in MLPExpert(dModel: d, hidden: h, generator: &g) }
-        let gate = CapacityTopKGate(dModel: d, expertCount: n, topK: k, capacity: b * k / n, generator: &g)
+        let gate = CapacityTopKGate(dModel: d, globalExpertCount: n, topK: k, capacity: b * k / n, generator: &g)
         gate.linear.weight.value = randn([n, d], seed: 40, scale: 2)
         let x = randn([b, d], seed: 41), w = randn([b, d], seed: 42)
         let kept = gate.route(x).expert.int32s()
@@ -74,6 +74,7 @@ struct MoELayerTests {
         let batched = batchedCopy(of: list)
         for experts in [ExpertList(list), batched] as [any Experts] {
             let layer = MoELayer(dModel: d, gate: gate, experts: experts)
+            let monitor = LoadMonitor.install(in: layer)
             let xl = x.detached().requiringGradient()
             let out = layer(xl)
             #expect(maxDifference(out.doubles(), reference.doubles()) < 1e-12, "k = \(k) \(type(of: experts)): output")
@@ -88,8 +89,8 @@ struct MoELayerTests {
                 let have = got.experts[e].isEmpty ? [Double](repeating: 0, count: want.count) : got.experts[e]
                 #expect(maxDifference(have, want) < 1e-12, "k = \(k) \(type(of: experts)): expert \(e) gradients")
             }
-            let stats = layer.lastLoadStatistics!
-            #expect(stats.counts == (0..<n).map { e in kept.filter { $0 == e }.count })
+            let stats = monitor.interval()[0].load
+            #expect(stats.keptCounts == (0..<n).map { e in kept.filter { $0 == e }.count })
             #expect(stats.keptSlots == kept.filter { $0 >= 0 }.count && stats.routedSlots == b * k)
             gate.zeroGrad()
             list.forEach { $0.zeroGrad() }
@@ -99,11 +100,11 @@ struct MoELayerTests {
     @Test func oneExpertWithTopOneIsTheDenseMLP() {
         var g = RandomGenerator(seed: 50)
         let dense = MLPExpert(dModel: 4, hidden: 8, generator: &g)
-        let moe = MoEMLP(dModel: 4, hidden: 8, experts: 1, topK: 1, gate: .topK, dtype: .float64, generator: &g)
-        moe.batchedExperts.fc1.weight.value = dense.fc1.weight.value.detached().reshaped([1, 8, 4])
-        moe.batchedExperts.fc1.bias!.value = dense.fc1.bias!.value.detached().reshaped([1, 8])
-        moe.batchedExperts.fc2.weight.value = dense.fc2.weight.value.detached().reshaped([1, 4, 8])
-        moe.batchedExperts.fc2.bias!.value = dense.fc2.bias!.value.detached().reshaped([1, 4])
+        let moe = MoELayer.mlp(dModel: 4, hidden: 8, expertCount: 1, topK: 1, gate: .topK, dtype: .float64, generator: &g)
+        moe.batched.fc1.weight.value = dense.fc1.weight.value.detached().reshaped([1, 8, 4])
+        moe.batched.fc1.bias!.value = dense.fc1.bias!.value.detached().reshaped([1, 8])
+        moe.batched.fc2.weight.value = dense.fc2.weight.value.detached().reshaped([1, 4, 8])
+        moe.batched.fc2.bias!.value = dense.fc2.bias!.value.detached().reshaped([1, 4])
         let x = randn([5, 4], seed: 51)
         #expect(maxDifference(moe(x).doubles(), dense(x).doubles()) < 1e-12)
     }
@@ -111,18 +112,19 @@ struct MoELayerTests {
     @Test func zeroGateLayerIsExpertZero() {
         var g = RandomGenerator(seed: 52)
         let list = (0..<3).map { _ in MLPExpert(dModel: 4, hidden: 5, generator: &g) }
-        let layer = MoELayer(dModel: 4, gate: ZeroGate(expertCount: 3, topK: 2), experts: batchedCopy(of: list))
+        let layer = MoELayer(dModel: 4, gate: ZeroGate(globalExpertCount: 3, topK: 2), experts: batchedCopy(of: list))
         let x = randn([6, 4], seed: 53)
         #expect(maxDifference(layer(x).doubles(), list[0](x).doubles()) < 1e-12)
     }
 
     @Test func leadingShapesAreFlattenedAndRestored() {
         var g = RandomGenerator(seed: 54)
-        let layer = MoEMLP(dModel: 4, hidden: 6, experts: 3, topK: 2, dtype: .float64, generator: &g)
+        let layer = MoELayer.mlp(dModel: 4, hidden: 6, expertCount: 3, topK: 2, dtype: .float64, generator: &g)
         let x = randn([2, 3, 4], seed: 55)
-        let out = layer(x)
+        let result = layer.forward(x)
+        let out = result.output
         #expect(out.shape == [2, 3, 4])
-        #expect(layer.lastLoadStatistics!.tokens == 6)
+        #expect(result.load.tokenCount == 6)
         #expect(maxDifference(out.doubles(), layer(x.reshaped([6, 4])).doubles()) < 1e-12)
     }
 
@@ -132,7 +134,7 @@ struct MoELayerTests {
         let inputs = [randn([5, 3], seed: 60), randn([5, 2], seed: 61), randn([4, 4, 3], seed: 62), randn([4, 4], seed: 63),
                       randn([4, 3, 4], seed: 64), randn([4, 3], seed: 65)]
         let error = gradientCheckError(inputs) { t in
-            let dispatcher = Dispatcher(expertCount: 4)
+            let dispatcher = TokenDispatcher(globalExpertCount: 4)
             let dispatched = dispatcher.dispatch(t[0], routing: GateOutput(expert: expert, score: t[1]))
             let experts = BatchedExperts(fc1: GroupedLinear(weight: t[2], bias: t[3]), fc2: GroupedLinear(weight: t[4], bias: t[5]))
             return dispatcher.combine(experts(dispatched.rows, groups: dispatched.groups), score: t[1], dispatched)
@@ -142,7 +144,7 @@ struct MoELayerTests {
 
     @Test func capacityDropsThroughTheLayerMatchFiniteDifferences() {
         var g = RandomGenerator(seed: 66)
-        let gate = CapacityTopKGate(dModel: 3, expertCount: 3, topK: 2, capacity: 2, generator: &g)
+        let gate = CapacityTopKGate(dModel: 3, globalExpertCount: 3, topK: 2, capacity: 2, generator: &g)
         let experts = ExpertList((0..<3).map { _ in MLPExpert(dModel: 3, hidden: 4, generator: &g) })
         let layer = MoELayer(dModel: 3, gate: gate, experts: experts)
         let error = gradientCheckError([randn([5, 3], seed: 67)]) { layer($0[0]) }
@@ -151,15 +153,15 @@ struct MoELayerTests {
 
     @Test func parametersAreNamedForCheckpoints() {
         var g = RandomGenerator(seed: 68)
-        let layer = MoEMLP(dModel: 4, hidden: 6, experts: 3, topK: 2, generator: &g)
+        let layer = MoELayer.mlp(dModel: 4, hidden: 6, expertCount: 3, topK: 2, generator: &g)
         #expect(layer.namedParameters().map(\.name) == ["gate.linear.weight", "gate.linear.bias", "experts.fc1.weight", "experts.fc1.bias",
                                                          "experts.fc2.weight", "experts.fc2.bias"])
-        #expect(layer.batchedExperts.fc1.weight.shape == [3, 6, 4] && layer.batchedExperts.fc2.weight.shape == [3, 4, 6])
+        #expect(layer.batched.fc1.weight.shape == [3, 6, 4] && layer.batched.fc2.weight.shape == [3, 4, 6])
     }
 
     @Test func megatronInitHasZeroBiasesAndScaledSecondWeights() {
         var g = RandomGenerator(seed: 69)
-        let experts = BatchedExperts(experts: 8, dModel: 64, hidden: 128, initialization: .megatron(std: 0.02, layers: 8), generator: &g)
+        let experts = BatchedExperts(localExpertCount: 8, dModel: 64, hidden: 128, initialization: .megatron(std: 0.02, layers: 8), generator: &g)
         func std(_ t: Tensor) -> Double {
             let v = t.doubles(), m = v.reduce(0, +) / Double(v.count)
             return (v.reduce(0) { $0 + ($1 - m) * ($1 - m) } / Double(v.count)).squareRoot()
@@ -173,7 +175,7 @@ struct MoELayerTests {
 @Suite("Load statistics and auxiliary losses")
 struct LoadStatisticsTests {
     @Test func statisticsFollowTheirDefinitions() {
-        let s = LoadStatistics(countsBeforeDrop: [4, 0, 2, 2], counts: [3, 0, 2, 2], tokens: 4, topK: 2)
+        let s = LoadStatistics(routedCounts: [4, 0, 2, 2], keptCounts: [3, 0, 2, 2], tokenCount: 4, topK: 2)
         #expect(s.droppedFraction == 1.0 / 8)
         #expect(s.maxOverMean == 2)
         #expect(Swift.abs(s.coefficientOfVariation - 2.0.squareRoot() / 2) < 1e-15)
@@ -182,27 +184,52 @@ struct LoadStatisticsTests {
         #expect(Swift.abs(s.normalizedEntropy - h / Glibc.log(4)) < 1e-15)
     }
 
-    @Test func totalIsTheWeightedMeanOfBalanceLossesPlusZLosses() {
+    /// Calling a layer attaches `balanceLossWeight · auxLoss + zLoss` to its output: the task loss's
+    /// backward gives exactly the gradients of the explicit objective built from `forward`.
+    @Test func attachedLossesGiveTheGradientsOfTheExplicitObjective() {
         final class TwoLayers: Module, @unchecked Sendable {
-            let a: MoEMLP, b: MoEMLP
+            let a: MoELayer, b: MoELayer
             init(generator g: inout RandomGenerator) {
-                a = MoEMLP(dModel: 4, hidden: 4, experts: 4, topK: 2, gate: .gshard(), zLossWeight: 1e-3, dtype: .float64, generator: &g)
-                b = MoEMLP(dModel: 4, hidden: 4, experts: 4, topK: 1, gate: .switch(), dtype: .float64, generator: &g)
+                a = MoELayer.mlp(dModel: 4, hidden: 4, expertCount: 4, topK: 2, gate: .gshard, zLossWeight: 1e-3, dtype: .float64, generator: &g)
+                b = MoELayer.mlp(dModel: 4, hidden: 4, expertCount: 4, topK: 1, gate: .switch, dtype: .float64, generator: &g)
             }
         }
-        var g = RandomGenerator(seed: 70)
-        let model = TwoLayers(generator: &g)
-        let x = randn([6, 4], seed: 71)
-        _ = model.a(x)
-        _ = model.b(x)
-        let names = MoEAuxiliaryLoss.providers(in: model).map(\.name)
-        #expect(names == ["a", "b"])
-        let expected = 0.01 * (model.a.lastAuxLoss!.item() + model.b.lastAuxLoss!.item()) / 2 + model.a.lastZLoss!.item()
-        #expect(Swift.abs(MoEAuxiliaryLoss.total(in: model, balanceWeight: 0.01)!.item() - expected) < 1e-15)
-        #expect(model.b.lastZLoss == nil)
-        var monitor = LoadMonitor()
-        monitor.record(model)
-        monitor.record(model)
-        #expect(monitor.totalCounts["a"] == model.a.lastLoadStatistics!.counts.map { 2 * $0 })
+        func make() -> TwoLayers {
+            var g = RandomGenerator(seed: 70)
+            let model = TwoLayers(generator: &g)
+            model.eval()   // no random routing or jitter: both runs route alike
+            return model
+        }
+        let x = randn([6, 4], seed: 71), w = randn([6, 4], seed: 72)
+
+        let explicit = make()
+        let ra = explicit.a.forward(x), rb = explicit.b.forward(x)
+        #expect(rb.zLoss == nil)
+        let objective = (ra.output * w).sum() + (rb.output * w).sum() + 0.01 * (ra.auxLoss! + rb.auxLoss!) / 2 + ra.zLoss!
+        objective.backward()
+
+        let attached = make()
+        for layer in [attached.a, attached.b] { layer.balanceLossWeight = 0.01 / 2 }
+        ((attached.a(x) * w).sum() + (attached.b(x) * w).sum()).backward()
+        for ((name, p), (_, q)) in zip(explicit.namedParameters(), attached.namedParameters()) {
+            #expect(maxDifference(q.grad!.doubles(), p.grad!.doubles()) < 1e-12, "\(name) gradient")
+        }
+    }
+
+    @Test func loadMonitorSumsTrainingForwardsAndSkipsEvaluation() {
+        var g = RandomGenerator(seed: 73)
+        let layer = MoELayer.mlp(dModel: 4, hidden: 4, expertCount: 4, topK: 2, dtype: .float64, generator: &g)
+        let monitor = LoadMonitor.install(in: layer)
+        let x = randn([6, 4], seed: 74)
+        let once = layer.forward(x).load
+        _ = layer(x)
+        _ = layer(x)
+        layer.eval()
+        _ = layer(x)
+        #expect(monitor.layerNames == [""])
+        #expect(monitor.interval()[0].load.routedCounts == once.routedCounts.map { 2 * $0 })
+        #expect(monitor.interval()[0].load.tokenCount == 12)
+        monitor.reset()
+        #expect(monitor.interval().isEmpty)
     }
 }

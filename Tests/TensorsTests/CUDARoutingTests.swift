@@ -65,9 +65,9 @@ struct CUDARoutingTests {
                     let cuda = routingPlan(expertGPU, expertCount: table.experts, capacity: capacity, priority: priority,
                                            slotMask: useMask ? maskGPU : nil)
                     let label = "\(table.testDescription) C=\(capacity.map(String.init) ?? "nil") \(priority) mask=\(useMask)"
-                    for (name, c, r) in [("kept", cuda.kept, cpu.kept), ("counts", cuda.counts, cpu.counts),
-                                         ("slotPosition", cuda.slotPosition, cpu.slotPosition), ("sortedSlot", cuda.sortedSlot, cpu.sortedSlot),
-                                         ("sortedToken", cuda.sortedToken, cpu.sortedToken), ("sortedExpert", cuda.sortedExpert, cpu.sortedExpert)] {
+                    for (name, c, r) in [("kept", cuda.keptExpert, cpu.keptExpert), ("counts", cuda.counts, cpu.counts),
+                                         ("rowOfSlot", cuda.rowOfSlot, cpu.rowOfSlot), ("slotOfRow", cuda.slotOfRow, cpu.slotOfRow),
+                                         ("tokenOfRow", cuda.tokenOfRow, cpu.tokenOfRow), ("expertOfRow", cuda.expertOfRow, cpu.expertOfRow)] {
                         let d = difference(c.int32s(), r.int32s())
                         #expect(d.isEmpty, "\(label): \(name): \(d)")
                     }
@@ -79,14 +79,14 @@ struct CUDARoutingTests {
     @Test func choiceMajorAndMaskOnTheGPU() {
         // Token 0 picks (0, 1), token 1 picks (1, 0); one seat each: the first choices win.
         let expert = Tensor([0, 1, 1, 0] as [Int32], shape: [2, 2]).to(gpu)
-        #expect(routingPlan(expert, expertCount: 2, capacity: 1, priority: .choiceMajor).kept.int32s() == [0, -1, 1, -1])
-        #expect(routingPlan(expert, expertCount: 2, capacity: 1, priority: .tokenMajor).kept.int32s() == [0, 1, -1, -1])
+        #expect(routingPlan(expert, expertCount: 2, capacity: 1, priority: .choiceMajor).keptExpert.int32s() == [0, -1, 1, -1])
+        #expect(routingPlan(expert, expertCount: 2, capacity: 1, priority: .tokenMajor).keptExpert.int32s() == [0, 1, -1, -1])
         // A negative mask routes the slot nowhere, in any float dtype (float64 -1e-300 stays negative).
         for dtype in [DType.float32, .bfloat16, .float64] {
             let mask = Tensor([1, -1e-300, -0.5, 0] as [Double], shape: [2, 2]).cast(to: dtype).to(gpu)
             let plan = routingPlan(expert, expertCount: 2, slotMask: mask)
             let expected: [Int32] = dtype == .float64 ? [0, -1, -1, 0] : [0, 1, -1, 0]   // -1e-300 is -0 in float32 / bfloat16
-            #expect(plan.kept.int32s() == expected, "\(dtype)")
+            #expect(plan.keptExpert.int32s() == expected, "\(dtype)")
             #expect(plan.counts.int32s() == (expected == [0, -1, -1, 0] ? [2, 0, 2, 0] : [2, 1, 2, 1]), "\(dtype)")
         }
     }
@@ -166,7 +166,7 @@ struct CUDARoutingTests {
         defer { CUDABackend.poisonAllocations = false }
         let gy = Tensor.empty([0, 3], device: gpu), x = Tensor.empty([0, 5], device: gpu)
         let out = Tensor.empty([4, 3, 5], device: gpu)
-        out.routingBackend("test").groupedMatmulWeightGradient(gy, x, groupSizes: [0, 0, 0, 0], out)
+        out.moeBackend("test").groupedMatmulWeightGradient(gy, x, groupSizes: [0, 0, 0, 0], out)
         #expect(out.scalars() == [Float](repeating: 0, count: 60))
     }
 }

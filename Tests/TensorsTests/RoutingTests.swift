@@ -2,9 +2,9 @@ import TestSupport
 import Testing
 @testable import Tensors
 
-/// The routing plan by its definition (RoutingBackend.routingPlan), slot by slot, quadratic.
+/// The routing plan by its definition (MoEBackend.routingPlan), slot by slot, quadratic.
 private func referencePlan(_ expert: [Int32], tokens t: Int, k: Int, n: Int, capacity: Int?, priority: RoutingPriority, mask: [Double]?)
-    -> (kept: [Int32], before: [Int32], after: [Int32], position: [Int32], slot: [Int32], token: [Int32], sortedExpert: [Int32]) {
+    -> (kept: [Int32], before: [Int32], after: [Int32], position: [Int32], slot: [Int32], token: [Int32], expertOfRow: [Int32]) {
     let slots = t * k
     let routed = (0..<slots).map { s -> Int32 in (mask.map { $0[s] < 0 } ?? false) ? -1 : expert[s] }
     func rank(_ s: Int) -> Int { priority == .tokenMajor ? s : (s % k) * t + s / k }
@@ -18,16 +18,16 @@ private func referencePlan(_ expert: [Int32], tokens t: Int, k: Int, n: Int, cap
     let before = (0..<n).map { g in Int32(routed.filter { $0 == g }.count) }
     let after = (0..<n).map { g in Int32(kept.filter { $0 == g }.count) }
     var position = [Int32](repeating: -1, count: slots)
-    var slot = [Int32](repeating: -1, count: slots), token = slot, sortedExpert = slot
+    var slot = [Int32](repeating: -1, count: slots), token = slot, expertOfRow = slot
     for s in 0..<slots where kept[s] >= 0 {
         let e = Int(kept[s])
         let p = after[0..<e].reduce(0) { $0 + Int($1) } + (0..<s).filter { kept[$0] == kept[s] }.count
         position[s] = Int32(p)
         slot[p] = Int32(s)
         token[p] = Int32(s / k)
-        sortedExpert[p] = Int32(e)
+        expertOfRow[p] = Int32(e)
     }
-    return (kept, before, after, position, slot, token, sortedExpert)
+    return (kept, before, after, position, slot, token, expertOfRow)
 }
 
 @Suite("MoE routing primitives")
@@ -46,14 +46,14 @@ struct RoutingTests {
                     let plan = routingPlan(Tensor(expert, shape: [t, k]), expertCount: n, capacity: capacity, priority: priority, slotMask: m)
                     let r = referencePlan(expert, tokens: t, k: k, n: n, capacity: capacity, priority: priority, mask: useMask ? mask : nil)
                     let label = "T=\(t) k=\(k) N=\(n) C=\(String(describing: capacity)) \(priority) mask=\(useMask)"
-                    #expect(plan.kept.int32s() == r.kept, "\(label): kept")
-                    #expect(plan.kept.shape == [t, k])
-                    #expect(plan.countsBeforeDrop.int32s() == r.before, "\(label): counts before drop")
+                    #expect(plan.keptExpert.int32s() == r.kept, "\(label): kept")
+                    #expect(plan.keptExpert.shape == [t, k])
+                    #expect(plan.routedCounts.int32s() == r.before, "\(label): counts before drop")
                     #expect(plan.keptCounts.int32s() == r.after, "\(label): counts")
-                    #expect(plan.slotPosition.int32s() == r.position, "\(label): slotPosition")
-                    #expect(plan.sortedSlot.int32s() == r.slot, "\(label): sortedSlot")
-                    #expect(plan.sortedToken.int32s() == r.token, "\(label): sortedToken")
-                    #expect(plan.sortedExpert.int32s() == r.sortedExpert, "\(label): sortedExpert")
+                    #expect(plan.rowOfSlot.int32s() == r.position, "\(label): rowOfSlot")
+                    #expect(plan.slotOfRow.int32s() == r.slot, "\(label): slotOfRow")
+                    #expect(plan.tokenOfRow.int32s() == r.token, "\(label): tokenOfRow")
+                    #expect(plan.expertOfRow.int32s() == r.expertOfRow, "\(label): expertOfRow")
                 }
             }
         }
@@ -63,8 +63,8 @@ struct RoutingTests {
         // Token 0 picks (0, 1), token 1 picks (1, 0); one seat each. Token-major: token 0 takes both
         // seats. Choice-major: both first choices win.
         let expert = Tensor([0, 1, 1, 0] as [Int32], shape: [2, 2])
-        #expect(routingPlan(expert, expertCount: 2, capacity: 1, priority: .tokenMajor).kept.int32s() == [0, 1, -1, -1])
-        #expect(routingPlan(expert, expertCount: 2, capacity: 1, priority: .choiceMajor).kept.int32s() == [0, -1, 1, -1])
+        #expect(routingPlan(expert, expertCount: 2, capacity: 1, priority: .tokenMajor).keptExpert.int32s() == [0, 1, -1, -1])
+        #expect(routingPlan(expert, expertCount: 2, capacity: 1, priority: .choiceMajor).keptExpert.int32s() == [0, -1, 1, -1])
     }
 
     /// y_e = x_e W_eᵀ by a triple loop in Double.

@@ -89,7 +89,7 @@ import Testing
         #expect(try RunConfig.resolve(overrides: ["experts": .int(4), "gate": .string("switch")]).effectiveTopK == 1)
         #expect(try RunConfig.resolve(overrides: ["experts": .int(4), "gate": .string("gshard")]).effectiveTopK == 2)
         let gshard = try RunConfig.resolve(overrides: ["experts": .int(4), "gate": .string("gshard"), "capacity_factor": .double(1.5)])
-        #expect(gshard.gateKind == .gshard(trainingCapacityFactor: 1.5, evalCapacityFactor: 3.0))
+        #expect(gshard.gateSpec == .gshard && gshard.gateCapacityFactor == CapacityFactor(training: 1.5, eval: 3.0))
     }
 
     @Test(.enabled(if: !Device.cudaAvailable, "this machine has a GPU"))

@@ -34,7 +34,7 @@ import Testing
         let dir = TemporaryDirectory()
         let out = dir.file("moe")
         let trainer = try Trainer.prepare(overrides: tinyRun(out: out, steps: 40, ["experts": .int(4), "top_k": .int(2), "eval_every": .int(40)]))
-        #expect(MoEAuxiliaryLoss.providers(in: trainer.model).map(\.name) == ["blocks.0.mlp", "blocks.1.mlp"])
+        #expect(LoadMonitor.install(in: trainer.model).layerNames == ["blocks.0.mlp", "blocks.1.mlp"])
         try trainer.run()
         let evals = try evalLosses(out)
         #expect(evals.last!.loss < evals.first!.loss - 1.2, "validation loss \(evals.map(\.loss))")
@@ -104,7 +104,7 @@ import Testing
         let out = dir.file("moe")
         let trainer = try Trainer.prepare(overrides: tinyRun(out: out, steps: 2, ["experts": .int(4), "init_from": .string(dense)]))
         #expect(abs(trainer.evaluate() - denseLoss) < 1e-4, "upcycled \(trainer.evaluate()) vs dense \(denseLoss)")
-        let experts = try #require(trainer.model.blocks[0].mlp as? MoEMLP).batchedExperts
+        let experts = try #require((trainer.model.blocks[0].mlp as? MoELayer)?.experts as? BatchedExperts)
         #expect(experts.fc1.weight.shape == [4, 128, 32])
         try trainer.run()
         // Resuming an upcycled run rebuilds the same modules without the dense checkpoint.
