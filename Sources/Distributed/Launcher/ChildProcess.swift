@@ -21,8 +21,8 @@ struct ChildProcess {
     ///
     /// `fork` + `execve` rather than `posix_spawn`, for one thing `posix_spawn` cannot do: set
     /// `PR_SET_PDEATHSIG`, so the kernel kills the rank if the launcher dies, even by SIGKILL (no orphans
-    /// holding GPUs). The death signal fires when the *thread* that forked exits, so the supervisor forks
-    /// from the thread that then waits for the ranks. Between `fork` and `execve` the child runs only
+    /// holding GPUs). Some kernels fire the death signal when the *thread* that forked exits, so the
+    /// supervisor forks from the thread that then waits for the ranks. Between `fork` and `execve` the child runs only
     /// async-signal-safe system calls on memory prepared before the fork (another thread of the parent
     /// may have held the allocator's lock at the fork). Each rank leads its own process group, so a
     /// signal to the group reaches whatever the rank started (a shell's children too).
