@@ -14,6 +14,7 @@ public typealias CUdeviceptr = UInt64
 enum DriverConstant {
     static let success: CUresult = 0
     static let errorOutOfMemory: CUresult = 2            // CUDA_ERROR_OUT_OF_MEMORY
+    static let errorNotReady: CUresult = 600             // CUDA_ERROR_NOT_READY
     static let attributeMaxThreadsPerBlock: Int32 = 1    // CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK
     static let attributeMultiprocessorCount: Int32 = 16  // CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
     static let attributeComputeCapabilityMajor: Int32 = 75
@@ -70,6 +71,7 @@ public final class Driver: @unchecked Sendable {
     public let cuEventDestroy: @convention(c) (Handle?) -> CUresult
     public let cuEventRecord: @convention(c) (Handle?, Handle?) -> CUresult
     public let cuEventSynchronize: @convention(c) (Handle?) -> CUresult
+    public let cuEventQuery: @convention(c) (Handle?) -> CUresult
     public let cuEventElapsedTime: @convention(c) (UnsafeMutablePointer<Float>?, Handle?, Handle?) -> CUresult
     public let cuModuleLoadData: @convention(c) (UnsafeMutablePointer<Handle?>?, UnsafeRawPointer?) -> CUresult
     public let cuModuleGetFunction: @convention(c) (UnsafeMutablePointer<Handle?>?, Handle?, UnsafePointer<CChar>?) -> CUresult
@@ -124,6 +126,7 @@ public final class Driver: @unchecked Sendable {
         cuEventDestroy = try library.symbol("cuEventDestroy_v2")
         cuEventRecord = try library.symbol("cuEventRecord")
         cuEventSynchronize = try library.symbol("cuEventSynchronize")
+        cuEventQuery = try library.symbol("cuEventQuery")
         cuEventElapsedTime = try library.symbol("cuEventElapsedTime")
         cuModuleLoadData = try library.symbol("cuModuleLoadData")
         cuModuleGetFunction = try library.symbol("cuModuleGetFunction")

@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// `ncclDataType_t`.
 public enum NCCLDataType: Int32, Sendable {
     case int8 = 0, uint8 = 1, int32 = 2, uint32 = 3, int64 = 4, uint64 = 5
@@ -39,6 +43,10 @@ public final class NCCL: @unchecked Sendable {
     let ncclGetUniqueId: @convention(c) (UnsafeMutableRawPointer?) -> Result
     let ncclCommInitRankRaw: UnsafeMutableRawPointer
     let ncclCommDestroy: @convention(c) (Comm?) -> Result
+    let ncclCommAbort: @convention(c) (Comm?) -> Result
+    let ncclCommGetAsyncError: @convention(c) (Comm?, UnsafeMutablePointer<Int32>?) -> Result
+    /// `ncclCommSplit(comm, color, key, ncclComm_t* newcomm, ncclConfig_t* config)`: NCCL 2.18 and later.
+    let ncclCommSplit: (@convention(c) (Comm?, Int32, Int32, UnsafeMutablePointer<Comm?>?, UnsafeMutableRawPointer?) -> Result)?
     let ncclCommCount: @convention(c) (Comm?, UnsafeMutablePointer<Int32>?) -> Result
     let ncclCommUserRank: @convention(c) (Comm?, UnsafeMutablePointer<Int32>?) -> Result
     let ncclAllReduce: @convention(c) (CUdeviceptr, CUdeviceptr, Int, Int32, Int32, Comm?, OpaquePointer?) -> Result
@@ -58,7 +66,8 @@ public final class NCCL: @unchecked Sendable {
     }
 
     private static let sharedResult: Swift.Result<NCCL, CUDAError> = LibraryLoader.capture {
-        try NCCL(library: LibraryLoader.load(name: "libnccl", candidates: ["libnccl.so.2"]))
+        disableNVLinkMulticastUnlessSet()
+        return try NCCL(library: LibraryLoader.load(name: "libnccl", candidates: ["libnccl.so.2"]))
     }
 
     init(library: LoadedLibrary) throws {
@@ -67,6 +76,9 @@ public final class NCCL: @unchecked Sendable {
         ncclGetUniqueId = try library.symbol("ncclGetUniqueId")
         ncclCommInitRankRaw = try library.symbol("ncclCommInitRank", as: UnsafeMutableRawPointer.self)
         ncclCommDestroy = try library.symbol("ncclCommDestroy")
+        ncclCommAbort = try library.symbol("ncclCommAbort")
+        ncclCommGetAsyncError = try library.symbol("ncclCommGetAsyncError")
+        ncclCommSplit = library.optionalSymbol("ncclCommSplit")
         ncclCommCount = try library.symbol("ncclCommCount")
         ncclCommUserRank = try library.symbol("ncclCommUserRank")
         ncclAllReduce = try library.symbol("ncclAllReduce")
@@ -84,6 +96,23 @@ public final class NCCL: @unchecked Sendable {
         versionCode = Int(code)
         try check(result, "ncclGetVersion", comm: nil)
     }
+
+    /// `ncclInProgress`: what ``NCCLCommunicator/asyncError()`` reads while a non-blocking call is still running.
+    static let inProgress: Result = 7
+    /// The `NCCL_SPLIT_NOCOLOR` color: a rank passing it joins no sub-communicator.
+    static let splitNoColor: Int32 = -1
+
+    /// Sets `NCCL_NVLS_ENABLE=0` unless the user set it. NVLink SHARP (NVLS) makes NCCL create CUDA
+    /// multicast objects on NVSwitch systems, and multicast objects have hung the H200 machines we run on
+    /// (a hang inside the driver, not an error); the collectives we use lose little without it. NCCL reads
+    /// the variable when it initializes, so this runs before the library is first used. Not thread-safe
+    /// with respect to other `setenv` calls, like every `setenv`: it runs once, when NCCL is first loaded.
+    static func disableNVLinkMulticastUnlessSet() {
+        _ = setenv("NCCL_NVLS_ENABLE", "0", 0)
+    }
+
+    /// Whether this NCCL has `ncclCommSplit` (2.18 and later), which ``NCCLCommunicator/split(color:key:)`` needs.
+    public var supportsSplit: Bool { ncclCommSplit != nil }
 
     /// "2.21.5". Since 2.9 the code is major·10000 + minor·100 + patch; before, major·1000 + minor·100 + patch.
     public var versionString: String {
@@ -169,6 +198,9 @@ public final class NCCLCommunicator: @unchecked Sendable {
     /// Number of ranks.
     public let worldSize: Int
     let comm: OpaquePointer
+    /// Set once ``abort()`` ran: the communicator is gone and must not be destroyed again.
+    private let abortLock = Lock()
+    private var aborted = false
 
     /// Joins the communicator named by `uniqueId` as `rank` of `worldSize` (blocks until all ranks join).
     public init(uniqueId: NCCLUniqueId, rank: Int, worldSize: Int, device: CUDADevice) throws {
@@ -197,9 +229,90 @@ public final class NCCLCommunicator: @unchecked Sendable {
         self.worldSize = worldSize
     }
 
+    /// Wraps a communicator NCCL created from another one (``split(color:key:)``).
+    private init(nccl: NCCL, device: CUDADevice, comm: OpaquePointer) throws {
+        self.nccl = nccl
+        self.device = device
+        self.comm = comm
+        var count: Int32 = 0
+        var userRank: Int32 = 0
+        try nccl.check(nccl.ncclCommCount(comm, &count), "ncclCommCount", comm: comm)
+        try nccl.check(nccl.ncclCommUserRank(comm, &userRank), "ncclCommUserRank", comm: comm)
+        rank = Int(userRank)
+        worldSize = Int(count)
+    }
+
     deinit {
+        let skip = abortLock.withLock { aborted }
+        guard !skip else { return }
         device.makeCurrent()
         _ = nccl.ncclCommDestroy(comm)
+    }
+
+    /// `ncclCommAbort`: stops the communicator's kernels and frees it without waiting for peers. The
+    /// way out of a collective that will never finish (a peer crashed or stopped); after it, this
+    /// communicator must not be used again. Safe to call from another thread than the one that
+    /// enqueued the work, and more than once.
+    public func abort() {
+        let first = abortLock.withLock { () -> Bool in
+            defer { aborted = true }
+            return !aborted
+        }
+        guard first else { return }
+        device.makeCurrent()
+        _ = nccl.ncclCommAbort(comm)
+    }
+
+    /// The communicator's asynchronous error (`ncclCommGetAsyncError`): nil while all is well (or a
+    /// non-blocking call is still in progress), else the error as a ``CUDAError/ncclCall(call:code:message:detail:)``.
+    /// NCCL detects network failures and peers that went away in its proxy thread and reports them
+    /// only here, so a watchdog polls it.
+    ///
+    /// ```swift
+    /// if let error = communicator.asyncError() { print(error); communicator.abort() }
+    /// ```
+    public func asyncError() -> CUDAError? {
+        if abortLock.withLock({ aborted }) { return nil }
+        var asyncResult: Int32 = 0
+        let result = nccl.ncclCommGetAsyncError(comm, &asyncResult)
+        do {
+            try nccl.check(result, "ncclCommGetAsyncError", comm: comm)
+            guard asyncResult != 0, asyncResult != NCCL.inProgress else { return nil }
+            try nccl.check(asyncResult, "asynchronous error of rank \(rank) of \(worldSize)", comm: comm)
+            return nil
+        } catch let error as CUDAError {
+            return error
+        } catch {
+            return .invalidArgument("\(error)")
+        }
+    }
+
+    /// `ncclCommSplit`: the ranks that pass the same `color` form a new communicator, ordered by `key`
+    /// and then by rank here. Every rank of this communicator must call it (it blocks until they do).
+    ///
+    /// ```swift
+    /// let pairs = try world.split(color: world.rank / 2, key: world.rank)   // ranks {0,1}, {2,3}, ...
+    /// ```
+    /// - Throws: ``CUDAError/unsupported(feature:reason:)`` when the loaded NCCL is older than 2.18,
+    ///   or the NCCL error.
+    public func split(color: Int, key: Int) throws -> NCCLCommunicator {
+        guard color >= 0 else {
+            throw CUDAError.invalidArgument("NCCL split: color \(color) is negative; colors are 0 or more")
+        }
+        guard let ncclCommSplit = nccl.ncclCommSplit else {
+            throw CUDAError.unsupported(
+                feature: "ncclCommSplit (process sub-groups on GPUs)",
+                reason: "the loaded NCCL \(nccl.versionString) at \(nccl.library.path) is older than 2.18; install a newer "
+                    + "NCCL (e.g. the nvidia-nccl-cu12 pip wheel) and point FASTMOE_CUDA_LIBRARY_PATH at its lib folder")
+        }
+        device.makeCurrent()
+        var created: OpaquePointer? = nil
+        try nccl.check(ncclCommSplit(comm, Int32(color), Int32(key), &created, nil),
+                       "ncclCommSplit(color \(color), key \(key)) on rank \(rank) of \(worldSize)", comm: comm)
+        guard let created else {
+            throw CUDAError.invalidArgument("ncclCommSplit(color \(color)) returned no communicator on rank \(rank)")
+        }
+        return try NCCLCommunicator(nccl: nccl, device: device, comm: created)
     }
 
     /// `receive[i] = op over ranks of send[i]` for `count` elements (in place when `send == receive`).

@@ -159,6 +159,22 @@ public final class CUDAEvent: @unchecked Sendable {
         driver.require(driver.cuEventRecord(handle, stream.handle), "cuEventRecord")
     }
 
+    /// Whether the work before the event has completed, without blocking (`cuEventQuery`): a watchdog
+    /// polls this. An event never recorded counts as completed. A CUDA error other than "not ready"
+    /// (a kernel fault, which poisons the context) is returned as `.failure` for the caller to report.
+    ///
+    /// ```swift
+    /// end.record(on: stream)
+    /// while case .success(false) = end.query() { /* still running */ }
+    /// ```
+    public func query() -> Result<Bool, CUDAError> {
+        _ = driver.cuCtxSetCurrent(context)
+        let result = driver.cuEventQuery(handle)
+        if result == DriverConstant.success { return .success(true) }
+        if result == DriverConstant.errorNotReady { return .success(false) }
+        return .failure(driver.error(result, "cuEventQuery"))
+    }
+
     /// Blocks until the event has completed.
     public func synchronize() {
         driver.require(driver.cuEventSynchronize(handle), "cuEventSynchronize")
