@@ -1,5 +1,6 @@
-/// Elementwise kernels: unary ops and their derivatives (one kernel per op, `unary_fwd_CODE`), binary
-/// ops with broadcast, scalar ops, the causal mask, fill and arange. Op codes are the case order of
+/// Elementwise kernels (mirrors `Ops/Elementwise.swift` and `CPU/CPUElementwise.swift`): unary ops
+/// and their derivatives (one kernel per op, `unary_fwd_CODE`), binary ops with broadcast, scalar
+/// ops, the causal mask, fill and arange. Op codes are the case order of
 /// `UnaryOp` / `BinaryOp`.
 enum ElementwiseKernels {
     static let source = #"""
@@ -125,18 +126,6 @@ enum ElementwiseKernels {
 
     extern "C" __global__ void arange(T* out, int64_t n, double start, double step) {
         GRID_STRIDE(i, n) out[i] = ST((acc_t)(start + (double)i * step));
-    }
-
-    /// AdamW as the CPU computes it (float32 parameters and moments only).
-    extern "C" __global__ void adamw(float* p, const float* g, float* m, float* v, int64_t n,
-                                     float lr, float beta1, float beta2, float eps, float decay, float step_size, float c2) {
-        GRID_STRIDE(i, n) {
-            float gi = g[i];
-            float mi = beta1 * m[i] + (1.0f - beta1) * gi;
-            float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
-            m[i] = mi; v[i] = vi;
-            p[i] = p[i] * decay - step_size * mi / (sqrtf(vi) / c2 + eps);
-        }
     }
     """#
 }
