@@ -42,7 +42,8 @@ struct CUDAOpTests {
     static let bfloat16Cases = opCases.filter { c in
         ["add", "mul row broadcast", "div", "exp", "tanh", "gelu tanh", "gelu erf", "silu", "matmul", "matmul Bᵀ",
          "matmul batched", "softmax", "log-softmax", "layer norm", "sum last axis", "cross-entropy (ignore)",
-         "embedding (repeats, -1)", "transpose", "causal mask"].contains(c.name)
+         "embedding (repeats, -1)", "transpose", "causal mask", "erf", "softplus", "normal CDF", "logsumexp",
+         "slice last axis"].contains(c.name)
     }
 
     /// bfloat16 on the GPU against float32 on the CPU over the same (bf16-rounded) inputs.
@@ -128,6 +129,29 @@ struct CUDAOpTests {
                 #expect(e <= 1e-5, "\(name) cols \(cols) \(i == 0 ? "output" : "gradient \(i - 1)"): relative error \(e)")
             }
         }
+    }
+
+    /// erf and its derivative over the whole range that matters (|x| ≤ 6: beyond, erf is ±1 in
+    /// float64), in float32 and float64, at a length that exercises the 4-wide path and the tail.
+    @Test(arguments: [DType.float32, .float64])
+    func erfMatchesTheCPUOverItsRange(_ dtype: DType) {
+        CUDABackend.poisonAllocations = true
+        defer { CUDABackend.poisonAllocations = false }
+        let n = 10_003
+        let x = Tensor((0..<n).map { -6 + 12 * Double($0) / Double(n - 1) }, shape: [n]).cast(to: dtype)
+        var g = RandomGenerator(seed: 12)
+        let up = Tensor.randomNormal([n], dtype: dtype, generator: &g)
+        var results: [[Double]] = []
+        for device in [Device.cpu, gpu] {
+            let leaf = x.to(device).detached().requiringGradient()
+            let y = leaf.erf()
+            (y * up.to(device)).sum().backward()
+            results.append(y.doubles() + (leaf.grad?.doubles() ?? []))
+        }
+        #expect(results[1].count == 2 * n)
+        // Relative to max(1, |CPU|): a few ulp of CUDA's erff/expf against glibc's.
+        let e = zip(results[1], results[0]).map { $0.isNaN || $1.isNaN ? .infinity : Swift.abs($0 - $1) / max(1, Swift.abs($1)) }.max() ?? .infinity
+        #expect(e <= (dtype == .float32 ? 1e-6 : 1e-14), "erf \(dtype): relative difference \(e)")
     }
 
     @Test func adamWMatchesTheCPU() {

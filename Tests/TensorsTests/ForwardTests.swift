@@ -75,6 +75,63 @@ struct ForwardTests {
         #expect(close(x.gelu(approximate: false).doubles(), erfRef))
     }
 
+    /// erf at values from Abramowitz & Stegun table 7.1 (and its oddness), in float64 and float32.
+    @Test func erfAtKnownValues() {
+        let x: [Double] = [0, 0.1, 0.5, 1, 1.5, 2, 3, -0.5, -1, -3]
+        let known: [Double] = [0, 0.1124629160182849, 0.5204998778130465, 0.8427007929497149, 0.9661051464753108,
+                               0.9953222650189527, 0.9999779095030014, -0.5204998778130465, -0.8427007929497149,
+                               -0.9999779095030014]
+        #expect(close(Tensor(x).erf().doubles(), known, 1e-15))
+        #expect(close(Tensor(x).cast(to: .float32).erf().doubles(), known, 1e-6))
+    }
+
+    @Test func normalCDFAtKnownValues() {
+        let x: [Double] = [0, 1, -1, 1.959963984540054, 3, -3]
+        let known: [Double] = [0.5, 0.8413447460685429, 0.15865525393145707, 0.975, 0.9986501019683699, 0.0013498980316301]
+        #expect(close(Tensor(x).normalCDF().doubles(), known, 1e-13))
+        #expect(close(Tensor(x).cast(to: .float32).normalCDF().doubles(), known, 1e-6))
+    }
+
+    /// softplus against log(1 + eˣ) in float64 where that is finite, and its limits where it is not.
+    @Test func softplusIsOverflowSafe() {
+        let x: [Double] = [-20, -2, -0.3, 0, 0.7, 4, 30]
+        #expect(close(Tensor(x).softplus().doubles(), x.map { libm_log(1 + libm_exp($0)) }, 1e-14))
+        #expect(Tensor([1000, -1000] as [Double]).softplus().doubles() == [1000, 0])
+        #expect(Tensor([100, 89, -100] as [Float]).softplus().scalars().allSatisfy { $0.isFinite })
+        #expect(Tensor([100] as [Float]).softplus().scalars() == [100])
+        // The derivative at 0 is sigmoid(0) = ½ (relu and |x| each have a kink there).
+        let zero = Tensor([0] as [Double]).requiringGradient()
+        zero.softplus().sum().backward()
+        #expect(zero.grad?.doubles() == [0.5])
+    }
+
+    @Test func logSumExpMatchesALoop() {
+        let x = randn([2, 3, 7], seed: 8, scale: 3)
+        let v = x.doubles()
+        let ref = (0..<6).map { r in libm_log(v[(r * 7)..<(r * 7 + 7)].map { libm_exp($0) }.reduce(0, +)) }
+        let y = x.logSumExp(axis: -1)
+        #expect(y.shape == [2, 3] && close(y.doubles(), ref, 1e-14))
+        // Large logits: the max-shift keeps float32 finite where e^1000 is not.
+        let big = Tensor([1000, 1000, 0, -1000, -1000, -999] as [Float], shape: [2, 3]).logSumExp().doubles()
+        #expect(close(big, [1000 + libm_log(2), -999 + libm_log(1 + libm_exp(-1) + libm_exp(-1))], 1e-7))
+    }
+
+    @Test func sliceLastAxisCopiesColumns() {
+        let a = Tensor((0..<24).map(Double.init), shape: [2, 3, 4])
+        let s = a.slice(lastAxis: 1..<3)
+        #expect(s.shape == [2, 3, 2])
+        let expected: [Double] = [1, 2, 5, 6, 9, 10, 13, 14, 17, 18, 21, 22]
+        #expect(s.doubles() == expected)
+        #expect(a.slice(lastAxis: 0..<4).doubles() == a.doubles())
+        #expect(a.slice(lastAxis: 2..<2).shape == [2, 3, 0])
+        let ints = Tensor([1, 2, 3, 4, 5, 6] as [Int32], shape: [3, 2]).slice(lastAxis: 1..<2)
+        #expect(ints.shape == [3, 1] && ints.int32s() == [2, 4, 6])
+        // Gradient: ones in the sliced columns, zeros elsewhere.
+        let leaf = Tensor([Double](repeating: 1, count: 6), shape: [2, 3]).requiringGradient()
+        leaf.slice(lastAxis: 2..<3).sum().backward()
+        #expect(leaf.grad?.doubles() == [0, 0, 1, 0, 0, 1])
+    }
+
     @Test func causalMaskKeepsLowerTriangle() {
         let x = Tensor([Double](repeating: 1, count: 9), shape: [3, 3]).causalMasked(value: -9)
         #expect(x.doubles() == [1, -9, -9, 1, 1, -9, 1, 1, 1])

@@ -42,6 +42,21 @@ let opCases: [OpCase] = {
     add("square", { [a()] }) { $0[0].squared() }
     add("reciprocal", { [positive([3, 4], seed: 11)] }) { $0[0].reciprocal() }
     add("abs", { [a()] }) { $0[0].abs() }
+    add("erf", { [randn([3, 4], seed: 42, scale: 1.5)] }) { $0[0].erf() }
+    add("softplus", { [randn([3, 4], seed: 43, scale: 3)] }) { $0[0].softplus() }
+    // An exact 0 (where relu and |x| have kinks: softplus' = ½ there) and tails far enough that eˣ
+    // overflows float32 if the overflow-safe form is lost.
+    add("softplus at 0 and ±100", {
+        [Tensor([-100, -3, -0.5, 0, 0.5, 3, 100, 1.2, -1.7, 0.1, 2.2, -0.01] as [Double], shape: [3, 4])]
+    }) { $0[0].softplus() }
+    add("normal CDF", { [randn([3, 4], seed: 44, scale: 2)] }) { $0[0].normalCDF() }
+    add("logsumexp", { [randn([2, 3, 5], seed: 45, scale: 2)] }) { $0[0].logSumExp(axis: -1) }
+    // Shifted by 100: e^100 overflows float32, so the CPU-vs-CUDA check sees a lost max-shift.
+    add("logsumexp of large logits", { [randn([4, 6], seed: 46, shift: 100)] }) { $0[0].logSumExp() }
+    add("slice last axis", { [randn([2, 3, 5], seed: 47)] }) { $0[0].slice(lastAxis: 1..<4).exp() }
+    add("slice first and last column", { [randn([3, 5], seed: 48)] }) { x in
+        x[0].slice(lastAxis: 0..<1) * x[0].slice(lastAxis: 4..<5).squared()
+    }
     add("tanh, length not a multiple of 4", { [randn([5, 3], seed: 40)] }) { $0[0].tanh() }
     add("gelu of an unaligned row view", { [randn([7, 3], seed: 41)] }) { $0[0].rows(1..<6).gelu() }
     add("matmul", { [randn([3, 5], seed: 12), randn([5, 4], seed: 13)] }) { $0[0].matmul($0[1]) }

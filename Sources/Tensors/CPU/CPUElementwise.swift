@@ -84,6 +84,7 @@ enum UnaryMath {
     static let sqrt2OverPi = 0.7978845608028654
     static let invSqrt2 = 0.7071067811865476
     static let invSqrt2Pi = 0.3989422804014327
+    static let twoOverSqrtPi = 1.1283791670955126
 
     @inline(__always)
     static func value<T: CPUFloat>(_ op: UnaryOp, _ x: T) -> T {
@@ -103,6 +104,7 @@ enum UnaryMath {
         case .square: return x * x
         case .reciprocal: return 1 / x
         case .abs: return Swift.abs(x)
+        case .erf: return T.erf(x)
         }
     }
 
@@ -127,6 +129,7 @@ enum UnaryMath {
         case .square: return 2 * x
         case .reciprocal: return -1 / (x * x)
         case .abs: return x > 0 ? 1 : (x < 0 ? -1 : 0)
+        case .erf: return T(twoOverSqrtPi) * T.exp(-x * x)
         }
     }
 }

@@ -6,6 +6,9 @@ import Synchronization
 ///
 /// Kernels are compiled by NVRTC on first use, one module per element type (the prelude's `FM_*`
 /// macro picks `T`), plus one dtype-independent module for data movement, casts and the routing plan.
+/// `Kernels/` holds one file per op family; `moduleSource` lists which families each module holds, and
+/// `KernelSourceTests` checks that every kernel a launch site names is defined in the module it is
+/// looked up in.
 public final class CUDABackend: Backend, @unchecked Sendable {
     public let device: Device
     let gpu: CUDADevice
@@ -78,8 +81,9 @@ public final class CUDABackend: Backend, @unchecked Sendable {
             return ["#define FM_F32", KernelPrelude.source, MovementKernels.source, RoutingKernels.source].joined(separator: "\n")
         case .float32?, .float64?, .bfloat16?:
             let macro = dtype == .float64 ? "FM_F64" : dtype == .bfloat16 ? "FM_BF16" : "FM_F32"
-            return ["#define \(macro)", KernelPrelude.source, ElementwiseKernels.source, RowKernels.source,
-                    WarpRowKernels.source, IndexingKernels.source, DispatchKernels.source].joined(separator: "\n")
+            return ["#define \(macro)", KernelPrelude.source, ElementwiseKernels.source, ReductionKernels.source,
+                    SoftmaxKernels.source, LayerNormKernels.source, CrossEntropyKernels.source, IndexingKernels.source,
+                    DispatchKernels.source, RandomKernels.source, OptimizerKernels.source].joined(separator: "\n")
         }
     }
 
@@ -102,14 +106,21 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     /// `rows` before `cols`; `trailing` are the arguments after those two.
     func launchRowwise(_ name: String, _ dtype: DType, rows: Int, cols: Int, leading: [KernelArgument], trailing: [KernelArgument]) {
         guard rows > 0 else { return }
-        if cols <= 1024 {
-            var v = 1
-            while 32 * v < cols { v *= 2 }
+        if let v = CUDABackend.warpRowWidth(cols: cols) {
             launch(kernel("\(name)_w\(v)", dtype), grid: ((rows + 3) / 4, 1, 1), block: (128, 1, 1), stream: gpu.stream,
                    arguments: leading + [.int64(Int64(rows)), .int64(Int64(cols))] + trailing)
         } else {
             launchRows(name, dtype, rows: rows, cols: cols, leading + [.int64(Int64(cols))] + trailing)
         }
+    }
+
+    /// The register width V of the warp-per-row kernel for rows of `cols` elements (the smallest power
+    /// of two with 32·V ≥ cols), or nil above 1024: those rows run one block per row.
+    static func warpRowWidth(cols: Int) -> Int? {
+        guard cols <= 1024 else { return nil }
+        var v = 1
+        while 32 * v < cols { v *= 2 }
+        return v
     }
 
     /// Column sums in two deterministic stages (see `column_partials`): mode 0 sums `x` into `out0`;
@@ -182,9 +193,12 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     }
 
     public func arange(_ out: Tensor, start: Double, step: Double) {
-        let n = Int64(out.count)
-        launchElementwise(out.dtype == .int32 ? "arange_int32" : "arange", out.dtype == .int32 ? nil : out.dtype,
-                          count: out.count, [out.arg, .int64(n), .double(start), .double(step)])
+        let args: [KernelArgument] = [out.arg, .int64(Int64(out.count)), .double(start), .double(step)]
+        if out.dtype == .int32 {
+            launchElementwise("arange_int32", nil, count: out.count, args)
+        } else {
+            launchElementwise("arange", out.dtype, count: out.count, args)
+        }
     }
 
     public func random(_ out: Tensor, _ distribution: RandomDistribution, stream: RandomStream) {

@@ -3,6 +3,7 @@ public enum UnaryOp: String, Sendable, CaseIterable {
     case neg, exp, log, sqrt, tanh, relu, sigmoid, silu
     case geluTanh, geluErf
     case square, reciprocal, abs
+    case erf
 }
 
 /// Elementwise functions of two tensors (or a tensor and a scalar).

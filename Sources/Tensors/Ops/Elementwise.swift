@@ -26,6 +26,36 @@ extension Tensor {
     /// GELU: the tanh approximation (GPT-2's) or the exact erf form.
     public func gelu(approximate: Bool = true) -> Tensor { unaryOp(approximate ? .geluTanh : .geluErf) }
 
+    /// The error function `erf(x) = 2/√π ∫₀ˣ e^{−t²} dt`, elementwise; `erf'(x) = 2/√π · e^{−x²}`.
+    /// ```swift
+    /// Tensor([0, 0.5, -1] as [Float]).erf().scalars()   // [0, 0.5205, -0.8427]
+    /// ```
+    public func erf() -> Tensor { unaryOp(.erf) }
+
+    // MARK: Composed
+
+    /// `softplus(x) = log(1 + eˣ)`, elementwise: a smooth ReLU whose output is always positive.
+    ///
+    /// Computed as `relu(x) + log(1 + e^{−|x|})`, so `eˣ` never overflows (softplus(1000) is 1000, not
+    /// ∞). The backward is `g · sigmoid(x)` directly: the composed form's derivative would be 0 at
+    /// `x = 0` (both `relu` and `|x|` have a kink there), not `sigmoid(0) = ½`.
+    /// ```swift
+    /// let sigma = x.matmul(wNoise).softplus() + 0.01   // a noise scale that stays above 0.01
+    /// ```
+    public func softplus() -> Tensor {
+        let value = withoutGradient { relu() + ((-abs()).exp() + 1).log() }
+        return value.recording("softplus", [self]) { [self] g in [g * sigmoid()] }
+    }
+
+    /// The standard normal CDF `Φ(x) = ½(1 + erf(x/√2))`, elementwise; `Φ'(x) = φ(x) = e^{−x²/2}/√(2π)`.
+    ///
+    /// Composed from `erf`, so it differentiates through it. Far in the left tail (x ≲ −5 in float32)
+    /// `1 + erf` cancels and Φ loses its relative precision; it stays accurate in absolute terms.
+    /// ```swift
+    /// Tensor([0, 1.96] as [Float]).normalCDF().scalars()   // [0.5, 0.975]
+    /// ```
+    public func normalCDF() -> Tensor { (self * (1 / 2.0.squareRoot())).erf() * 0.5 + 0.5 }
+
     public static prefix func - (x: Tensor) -> Tensor { x.unaryOp(.neg) }
 
     // MARK: Binary

@@ -37,6 +37,25 @@ extension Tensor {
         return topK(1).values.reshaped(Array(shape.dropLast()))
     }
 
+    /// `log Σ_j e^{x[..., j]}` over the last axis: `[..., C] -> [...]`, without overflow.
+    ///
+    /// The row maximum `m` is subtracted before `exp` and added back, `m + log Σ e^{x − m}`; the result
+    /// does not depend on `m`, so `m` is a constant to autograd. The gradient is `g · softmax(x)`.
+    /// A row whose maximum is ±∞ gives NaN.
+    /// ```swift
+    /// let zLoss = logits.logSumExp(axis: -1).squared().mean()   // ST-MoE's router z-loss
+    /// ```
+    public func logSumExp(axis: Int = -1) -> Tensor {
+        guarantee(axis == -1 || axis == rank - 1, "logSumExp(axis: \(axis)) on \(shape): only the last axis is supported")
+        guarantee(rank >= 1, "logSumExp: needs at least one dimension, got a scalar")
+        let value = withoutGradient { () -> Tensor in
+            let m = Tensor.empty(Array(shape.dropLast()), dtype: dtype, device: device)
+            backend.reduceLastAxis(.max, self, m)
+            return (self - m).exp().sum(lastAxis: ()).log() + m
+        }
+        return value.recording("logSumExp", [self]) { [self] g in [softmax() * g] }
+    }
+
     /// [R, C] -> [C]: the sum of all rows (e.g. a bias gradient).
     public func sumRows() -> Tensor {
         let out = Tensor.empty([lastDimension], dtype: dtype, device: device)

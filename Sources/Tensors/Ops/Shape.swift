@@ -1,5 +1,5 @@
-// Reshape (free), row slices (free views), transpose of the last two axes (a copy), concatenation
-// and splitting along the first or last axis (copies through `copyBlock`).
+// Reshape (free), row slices (free views), transpose of the last two axes (a copy), column slices,
+// concatenation and splitting along the first or last axis (copies through `copyBlock`).
 
 extension Tensor {
     /// The same storage under another shape; one dimension may be -1.
@@ -68,18 +68,24 @@ extension Tensor {
             return sizes.map { n in defer { at += n }; return rows(at..<(at + n)).contiguousCopy() }
         }
         var at = 0
-        return sizes.map { n in
-            var s = shape
-            s[a] = n
-            let piece = Tensor.empty(s, dtype: dtype, device: device)
-            backend.copyBlock(from: self, offset: at, stride: lastDimension, to: piece, offset: 0, stride: n, rows: rowCount, cols: n)
-            let start = at
-            at += n
-            return piece.recording("split", [self]) { [shape, dtype, device, lastDimension, rowCount] g in
-                let full = Tensor.zeros(shape, dtype: dtype, device: device)
-                full.backend.copyBlock(from: g, offset: 0, stride: n, to: full, offset: start, stride: lastDimension, rows: rowCount, cols: n)
-                return [full]
-            }
+        return sizes.map { n in defer { at += n }; return slice(lastAxis: at..<(at + n)) }
+    }
+
+    /// Columns `range` of the last axis, as a copy: `[..., C] -> [..., range.count]` (differentiable:
+    /// the gradient lands in those columns, zeros elsewhere). Any dtype; int32 records no graph.
+    /// ```swift
+    /// let second = topValues.slice(lastAxis: 1..<2)   // [B, k] -> [B, 1]: the second-largest of each row
+    /// ```
+    public func slice(lastAxis range: Range<Int>) -> Tensor {
+        guarantee(rank >= 1 && range.lowerBound >= 0 && range.upperBound <= lastDimension,
+                  "slice(lastAxis: \(range)): outside the last axis of \(shape)")
+        let n = range.count, start = range.lowerBound
+        let piece = Tensor.empty(Array(shape.dropLast()) + [n], dtype: dtype, device: device)
+        backend.copyBlock(from: self, offset: start, stride: lastDimension, to: piece, offset: 0, stride: n, rows: rowCount, cols: n)
+        return piece.recording("slice", [self]) { [shape, dtype, device, lastDimension, rowCount] g in
+            let full = Tensor.zeros(shape, dtype: dtype, device: device)
+            full.backend.copyBlock(from: g, offset: 0, stride: n, to: full, offset: start, stride: lastDimension, rows: rowCount, cols: n)
+            return [full]
         }
     }
 

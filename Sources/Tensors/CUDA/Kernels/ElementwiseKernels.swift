@@ -1,8 +1,11 @@
-/// Elementwise kernels: unary ops and their derivatives (one kernel per op, `unary_fwd_CODE`), binary
-/// ops with broadcast, scalar ops, the causal mask, fill and arange. Op codes are the case order of
+/// Elementwise kernels (mirrors `Ops/Elementwise.swift` and `CPU/CPUElementwise.swift`): unary ops
+/// and their derivatives (one kernel per op, `unary_fwd_CODE`), binary ops with broadcast, scalar
+/// ops, the causal mask, fill and arange. Op codes are the case order of
 /// `UnaryOp` / `BinaryOp`.
 enum ElementwiseKernels {
     static let source = #"""
+    // Each case ends with the `UnaryOp` case it implements: KernelSourceTests checks the codes
+    // against `UnaryOp.allCases`, so the CPU and CUDA numbering cannot drift apart.
     __device__ __forceinline__ acc_t unary_value(int op, acc_t x) {
         switch (op) {
         case 0: return -x;                                   // neg
@@ -14,34 +17,38 @@ enum ElementwiseKernels {
         case 6: return (acc_t)1 / ((acc_t)1 + FM_EXP(-x));   // sigmoid
         case 7: return x / ((acc_t)1 + FM_EXP(-x));          // silu
         // gelu tanh: 0.5·x·(1 + tanh(u)) = x·sigmoid(2u), one exp instead of tanh's longer sequence.
-        case 8: { acc_t u = (acc_t)0.7978845608028654 * (x + (acc_t)0.044715 * x * x * x);
+        case 8: { acc_t u = (acc_t)0.7978845608028654 * (x + (acc_t)0.044715 * x * x * x);   // geluTanh
                   return x / ((acc_t)1 + FM_EXP((acc_t)-2 * u)); }
-        case 9: return (acc_t)0.5 * x * ((acc_t)1 + FM_ERF(x * (acc_t)0.7071067811865476)); // gelu erf
+        case 9: return (acc_t)0.5 * x * ((acc_t)1 + FM_ERF(x * (acc_t)0.7071067811865476)); // geluErf
         case 10: return x * x;                               // square
         case 11: return (acc_t)1 / x;                        // reciprocal
-        default: return x < 0 ? -x : x;                      // abs
+        case 12: return x < 0 ? -x : x;                      // abs
+        case 13: return FM_ERF(x);                           // erf
+        default: return (acc_t)__int_as_float(0x7fc00000);   // no such op: NaN, which every test catches
         }
     }
 
     __device__ __forceinline__ acc_t unary_derivative(int op, acc_t x) {
         switch (op) {
-        case 0: return (acc_t)-1;
-        case 1: return FM_EXP(x);
-        case 2: return (acc_t)1 / x;
-        case 3: return (acc_t)1 / ((acc_t)2 * FM_SQRT(x));
-        case 4: { acc_t t = FM_TANH(x); return (acc_t)1 - t * t; }
-        case 5: return x > 0 ? (acc_t)1 : (acc_t)0;
-        case 6: { acc_t s = (acc_t)1 / ((acc_t)1 + FM_EXP(-x)); return s * ((acc_t)1 - s); }
-        case 7: { acc_t s = (acc_t)1 / ((acc_t)1 + FM_EXP(-x)); return s * ((acc_t)1 + x * ((acc_t)1 - s)); }
-        case 8: { acc_t inner = (acc_t)0.7978845608028654 * (x + (acc_t)0.044715 * x * x * x);
+        case 0: return (acc_t)-1;                            // neg
+        case 1: return FM_EXP(x);                            // exp
+        case 2: return (acc_t)1 / x;                         // log
+        case 3: return (acc_t)1 / ((acc_t)2 * FM_SQRT(x));   // sqrt
+        case 4: { acc_t t = FM_TANH(x); return (acc_t)1 - t * t; }   // tanh
+        case 5: return x > 0 ? (acc_t)1 : (acc_t)0;          // relu
+        case 6: { acc_t s = (acc_t)1 / ((acc_t)1 + FM_EXP(-x)); return s * ((acc_t)1 - s); }   // sigmoid
+        case 7: { acc_t s = (acc_t)1 / ((acc_t)1 + FM_EXP(-x)); return s * ((acc_t)1 + x * ((acc_t)1 - s)); }   // silu
+        case 8: { acc_t inner = (acc_t)0.7978845608028654 * (x + (acc_t)0.044715 * x * x * x);   // geluTanh
                   acc_t t = (acc_t)2 / ((acc_t)1 + FM_EXP((acc_t)-2 * inner)) - (acc_t)1;   // tanh(inner)
                   acc_t d = (acc_t)0.7978845608028654 * ((acc_t)1 + (acc_t)3 * (acc_t)0.044715 * x * x);
                   return (acc_t)0.5 * ((acc_t)1 + t) + (acc_t)0.5 * x * ((acc_t)1 - t * t) * d; }
-        case 9: return (acc_t)0.5 * ((acc_t)1 + FM_ERF(x * (acc_t)0.7071067811865476))
+        case 9: return (acc_t)0.5 * ((acc_t)1 + FM_ERF(x * (acc_t)0.7071067811865476))   // geluErf
                        + x * (acc_t)0.3989422804014327 * FM_EXP(-x * x / (acc_t)2);
-        case 10: return (acc_t)2 * x;
-        case 11: return (acc_t)-1 / (x * x);
-        default: return x > 0 ? (acc_t)1 : (x < 0 ? (acc_t)-1 : (acc_t)0);
+        case 10: return (acc_t)2 * x;                        // square
+        case 11: return (acc_t)-1 / (x * x);                 // reciprocal
+        case 12: return x > 0 ? (acc_t)1 : (x < 0 ? (acc_t)-1 : (acc_t)0);   // abs
+        case 13: return (acc_t)1.1283791670955126 * FM_EXP(-x * x);          // erf: 2/√π · e^{−x²}
+        default: return (acc_t)__int_as_float(0x7fc00000);   // no such op: NaN
         }
     }
 
@@ -88,6 +95,7 @@ enum ElementwiseKernels {
     extern "C" __global__ void unary_bwd_##OP(const T* x, const T* g, T* out, int64_t n, int vec) { unary_bwd_body<OP>(x, g, out, n, vec); }
     UNARY_KERNELS(0) UNARY_KERNELS(1) UNARY_KERNELS(2) UNARY_KERNELS(3) UNARY_KERNELS(4) UNARY_KERNELS(5) UNARY_KERNELS(6)
     UNARY_KERNELS(7) UNARY_KERNELS(8) UNARY_KERNELS(9) UNARY_KERNELS(10) UNARY_KERNELS(11) UNARY_KERNELS(12)
+    UNARY_KERNELS(13)
 
     /// broadcast: 0 none, 1 scalar, 2 row (b[i % cols]), 3 column (b[i / cols]).
     extern "C" __global__ void binary_fwd(int op, const T* a, const T* b, T* out, int64_t n, int broadcast, int64_t cols) {
@@ -118,18 +126,6 @@ enum ElementwiseKernels {
 
     extern "C" __global__ void arange(T* out, int64_t n, double start, double step) {
         GRID_STRIDE(i, n) out[i] = ST((acc_t)(start + (double)i * step));
-    }
-
-    /// AdamW as the CPU computes it (float32 parameters and moments only).
-    extern "C" __global__ void adamw(float* p, const float* g, float* m, float* v, int64_t n,
-                                     float lr, float beta1, float beta2, float eps, float decay, float step_size, float c2) {
-        GRID_STRIDE(i, n) {
-            float gi = g[i];
-            float mi = beta1 * m[i] + (1.0f - beta1) * gi;
-            float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
-            m[i] = mi; v[i] = vi;
-            p[i] = p[i] * decay - step_size * mi / (sqrtf(vi) / c2 + eps);
-        }
     }
     """#
 }

@@ -85,6 +85,26 @@ enum KernelPrelude {
         return v;
     }
 
+    /// Row kernels for rows of at most 1024 elements run one warp per row, the row held in registers
+    /// (`V` values per lane, lane-strided so every load is coalesced), reductions by warp shuffles
+    /// only: one pass over memory in and one out, instead of the block kernels' re-reads and
+    /// `__syncthreads`. Each family instantiates its templates for V in {1, 2, 4, 8, 16, 32} as
+    /// `NAME_wV`; the backend picks the smallest V with 32·V ≥ cols.
+    __device__ __forceinline__ acc_t warp_sum(acc_t v) {
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        return v;
+    }
+    __device__ __forceinline__ acc_t warp_max(acc_t v) {
+        for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
+        return v;
+    }
+
+    #define WARP_ROW_SETUP \
+        int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); \
+        if (row >= rows) return; \
+        int lane = threadIdx.x & 31; \
+        int64_t o = row * cols;
+
     /// Atomic add of an element; bfloat16 goes through a compare-and-swap on its 32-bit word.
     __device__ __forceinline__ void atomic_add_T(T* p, acc_t v) {
     #if defined(FM_BF16)

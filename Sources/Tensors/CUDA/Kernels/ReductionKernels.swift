@@ -1,0 +1,56 @@
+/// Reductions (mirrors `Ops/Reductions.swift`): sums and maxima over the last axis, one block per
+/// row; and column sums (`sumRows`, and the layer-norm parameter gradients Σ g·x̂, Σ g) in two
+/// deterministic stages, launched by `CUDABackend.columnSums`.
+enum ReductionKernels {
+    static let source = #"""
+    extern "C" __global__ void reduce_last(int op, const T* x, T* out, int64_t cols) {
+        __shared__ acc_t sh[32];
+        const T* p = x + (int64_t)blockIdx.x * cols;
+        acc_t v = op == 0 ? (acc_t)0 : (acc_t)FM_NEG_INF;
+        for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
+            acc_t e = LD(p[j]);
+            v = op == 0 ? v + e : fmax(v, e);
+        }
+        v = op == 0 ? block_sum(v, sh) : block_max(v, sh);
+        if (threadIdx.x == 0) out[blockIdx.x] = ST(v);
+    }
+
+    /// Column sums in two deterministic stages: a [chunks, cols] partial-sum pass where block (32, 8)
+    /// owns 32 columns × one chunk of rows, then one thread per column adds the chunks in order.
+    /// `mode` 0: Σ x; 1: layer-norm parameter gradients Σ g·x̂ (into p0) and Σ g (into p1).
+    extern "C" __global__ void column_partials(const T* x, const T* g, const stat_t* mean, const stat_t* rstd,
+                                               acc_t* p0, acc_t* p1, int64_t rows, int64_t cols, int64_t chunk, int mode) {
+        __shared__ acc_t s0[8][33], s1[8][33];
+        int64_t j = (int64_t)blockIdx.x * 32 + threadIdx.x;
+        int64_t r0 = (int64_t)blockIdx.y * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
+        acc_t a0 = 0, a1 = 0;
+        if (j < cols) {
+            for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
+                if (mode == 0) {
+                    a0 += LD(x[r * cols + j]);
+                } else {
+                    acc_t gv = LD(g[r * cols + j]);
+                    a0 += gv * (LD(x[r * cols + j]) - (acc_t)mean[r]) * (acc_t)rstd[r];
+                    a1 += gv;
+                }
+            }
+        }
+        s0[threadIdx.y][threadIdx.x] = a0; s1[threadIdx.y][threadIdx.x] = a1;
+        __syncthreads();
+        if (threadIdx.y == 0 && j < cols) {
+            for (int k = 1; k < 8; k++) { a0 += s0[k][threadIdx.x]; a1 += s1[k][threadIdx.x]; }
+            p0[blockIdx.y * cols + j] = a0;
+            if (mode == 1) p1[blockIdx.y * cols + j] = a1;
+        }
+    }
+
+    extern "C" __global__ void column_finish(const acc_t* p0, const acc_t* p1, T* out0, T* out1, int64_t chunks, int64_t cols) {
+        int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+        if (j >= cols) return;
+        acc_t a0 = 0, a1 = 0;
+        for (int64_t c = 0; c < chunks; c++) { a0 += p0[c * cols + j]; if (p1) a1 += p1[c * cols + j]; }
+        if (out0) out0[j] = ST(a0);
+        if (out1) out1[j] = ST(a1);
+    }
+    """#
+}
