@@ -30,6 +30,7 @@ let package = Package(
         .testTarget(name: "NNTests", dependencies: ["NN", "TestSupport"]),
         .testTarget(name: "MoETests", dependencies: ["MoE", "TestSupport"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training"]),
+        .testTarget(name: "DistributedTests", dependencies: ["Distributed"]),
     ],
     // Swift 6 tools, Swift 5 language mode: the engine shares reference-counted tensors across
     // Dispatch workers by design (raw buffers, disjoint rows), which strict checking cannot express.
