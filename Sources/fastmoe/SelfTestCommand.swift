@@ -23,6 +23,10 @@ struct CollectivesSelfTest: ParsableCommand {
     @Option(help: "The device whose tensors the group moves: cpu, cuda.")
     var device = "cpu"
 
+    // For the tests of the cross-rank checks: rank r all-reduces r + 1 elements, which must stop every rank.
+    @Flag(help: .hidden)
+    var mismatch = false
+
     func run() throws {
         let device = try DeviceChoice.resolve(device)
         if let threads {
@@ -32,6 +36,7 @@ struct CollectivesSelfTest: ParsableCommand {
             return
         }
         let world = try ProcessGroups.fromEnvironment(device: device)
+        if mismatch { world.allReduce(Tensor.zeros([world.rank + 1], device: device), .sum) }
         let count = try CollectiveSelfCheck.run(group: world)
         print("rank \(world.rank) of \(world.size) (\(type(of: world))): \(count) checks passed")
     }
