@@ -47,9 +47,12 @@ final class MPILibrary: @unchecked Sendable {
     /// - Throws: ``DistributedError`` naming the Debian packages when the library is missing.
     static func shared() throws -> MPILibrary { try sharedResult.get() }
 
-    private static let sharedResult: Result<MPILibrary, DistributedError> = {
+    private static let sharedResult = load(candidates: ["libmpi.so.40"])
+
+    /// Opens the first of `candidates` that loads (tests pass a missing name to see the message).
+    static func load(candidates: [String]) -> Result<MPILibrary, DistributedError> {
         do {
-            let library = try LibraryLoader.load(name: "libmpi", candidates: ["libmpi.so.40"])
+            let library = try LibraryLoader.load(name: "libmpi", candidates: candidates)
             // Open MPI dlopens its components, which expect libmpi's symbols to be global.
             _ = dlopen(library.path, RTLD_NOW | RTLD_GLOBAL | RTLD_NOLOAD)
             return .success(try MPILibrary(library: library))
@@ -57,11 +60,11 @@ final class MPILibrary: @unchecked Sendable {
             return .failure(error)
         } catch {
             return .failure(DistributedError("""
-                Open MPI (libmpi.so.40) could not be loaded, and CPU process groups across processes need it: \(error)
+                Open MPI (\(candidates.joined(separator: ", "))) could not be loaded, and CPU process groups across processes need it: \(error)
                 Install it (Debian/Ubuntu: apt-get install openmpi-bin libopenmpi3) or add its folder to FASTMOE_CUDA_LIBRARY_PATH.
                 """))
         }
-    }()
+    }
 
     init(library: LoadedLibrary) throws {
         self.library = library

@@ -1,7 +1,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Synchronization
 
 /// The key-value store rank 0 serves on `MASTER_PORT` (as torchrun's `TCPStore`): ranks join it,
 /// then use it to hand out the NCCL unique id and to count at barriers. One thread, `poll` over
@@ -14,7 +13,6 @@ final class StoreServer: @unchecked Sendable {
     let port: Int
     let worldSize: Int
     private let listener: TCPSocket
-    private let stopping = Atomic<Bool>(false)
     private var thread = pthread_t()
 
     // State of the serving thread only.
@@ -22,7 +20,8 @@ final class StoreServer: @unchecked Sendable {
     private var failure: String?
     private var values: [String: [UInt8]] = [:]
 
-    /// Binds the port and starts serving.
+    /// Binds the port and starts serving, until the process exits (as torchrun's store does: rank 0
+    /// may be done with the store while its peers still wait on it).
     /// - Throws: ``DistributedError`` when the port is in use.
     init(port: Int, worldSize: Int) throws {
         self.port = port
@@ -37,19 +36,12 @@ final class StoreServer: @unchecked Sendable {
         guard status == 0 else { throw DistributedError("cannot start the rendezvous store's thread (error \(status))") }
     }
 
-    /// Stops serving and waits for the thread (the store lives as long as the job needs it).
-    func stop() {
-        guard !stopping.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        pthread_join(thread, nil)
-    }
-
     private func serve() {
         var clients: [TCPSocket] = []
-        while !stopping.load(ordering: .acquiring) {
+        while true {
             var entries = [pollfd(fd: listener.descriptor, events: Int16(POLLIN), revents: 0)]
                 + clients.map { pollfd(fd: $0.descriptor, events: Int16(POLLIN), revents: 0) }
-            // Wake up now and then to notice stop().
-            guard poll(&entries, nfds_t(entries.count), 100) > 0 else { continue }
+            guard poll(&entries, nfds_t(entries.count), -1) > 0 else { continue }
             if entries[0].revents != 0, let client = listener.accept() { clients.append(client) }
             var closed: Set<Int32> = []
             for (client, entry) in zip(clients, entries.dropFirst()) where entry.revents != 0 {

@@ -50,6 +50,21 @@ let fastmoePath: String = {
         }
     }
 
+    @Test func aMissingOpenMPINamesThePackagesToInstall() {
+        guard case .failure(let error) = MPILibrary.load(candidates: ["libmpi-not-here.so.40"]) else {
+            Issue.record("a library that does not exist loaded")
+            return
+        }
+        #expect(error.message.contains("libmpi-not-here.so.40"))
+        #expect(error.message.contains("apt-get install openmpi-bin libopenmpi3"))
+    }
+
+}
+
+/// The MPI group across processes started by mpirun: every collective (the shared self-check) and
+/// the cross-rank call check. One mpirun at a time, each with its own TMPDIR: concurrent mpiruns
+/// race creating Open MPI's session directory (/tmp/ompi.<host>.<uid>).
+@Suite(.serialized) struct MPIProcessGroupTests {
     @Test(.enabled(if: mpirunPath != nil, "mpirun is not installed (apt-get install openmpi-bin libopenmpi3)"),
           arguments: [2, 4])
     func mpiCollectivesAcrossProcesses(processes: Int) throws {
@@ -74,6 +89,12 @@ let fastmoePath: String = {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: program)
         process.arguments = arguments
+        let temporary = FileManager.default.temporaryDirectory.appendingPathComponent("fastmoe-mpi-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: temporary, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: temporary) }
+        var environment = ProcessInfo.processInfo.environment
+        environment["TMPDIR"] = temporary.path
+        process.environment = environment
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
