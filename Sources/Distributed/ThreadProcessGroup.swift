@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Synchronization
 import Tensors
 
 /// W ranks as W threads of one process, over shared memory: the process group for tests and for
@@ -26,6 +27,8 @@ public final class ThreadProcessGroup: ProcessGroup, @unchecked Sendable {
     public var name: String { communicator.name }
     public var device: Device { .cpu }
     let communicator: ThreadCommunicator
+    /// Started all-reduces not run yet, in the order they were started.
+    private let pending = Mutex<[ThreadWork]>([])
 
     init(rank: Int, communicator: ThreadCommunicator) {
         self.rank = rank
@@ -67,6 +70,11 @@ public final class ThreadProcessGroup: ProcessGroup, @unchecked Sendable {
     // MARK: Collectives
 
     public func allReduce(_ tensor: Tensor, _ op: ReduceOperation) {
+        completePending()
+        performAllReduce(tensor, op)
+    }
+
+    private func performAllReduce(_ tensor: Tensor, _ op: ReduceOperation) {
         let mine = contribution("allReduce", tensor, reduce: op)
         let scratch = Tensor.empty(tensor.shape, dtype: tensor.dtype)
         communicator.collective(rank: rank, mine) { all in
@@ -78,14 +86,34 @@ public final class ThreadProcessGroup: ProcessGroup, @unchecked Sendable {
         pointer(tensor).copyMemory(from: pointer(scratch), byteCount: tensor.byteCount)
     }
 
-    /// Runs the all-reduce now and returns finished work: ranks are threads of one process, so
-    /// there is no transfer to overlap with computation. `wait()` returns at once.
+    /// Queues the all-reduce; `wait()` runs it (with every collective queued before it, in the
+    /// order they were started, as MPI matches nonblocking collectives), and so does the next
+    /// blocking collective of this group. Until then `tensor` keeps its value: code that reads it
+    /// before `wait()` gets wrong numbers here, as it would on a GPU. Wait for every work before
+    /// the rank returns: its peers wait for it.
     public func allReduceAsync(_ tensor: Tensor, _ op: ReduceOperation) -> any CollectiveWork {
-        allReduce(tensor, op)
-        return CompletedWork()
+        _ = contribution("allReduceAsync", tensor)
+        let work = ThreadWork(group: self, tensor: tensor, op: op)
+        pending.withLock { $0.append(work) }
+        return work
+    }
+
+    /// Runs the queued all-reduces, oldest first, through `last` (all of them when nil).
+    func completePending(through last: ThreadWork? = nil) {
+        while true {
+            // Run outside the lock: the all-reduce blocks until the peers arrive.
+            let next: ThreadWork? = pending.withLock { queue in
+                guard let last, last.isDone else { return queue.isEmpty ? nil : queue.removeFirst() }
+                return nil
+            }
+            guard let next else { return }
+            performAllReduce(next.tensor, next.op)
+            next.isDone = true
+        }
     }
 
     public func broadcast(_ tensor: Tensor, root: Int) {
+        completePending()
         guarantee(root >= 0 && root < size, "broadcast on group '\(name)': root \(root) is not a rank of a group of size \(size)")
         var mine = contribution("broadcast", tensor)
         mine.root = root
@@ -100,6 +128,7 @@ public final class ThreadProcessGroup: ProcessGroup, @unchecked Sendable {
     }
 
     public func allGather(_ tensor: Tensor) -> Tensor {
+        completePending()
         guarantee(tensor.rank >= 1, "allGather on group '\(name)': rank \(rank) passes a scalar; gather tensors of rank ≥ 1")
         let out = Tensor.empty([size * tensor.shape[0]] + tensor.shape.dropFirst(), dtype: tensor.dtype)
         communicator.collective(rank: rank, contribution("allGather", tensor)) { all in
@@ -113,6 +142,7 @@ public final class ThreadProcessGroup: ProcessGroup, @unchecked Sendable {
     }
 
     public func reduceScatter(_ tensor: Tensor, _ op: ReduceOperation) -> Tensor {
+        completePending()
         guarantee(tensor.rank >= 1 && tensor.shape[0] % size == 0,
                   "reduceScatter on group '\(name)': rank \(rank) passes shape \(tensor.shape), whose first dimension is not a multiple of the group size \(size)")
         let block = tensor.count / size
@@ -127,6 +157,7 @@ public final class ThreadProcessGroup: ProcessGroup, @unchecked Sendable {
     }
 
     public func allToAll(_ rows: Tensor, sendCounts: [Int], receiveCounts: [Int]) -> Tensor {
+        completePending()
         AllToAllCounts.check(rows: rows, sendCounts: sendCounts, receiveCounts: receiveCounts, rank: rank, size: size, group: name)
         let width = rows.shape[1]
         let out = Tensor.empty([receiveCounts.reduce(0, +), width], dtype: rows.dtype)
@@ -153,10 +184,12 @@ public final class ThreadProcessGroup: ProcessGroup, @unchecked Sendable {
     }
 
     public func barrier() {
+        completePending()
         communicator.collective(rank: rank, Contribution(op: "barrier")) { all in check(all, sameShape: false) }
     }
 
     public func split(color: Int, key: Int) -> any ProcessGroup {
+        completePending()
         guarantee(color >= 0, "split on group '\(name)': rank \(rank) passes color \(color); colors must be ≥ 0 (as in MPI_Comm_split)")
         var mine = Contribution(op: "split")
         mine.color = color
@@ -201,6 +234,23 @@ public final class ThreadProcessGroup: ProcessGroup, @unchecked Sendable {
 /// Work that finished before it was returned.
 final class CompletedWork: CollectiveWork {
     func wait() {}
+}
+
+/// An all-reduce of a thread group, queued until `wait()` or the group's next blocking collective.
+final class ThreadWork: CollectiveWork, @unchecked Sendable {
+    let group: ThreadProcessGroup
+    let tensor: Tensor
+    let op: ReduceOperation
+    /// Set by the rank's thread once the all-reduce ran (read under the group's queue lock).
+    var isDone = false
+
+    init(group: ThreadProcessGroup, tensor: Tensor, op: ReduceOperation) {
+        self.group = group
+        self.tensor = tensor
+        self.op = op
+    }
+
+    func wait() { group.completePending(through: self) }
 }
 
 /// The host address of a CPU tensor's first element.

@@ -41,6 +41,24 @@ import Tensors
         for r in results { #expect(r == [6, 40, -6, 1.5, 1, 5]) }
     }
 
+    @Test func asyncAllReducesRunInTheOrderTheyStarted() throws {
+        // Rank 0 waits for the second work first, rank 1 for the first: both must still pair
+        // a with a and b with b, and a blocking collective runs what is still queued before itself.
+        let results = try ThreadProcessGroup.run(worldSize: 2) { group in
+            let a = Tensor([Float(group.rank + 1)])
+            let b = Tensor([Float(10 * (group.rank + 1)), 1], dtype: .bfloat16)
+            let c = Tensor([Int32(group.rank)])
+            let workA = group.allReduceAsync(a, .sum)
+            let workB = group.allReduceAsync(b, .max)
+            let workC = group.allReduceAsync(c, .sum)
+            if group.rank == 0 { workB.wait(); workA.wait() } else { workA.wait(); workB.wait() }
+            let gathered = group.allGather(Tensor([Float(group.rank)]))
+            workC.wait()
+            return a.scalars() + b.scalars() + c.scalars() + gathered.scalars()
+        }
+        for r in results { #expect(r == [3, 20, 1, 1, 0, 1]) }
+    }
+
     @Test func unevenAllToAllWithASilentPeer() throws {
         // Rank p sends (p+1) rows to each later rank and none to earlier ones; rank 0 receives nothing
         // from anyone but itself, rank 2 sends only to itself.
