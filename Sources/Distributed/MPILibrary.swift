@@ -54,7 +54,8 @@ final class MPILibrary: @unchecked Sendable {
         do {
             let library = try LibraryLoader.load(name: "libmpi", candidates: candidates)
             // Open MPI dlopens its components, which expect libmpi's symbols to be global.
-            _ = dlopen(library.path, RTLD_NOW | RTLD_GLOBAL | RTLD_NOLOAD)
+            // (By file name: dlopen matches it against the loaded libraries' names.)
+            _ = dlopen(library.fileName, RTLD_NOW | RTLD_GLOBAL | RTLD_NOLOAD)
             return .success(try MPILibrary(library: library))
         } catch let error as DistributedError {
             return .failure(error)

@@ -46,8 +46,17 @@ public final class MPIProcessGroup: ProcessGroup, @unchecked Sendable {
         return MPIProcessGroup(mpi: mpi, communicator: mpi.commWorld, name: "world")
     }
 
-    /// Whether Open MPI can be loaded here (the tests and `fastmoe info` ask).
+    /// Whether Open MPI can be loaded here.
     public static var isAvailable: Bool { (try? MPILibrary.shared()) != nil }
+
+    /// One line for `fastmoe info`: the Open MPI library in use, or why there is none.
+    public static func diagnostics() -> String {
+        do {
+            return "mpi: Open MPI \(try MPILibrary.shared().library.path)"
+        } catch {
+            return "mpi: not available (CPU ranks across processes need Open MPI: apt-get install openmpi-bin libopenmpi3)"
+        }
+    }
 
     private static let initialization = Mutex<Bool>(false)
 
