@@ -46,12 +46,20 @@ public enum ProcessGroups {
     /// - `.cpu`: ``MPIProcessGroup/world()`` under mpirun or srun (checked against the launcher's
     ///   rank and size); a torchrun-style launch of several CPU ranks is refused (see the decision
     ///   at the top of this file);
-    /// - `.cuda`: joins the ``Rendezvous`` and calls the NCCL initializer with device `LOCAL_RANK`.
+    /// - `.cuda`: joins the ``Rendezvous`` and calls the NCCL initializer with device `LOCAL_RANK`
+    ///   (a local rank without a GPU of its own is refused, naming both numbers).
     /// - Throws: ``DistributedError`` for a bad environment, a failed rendezvous, missing Open MPI,
     ///   or a GPU job in a build without an NCCL group.
     public static func fromEnvironment(
         device: Device, environment: (String) -> String? = LaunchEnvironment.processEnvironment,
         cudaGroup: CUDAGroupInitializer? = nil
+    ) throws -> any ProcessGroup {
+        try fromEnvironment(device: device, environment: environment, cudaGroup: cudaGroup, gpuCount: { Device.cudaDeviceCount })
+    }
+
+    /// `gpuCount` is injected so tests on machines without GPUs can reach the NCCL seam.
+    static func fromEnvironment(
+        device: Device, environment: (String) -> String?, cudaGroup: CUDAGroupInitializer?, gpuCount: () -> Int
     ) throws -> any ProcessGroup {
         let launch = try LaunchEnvironment.detect(environment: environment)
         if launch.launcher == .none { return SingleProcessGroup(device: device) }
@@ -76,6 +84,11 @@ public enum ProcessGroups {
         case .cuda:
             guard let make = cudaGroup ?? Self.cudaGroup.withLock({ $0 }) else {
                 throw DistributedError("this build of fastmoe has no NCCL process group registered, so GPU ranks cannot communicate; use --device cpu under mpirun, or a build with NCCL support")
+            }
+            // Each rank binds to cuda:LOCAL_RANK; NCCL refuses two ranks on one GPU anyway.
+            let gpus = gpuCount()
+            guard launch.localRank < gpus else {
+                throw DistributedError("local rank \(launch.localRank) needs GPU cuda:\(launch.localRank) but this node has \(gpus) GPU\(gpus == 1 ? "" : "s"); start at most \(gpus) rank\(gpus == 1 ? "" : "s") per node (check CUDA_VISIBLE_DEVICES)")
             }
             return try make(try Rendezvous.join(launch), launch.localRank)
         }

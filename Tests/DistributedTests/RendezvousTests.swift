@@ -114,12 +114,22 @@ import Testing
     @Test func theFactoryHandsTheRendezvousToTheCUDAGroup() throws {
         let port = Self.freePort()
         let variables = ["RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "\(port)"]
-        let group = try ProcessGroups.fromEnvironment(device: .cuda(0), environment: { variables[$0] }) { rendezvous, device in
+        let group = try ProcessGroups.fromEnvironment(device: .cuda(0), environment: { variables[$0] }, cudaGroup: { rendezvous, device in
             #expect(rendezvous.rank == 0 && rendezvous.worldSize == 1 && device == 0)
             try rendezvous.store.set("nccl/world", [1, 2, 3])
             #expect(try rendezvous.store.get("nccl/world") == [1, 2, 3])
             return SingleProcessGroup(device: .cpu, name: "stand-in for NCCL")
-        }
+        }, gpuCount: { 1 })
         #expect(group.name == "stand-in for NCCL")
+    }
+
+    @Test func moreLocalRanksThanGPUsIsRefusedNamingBoth() {
+        let variables = ["RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"]
+        #expect {
+            _ = try ProcessGroups.fromEnvironment(device: .cuda(0), environment: { variables[$0] },
+                                                  cudaGroup: { _, _ in SingleProcessGroup(device: .cpu) }, gpuCount: { 2 })
+        } throws: { error in
+            "\(error)" == "local rank 3 needs GPU cuda:3 but this node has 2 GPUs; start at most 2 ranks per node (check CUDA_VISIBLE_DEVICES)"
+        }
     }
 }
