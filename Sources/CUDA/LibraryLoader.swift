@@ -179,8 +179,9 @@ public enum LibraryLoader {
     /// symbols. (glibc's `dladdr` is not visible from Swift's Glibc module.)
     static func resolvePath(of handle: UnsafeMutableRawPointer, fallback: String) -> String {
         #if os(Linux)
-        // Any exported symbol will do; these are present in every NVIDIA library we load.
-        let probes = ["cuInit", "nvrtcVersion", "cublasCreate_v2", "cublasLtCreate", "ncclGetVersion", "malloc", "dlopen"]
+        // Any symbol of the library itself will do (dlsym also searches its dependencies, so the
+        // libc fallbacks come last): one from each NVIDIA library we load, and Open MPI's (Distributed).
+        let probes = ["cuInit", "nvrtcVersion", "cublasCreate_v2", "cublasLtCreate", "ncclGetVersion", "MPI_Init", "malloc", "dlopen"]
         guard let symbol = probes.lazy.compactMap({ dlsym(handle, $0) }).first else { return fallback }
         let address = UInt(bitPattern: symbol)
         guard let file = fopen("/proc/self/maps", "r") else { return fallback }

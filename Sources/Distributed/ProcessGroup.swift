@@ -62,5 +62,6 @@ public protocol ProcessGroup: AnyObject, Sendable {
     func barrier()
     /// Splits the group by `color` (`MPI_Comm_split`): ranks with the same color form a new group,
     /// ordered by `key` then by rank here. Every rank calls it; each gets the group of its color.
+    /// `color` is ≥ 0, as `MPI_Comm_split` requires.
     func split(color: Int, key: Int) -> any ProcessGroup
 }

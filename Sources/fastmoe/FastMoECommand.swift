@@ -8,5 +8,5 @@ struct FastMoECommand: ParsableCommand {
         abstract: "FastMoE in Swift: train Mixture-of-Experts language models on CPUs and NVIDIA GPUs.",
         version: FastMoEVersion.string,
         subcommands: [TrainCommand.self, GenerateCommand.self, EvalCommand.self, ReportCommand.self, CompareCommand.self,
-                      InfoCommand.self, BenchCommand.self, LaunchCommand.self])
+                      InfoCommand.self, BenchCommand.self, LaunchCommand.self, SelfTestCommand.self])
 }

@@ -10,6 +10,7 @@ struct InfoCommand: ParsableCommand {
         print("fastmoe \(FastMoEVersion.string)")
         print("cpu: \(CPUBackend.threadCount) threads, GEMM: \(CPUGEMM.implementationName)")
         print(CUDA.diagnostics())
+        print(MPIProcessGroup.diagnostics())
         if !Device.cudaAvailable {
             print("hint: set FASTMOE_CUDA_LIBRARY_PATH to the folders holding the NVIDIA libraries if they are installed elsewhere")
         }
