@@ -38,7 +38,7 @@ struct EvalCommand: ParsableCommand {
         let result = Evaluation.run(model: model, dataset: dataset, config: config, device: dev)
         print("checkpoint: \(directory) (step \(state.step))")
         print("data: \(dataset.source), \(result.tokens) validation tokens in \(result.batches) batches")
-        print("validation loss \(fixed(result.loss, 4)) nats/token, perplexity \(fixed(result.perplexity, 3)), "
-            + "unigram entropy \(fixed(result.unigramEntropy, 4)) nats/token")
+        print("validation loss \(Format.fixed(result.loss, 4)) nats/token, perplexity \(Format.fixed(result.perplexity, 3)), "
+            + "unigram entropy \(Format.fixed(result.unigramEntropy, 4)) nats/token")
     }
 }

@@ -1,7 +1,7 @@
 import Tensors
 
 /// Identifies the token stream a run trained on, so a resume on different data is caught.
-public struct DataFingerprint: Equatable, Sendable, Codable {
+public struct DataFingerprint: Equatable, Sendable {
     /// Where the tokens came from (a path, or "synthetic corpus …").
     public var source: String
     /// Tokens in the whole stream (training plus validation).
@@ -125,7 +125,6 @@ public struct TrainingState: Equatable, Sendable {
         }
         let configValue = try field(root, "config")
         guard let configMembers = configValue.members else { throw CheckpointError("\(path): 'config' is not an object; \(damaged)") }
-        var config = RunConfig.tiny
         var values: [String: ConfigValue] = [:]
         for m in configMembers {
             switch m.value {
@@ -136,10 +135,8 @@ public struct TrainingState: Equatable, Sendable {
             default: throw CheckpointError("\(path): config '\(m.key)' is \(m.value.kindName); \(damaged)")
             }
         }
-        // Optional settings are written only when set; start from "unset" so absent ones stay nil.
-        (config.name, config.mlpHidden, config.data, config.out, config.topK, config.expertHidden, config.capacityFactor, config.initFrom) =
-            (nil, nil, nil, nil, nil, nil, nil, nil)
-        do { try config.apply(values, source: path + " config") } catch let e as RunConfigError {
+        let config: RunConfig
+        do { config = try RunConfig.decoded(from: values, source: path + " config") } catch let e as RunConfigError {
             throw CheckpointError("\(e.description) (\(damaged))")
         }
         do { try config.validate() } catch let e as RunConfigError {
@@ -187,6 +184,21 @@ extension RunConfig {
                 return JSONMember(key.name, json)
             }
         })
+    }
+
+    /// The inverse of `jsonValue`: the saved preset's settings, every optional setting unset (through
+    /// the key table, so a new optional needs no list here), then `values`. Settings a saved config
+    /// lacks (written by an older fastmoe) keep the preset's value.
+    static func decoded(from values: [String: ConfigValue], source: String) throws -> RunConfig {
+        var config: RunConfig
+        if case .string(let name)? = values["preset"], let base = try? RunConfig.preset(name) {
+            config = base
+        } else {
+            config = RunConfig.tiny  // an unknown preset is reported by validate(), naming the value
+        }
+        for key in keyTable { key.clear?(&config) }
+        try config.apply(values, source: source)
+        return config
     }
 
     /// The differences in model architecture between a saved config and the expected one, as

@@ -148,7 +148,7 @@ public enum FileSystem {
                 throw FileSystemError.system(path, "read", errno: errno, hint: "check the disk and the file")
             }
             throw FileSystemError(path: path,
-                "\(path): expected \(formatCount(want)) more bytes but only \(formatCount(got)) could be read; "
+                "\(path): expected \(Format.count(want)) more bytes but only \(Format.count(got)) could be read; "
                 + "the file changed or is truncated — check that nothing else is writing it")
         }
     }
@@ -159,14 +159,3 @@ public enum FileSystem {
 
 /// The C `rename`, under a name that the static `FileSystem.rename` does not shadow.
 private func posixRename(_ from: String, _ to: String) -> Int32 { rename(from, to) }
-
-/// `1204` → `"1,204"`: byte counts in messages are easier to compare with separators.
-func formatCount(_ value: Int) -> String {
-    let digits = String(value.magnitude)
-    var out = ""
-    for (i, ch) in digits.enumerated() {
-        if i > 0 && (digits.count - i) % 3 == 0 { out.append(",") }
-        out.append(ch)
-    }
-    return value < 0 ? "-" + out : out
-}

@@ -8,6 +8,9 @@ struct RunConfigKey {
     let get: (RunConfig) -> ConfigValue?
     /// Stores a value; throws a message fragment ("must be an integer, but it is …") on a wrong kind.
     let set: (inout RunConfig, ConfigValue) throws(KindMismatch) -> Void
+    /// Unsets an optional setting (nil for the others): a saved config writes an optional only when
+    /// it is set, so decoding one starts with every optional cleared through the table.
+    var clear: ((inout RunConfig) -> Void)? = nil
 
     struct KindMismatch: Error { let expected: String }
 
@@ -22,7 +25,7 @@ struct RunConfigKey {
         RunConfigKey(name: name, get: { $0[keyPath: path].map { .int($0) } }, set: { c, v throws(KindMismatch) in
             guard case .int(let i) = v else { throw KindMismatch(expected: "an integer") }
             c[keyPath: path] = i
-        })
+        }, clear: { $0[keyPath: path] = nil })
     }
 
     static func double(_ name: String, _ path: WritableKeyPath<RunConfig, Double>) -> RunConfigKey {
@@ -42,7 +45,7 @@ struct RunConfigKey {
             case .int(let i): c[keyPath: path] = Double(i)
             default: throw KindMismatch(expected: "a number")
             }
-        })
+        }, clear: { $0[keyPath: path] = nil })
     }
 
     static func string(_ name: String, _ path: WritableKeyPath<RunConfig, String>) -> RunConfigKey {
@@ -56,7 +59,7 @@ struct RunConfigKey {
         RunConfigKey(name: name, get: { $0[keyPath: path].map { .string($0) } }, set: { c, v throws(KindMismatch) in
             guard case .string(let s) = v else { throw KindMismatch(expected: "a string") }
             c[keyPath: path] = s
-        })
+        }, clear: { $0[keyPath: path] = nil })
     }
 
     /// The seed is written as a string (JSON readers such as JavaScript's lose integers above 2^53,

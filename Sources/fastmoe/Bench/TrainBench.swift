@@ -85,8 +85,8 @@ struct TrainBench: ParsableCommand {
             BenchRow(name: "train model FLOP/s", milliseconds: ms, rate: modelGFLOPs, unit: "GFLOP/s", ofCeiling: modelGFLOPs / gemmGFLOPs),
         ]
         BenchRow.printTable(rows, title: "fastmoe bench train --preset \(preset) on \(dev) (\(DeviceChoice.describe(dev))): "
-            + "batch \(config.batchSize)×\(config.seqLen), \(fixed(model.flopsPerToken / 1e6, 2)) MFLOP/token, \(config.precision)")
-        print("peak memory: \(fixed(Double(peak) / 1_048_576, 1)) MiB (\(dev), since the process started)")
+            + "batch \(config.batchSize)×\(config.seqLen), \(Format.fixed(model.flopsPerToken / 1e6, 2)) MFLOP/token, \(config.precision)")
+        print("peak memory: \(Format.fixed(Double(peak) / 1_048_576, 1)) MiB (\(dev), since the process started)")
         print("{\"bench\":\"peak memory\",\"bytes\":\(peak),\"device\":\"\(dev)\"}")
     }
 }
