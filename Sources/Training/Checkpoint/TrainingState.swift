@@ -54,6 +54,9 @@ public struct TrainingState: Equatable, Sendable {
     public var valLoss: Double?
     /// The library that wrote the checkpoint.
     public var libraryVersion: String
+    /// Steps up to `step` whose update was skipped (a non-finite gradient norm or, with
+    /// `--skip-nonfinite`, loss): the optimizer's own step count is `step − skippedSteps`.
+    public var skippedSteps: Int = 0
 
     public static let format = "fastmoe-checkpoint"
     public static let formatVersion = 1
@@ -92,6 +95,7 @@ public struct TrainingState: Equatable, Sendable {
             JSONMember("elapsed_s", .double(elapsedSeconds)),
         ]
         if let valLoss { members.append(JSONMember("val_loss", .double(valLoss))) }
+        if skippedSteps > 0 { members.append(JSONMember("skipped_steps", .int(skippedSteps))) }
         return "{\n" + members.map { "  " + JSONValue.object([$0]).serialized().dropFirst().dropLast() }.joined(separator: ",\n") + "\n}\n"
     }
 
@@ -163,9 +167,16 @@ public struct TrainingState: Equatable, Sendable {
             throw CheckpointError("\(path): 'elapsed_s' is not a number; \(damaged)")
         }
         let valLoss = root["val_loss"]?.doubleValue
-        return TrainingState(step: step, config: config, sampler: sampler, generators: generators, data: data,
-                             elapsedSeconds: elapsed.isFinite ? elapsed : 0, valLoss: valLoss,
-                             libraryVersion: root["library_version"]?.stringValue ?? "unknown")
+        var state = TrainingState(step: step, config: config, sampler: sampler, generators: generators, data: data,
+                                  elapsedSeconds: elapsed.isFinite ? elapsed : 0, valLoss: valLoss,
+                                  libraryVersion: root["library_version"]?.stringValue ?? "unknown")
+        if let skipped = root["skipped_steps"] {
+            guard let n = skipped.intValue, n >= 0, n <= step else {
+                throw CheckpointError("\(path): 'skipped_steps' is not an integer from 0 to 'step' (\(step)); \(damaged)")
+            }
+            state.skippedSteps = n
+        }
+        return state
     }
 }
 

@@ -62,6 +62,9 @@ public struct TokenDataset: Sendable {
         do {
             bytes = try FileSystem.readFile(path)
         } catch let error as FileSystemError {
+            if error.reason?.hasSuffix("not a regular file") == true && error.reason?.contains("directory") == false {
+                throw DatasetError(description: "--data " + error.description)
+            }
             throw DatasetError(description: "\(path): cannot read the data file (\(error.reason ?? error.description)); "
                 + "check the path, or train on the built-in synthetic corpus")
         }
@@ -102,6 +105,17 @@ public struct TokenDataset: Sendable {
         return (0..<count).map { b in
             makeBatch(from: validation, starts: starts[(b * batchSize)..<((b + 1) * batchSize)], seqLen: seqLen)
         }
+    }
+
+    /// How many validation batches of `batchSize` windows fit without repeating a window: the
+    /// validation part has `count − seqLen` distinct windows (at least 1 batch, which may overlap).
+    /// Loops driven by a user's count (`--eval-batches`) are capped to it.
+    public func distinctValidationBatches(batchSize: Int, seqLen: Int) -> Int {
+        Self.distinctBatches(validationCount: validation.count, batchSize: batchSize, seqLen: seqLen)
+    }
+
+    static func distinctBatches(validationCount: Int, batchSize: Int, seqLen: Int) -> Int {
+        max(1, (validationCount - seqLen) / max(batchSize, 1))
     }
 
     /// Start offsets of `windows` evenly spaced validation windows of `seqLen + 1` tokens.

@@ -82,6 +82,27 @@ public final class ConsoleReporter: @unchecked Sendable {
         return parts.joined(separator: " │ ")
     }
 
+    /// The end of a run stopped early: where it got to and the exact command that continues it.
+    static func interruptedSummary(_ s: TrainingSummary) -> String {
+        var lines = ["stopped at step \(s.steps) of \(s.totalSteps) after \(Format.duration(s.elapsedSeconds)) (interrupted)"]
+        if let c = s.checkpoint {
+            lines.append("  checkpoint: \(c)")
+            lines.append("  continue with: fastmoe train --resume \(shellQuoted(s.outputDirectory))")
+        } else {
+            lines.append("  no checkpoint was written (--no-checkpoint-on-exit, and none before); start over with: "
+                + "fastmoe train --out \(shellQuoted(s.outputDirectory)) --overwrite and the run's settings")
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// `path` as one shell word: unchanged when it is plain, else in single quotes.
+    static func shellQuoted(_ path: String) -> String {
+        let plain = !path.isEmpty && path.unicodeScalars.allSatisfy {
+            ($0.properties.isAlphabetic && $0.isASCII) || ("0"..."9").contains($0) || "/._-+,:@%=".unicodeScalars.contains($0)
+        }
+        return plain ? path : "'" + path.split(separator: "'", omittingEmptySubsequences: false).joined(separator: "'\\''") + "'"
+    }
+
     func header(_ s: TrainingStart) -> String {
         let c = s.config
         var model = "\(c.layers) layers, d-model \(c.dModel), \(c.heads) heads, seq-len \(c.seqLen)"
@@ -98,10 +119,12 @@ public final class ConsoleReporter: @unchecked Sendable {
         ]
         if let r = s.resumedFrom { lines.append("  resuming from \(r) at step \(s.startStep)") }
         if let u = s.upcycledFrom { lines.append("  experts upcycled from the dense checkpoint \(u)") }
+        lines += s.notes.map { "  note: " + $0 }
         return lines.joined(separator: "\n")
     }
 
     func summary(_ s: TrainingSummary) -> String {
+        if s.interrupted { return Self.interruptedSummary(s) }
         let gap = s.unigramEntropy - s.finalValLoss
         let verdict = gap > 0
             ? "\(Format.fixed(gap, 3)) nats below: the model predicts from context"
