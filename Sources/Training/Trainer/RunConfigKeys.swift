@@ -14,16 +14,25 @@ struct RunConfigKey {
 
     struct KindMismatch: Error { let expected: String }
 
+    /// "an integer", or, for a whole number beyond Int (a JSON reader keeps it as a double), what is accepted.
+    static func integerExpected(_ v: ConfigValue) -> KindMismatch {
+        if case .double(let d) = v, d.isFinite, d == d.rounded(), Swift.abs(d) >= 9.2e18 {
+            return KindMismatch(expected: "an integer from -9,223,372,036,854,775,808 to 9,223,372,036,854,775,807 "
+                + "(this one is too large)")
+        }
+        return KindMismatch(expected: "an integer")
+    }
+
     static func int(_ name: String, _ path: WritableKeyPath<RunConfig, Int>) -> RunConfigKey {
         RunConfigKey(name: name, get: { .int($0[keyPath: path]) }, set: { c, v throws(KindMismatch) in
-            guard case .int(let i) = v else { throw KindMismatch(expected: "an integer") }
+            guard case .int(let i) = v else { throw integerExpected(v) }
             c[keyPath: path] = i
         })
     }
 
     static func optionalInt(_ name: String, _ path: WritableKeyPath<RunConfig, Int?>) -> RunConfigKey {
         RunConfigKey(name: name, get: { $0[keyPath: path].map { .int($0) } }, set: { c, v throws(KindMismatch) in
-            guard case .int(let i) = v else { throw KindMismatch(expected: "an integer") }
+            guard case .int(let i) = v else { throw integerExpected(v) }
             c[keyPath: path] = i
         }, clear: { $0[keyPath: path] = nil })
     }
