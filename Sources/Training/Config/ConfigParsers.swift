@@ -181,7 +181,11 @@ struct TOMLLine {
     static func isIntegerLiteral(_ word: String) -> Bool {
         var body = Substring(word)
         if body.first == "+" || body.first == "-" { body = body.dropFirst() }
-        return body.first?.isNumber == true && body.allSatisfy { ($0.isASCII && $0.isNumber) || $0 == "_" }
+        // Underscores only between digits, as TOML requires (so `1__0` stays "not a value").
+        let chars = Array(body)
+        return chars.first?.isNumber == true && chars.last?.isNumber == true
+            && chars.allSatisfy { ($0.isASCII && $0.isNumber) || $0 == "_" }
+            && !zip(chars, chars.dropFirst()).contains { $0 == "_" && $1 == "_" }
     }
 
     /// TOML integers (`42`, `-7`, `1_000`) and floats (`0.5`, `3e-4`, `inf`, `nan`); nil for anything else.
