@@ -27,10 +27,10 @@ struct CompareCommand: ParsableCommand {
         print(BenchRow.pad("run", 18) + BenchRow.pad("FLOPs/token", 14) + BenchRow.pad("parameters", 12)
             + BenchRow.pad("val loss", 10) + BenchRow.pad("wall time", 11) + "tokens/s")
         for (name, trainer, summary) in [("dense", d, dense), (m.config.name ?? "moe", m, moe)] {
-            print(BenchRow.pad(name, 18) + BenchRow.pad(fixed(trainer.model.flopsPerToken / 1e6, 2) + "M", 14)
-                + BenchRow.pad(fixed(Double(trainer.model.parameterCount) / 1e6, 2) + "M", 12)
-                + BenchRow.pad(fixed(summary.finalValLoss, 4), 10)
-                + BenchRow.pad(fixed(summary.elapsedSeconds, 1) + " s", 11) + fixed(summary.tokensPerSecond, 0))
+            print(BenchRow.pad(name, 18) + BenchRow.pad(Format.fixed(trainer.model.flopsPerToken / 1e6, 2) + "M", 14)
+                + BenchRow.pad(Format.fixed(Double(trainer.model.parameterCount) / 1e6, 2) + "M", 12)
+                + BenchRow.pad(Format.fixed(summary.finalValLoss, 4), 10)
+                + BenchRow.pad(Format.fixed(summary.elapsedSeconds, 1) + " s", 11) + Format.fixed(summary.tokensPerSecond, 0))
         }
         print("report: \(report)")
     }

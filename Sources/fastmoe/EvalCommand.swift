@@ -12,10 +12,10 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "A text file to evaluate on (its last --val-fraction); default: the run's own validation data.")
     var data: String?
 
-    @Option(name: .customLong("val-fraction"), help: "With --data: the fraction at the end of the file to evaluate on (default: the run's).")
+    @Option(name: .customLong("val-fraction"), parsing: .unconditional, help: "With --data: the fraction at the end of the file to evaluate on (default: the run's).")
     var valFraction: Double?
 
-    @Option(help: "Validation batches (default: the run's --eval-batches).")
+    @Option(parsing: .unconditional, help: "Validation batches (default: the run's --eval-batches).")
     var batches: Int?
 
     @Option(help: "cpu, cuda, cuda:N or auto.")
@@ -34,11 +34,13 @@ struct EvalCommand: ParsableCommand {
         if let valFraction { config.valFraction = valFraction }
         if let batches { config.evalBatches = batches }
         try config.validate()
+        try TrainingData.estimate(config, purpose: .evaluation).check(on: dev)
         let dataset = try TrainingData.load(config)
         let result = Evaluation.run(model: model, dataset: dataset, config: config, device: dev)
+        if let note = result.cappedNote { print("note: --batches \(config.evalBatches): \(note)") }
         print("checkpoint: \(directory) (step \(state.step))")
         print("data: \(dataset.source), \(result.tokens) validation tokens in \(result.batches) batches")
-        print("validation loss \(fixed(result.loss, 4)) nats/token, perplexity \(fixed(result.perplexity, 3)), "
-            + "unigram entropy \(fixed(result.unigramEntropy, 4)) nats/token")
+        print("validation loss \(Format.fixed(result.loss, 4)) nats/token, perplexity \(Format.fixed(result.perplexity, 3)), "
+            + "unigram entropy \(Format.fixed(result.unigramEntropy, 4)) nats/token")
     }
 }

@@ -15,16 +15,16 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "The text to continue.")
     var prompt: String = ""
 
-    @Option(help: "Bytes to generate.")
+    @Option(parsing: .unconditional, help: "Bytes to generate.")
     var tokens: Int = 200
 
-    @Option(help: "Sampling temperature (0 = always the most likely byte).")
+    @Option(parsing: .unconditional, help: "Sampling temperature (0 = always the most likely byte).")
     var temperature: Double = 0.8
 
-    @Option(name: .customLong("top-k"), help: "Sample among the K most likely bytes (0 = all).")
+    @Option(name: .customLong("top-k"), parsing: .unconditional, help: "Sample among the K most likely bytes (0 = all).")
     var topK: Int = 40
 
-    @Option(help: "Seed of the sampling.")
+    @Option(parsing: .unconditional, help: "Seed of the sampling.")
     var seed: UInt64 = 0
 
     @Option(help: "cpu, cuda, cuda:N or auto.")

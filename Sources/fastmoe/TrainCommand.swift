@@ -3,49 +3,52 @@ import FastMoE
 
 /// The run settings as flags. Every flag is optional: an unset flag leaves the value of the config
 /// file, or else of the preset. Each maps to the `RunConfig` key of the same name (dashes → `_`).
+///
+/// Numeric flags take the next word as their value even when it starts with '-', so `--steps -1`
+/// is read as -1 and refused by validation with a message, instead of "Missing value".
 struct RunOptions: ParsableArguments {
     @Option(help: "Sizes to start from: tiny (default; ~2 min on 2 CPU cores), small, medium.")
     var preset: String?
     @Option(help: "A name for the run (report title; default output directory runs/<name>).")
     var name: String?
 
-    @Option(help: "Transformer blocks.") var layers: Int?
-    @Option(name: .customLong("d-model"), help: "Model width.") var dModel: Int?
-    @Option(help: "Attention heads (must divide --d-model).") var heads: Int?
-    @Option(name: .customLong("seq-len"), help: "Tokens per training window (the context length).") var seqLen: Int?
-    @Option(name: .customLong("mlp-hidden"), help: "Dense MLP width (default 4 × d-model).") var mlpHidden: Int?
-    @Option(help: "Dropout probability.") var dropout: Double?
+    @Option(parsing: .unconditional, help: "Transformer blocks.") var layers: Int?
+    @Option(name: .customLong("d-model"), parsing: .unconditional, help: "Model width.") var dModel: Int?
+    @Option(parsing: .unconditional, help: "Attention heads (must divide --d-model).") var heads: Int?
+    @Option(name: .customLong("seq-len"), parsing: .unconditional, help: "Tokens per training window (the context length).") var seqLen: Int?
+    @Option(name: .customLong("mlp-hidden"), parsing: .unconditional, help: "Dense MLP width (default 4 × d-model).") var mlpHidden: Int?
+    @Option(parsing: .unconditional, help: "Dropout probability.") var dropout: Double?
 
-    @Option(name: .customLong("batch-size"), help: "Windows per step.") var batchSize: Int?
-    @Option(help: "Optimizer steps.") var steps: Int?
-    @Option(help: "Peak learning rate (AdamW; cosine decay to 10%).") var lr: Double?
-    @Option(help: "Linear warm-up steps.") var warmup: Int?
-    @Option(name: .customLong("weight-decay"), help: "AdamW weight decay (matrices only).") var weightDecay: Double?
-    @Option(help: "Gradient-norm clip (0 = off).") var clip: Double?
-    @Option(help: "Seed of the initial weights, data order, dropout and gate noise.") var seed: UInt64?
+    @Option(name: .customLong("batch-size"), parsing: .unconditional, help: "Windows per step.") var batchSize: Int?
+    @Option(parsing: .unconditional, help: "Optimizer steps.") var steps: Int?
+    @Option(parsing: .unconditional, help: "Peak learning rate (AdamW; cosine decay to 10%).") var lr: Double?
+    @Option(parsing: .unconditional, help: "Linear warm-up steps.") var warmup: Int?
+    @Option(name: .customLong("weight-decay"), parsing: .unconditional, help: "AdamW weight decay (matrices only).") var weightDecay: Double?
+    @Option(parsing: .unconditional, help: "Gradient-norm clip (0 = off).") var clip: Double?
+    @Option(parsing: .unconditional, help: "Seed of the initial weights, data order, dropout and gate noise.") var seed: UInt64?
 
     @Option(help: "cpu, cuda, cuda:N or auto (CUDA when available).") var device: String?
     @Option(help: "fp32, or bf16 (CUDA only: bfloat16 activations, float32 master weights).") var precision: String?
 
-    @Option(name: .customLong("eval-every"), help: "Evaluate every N steps (0 = only at the end).") var evalEvery: Int?
-    @Option(name: .customLong("eval-batches"), help: "Fixed validation batches per evaluation.") var evalBatches: Int?
-    @Option(name: .customLong("checkpoint-every"), help: "Checkpoint every N steps (0 = only at the end).") var checkpointEvery: Int?
-    @Option(name: .customLong("keep-checkpoints"), help: "Checkpoints kept (0 = all).") var keepCheckpoints: Int?
-    @Option(name: .customLong("log-every"), help: "A metrics record every N steps.") var logEvery: Int?
+    @Option(name: .customLong("eval-every"), parsing: .unconditional, help: "Evaluate every N steps (0 = only at the end).") var evalEvery: Int?
+    @Option(name: .customLong("eval-batches"), parsing: .unconditional, help: "Fixed validation batches per evaluation.") var evalBatches: Int?
+    @Option(name: .customLong("checkpoint-every"), parsing: .unconditional, help: "Checkpoint every N steps (0 = only at the end).") var checkpointEvery: Int?
+    @Option(name: .customLong("keep-checkpoints"), parsing: .unconditional, help: "Checkpoints kept (0 = all).") var keepCheckpoints: Int?
+    @Option(name: .customLong("log-every"), parsing: .unconditional, help: "A metrics record every N steps.") var logEvery: Int?
     @Option(help: "Output directory (default runs/<name or timestamp>).") var out: String?
 
     @Option(help: "A text file to train on (default: the built-in synthetic corpus).") var data: String?
-    @Option(name: .customLong("val-fraction"), help: "Fraction at the end of the data held out for validation.") var valFraction: Double?
-    @Option(name: .customLong("corpus-bytes"), help: "Size of the synthetic corpus.") var corpusBytes: Int?
+    @Option(name: .customLong("val-fraction"), parsing: .unconditional, help: "Fraction at the end of the data held out for validation.") var valFraction: Double?
+    @Option(name: .customLong("corpus-bytes"), parsing: .unconditional, help: "Size of the synthetic corpus.") var corpusBytes: Int?
 
-    @Option(help: "Experts per MoE layer (0 = dense).") var experts: Int?
-    @Option(name: .customLong("top-k"), help: "Experts per token (default: 2; 1 for switch).") var topK: Int?
+    @Option(parsing: .unconditional, help: "Experts per MoE layer (0 = dense).") var experts: Int?
+    @Option(name: .customLong("top-k"), parsing: .unconditional, help: "Experts per token (default 2, or the gate's own k).") var topK: Int?
     @Option(help: ArgumentHelp(GateSpec.helpText)) var gate: String?
-    @Option(name: .customLong("moe-every"), help: "Every M-th block gets an MoE MLP (1 = all).") var moeEvery: Int?
-    @Option(name: .customLong("expert-hidden"), help: "Expert hidden width (default mlp-hidden / top-k: equal FLOPs).") var expertHidden: Int?
-    @Option(name: .customLong("capacity-factor"), help: "gshard/switch training capacity factor (eval: twice it; default 1.2).") var capacityFactor: Double?
-    @Option(name: .customLong("balance-weight"), help: "Weight of the load-balancing loss (mean over layers); the topk gate has none: use noisy, gshard or switch to balance.") var balanceWeight: Double?
-    @Option(name: .customLong("z-loss-weight"), help: "Weight of the router z-loss (0 = off).") var zLossWeight: Double?
+    @Option(name: .customLong("moe-every"), parsing: .unconditional, help: "Every M-th block gets an MoE MLP (1 = all).") var moeEvery: Int?
+    @Option(name: .customLong("expert-hidden"), parsing: .unconditional, help: "Expert hidden width (default mlp-hidden / top-k: equal FLOPs).") var expertHidden: Int?
+    @Option(name: .customLong("capacity-factor"), parsing: .unconditional, help: "gshard/switch training capacity factor (eval: twice it; default 1.2).") var capacityFactor: Double?
+    @Option(name: .customLong("balance-weight"), parsing: .unconditional, help: "Weight of the load-balancing loss (mean over layers); the topk gate has none: use noisy, gshard or switch to balance.") var balanceWeight: Double?
+    @Option(name: .customLong("z-loss-weight"), parsing: .unconditional, help: "Weight of the router z-loss (0 = off).") var zLossWeight: Double?
     @Option(name: .customLong("init-from"), help: "Upcycle: start every expert from this dense run's MLP weights.") var initFrom: String?
 
     /// The flags that were given, as `RunConfig` keys (the preset is passed separately).
@@ -90,10 +93,29 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Continue the run in this directory (or from this checkpoint) exactly where it stopped.")
     var resume: String?
 
+    @Flag(help: "Start over in an --out directory that holds a run (its checkpoints and metrics are deleted).")
+    var overwrite = false
+
+    @Flag(inversion: .prefixedNo, help: "On Ctrl-C or SIGTERM, finish the step in flight and write a checkpoint before exiting.")
+    var checkpointOnExit = true
+
+    @Flag(name: .customLong("skip-nonfinite"), help: "Skip steps whose loss is NaN or infinite instead of stopping the run.")
+    var skipNonFinite = false
+
     func run() throws {
-        let trainer = try Trainer.prepare(preset: options.preset, configFile: config, overrides: options.overrides(), resume: resume)
+        // First, so that a Ctrl-C while the data loads is also a clean stop (before the first step).
+        InterruptSignals.install()
+        let trainer = try Trainer.prepare(preset: options.preset, configFile: config, overrides: options.overrides(),
+                                          resume: resume, overwrite: overwrite)
         let console = ConsoleReporter()
         trainer.onEvent = console.handle
-        try trainer.run()
+        trainer.shouldStop = { InterruptSignals.received }
+        trainer.checkpointOnExit = checkpointOnExit
+        trainer.skipNonFinite = skipNonFinite
+        let summary = try trainer.run()
+        if summary.interrupted {
+            // The line says how to continue; the status says the run did not finish (docs/troubleshooting.md).
+            throw ExitCode(InterruptSignals.exitStatus)
+        }
     }
 }

@@ -37,10 +37,10 @@ import Testing
     }
 
     @Test func formatsCountsWithSeparators() {
-        #expect(formatCount(0) == "0")
-        #expect(formatCount(999) == "999")
-        #expect(formatCount(1204) == "1,204")
-        #expect(formatCount(-1_234_567) == "-1,234,567")
+        #expect(Format.count(0) == "0")
+        #expect(Format.count(999) == "999")
+        #expect(Format.count(1204) == "1,204")
+        #expect(Format.count(-1_234_567) == "-1,234,567")
     }
 }
 

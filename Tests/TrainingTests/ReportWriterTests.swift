@@ -161,7 +161,7 @@ func occurrences(of needle: String, in text: String) -> Int { text.ranges(of: ne
                       (100, "100"), (0, "0"), (-0.5, "-0.5"), (1_500_000, "1.5M"), (0.0123, "0.0123"),
                       (9.9996e-5, "1e-4"), (1234, "1234")])
     func formatsNumbers(value: Double, text: String) {
-        #expect(formatNumber(value) == text)
+        #expect(Format.label(value) == text)
     }
 
     @Test func escapesHTML() {
@@ -172,5 +172,36 @@ func occurrences(of needle: String, in text: String) -> Int { text.ranges(of: ne
         #expect(rgb(heatmapColor(0)) == "rgb(68,1,84)")
         #expect(rgb(heatmapColor(1)) == "rgb(253,231,37)")
         #expect(rgb(heatmapColor(2)) == "rgb(253,231,37)")  // clamped
+    }
+
+    /// The middle-anchored labels under the heatmap, as (x, text).
+    func stepLabels(_ svg: String) -> [(x: String, text: String)] {
+        svg.split(separator: "<text class=\"tick\" x=\"").dropFirst().compactMap { piece in
+            guard piece.contains("text-anchor=\"middle\">") else { return nil }
+            let x = String(piece.prefix { $0 != "\"" })
+            let text = piece.split(separator: ">", maxSplits: 1)[1].prefix { $0 != "<" }
+            return (x, String(text))
+        }
+    }
+
+    /// Issue 8: two logging intervals (steps 10 and 20) are two columns, each labelled at its centre
+    /// by its interval's last step; no tick sits between them.
+    @Test func heatmapColumnsAreLabelledByTheirLastStep() {
+        let map = ExpertHeatmap(id: "t", layer: 0, samples: [(10, [3, 1]), (20, [2, 2])])
+        let labels = stepLabels(map.svg())
+        // Plot 760 − 58 − 132 = 570 wide, two cells of 285: centres at 58 + 142.5 and 58 + 427.5.
+        #expect(labels.map(\.x) == ["200.5", "485.5"])
+        #expect(labels.map(\.text) == ["10", "20"])
+    }
+
+    @Test func longRunsLabelAtMostEightColumnsEndingWithTheLast() {
+        #expect(ExpertHeatmap.labelledColumns(count: 1) == [0])
+        #expect(ExpertHeatmap.labelledColumns(count: 5) == [0, 1, 2, 3, 4])
+        let many = ExpertHeatmap.labelledColumns(count: 200)
+        #expect(many.count <= ExpertHeatmap.maximumLabels && many.last == 199)
+        #expect(zip(many, many.dropFirst()).allSatisfy { $1 - $0 == 25 })
+        // 300 samples merge into 150 columns of 2; the last label is the run's last step.
+        let merged = ExpertHeatmap(id: "m", layer: 1, samples: (1...300).map { ($0 * 10, [1, 1]) })
+        #expect(stepLabels(merged.svg()).last?.text == "3000")
     }
 }

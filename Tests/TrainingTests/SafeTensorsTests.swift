@@ -103,8 +103,8 @@ func rawSafeTensors(header: String, data: [UInt8]) -> [UInt8] {
         let dir = TemporaryDirectory()
         let (path, bytes, length) = try goodFile(dir)
         writeRaw(Array(bytes.prefix(8 + length - 10)), to: path)
-        #expect(readError(path) == "\(path): header says \(formatCount(length)) bytes but the file has "
-            + "\(formatCount(length - 10)) after the 8-byte length; the file is truncated — rerun from the previous checkpoint")
+        #expect(readError(path) == "\(path): header says \(Format.count(length)) bytes but the file has "
+            + "\(Format.count(length - 10)) after the 8-byte length; the file is truncated — rerun from the previous checkpoint")
     }
 
     @Test func truncatedInsideTheData() throws {
@@ -122,7 +122,7 @@ func rawSafeTensors(header: String, data: [UInt8]) -> [UInt8] {
         let (path, bytes, _) = try goodFile(dir)
         writeRaw(littleEndianBytes([UInt64(1) << 40]) + bytes.dropFirst(8), to: path)
         #expect(readError(path) == "\(path): the first 8 bytes give a header length of 1,099,511,627,776 bytes, "
-            + "more than the 100,000,000 a safetensors header may have and more than the \(formatCount(bytes.count - 8)) "
+            + "more than the 100,000,000 a safetensors header may have and more than the \(Format.count(bytes.count - 8)) "
             + "the file holds; this is not a safetensors file or its start is damaged")
     }
 
@@ -131,7 +131,7 @@ func rawSafeTensors(header: String, data: [UInt8]) -> [UInt8] {
         var (path, bytes, length) = try goodFile(dir)
         bytes[8] = UInt8(ascii: "x")  // the opening brace
         writeRaw(bytes, to: path)
-        #expect(readError(path) == "\(path): the \(formatCount(length))-byte header is not valid JSON (line 1, "
+        #expect(readError(path) == "\(path): the \(Format.count(length))-byte header is not valid JSON (line 1, "
             + "column 1: unexpected character 'x'; expected a value); the file is damaged — use another copy "
             + "(for a checkpoint, rerun from the previous one)")
     }

@@ -62,7 +62,7 @@ import Testing
         let dir = TemporaryDirectory()
         let run = try trainTinyRun(in: dir, steps: 2)
         let message = errorMessage { _ = try Trainer.prepare(overrides: tinyRun(out: run)) }
-        #expect(message == "--out \(run): already holds a run (checkpoint-2, latest, metrics.jsonl); continue it with --resume \(run), or choose another --out")
+        #expect(message == "--out \(run): already holds a run (checkpoint-2, latest, metrics.jsonl); continue it with --resume \(run), start it over with --overwrite (deletes its checkpoints and metrics), or choose another --out")
     }
 
     // MARK: Checkpoints

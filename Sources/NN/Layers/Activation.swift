@@ -7,7 +7,7 @@ import Tensors
 /// ```
 public final class Activation: Module, Layer, @unchecked Sendable {
     /// The function applied.
-    public enum Kind: Sendable, Equatable, Codable {
+    public enum Kind: Sendable, Equatable {
         /// GELU: `approximate` picks GPT-2's tanh form, otherwise the exact `x·Φ(x)` with erf.
         case gelu(approximate: Bool)
         /// `x · sigmoid(x)`.

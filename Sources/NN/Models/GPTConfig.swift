@@ -3,7 +3,7 @@
 /// let config = GPTConfig(contextLength: 128, layers: 4, dModel: 128, heads: 4)
 /// try GPT.validate(config)
 /// ```
-public struct GPTConfig: Codable, Equatable, Sendable {
+public struct GPTConfig: Equatable, Sendable {
     /// Number of token ids (256 for the byte tokenizer).
     public var vocabSize: Int
     /// The longest sequence the model sees (number of position embeddings).

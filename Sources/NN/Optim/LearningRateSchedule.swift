@@ -18,7 +18,7 @@ import Darwin
 /// let schedule = LearningRateSchedule(peakLR: 6e-4, minLR: 6e-5, warmupSteps: 100, totalSteps: 5000)
 /// optimizer.learningRate = schedule.lr(at: step)
 /// ```
-public struct LearningRateSchedule: Codable, Equatable, Sendable {
+public struct LearningRateSchedule: Equatable, Sendable {
     /// The rate at the end of warm-up.
     public var peakLR: Double
     /// The floor reached at `totalSteps` and kept after.

@@ -147,7 +147,9 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     public func allocate(byteCount: Int) -> Storage {
         let allocator = gpu.allocator!
         let block: DeviceAllocation
-        do { block = try allocator.allocate(byteCount: max(byteCount, 1)) } catch { fatalError("\(error)") }
+        do { block = try allocator.allocate(byteCount: max(byteCount, 1)) } catch {
+            OutOfMemory.stop(device: device, byteCount: byteCount, detail: "\(error)")
+        }
         if CUDABackend.poisonAllocations {
             gpu.stream.memsetD32(block.address, value: 0x7FC0_0000, count: block.blockSize / 4)
         }

@@ -71,7 +71,7 @@ public struct RandomStream: Sendable, Equatable {
 /// var g = RandomGenerator(seed: 42)
 /// let w = Tensor.randomNormal([4, 4], generator: &g)
 /// ```
-public struct RandomGenerator: Sendable, Equatable, Codable {
+public struct RandomGenerator: Sendable, Equatable {
     public var seed: UInt64
     public var offset: UInt64
 

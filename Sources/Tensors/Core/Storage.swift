@@ -40,7 +40,7 @@ final class HostAllocator: Sendable {
         var raw: UnsafeMutableRawPointer?
         let size = max(byteCount, 64)
         guard posix_memalign(&raw, 64, size) == 0, let raw else {
-            fatalError("out of host memory allocating \(byteCount) bytes")
+            OutOfMemory.stop(device: .cpu, byteCount: byteCount)
         }
         let now = allocated.add(size, ordering: .relaxed).newValue
         _ = peak.max(now, ordering: .relaxed)

@@ -142,8 +142,19 @@ public enum Checkpoint {
     /// with their shapes, as float32. Nothing is changed unless every tensor fits.
     /// `savedConfig` and `expectedConfig` turn a shape mismatch into an architecture diagnosis.
     public static func loadModel(_ model: Module, from directory: String, savedConfig: RunConfig?, expectedConfig: RunConfig?) throws {
-        let path = directory + "/" + modelFile
-        let file = try readSafeTensors(path)
+        try loadModel(model, from: try readModelFile(directory), path: directory + "/" + modelFile,
+                      savedConfig: savedConfig, expectedConfig: expectedConfig)
+    }
+
+    /// `model.safetensors` of the checkpoint in `directory`, read whole.
+    public static func readModelFile(_ directory: String) throws -> SafeTensorsFile {
+        try readSafeTensors(directory + "/" + modelFile)
+    }
+
+    /// ``loadModel(_:from:savedConfig:expectedConfig:)`` from a file already read (`path` names it in
+    /// messages). Every tensor must be finite: NaN or infinity is refused, naming the tensor.
+    public static func loadModel(_ model: Module, from file: SafeTensorsFile, path: String,
+                                 savedConfig: RunConfig?, expectedConfig: RunConfig?) throws {
         var architecture = ""
         if let savedConfig, let expectedConfig, let difference = RunConfig.architectureDifference(saved: savedConfig, expected: expectedConfig) {
             architecture = "; the checkpoint is from a different architecture (\(difference))"
@@ -163,12 +174,53 @@ public enum Checkpoint {
                 throw CheckpointError("\(path): \(name) is \(e.dtype.rawValue) but the model loads F32 (float32) weights; "
                     + "convert the file's tensors to float32")
             }
+            if let index = firstNonFinite(e.bytes) {
+                throw CheckpointError("\(path): \(name) holds a non-finite value (NaN or infinity, element \(index)); "
+                    + "the run diverged before this checkpoint or the file is damaged — use an earlier checkpoint")
+            }
             values.append((p, Tensor(bytes: e.bytes, shape: e.shape, dtype: .float32, device: p.value.device)))
         }
         if let extra = file.names.first(where: { !names.contains($0) }) {
             throw CheckpointError("\(path): holds '\(extra)', which the model does not have\(architecture.isEmpty ? "; the checkpoint is from a different model" : architecture)")
         }
         for (p, v) in values { p.value = v }
+    }
+
+    /// The index of the first float32 in `bytes` (little-endian) that is NaN or infinite, or nil.
+    static func firstNonFinite(_ bytes: [UInt8]) -> Int? {
+        bytes.withUnsafeBytes { raw in
+            let count = raw.count / 4
+            for i in 0..<count {
+                // The exponent bits all set is NaN or infinity; no alignment is assumed.
+                let bits = raw.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)
+                if bits & 0x7F80_0000 == 0x7F80_0000 { return i }
+            }
+            return nil
+        }
+    }
+
+    /// Checks the sizes a saved config gives the model against the tensors the checkpoint holds,
+    /// before anything is built from it: a `state.json` edited to a huge `d_model` or `seq_len` would
+    /// otherwise allocate that model first and fail (or be killed) only afterwards.
+    public static func checkSavedConfig(_ config: RunConfig, against file: SafeTensorsFile, path: String, statePath: String) throws {
+        func mismatch(_ what: String, _ name: String, _ shape: [Int]) -> CheckpointError {
+            CheckpointError("\(statePath): the saved config says \(what), but \(path) holds \(name) of shape \(shape); "
+                + "state.json was edited or belongs to another checkpoint — restore it or use another checkpoint")
+        }
+        if let wte = file["wte.weight"], wte.shape != [ByteTokenizer.vocabularySize, config.dModel] {
+            throw mismatch("d_model \(config.dModel)", "wte.weight", wte.shape)
+        }
+        if let wpe = file["wpe.weight"], wpe.shape != [config.seqLen, config.dModel] {
+            throw mismatch("seq_len \(config.seqLen) and d_model \(config.dModel)", "wpe.weight", wpe.shape)
+        }
+        let blocks = Set(file.names.compactMap { name -> Int? in
+            let parts = name.split(separator: ".")
+            return parts.count > 1 && parts[0] == "blocks" ? Int(parts[1]) : nil
+        })
+        if !blocks.isEmpty && blocks.count != config.layers {
+            throw CheckpointError("\(statePath): the saved config says layers \(config.layers), but \(path) holds "
+                + "\(blocks.count) blocks; state.json was edited or belongs to another checkpoint — restore it or use another checkpoint")
+        }
     }
 
     /// Loads `optimizer.safetensors` into `optimizer` (names and shapes checked by the optimizer).

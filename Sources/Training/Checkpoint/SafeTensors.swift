@@ -159,9 +159,9 @@ public enum SafeTensors {
                     + "\(bad) in shape \(entry.shape)")
             }
             guard let expected = entry.expectedByteCount, expected == entry.bytes.count else {
-                throw SafeTensorsError(description: "\(path): tensor '\(entry.name)' has \(formatCount(entry.bytes.count)) "
+                throw SafeTensorsError(description: "\(path): tensor '\(entry.name)' has \(Format.count(entry.bytes.count)) "
                     + "bytes but shape \(entry.shape) of \(entry.dtype.rawValue) needs "
-                    + "\(entry.expectedByteCount.map(formatCount) ?? "more than Int.max"); fix the entry before writing")
+                    + "\(entry.expectedByteCount.map(Format.count) ?? "more than Int.max"); fix the entry before writing")
             }
             let end = offset + entry.bytes.count
             members.append(JSONMember(entry.name, .object([
@@ -200,7 +200,7 @@ public enum SafeTensors {
         do { fileSize = try FileSystem.fileSize(file, path: path) } catch { throw SafeTensorsError(description: "\(error)") }
         let damaged = "the file is damaged — use another copy (for a checkpoint, rerun from the previous one)"
         guard fileSize >= 8 else {
-            throw SafeTensorsError(description: "\(path): the file has \(formatCount(fileSize)) bytes, fewer than the "
+            throw SafeTensorsError(description: "\(path): the file has \(Format.count(fileSize)) bytes, fewer than the "
                 + "8-byte header length that starts a safetensors file; it is truncated or not a safetensors file "
                 + "— rerun from the previous checkpoint")
         }
@@ -211,12 +211,12 @@ public enum SafeTensors {
         guard rawLength <= UInt64(available) else {
             if rawLength > UInt64(maximumHeaderLength) {
                 throw SafeTensorsError(description: "\(path): the first 8 bytes give a header length of "
-                    + "\(rawLength.formattedCount) bytes, more than the \(formatCount(maximumHeaderLength)) a "
-                    + "safetensors header may have and more than the \(formatCount(available)) the file holds; "
+                    + "\(rawLength.formattedCount) bytes, more than the \(Format.count(maximumHeaderLength)) a "
+                    + "safetensors header may have and more than the \(Format.count(available)) the file holds; "
                     + "this is not a safetensors file or its start is damaged")
             }
             throw SafeTensorsError(description: "\(path): header says \(rawLength.formattedCount) bytes but the file has "
-                + "\(formatCount(available)) after the 8-byte length; the file is truncated — rerun from the previous checkpoint")
+                + "\(Format.count(available)) after the 8-byte length; the file is truncated — rerun from the previous checkpoint")
         }
         let headerLength = Int(rawLength)
         var headerBytes = [UInt8](repeating: 0, count: headerLength)
@@ -225,7 +225,7 @@ public enum SafeTensors {
         do {
             header = try JSONValue.parse(headerBytes)
         } catch {
-            throw SafeTensorsError(description: "\(path): the \(formatCount(headerLength))-byte header is not valid JSON "
+            throw SafeTensorsError(description: "\(path): the \(Format.count(headerLength))-byte header is not valid JSON "
                 + "(\(error.description)); \(damaged)")
         }
         guard let members = header.members else {
@@ -285,28 +285,28 @@ public enum SafeTensors {
                     + "\(member.value["data_offsets"]!.serialized()), which is not two non-negative integers "
                     + "[begin, end]; \(damaged)")
             }
-            let offsets = "[\(formatCount(begin)), \(formatCount(end))]"
+            let offsets = "[\(Format.count(begin)), \(Format.count(end))]"
             guard begin <= end else {
                 throw SafeTensorsError(description: "\(what) has data_offsets \(offsets), which run backwards "
                     + "(begin after end); \(damaged)")
             }
             guard end <= bufferSize else {
                 throw SafeTensorsError(description: "\(what) has data_offsets \(offsets) but the data buffer has "
-                    + "only \(formatCount(bufferSize)) bytes; the file is truncated or damaged — rerun from the "
+                    + "only \(Format.count(bufferSize)) bytes; the file is truncated or damaged — rerun from the "
                     + "previous checkpoint")
             }
             let entry = SafeTensorsEntry(name: name, dtype: dtype, shape: shape, bytes: [])
             guard let expected = entry.expectedByteCount, expected == end - begin else {
                 throw SafeTensorsError(description: "\(what) has shape \(shape) of \(dtype.rawValue), which needs "
-                    + "\(entry.expectedByteCount.map(formatCount) ?? "more than Int.max") bytes, but its data_offsets "
-                    + "\(offsets) span \(formatCount(end - begin)); \(damaged)")
+                    + "\(entry.expectedByteCount.map(Format.count) ?? "more than Int.max") bytes, but its data_offsets "
+                    + "\(offsets) span \(Format.count(end - begin)); \(damaged)")
             }
             spans.append((name, dtype, shape, begin, end))
         }
         spans.sort { ($0.begin, $0.end) < ($1.begin, $1.end) }
         for (a, b) in zip(spans, spans.dropFirst()) where b.begin < a.end {
-            throw SafeTensorsError(description: "\(path): tensors '\(a.name)' [\(formatCount(a.begin)), "
-                + "\(formatCount(a.end))] and '\(b.name)' [\(formatCount(b.begin)), \(formatCount(b.end))] overlap "
+            throw SafeTensorsError(description: "\(path): tensors '\(a.name)' [\(Format.count(a.begin)), "
+                + "\(Format.count(a.end))] and '\(b.name)' [\(Format.count(b.begin)), \(Format.count(b.end))] overlap "
                 + "in the data buffer; \(damaged)")
         }
 
@@ -337,6 +337,6 @@ public enum SafeTensors {
 extension UInt64 {
     /// The value with thousands separators, for messages.
     var formattedCount: String {
-        self <= UInt64(Int.max) ? formatCount(Int(self)) : String(self)
+        self <= UInt64(Int.max) ? Format.count(Int(self)) : String(self)
     }
 }

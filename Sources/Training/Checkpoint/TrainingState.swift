@@ -2,7 +2,7 @@ import MoE
 import Tensors
 
 /// Identifies the token stream a run trained on, so a resume on different data is caught.
-public struct DataFingerprint: Equatable, Sendable, Codable {
+public struct DataFingerprint: Equatable, Sendable {
     /// Where the tokens came from (a path, or "synthetic corpus …").
     public var source: String
     /// Tokens in the whole stream (training plus validation).
@@ -55,6 +55,9 @@ public struct TrainingState: Equatable, Sendable {
     public var valLoss: Double?
     /// The library that wrote the checkpoint.
     public var libraryVersion: String
+    /// Steps up to `step` whose update was skipped (a non-finite gradient norm or, with
+    /// `--skip-nonfinite`, loss): the optimizer's own step count is `step − skippedSteps`.
+    public var skippedSteps: Int = 0
 
     public static let format = "fastmoe-checkpoint"
     public static let formatVersion = 1
@@ -93,6 +96,7 @@ public struct TrainingState: Equatable, Sendable {
             JSONMember("elapsed_s", .double(elapsedSeconds)),
         ]
         if let valLoss { members.append(JSONMember("val_loss", .double(valLoss))) }
+        if skippedSteps > 0 { members.append(JSONMember("skipped_steps", .int(skippedSteps))) }
         return "{\n" + members.map { "  " + JSONValue.object([$0]).serialized().dropFirst().dropLast() }.joined(separator: ",\n") + "\n}\n"
     }
 
@@ -126,7 +130,6 @@ public struct TrainingState: Equatable, Sendable {
         }
         let configValue = try field(root, "config")
         guard let configMembers = configValue.members else { throw CheckpointError("\(path): 'config' is not an object; \(damaged)") }
-        var config = RunConfig.tiny
         var values: [String: ConfigValue] = [:]
         for m in configMembers {
             switch m.value {
@@ -137,10 +140,8 @@ public struct TrainingState: Equatable, Sendable {
             default: throw CheckpointError("\(path): config '\(m.key)' is \(m.value.kindName); \(damaged)")
             }
         }
-        // Optional settings are written only when set; start from "unset" so absent ones stay nil.
-        (config.name, config.mlpHidden, config.data, config.out, config.topK, config.expertHidden, config.capacityFactor, config.initFrom) =
-            (nil, nil, nil, nil, nil, nil, nil, nil)
-        do { try config.apply(values, source: path + " config") } catch let e as RunConfigError {
+        let config: RunConfig
+        do { config = try RunConfig.decoded(from: values, source: path + " config") } catch let e as RunConfigError {
             throw CheckpointError("\(e.description) (\(damaged))")
         }
         do { try config.validate() } catch let e as RunConfigError {
@@ -167,9 +168,16 @@ public struct TrainingState: Equatable, Sendable {
             throw CheckpointError("\(path): 'elapsed_s' is not a number; \(damaged)")
         }
         let valLoss = root["val_loss"]?.doubleValue
-        return TrainingState(step: step, config: config, sampler: sampler, generators: generators, data: data,
-                             elapsedSeconds: elapsed.isFinite ? elapsed : 0, valLoss: valLoss,
-                             libraryVersion: root["library_version"]?.stringValue ?? "unknown")
+        var state = TrainingState(step: step, config: config, sampler: sampler, generators: generators, data: data,
+                                  elapsedSeconds: elapsed.isFinite ? elapsed : 0, valLoss: valLoss,
+                                  libraryVersion: root["library_version"]?.stringValue ?? "unknown")
+        if let skipped = root["skipped_steps"] {
+            guard let n = skipped.intValue, n >= 0, n <= step else {
+                throw CheckpointError("\(path): 'skipped_steps' is not an integer from 0 to 'step' (\(step)); \(damaged)")
+            }
+            state.skippedSteps = n
+        }
+        return state
     }
 }
 
@@ -188,6 +196,21 @@ extension RunConfig {
                 return JSONMember(key.name, json)
             }
         })
+    }
+
+    /// The inverse of `jsonValue`: the saved preset's settings, every optional setting unset (through
+    /// the key table, so a new optional needs no list here), then `values`. Settings a saved config
+    /// lacks (written by an older fastmoe) keep the preset's value.
+    static func decoded(from values: [String: ConfigValue], source: String) throws -> RunConfig {
+        var config: RunConfig
+        if case .string(let name)? = values["preset"], let base = try? RunConfig.preset(name) {
+            config = base
+        } else {
+            config = RunConfig.tiny  // an unknown preset is reported by validate(), naming the value
+        }
+        for key in keyTable { key.clear?(&config) }
+        try config.apply(values, source: source)
+        return config
     }
 
     /// The differences in model architecture between a saved config and the expected one, as

@@ -87,7 +87,9 @@ public struct ConfigFile: Sendable {
     }
 
     /// Parses `text` as the format `path`'s extension names (`.toml` or `.json`).
+    /// A UTF-8 byte-order mark (which some Windows editors write) is skipped.
     public static func parse(_ text: String, path: String) throws -> ConfigFile {
+        if text.unicodeScalars.first == "\u{FEFF}" { return try parse(String(text.unicodeScalars.dropFirst()), path: path) }
         if path.hasSuffix(".toml") { return try parseTOML(text, path: path) }
         if path.hasSuffix(".json") { return try parseJSON(text, path: path) }
         let name = AtomicFile.splitPath(path).base

@@ -169,8 +169,23 @@ struct TOMLLine {
         if word == "true" { return .bool(true) }
         if word == "false" { return .bool(false) }
         if let number = TOMLLine.number(word) { return number }
+        if TOMLLine.isIntegerLiteral(word) {
+            throw error("'\(word)' is too large for an integer: settings accept integers from "
+                + "-9,223,372,036,854,775,808 to 9,223,372,036,854,775,807 (and the setting's own range)")
+        }
         throw error("'\(word)' is not a value this config understands; write a number, true/false, or a quoted "
             + "string such as \"\(word)\"")
+    }
+
+    /// Whether `word` is written as an integer (sign, digits, underscores), whatever its size.
+    static func isIntegerLiteral(_ word: String) -> Bool {
+        var body = Substring(word)
+        if body.first == "+" || body.first == "-" { body = body.dropFirst() }
+        // Underscores only between digits, as TOML requires (so `1__0` stays "not a value").
+        let chars = Array(body)
+        return chars.first?.isNumber == true && chars.last?.isNumber == true
+            && chars.allSatisfy { ($0.isASCII && $0.isNumber) || $0 == "_" }
+            && !zip(chars, chars.dropFirst()).contains { $0 == "_" && $1 == "_" }
     }
 
     /// TOML integers (`42`, `-7`, `1_000`) and floats (`0.5`, `3e-4`, `inf`, `nan`); nil for anything else.

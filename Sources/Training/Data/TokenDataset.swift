@@ -34,7 +34,7 @@ public struct TokenDataset: Sendable {
         }
         let window = seqLen + 1
         let needed = TokenDataset.minimumByteCount(seqLen: seqLen, valFraction: valFraction)
-        let advice = "the data must have at least \(formatCount(needed)) bytes for seq_len \(seqLen) "
+        let advice = "the data must have at least \(Format.count(needed)) bytes for seq_len \(seqLen) "
             + "at val_fraction \(valFraction) — use more text, a shorter seq_len, or another val_fraction"
         guard !tokens.isEmpty else {
             throw DatasetError(description: "\(source): the data is empty; \(advice)")
@@ -42,13 +42,13 @@ public struct TokenDataset: Sendable {
         let (trainCount, valCount) = TokenDataset.split(count: tokens.count, valFraction: valFraction)
         if trainCount < window {
             throw DatasetError(description:
-                "\(source): the training part has \(formatCount(trainCount)) bytes (of \(formatCount(tokens.count))) "
-                + "but one window needs \(formatCount(window)) (seq_len \(seqLen) + 1); \(advice)")
+                "\(source): the training part has \(Format.count(trainCount)) bytes (of \(Format.count(tokens.count))) "
+                + "but one window needs \(Format.count(window)) (seq_len \(seqLen) + 1); \(advice)")
         }
         if valCount < window {
             throw DatasetError(description:
-                "\(source): the validation part has \(formatCount(valCount)) bytes (the last \(valFraction) "
-                + "of \(formatCount(tokens.count))) but one window needs \(formatCount(window)) "
+                "\(source): the validation part has \(Format.count(valCount)) bytes (the last \(valFraction) "
+                + "of \(Format.count(tokens.count))) but one window needs \(Format.count(window)) "
                 + "(seq_len \(seqLen) + 1); \(advice)")
         }
         self.source = source
@@ -62,13 +62,16 @@ public struct TokenDataset: Sendable {
         do {
             bytes = try FileSystem.readFile(path)
         } catch let error as FileSystemError {
+            if error.reason?.hasSuffix("not a regular file") == true && error.reason?.contains("directory") == false {
+                throw DatasetError(description: "--data " + error.description)
+            }
             throw DatasetError(description: "\(path): cannot read the data file (\(error.reason ?? error.description)); "
                 + "check the path, or train on the built-in synthetic corpus")
         }
         if bytes.isEmpty {
             let needed = minimumByteCount(seqLen: max(seqLen, 1), valFraction: valFraction)
             throw DatasetError(description: "\(path): the file is empty (0 bytes); it needs at least "
-                + "\(formatCount(needed)) bytes for seq_len \(seqLen) at val_fraction \(valFraction)")
+                + "\(Format.count(needed)) bytes for seq_len \(seqLen) at val_fraction \(valFraction)")
         }
         return try TokenDataset(tokens: bytes, seqLen: seqLen, valFraction: valFraction, source: path)
     }
@@ -104,6 +107,17 @@ public struct TokenDataset: Sendable {
         }
     }
 
+    /// How many validation batches of `batchSize` windows fit without repeating a window: the
+    /// validation part has `count − seqLen` distinct windows (at least 1 batch, which may overlap).
+    /// Loops driven by a user's count (`--eval-batches`) are capped to it.
+    public func distinctValidationBatches(batchSize: Int, seqLen: Int) -> Int {
+        Self.distinctBatches(validationCount: validation.count, batchSize: batchSize, seqLen: seqLen)
+    }
+
+    static func distinctBatches(validationCount: Int, batchSize: Int, seqLen: Int) -> Int {
+        max(1, (validationCount - seqLen) / max(batchSize, 1))
+    }
+
     /// Start offsets of `windows` evenly spaced validation windows of `seqLen + 1` tokens.
     func validationWindowStarts(windows: Int, seqLen: Int) -> [Int] {
         guarantee(windows >= 1 && seqLen >= 1, "validationBatches: batchSize, count and seqLen must be positive")
@@ -122,7 +136,7 @@ public struct TokenDataset: Sendable {
 /// uninterrupted run would have seen.
 public struct BatchSampler: Sendable {
     /// Everything needed to continue the sequence of windows.
-    public struct State: Codable, Equatable, Sendable {
+    public struct State: Equatable, Sendable {
         /// The run's data seed.
         public var seed: UInt64
         /// How many windows have been drawn so far.

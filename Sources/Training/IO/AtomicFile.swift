@@ -126,6 +126,46 @@ public enum AtomicFile {
         return true
     }
 
+    /// Removes what writers that died left in `directory`: `NAME.tmp-PID` files and directories (a
+    /// write or a checkpoint cut short) and `NAME.old-PID` directories whose `NAME` is back in place,
+    /// for every PID that is no longer a running process. An `.old-PID` whose `NAME` is missing is
+    /// first put back (``recoverInterruptedReplace(_:)``). Returns the names removed, for a message.
+    @discardableResult
+    public static func removeAbandonedTemporaries(in directory: String) throws -> [String] {
+        guard FileSystem.isDirectory(directory) else { return [] }
+        var removed: [String] = []
+        for name in try FileSystem.listDirectory(directory) {
+            guard let (base, marker, pid) = temporaryName(name), !isRunning(pid) else { continue }
+            if marker == ".old-" { try recoverInterruptedReplace(directory + "/" + base) }
+            guard FileSystem.exists(directory + "/" + name) else { continue }  // it was the one put back
+            try FileSystem.removeRecursively(directory + "/" + name)
+            removed.append(name)
+        }
+        return removed
+    }
+
+    /// `checkpoint-6.tmp-4242` → ("checkpoint-6", ".tmp-", 4242); nil for other names.
+    static func temporaryName(_ name: String) -> (base: String, marker: String, pid: Int32)? {
+        let characters = Array(name)
+        for marker in [".tmp-", ".old-"] {
+            let m = Array(marker)
+            var i = characters.count - m.count
+            while i > 0 && Array(characters[i..<(i + m.count)]) != m { i -= 1 }
+            guard i > 0 else { continue }
+            let digits = String(characters[(i + m.count)...])
+            guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let pid = Int32(digits) else { continue }
+            return (String(characters[..<i]), marker, pid)
+        }
+        return nil
+    }
+
+    /// Whether a process with this id runs now (our own id counts as not running: a name with it is
+    /// left over from an earlier process that had the same id, since this one has written nothing yet).
+    static func isRunning(_ pid: Int32) -> Bool {
+        if pid == FileSystem.processID || pid <= 0 { return false }
+        return kill(pid, 0) == 0 || errno == EPERM
+    }
+
     static func modificationSeconds(_ info: stat) -> Int {
         #if canImport(Darwin)
         return Int(info.st_mtimespec.tv_sec)

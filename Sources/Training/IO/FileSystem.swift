@@ -114,8 +114,10 @@ public enum FileSystem {
         }
     }
 
-    /// The whole content of the file at `path`, read with `fopen`/`fread`.
+    /// The whole content of the file at `path`, read with `fopen`/`fread`. Only regular files: a
+    /// pipe or a device (`/dev/zero`) has no size to read up to, and opening a pipe would block.
     public static func readFile(_ path: String) throws -> [UInt8] {
+        _ = try regularFileSize(path)
         guard let file = fopen(path, "rb") else {
             throw FileSystemError.system(path, "open", errno: errno, hint: "check the path")
         }
@@ -124,6 +126,29 @@ public enum FileSystem {
         var bytes = [UInt8](repeating: 0, count: size)
         try readExactly(file, into: &bytes, path: path)
         return bytes
+    }
+
+    /// The size of the regular file at `path` (following links); throws, naming what is there
+    /// instead, for a directory, a pipe, a socket or a device.
+    public static func regularFileSize(_ path: String) throws -> Int {
+        var info = stat()
+        if stat(path, &info) != 0 {
+            throw FileSystemError.system(path, "open", errno: errno, hint: "check the path")
+        }
+        let kind: String
+        switch info.st_mode & S_IFMT {
+        case S_IFREG: return Int(info.st_size)
+        case S_IFDIR:
+            throw FileSystemError(path: path, "\(path): is a directory, not a file; give the path of a file",
+                                  reason: "is a directory, not a file")
+        case S_IFIFO: kind = "a pipe (FIFO)"
+        case S_IFCHR: kind = "a character device"
+        case S_IFBLK: kind = "a block device"
+        case S_IFSOCK: kind = "a socket"
+        default: kind = "not a regular file"
+        }
+        throw FileSystemError(path: path, "\(path): is \(kind), not a regular file; fastmoe reads files whole, so give "
+            + "the path of a regular file (save a stream to a file first)", reason: "is \(kind), not a regular file")
     }
 
     /// The size in bytes of the open `file` (its position is left at the start).
@@ -148,7 +173,7 @@ public enum FileSystem {
                 throw FileSystemError.system(path, "read", errno: errno, hint: "check the disk and the file")
             }
             throw FileSystemError(path: path,
-                "\(path): expected \(formatCount(want)) more bytes but only \(formatCount(got)) could be read; "
+                "\(path): expected \(Format.count(want)) more bytes but only \(Format.count(got)) could be read; "
                 + "the file changed or is truncated — check that nothing else is writing it")
         }
     }
@@ -159,14 +184,3 @@ public enum FileSystem {
 
 /// The C `rename`, under a name that the static `FileSystem.rename` does not shadow.
 private func posixRename(_ from: String, _ to: String) -> Int32 { rename(from, to) }
-
-/// `1204` → `"1,204"`: byte counts in messages are easier to compare with separators.
-func formatCount(_ value: Int) -> String {
-    let digits = String(value.magnitude)
-    var out = ""
-    for (i, ch) in digits.enumerated() {
-        if i > 0 && (digits.count - i) % 3 == 0 { out.append(",") }
-        out.append(ch)
-    }
-    return value < 0 ? "-" + out : out
-}

@@ -61,9 +61,13 @@ extension ModelFactory {
     public static func load(checkpoint path: String, device: Device) throws -> (model: GPT, state: TrainingState, directory: String) {
         let directory = try Checkpoint.resolve(path)
         let state = try Checkpoint.readState(directory)
+        let file = try Checkpoint.readModelFile(directory)
+        let modelPath = directory + "/" + Checkpoint.modelFile
+        try Checkpoint.checkSavedConfig(state.config, against: file, path: modelPath, statePath: directory + "/" + Checkpoint.stateFile)
+        try MemoryEstimate(state.config, purpose: .loadingModel).check(on: device)
         let model = build(state.config, device: device)
         if !device.isCUDA { model.activationDType = nil }
-        try Checkpoint.loadModel(model, from: directory, savedConfig: state.config, expectedConfig: state.config)
+        try Checkpoint.loadModel(model, from: file, path: modelPath, savedConfig: state.config, expectedConfig: state.config)
         return (model, state, directory)
     }
 }

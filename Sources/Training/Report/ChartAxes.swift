@@ -112,57 +112,6 @@ struct ChartAxis {
     }
 }
 
-/// A number for a tick label or a table: few digits, thousands as `12k`, tiny or huge in `3e-4` form.
-func formatNumber(_ value: Double, significant: Int = 3) -> String {
-    guard value.isFinite else { return value.isNaN ? "NaN" : (value > 0 ? "∞" : "-∞") }
-    if value == 0 { return "0" }
-    let magnitude = abs(value)
-    if magnitude >= 1e6 && magnitude < 1e9 { return formatNumber(value / 1e6, significant: significant) + "M" }
-    if magnitude >= 1e4 && magnitude < 1e6 { return formatNumber(value / 1e3, significant: significant) + "k" }
-    if magnitude >= 1e9 || magnitude < 1e-3 {
-        var exponent = Int(log10(magnitude).rounded(.down))
-        var mantissa = value / pow(10, Double(exponent))
-        if abs(roundTo(mantissa, decimals: significant - 1)) >= 10 {  // 9.996e-5 rounds to 10e-5
-            exponent += 1
-            mantissa /= 10
-        }
-        return formatDecimal(mantissa, decimals: significant - 1) + "e" + String(exponent)
-    }
-    let digitsBeforePoint = Int(log10(magnitude).rounded(.down)) + 1  // 0 or negative below 1: 0.0123 → -1
-    return formatDecimal(value, decimals: max(0, significant - digitsBeforePoint))
-}
-
-func roundTo(_ value: Double, decimals: Int) -> Double {
-    let scale = pow(10, Double(decimals))
-    return (value * scale).rounded() / scale
-}
-
-/// `value` with at most `decimals` digits after the point, trailing zeros removed: 2.50 → "2.5".
-func formatDecimal(_ value: Double, decimals: Int) -> String {
-    let scale = pow(10, Double(decimals))
-    let scaled = (abs(value) * scale).rounded()
-    guard scaled < 9e15 else { return String(Int(value.rounded())) }
-    let integer = Int(scaled)
-    var digits = String(integer)
-    if decimals > 0 {
-        if digits.count <= decimals { digits = String(repeating: "0", count: decimals - digits.count + 1) + digits }
-        let point = digits.index(digits.endIndex, offsetBy: -decimals)
-        var fraction = String(digits[point...])
-        while fraction.hasSuffix("0") { fraction.removeLast() }
-        digits = String(digits[..<point]) + (fraction.isEmpty ? "" : "." + fraction)
-    }
-    return (value < 0 && integer != 0 ? "-" : "") + digits
-}
-
-/// A duration for tables: `42 s`, `3 min 5 s`, `2 h 14 min`.
-func formatDuration(_ seconds: Double) -> String {
-    guard seconds.isFinite && seconds >= 0 else { return "–" }
-    if seconds < 60 { return formatNumber(seconds) + " s" }
-    let total = Int(seconds.rounded())
-    if total < 3600 { return "\(total / 60) min \(total % 60) s" }
-    return "\(total / 3600) h \((total % 3600) / 60) min"
-}
-
 /// Text made safe to put in HTML or SVG content and attribute values.
 func escapeHTML(_ text: String) -> String {
     var out = ""
@@ -182,5 +131,5 @@ func escapeHTML(_ text: String) -> String {
 
 /// A coordinate for SVG attributes: one decimal is finer than a pixel and keeps files small.
 func svgNumber(_ value: Double) -> String {
-    formatDecimal(value, decimals: 1)
+    Format.decimal(value, decimals: 1)
 }

@@ -14,6 +14,16 @@ struct ExpertHeatmap {
     /// reader can see, and it bounds the SVG's size for long runs.
     static let maximumColumns = 200
 
+    /// Step labels beyond this many would collide under a 760-pixel-wide plot.
+    static let maximumLabels = 8
+
+    /// The columns (of `count`) that get a step label: every `stride`-th, counted back from the last.
+    static func labelledColumns(count: Int) -> [Int] {
+        guard count > 0 else { return [] }
+        let stride = (count + maximumLabels - 1) / maximumLabels
+        return Swift.stride(from: count - 1, through: 0, by: -stride).reversed()
+    }
+
     func svg() -> String {
         let experts = samples.map(\.counts.count).max() ?? 0
         guard experts > 0 else { return "<p class=\"empty\">no expert counts for layer \(layer)</p>" }
@@ -48,7 +58,7 @@ struct ExpertHeatmap {
             + "xmlns=\"http://www.w3.org/2000/svg\" role=\"img\" aria-label=\"expert load of layer \(layer)\">\n"
         out += "<defs><linearGradient id=\"scale-\(id)\" x1=\"0\" y1=\"1\" x2=\"0\" y2=\"0\">"
         for (i, stop) in heatmapStops.enumerated() {
-            out += "<stop offset=\"\(formatDecimal(Double(i) / Double(heatmapStops.count - 1), decimals: 3))\" "
+            out += "<stop offset=\"\(Format.decimal(Double(i) / Double(heatmapStops.count - 1), decimals: 3))\" "
                 + "stop-color=\"\(rgb(stop))\"/>"
         }
         out += "</linearGradient></defs>\n"
@@ -62,7 +72,7 @@ struct ExpertHeatmap {
                 out += "<rect x=\"\(svgNumber(x))\" y=\"\(svgNumber(topMargin + Double(e) * rowHeight))\" "
                     + "width=\"\(svgNumber(cellWidth + 0.6))\" height=\"\(svgNumber(rowHeight + 0.6))\" "
                     + "fill=\"\(rgb(heatmapColor(share / top)))\"><title>\(stepText), expert \(e): "
-                    + "\(formatNumber(share * 100, significant: 3))% of tokens</title></rect>"
+                    + "\(Format.label(share * 100, significant: 3))% of tokens</title></rect>"
             }
             out += "\n"
         }
@@ -77,18 +87,16 @@ struct ExpertHeatmap {
         out += "\n<text class=\"axis-label\" x=\"14\" y=\"\(svgNumber(yMid))\" text-anchor=\"middle\" "
             + "transform=\"rotate(-90 14 \(svgNumber(yMid)))\">expert</text>\n"
 
-        // Step ticks along x, at nice values inside the sampled range.
-        let firstStep = Double(samples.first!.step), lastStep = Double(samples.last!.step)
-        if let axis = ChartAxis(values: [firstStep, lastStep], logarithmic: false) {
-            let span = max(lastStep - firstStep, 1)
-            for tick in axis.ticks where tick >= firstStep && tick <= lastStep {
-                // Column c covers [c, c+1) of the width; a step maps to the centre of where it falls.
-                let x = left + (tick - firstStep) / span * (plotWidth - cellWidth) + cellWidth / 2
-                out += "<line class=\"tickmark\" x1=\"\(svgNumber(x))\" y1=\"\(svgNumber(topMargin + plotHeight))\" "
-                    + "x2=\"\(svgNumber(x))\" y2=\"\(svgNumber(topMargin + plotHeight + 4))\"/>"
-                    + "<text class=\"tick\" x=\"\(svgNumber(x))\" y=\"\(svgNumber(topMargin + plotHeight + 17))\" "
-                    + "text-anchor=\"middle\">\(formatNumber(tick))</text>"
-            }
+        // Step labels along x. A column is a logging interval (or several merged), so it is labelled
+        // by the last step it covers, at its centre: a continuous step axis would put the ticks of
+        // steps 10…20 inside the first of two columns (issue 8). Every `stride`-th column is labelled,
+        // counted back from the last so the run's final step is always shown.
+        for c in ExpertHeatmap.labelledColumns(count: columns.count) {
+            let x = left + (Double(c) + 0.5) * cellWidth
+            out += "<line class=\"tickmark\" x1=\"\(svgNumber(x))\" y1=\"\(svgNumber(topMargin + plotHeight))\" "
+                + "x2=\"\(svgNumber(x))\" y2=\"\(svgNumber(topMargin + plotHeight + 4))\"/>"
+                + "<text class=\"tick\" x=\"\(svgNumber(x))\" y=\"\(svgNumber(topMargin + plotHeight + 17))\" "
+                + "text-anchor=\"middle\">\(columns[c].lastStep)</text>"
         }
         out += "\n<text class=\"axis-label\" x=\"\(svgNumber(left + plotWidth / 2))\" "
             + "y=\"\(svgNumber(topMargin + plotHeight + 38))\" text-anchor=\"middle\">step</text>\n"
@@ -98,8 +106,8 @@ struct ExpertHeatmap {
         let barTop = topMargin, barHeight = max(plotHeight, 80)
         out += "<rect x=\"\(svgNumber(barX))\" y=\"\(svgNumber(barTop))\" width=\"\(svgNumber(barWidth))\" "
             + "height=\"\(svgNumber(barHeight))\" fill=\"url(#scale-\(id))\" stroke=\"#777\"/>\n"
-        for (value, label) in [(0.0, "0%"), (uniform, formatNumber(uniform * 100) + "% (1/E)"),
-                               (top, formatNumber(top * 100) + "%")] {
+        for (value, label) in [(0.0, "0%"), (uniform, Format.label(uniform * 100) + "% (1/E)"),
+                               (top, Format.label(top * 100) + "%")] {
             let y = barTop + (1 - value / top) * barHeight
             out += "<line class=\"tickmark\" x1=\"\(svgNumber(barX + barWidth))\" y1=\"\(svgNumber(y))\" "
                 + "x2=\"\(svgNumber(barX + barWidth + 4))\" y2=\"\(svgNumber(y))\"/>"

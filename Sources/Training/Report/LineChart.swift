@@ -78,7 +78,7 @@ struct LineChart {
             return out
         }
 
-        let yLabels = yAxis.ticks.map { formatNumber($0) }
+        let yLabels = yAxis.ticks.map { Format.label($0) }
         let widestY = Double(yLabels.map(\.count).max() ?? 1) * LineChart.characterWidth
         let left = 30 + widestY + 8, right = 16.0
         let top = 10 + Double(legendRows) * 18, bottom = 46.0
@@ -99,7 +99,7 @@ struct LineChart {
                 + "text-anchor=\"end\">\(escapeHTML(label))</text>\n"
         }
         // x ticks, thinned if the labels would touch.
-        let xLabels = xAxis.ticks.map { formatNumber($0) }
+        let xLabels = xAxis.ticks.map { Format.label($0) }
         let widestX = Double(xLabels.map(\.count).max() ?? 1) * LineChart.characterWidth + 10
         let spacing = xAxis.ticks.count > 1 ? plotWidth / Double(xAxis.ticks.count - 1) : plotWidth
         let every = max(1, Int((widestX / spacing).rounded(.up)))
@@ -123,13 +123,13 @@ struct LineChart {
         for s in usable where !s.points.isEmpty {
             let coordinates = s.points.map { "\(svgNumber(px($0.x))),\(svgNumber(py($0.y)))" }.joined(separator: " ")
             out += "<polyline class=\"series\" fill=\"none\" stroke=\"\(s.color)\" stroke-width=\"\(svgNumber(s.strokeWidth))\" "
-                + "stroke-opacity=\"\(formatDecimal(s.opacity, decimals: 2))\" stroke-linejoin=\"round\" "
+                + "stroke-opacity=\"\(Format.decimal(s.opacity, decimals: 2))\" stroke-linejoin=\"round\" "
                 + "points=\"\(coordinates)\"><title>\(escapeHTML(s.name))</title></polyline>\n"
             if s.markers && s.points.count <= 300 {
                 for p in s.points {
                     out += "<circle cx=\"\(svgNumber(px(p.x)))\" cy=\"\(svgNumber(py(p.y)))\" r=\"2.6\" fill=\"\(s.color)\">"
-                        + "<title>\(escapeHTML(s.name)): \(escapeHTML(xLabel)) \(formatNumber(p.x, significant: 6)), "
-                        + "\(formatNumber(p.y, significant: 4))</title></circle>\n"
+                        + "<title>\(escapeHTML(s.name)): \(escapeHTML(xLabel)) \(Format.label(p.x, significant: 6)), "
+                        + "\(Format.label(p.y, significant: 4))</title></circle>\n"
                 }
             }
         }

@@ -139,11 +139,11 @@ public enum ReportWriter {
             let cells = [
                 run.name,
                 String(lastStep),
-                run.train.last.map { formatNumber($0.loss, significant: 4) } ?? "–",
-                best.map { formatNumber($0.valLoss, significant: 4) + " (step \($0.step))" } ?? "–",
-                run.eval.last.map { formatNumber($0.valLoss, significant: 4) } ?? "–",
-                speeds.isEmpty ? "–" : formatNumber(speeds[speeds.count / 2]),
-                formatDuration(elapsed),
+                run.train.last.map { Format.label($0.loss, significant: 4) } ?? "–",
+                best.map { Format.label($0.valLoss, significant: 4) + " (step \($0.step))" } ?? "–",
+                run.eval.last.map { Format.label($0.valLoss, significant: 4) } ?? "–",
+                speeds.isEmpty ? "–" : Format.label(speeds[speeds.count / 2]),
+                Format.spokenDuration(elapsed),
             ]
             out += "<tr>" + cells.map { "<td>\(escapeHTML($0))</td>" }.joined() + "</tr>\n"
         }

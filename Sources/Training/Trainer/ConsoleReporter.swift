@@ -37,7 +37,7 @@ public final class ConsoleReporter: @unchecked Sendable {
         case .started(let s): printLine(header(s))
         case .step(let p): step(p)
         case .evaluated(let step, let loss):
-            printLine("eval  step \(step): val loss \(fixed(loss, 4)) (perplexity \(fixed(expDouble(loss), 2)))")
+            printLine("eval  step \(step): val loss \(Format.fixed(loss, 4)) (perplexity \(Format.fixed(expDouble(loss), 2)))")
         case .checkpointSaved(_, let path): printLine("saved \(path)")
         case .finished(let s): printLine(summary(s))
         }
@@ -72,14 +72,35 @@ public final class ConsoleReporter: @unchecked Sendable {
         let stepText = String(repeating: " ", count: max(0, width - String(p.step).count)) + String(p.step)
         var parts = [
             "step \(stepText)/\(p.totalSteps)",
-            "loss \(fixed(p.intervalLoss ?? p.loss, 3))",
-            "\(compact(p.tokensPerSecond)) tok/s",
-            "lr \(scientific(p.lr))",
-            duration(p.elapsedSeconds),
-            "ETA \(duration(p.etaSeconds))",
+            "loss \(Format.fixed(p.intervalLoss ?? p.loss, 3))",
+            "\(Format.compact(p.tokensPerSecond)) tok/s",
+            "lr \(Format.scientific(p.lr))",
+            Format.duration(p.elapsedSeconds),
+            "ETA \(Format.duration(p.etaSeconds))",
         ]
-        if !p.balance.isEmpty { parts.append("max/mean " + p.balance.map { fixed($0, 2) }.joined(separator: " ")) }
+        if !p.balance.isEmpty { parts.append("max/mean " + p.balance.map { Format.fixed($0, 2) }.joined(separator: " ")) }
         return parts.joined(separator: " │ ")
+    }
+
+    /// The end of a run stopped early: where it got to and the exact command that continues it.
+    static func interruptedSummary(_ s: TrainingSummary) -> String {
+        var lines = ["stopped at step \(s.steps) of \(s.totalSteps) after \(Format.duration(s.elapsedSeconds)) (interrupted)"]
+        if let c = s.checkpoint {
+            lines.append("  checkpoint: \(c)")
+            lines.append("  continue with: fastmoe train --resume \(shellQuoted(s.outputDirectory))")
+        } else {
+            lines.append("  no checkpoint was written (--no-checkpoint-on-exit, and none before); start over with: "
+                + "fastmoe train --out \(shellQuoted(s.outputDirectory)) --overwrite and the run's settings")
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// `path` as one shell word: unchanged when it is plain, else in single quotes.
+    static func shellQuoted(_ path: String) -> String {
+        let plain = !path.isEmpty && path.unicodeScalars.allSatisfy {
+            ($0.properties.isAlphabetic && $0.isASCII) || ("0"..."9").contains($0) || "/._-+,:@%=".unicodeScalars.contains($0)
+        }
+        return plain ? path : "'" + path.split(separator: "'", omittingEmptySubsequences: false).joined(separator: "'\\''") + "'"
     }
 
     func header(_ s: TrainingStart) -> String {
@@ -90,79 +111,34 @@ public final class ConsoleReporter: @unchecked Sendable {
         }
         var lines = [
             "fastmoe train: \(model)",
-            "  \(compact(Double(s.parameterCount))) parameters, \(compact(s.flopsPerToken)) FLOPs/token (fwd+bwd), "
+            "  \(Format.compact(Double(s.parameterCount))) parameters, \(Format.compact(s.flopsPerToken)) FLOPs/token (fwd+bwd), "
                 + "batch \(c.batchSize)×\(c.seqLen), \(c.precision) on \(s.device)",
-            "  data: \(s.dataSource): \(compact(Double(s.trainTokens))) training / \(compact(Double(s.validationTokens))) validation tokens, "
-                + "unigram entropy \(fixed(s.unigramEntropy, 3)) nats/token",
+            "  data: \(s.dataSource): \(Format.compact(Double(s.trainTokens))) training / \(Format.compact(Double(s.validationTokens))) validation tokens, "
+                + "unigram entropy \(Format.fixed(s.unigramEntropy, 3)) nats/token",
             "  output: \(s.outputDirectory)",
         ]
         if let r = s.resumedFrom { lines.append("  resuming from \(r) at step \(s.startStep)") }
         if let u = s.upcycledFrom { lines.append("  experts upcycled from the dense checkpoint \(u)") }
+        lines += s.notes.map { "  note: " + $0 }
         return lines.joined(separator: "\n")
     }
 
     func summary(_ s: TrainingSummary) -> String {
+        if s.interrupted { return Self.interruptedSummary(s) }
         let gap = s.unigramEntropy - s.finalValLoss
         let verdict = gap > 0
-            ? "\(fixed(gap, 3)) nats below: the model predicts from context"
+            ? "\(Format.fixed(gap, 3)) nats below: the model predicts from context"
             : "not below it: the model has not yet learned more than byte frequencies (train longer or raise --lr)"
         var lines = [
-            "done: \(s.steps) steps in \(duration(s.elapsedSeconds)), \(compact(s.tokensPerSecond)) tokens/s",
-            "  validation loss \(fixed(s.finalValLoss, 4)) nats/token (perplexity \(fixed(s.perplexity, 2)))",
-            "  unigram entropy \(fixed(s.unigramEntropy, 4)) nats/token: \(verdict)",
+            "done: \(s.steps) steps in \(Format.duration(s.elapsedSeconds)), \(Format.compact(s.tokensPerSecond)) tokens/s",
+            "  validation loss \(Format.fixed(s.finalValLoss, 4)) nats/token (perplexity \(Format.fixed(s.perplexity, 2)))",
+            "  unigram entropy \(Format.fixed(s.unigramEntropy, 4)) nats/token: \(verdict)",
         ]
         if s.skippedSteps > 0 { lines.append("  \(s.skippedSteps) steps skipped for a non-finite gradient norm") }
         if let c = s.checkpoint { lines.append("  checkpoint: \(c)") }
         lines.append("  report: fastmoe report \(s.outputDirectory)")
         return lines.joined(separator: "\n")
     }
-}
-
-// MARK: Number formatting (no Foundation)
-
-/// `x` with `digits` decimals: `fixed(1.23456, 3)` = "1.235".
-public func fixed(_ x: Double, _ digits: Int) -> String {
-    guard x.isFinite else { return x.isNaN ? "nan" : (x > 0 ? "inf" : "-inf") }
-    var scale = 1.0
-    for _ in 0..<digits { scale *= 10 }
-    let v = (Swift.abs(x) * scale).rounded()
-    let whole = v / scale
-    let wholeText = whole < 1e18 ? String(Int(whole.rounded(.down))) : String(whole)
-    var frac = String(Int(v - whole.rounded(.down) * scale))
-    while frac.count < digits { frac = "0" + frac }
-    return (x < 0 && v > 0 ? "-" : "") + wholeText + (digits > 0 ? "." + frac : "")
-}
-
-/// `x` as `1.6e-03`.
-func scientific(_ x: Double) -> String {
-    guard x.isFinite, x != 0 else { return x == 0 ? "0" : fixed(x, 0) }
-    var exponent = 0
-    var m = Swift.abs(x)
-    while m >= 10 { m /= 10; exponent += 1 }
-    while m < 1 { m *= 10; exponent -= 1 }
-    if fixed(m, 1) == "10.0" { m /= 10; exponent += 1 }
-    let e = Swift.abs(exponent) < 10 ? "0\(Swift.abs(exponent))" : "\(Swift.abs(exponent))"
-    return (x < 0 ? "-" : "") + fixed(m, 1) + "e" + (exponent < 0 ? "-" : "+") + e
-}
-
-/// `15234` → "15.2k", `2.1e9` → "2.10G".
-func compact(_ x: Double) -> String {
-    let a = Swift.abs(x)
-    if a >= 1e12 { return fixed(x / 1e12, 2) + "T" }
-    if a >= 1e9 { return fixed(x / 1e9, 2) + "G" }
-    if a >= 1e6 { return fixed(x / 1e6, 2) + "M" }
-    if a >= 1e3 { return fixed(x / 1e3, 1) + "k" }
-    return fixed(x, 0)
-}
-
-/// Seconds as `m:ss` or `h:mm:ss`.
-func duration(_ seconds: Double) -> String {
-    guard seconds.isFinite, seconds >= 0 else { return "--:--" }
-    let s = Int(seconds.rounded())
-    let (h, m, sec) = (s / 3600, (s / 60) % 60, s % 60)
-    let ss = sec < 10 ? "0\(sec)" : "\(sec)"
-    if h > 0 { return "\(h):\(m < 10 ? "0\(m)" : "\(m)"):\(ss)" }
-    return "\(m):\(ss)"
 }
 
 func expDouble(_ x: Double) -> Double { exp(x) }

@@ -6,6 +6,8 @@ public struct EvaluationResult: Sendable {
     /// Mean next-token cross-entropy, nats per token.
     public var loss: Double
     public var batches: Int
+    /// A note when fewer batches than asked were evaluated: the data holds no more distinct ones.
+    public var cappedNote: String?
     public var tokens: Int
     /// Unigram entropy of the validation text: the loss of the best context-free model.
     public var unigramEntropy: Double
@@ -14,11 +16,18 @@ public struct EvaluationResult: Sendable {
 
 public enum Evaluation {
     /// Evaluates `model` on `config.evalBatches` batches of `config.batchSize` windows of
-    /// `config.seqLen` tokens, evenly spaced over `dataset.validation` (the windows the trainer uses).
+    /// `config.seqLen` tokens, evenly spaced over `dataset.validation` (the windows the trainer uses),
+    /// capped to the distinct batches the validation data holds.
     public static func run(model: GPT, dataset: TokenDataset, config: RunConfig, device: Device) -> EvaluationResult {
-        let batches = dataset.validationBatches(batchSize: config.batchSize, seqLen: config.seqLen, count: config.evalBatches)
+        let distinct = dataset.distinctValidationBatches(batchSize: config.batchSize, seqLen: config.seqLen)
+        let count = min(config.evalBatches, distinct)
+        let batches = dataset.validationBatches(batchSize: config.batchSize, seqLen: config.seqLen, count: count)
             .map { TrainingData.tensors($0, batchSize: config.batchSize, seqLen: config.seqLen, device: device) }
-        return EvaluationResult(loss: meanLoss(model: model, batches: batches), batches: batches.count,
+        let note = count < config.evalBatches
+            ? "\(config.evalBatches) batches asked, but the validation data (\(Format.count(dataset.validation.count)) tokens) holds "
+                + "\(distinct) distinct batch\(distinct == 1 ? "" : "es") of \(config.batchSize) windows; evaluated \(distinct)"
+            : nil
+        return EvaluationResult(loss: meanLoss(model: model, batches: batches), batches: batches.count, cappedNote: note,
                                 tokens: batches.count * config.batchSize * config.seqLen,
                                 unigramEntropy: TokenStatistics.unigramEntropy(of: dataset.validation))
     }

@@ -12,7 +12,7 @@ import Tensors
 ///                                    overrides: ["experts": .int(4), "steps": .int(200)])
 /// try config.validate()
 /// ```
-public struct RunConfig: Codable, Equatable, Sendable {
+public struct RunConfig: Equatable, Sendable {
     // Model
     /// The preset the run started from (`tiny`, `small`, `medium`).
     public var preset: String

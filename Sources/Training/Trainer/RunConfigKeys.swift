@@ -8,21 +8,33 @@ struct RunConfigKey {
     let get: (RunConfig) -> ConfigValue?
     /// Stores a value; throws a message fragment ("must be an integer, but it is …") on a wrong kind.
     let set: (inout RunConfig, ConfigValue) throws(KindMismatch) -> Void
+    /// Unsets an optional setting (nil for the others): a saved config writes an optional only when
+    /// it is set, so decoding one starts with every optional cleared through the table.
+    var clear: ((inout RunConfig) -> Void)? = nil
 
     struct KindMismatch: Error { let expected: String }
 
+    /// "an integer", or, for a whole number beyond Int (a JSON reader keeps it as a double), what is accepted.
+    static func integerExpected(_ v: ConfigValue) -> KindMismatch {
+        if case .double(let d) = v, d.isFinite, d == d.rounded(), Swift.abs(d) >= 9.2e18 {
+            return KindMismatch(expected: "an integer from -9,223,372,036,854,775,808 to 9,223,372,036,854,775,807 "
+                + "(this one is too large)")
+        }
+        return KindMismatch(expected: "an integer")
+    }
+
     static func int(_ name: String, _ path: WritableKeyPath<RunConfig, Int>) -> RunConfigKey {
         RunConfigKey(name: name, get: { .int($0[keyPath: path]) }, set: { c, v throws(KindMismatch) in
-            guard case .int(let i) = v else { throw KindMismatch(expected: "an integer") }
+            guard case .int(let i) = v else { throw integerExpected(v) }
             c[keyPath: path] = i
         })
     }
 
     static func optionalInt(_ name: String, _ path: WritableKeyPath<RunConfig, Int?>) -> RunConfigKey {
         RunConfigKey(name: name, get: { $0[keyPath: path].map { .int($0) } }, set: { c, v throws(KindMismatch) in
-            guard case .int(let i) = v else { throw KindMismatch(expected: "an integer") }
+            guard case .int(let i) = v else { throw integerExpected(v) }
             c[keyPath: path] = i
-        })
+        }, clear: { $0[keyPath: path] = nil })
     }
 
     static func double(_ name: String, _ path: WritableKeyPath<RunConfig, Double>) -> RunConfigKey {
@@ -42,7 +54,7 @@ struct RunConfigKey {
             case .int(let i): c[keyPath: path] = Double(i)
             default: throw KindMismatch(expected: "a number")
             }
-        })
+        }, clear: { $0[keyPath: path] = nil })
     }
 
     static func string(_ name: String, _ path: WritableKeyPath<RunConfig, String>) -> RunConfigKey {
@@ -56,7 +68,7 @@ struct RunConfigKey {
         RunConfigKey(name: name, get: { $0[keyPath: path].map { .string($0) } }, set: { c, v throws(KindMismatch) in
             guard case .string(let s) = v else { throw KindMismatch(expected: "a string") }
             c[keyPath: path] = s
-        })
+        }, clear: { $0[keyPath: path] = nil })
     }
 
     /// The seed is written as a string (JSON readers such as JavaScript's lose integers above 2^53,

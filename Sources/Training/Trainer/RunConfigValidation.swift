@@ -57,6 +57,17 @@ extension RunConfig {
         guard valFraction > 0 && valFraction < 1 else {
             throw fail("val_fraction", "is \(valFraction); it must be between 0 and 1 (exclusive), e.g. 0.05")
         }
+        if let out, out.isEmpty {
+            throw fail("out", "is empty; give a directory such as runs/demo, or leave --out out for runs/<name or time>")
+        }
+        if let name {
+            guard !name.isEmpty else { throw fail("name", "is empty; give a name such as moe-8e, or leave --name out for a timestamp") }
+            // The name becomes runs/<name>: it must stay one directory inside runs/.
+            guard !name.contains("/"), name != ".", name != "..", !name.contains("\0") else {
+                throw fail("name", "'\(name)' must be one plain name (no '/', not '.' or '..'): it becomes the directory "
+                    + "runs/<name>; to write elsewhere use --out")
+            }
+        }
         if let data, data.isEmpty { throw fail("data", "is empty; give the path of a text file, or leave it out for the synthetic corpus") }
         guard corpusBytes >= 1 else { throw fail("corpus_bytes", "is \(corpusBytes); the synthetic corpus needs at least 1 byte") }
 

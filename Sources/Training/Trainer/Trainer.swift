@@ -38,6 +38,19 @@ public final class Trainer {
     public private(set) var step: Int
     /// Receives the run's events (default: none); see `ConsoleReporter`.
     public var onEvent: (TrainingEvent) -> Void = { _ in }
+    /// Asked before every step: true ends the run after the step in flight, as if it had been
+    /// interrupted there (the CLI passes `InterruptSignals.received`).
+    public var shouldStop: () -> Bool = { false }
+    /// Whether a run ended by `shouldStop` writes a checkpoint of the step it reached (default on).
+    public var checkpointOnExit = true
+    /// Skip a step whose loss is not finite (no update) instead of stopping the run.
+    public var skipNonFinite = false
+    /// Start over in a directory that holds a run: its run files are removed when `run()` starts.
+    var overwrite = false
+    /// Messages for the console about adjusted settings (an evaluation capped to the data).
+    var notes: [String] = []
+    /// Steps whose update was skipped, over every resumption (saved with checkpoints).
+    var skippedSteps = 0
 
     var sampler: BatchSampler
     let schedule: LearningRateSchedule
@@ -65,7 +78,13 @@ public final class Trainer {
         optimizer = AdamW(parameters: model.namedParameters().map { ($0.name, $0.parameter) },
                           learningRate: config.lr, weightDecay: config.weightDecay)
         schedule = LearningRateSchedule(peakLR: config.lr, warmupSteps: min(config.warmup, config.steps), totalSteps: config.steps)
-        validation = dataset.validationBatches(batchSize: config.batchSize, seqLen: config.seqLen, count: config.evalBatches)
+        // An evaluation cannot draw more distinct batches than the validation data holds.
+        let distinct = dataset.distinctValidationBatches(batchSize: config.batchSize, seqLen: config.seqLen)
+        if config.evalBatches > distinct {
+            notes.append("--eval-batches \(config.evalBatches): the validation data (\(Format.count(dataset.validation.count)) tokens) "
+                + "holds \(distinct) distinct batch\(distinct == 1 ? "" : "es") of \(config.batchSize) windows; evaluating on \(distinct)")
+        }
+        validation = dataset.validationBatches(batchSize: config.batchSize, seqLen: config.seqLen, count: min(config.evalBatches, distinct))
             .map { TrainingData.tensors($0, batchSize: config.batchSize, seqLen: config.seqLen, device: device) }
         fingerprint = DataFingerprint(dataset)
         unigramEntropy = TokenStatistics.unigramEntropy(of: dataset.validation)
@@ -77,27 +96,33 @@ public final class Trainer {
     /// or, with `resume`, the run saved there continued (then only `Trainer.resumableKeys` may be
     /// overridden). Validates everything and writes nothing.
     public static func prepare(preset: String? = nil, configFile: String? = nil, overrides: [String: ConfigValue] = [:],
-                               resume: String? = nil) throws -> Trainer {
+                               resume: String? = nil, overwrite: Bool = false) throws -> Trainer {
         if let resume {
+            if overwrite {
+                throw RunConfigError("--overwrite starts a run over and --resume continues one; give only one of them")
+            }
             if preset != nil || configFile != nil {
                 throw RunConfigError("--resume continues a run with the settings saved in its checkpoint; drop "
                     + [preset != nil ? "--preset" : nil, configFile != nil ? "--config" : nil].compactMap { $0 }.joined(separator: " and "))
             }
             return try Trainer.resume(from: resume, overrides: overrides)
         }
-        return try Trainer(config: try RunConfig.resolve(preset: preset, configFile: configFile, overrides: overrides))
+        return try Trainer(config: try RunConfig.resolve(preset: preset, configFile: configFile, overrides: overrides),
+                           overwrite: overwrite)
     }
 
     /// A fresh run of `config` (validated here). Its output directory (`config.out`, or
-    /// `runs/<name or time>`) must not hold a run already.
-    public convenience init(config original: RunConfig) throws {
+    /// `runs/<name or time>`) must not hold a run already, unless `overwrite` starts that run over.
+    /// What the run needs in memory is estimated first and refused if the device cannot hold it.
+    public convenience init(config original: RunConfig, overwrite: Bool = false) throws {
         try original.validate()
         var config = original
         let device = try config.resolveDevice()
         let out = config.out ?? "runs/" + (config.name ?? Trainer.timestamp())
-        try Trainer.checkFreshOutput(out)
+        try RunDirectory.checkFresh(out, overwrite: overwrite)
         config.out = out
         if config.name == nil { config.name = AtomicFile.splitPath(out).base }
+        try TrainingData.estimate(config, purpose: .training).check(on: device)
         let dataset = try TrainingData.load(config)
         let model: GPT
         if let initFrom = config.initFrom {
@@ -108,6 +133,7 @@ public final class Trainer {
         self.init(config: config, model: model, device: device, dataset: dataset, outputDirectory: out, step: 0,
                   sampler: BatchSampler.State(seed: config.seed), elapsed: 0, valLoss: nil,
                   resumedFrom: nil, upcycledFrom: config.initFrom)
+        self.overwrite = overwrite
     }
 
     /// Settings a resumed run may change: how long it trains, where, and how often it reports.
@@ -122,8 +148,14 @@ public final class Trainer {
             throw RunConfigError("\(RunConfig.flag(key)) cannot change when resuming: the run continues with the settings "
                 + "saved in its checkpoint; only \(resumableKeys.sorted().map(RunConfig.flag).joined(separator: ", ")) may be given with --resume")
         }
+        if let refusal = RunDirectory.resumeWithoutCheckpoint(path) { throw refusal }
         let directory = try Checkpoint.resolve(path)
         let saved = try Checkpoint.readState(directory)
+        // The saved sizes must match the saved tensors before a model of those sizes is built.
+        let modelFile = try Checkpoint.readModelFile(directory)
+        let modelPath = directory + "/" + Checkpoint.modelFile
+        try Checkpoint.checkSavedConfig(saved.config, against: modelFile, path: modelPath,
+                                        statePath: directory + "/" + Checkpoint.stateFile)
         var config = saved.config
         try config.apply(overrides, source: "command line")
         try config.validate()
@@ -134,6 +166,7 @@ public final class Trainer {
         let runDirectory = AtomicFile.splitPath(directory).parent
         config.out = runDirectory
         let device = try config.resolveDevice()
+        try TrainingData.estimate(config, purpose: .training).check(on: device)
         let dataset = try TrainingData.load(config)
         let fingerprint = DataFingerprint(dataset)
         guard fingerprint.tokenCount == saved.data.tokenCount && fingerprint.hash == saved.data.hash else {
@@ -142,31 +175,19 @@ public final class Trainer {
                 + "resume with the data the run trained on")
         }
         let model = ModelFactory.build(config, device: device)
-        try Checkpoint.loadModel(model, from: directory, savedConfig: saved.config, expectedConfig: config)
+        try Checkpoint.loadModel(model, from: modelFile, path: modelPath, savedConfig: saved.config, expectedConfig: config)
         try RandomStates.restore(saved.generators, into: model, source: directory + "/" + Checkpoint.stateFile)
         let trainer = Trainer(config: config, model: model, device: device, dataset: dataset, outputDirectory: runDirectory,
                               step: saved.step, sampler: saved.sampler, elapsed: saved.elapsedSeconds, valLoss: saved.valLoss,
                               resumedFrom: directory, upcycledFrom: nil)
+        trainer.skippedSteps = saved.skippedSteps
         try Checkpoint.loadOptimizer(trainer.optimizer, from: directory, device: device)
-        guard trainer.optimizer.stepCount == saved.step else {
+        // Skipped steps made no update, so the optimizer counts only the others.
+        guard trainer.optimizer.stepCount == saved.step - saved.skippedSteps else {
             throw CheckpointError("\(directory): the optimizer state is at step \(trainer.optimizer.stepCount) but state.json says "
-                + "\(saved.step); the files come from different checkpoints — use another checkpoint")
+                + "\(saved.step) (\(saved.skippedSteps) skipped); the files come from different checkpoints — use another checkpoint")
         }
         return trainer
-    }
-
-    static func checkFreshOutput(_ out: String) throws {
-        guard FileSystem.exists(out) else { return }
-        guard FileSystem.isDirectory(out) else {
-            throw TrainingError("--out \(out): a file is in the way; choose another --out or remove the file")
-        }
-        let runFiles = try FileSystem.listDirectory(out).filter {
-            $0 == Checkpoint.latestFile || $0 == "metrics.jsonl" || $0.hasPrefix("checkpoint-")
-        }
-        if !runFiles.isEmpty {
-            throw TrainingError("--out \(out): already holds a run (\(runFiles.prefix(3).joined(separator: ", "))); "
-                + "continue it with --resume \(out), or choose another --out")
-        }
     }
 
     /// Local time as `20260124-153012`, the default run name.
@@ -184,10 +205,16 @@ public final class Trainer {
     /// Trains from the current step to `config.steps` (or to step `stopAfter`, as if the run were
     /// interrupted there: the schedule still ends at `config.steps`). Evaluates every `evalEvery`
     /// steps and at the end, checkpoints every `checkpointEvery` steps and at the end.
+    ///
+    /// When `shouldStop` turns true, the run ends after the step in flight: its metrics record is
+    /// written, a checkpoint too with `checkpointOnExit`, and the summary says `interrupted`.
+    /// A non-finite loss throws (naming the step, the last good checkpoint and the likely causes)
+    /// unless `skipNonFinite` skips that step.
     @discardableResult
     public func run(stopAfter: Int? = nil) throws -> TrainingSummary {
         let last = min(config.steps, stopAfter ?? config.steps)
-        try FileSystem.makeDirectories(outputDirectory)
+        let directoryNotes = try RunDirectory.prepare(outputDirectory, resumedAt: resumedFrom != nil ? step : nil, overwrite: overwrite)
+        overwrite = false  // a second run() continues this one
         let log = try MetricsLog(directory: outputDirectory)
         defer { log.close() }
         let loadMonitor = LoadMonitor.install(in: model)
@@ -196,7 +223,7 @@ public final class Trainer {
             config: config, device: device, outputDirectory: outputDirectory, parameterCount: model.parameterCount,
             flopsPerToken: model.flopsPerToken, moeLayers: moeLayers, dataSource: dataset.source,
             trainTokens: dataset.train.count, validationTokens: dataset.validation.count, unigramEntropy: unigramEntropy,
-            startStep: step, resumedFrom: resumedFrom, upcycledFrom: upcycledFrom)))
+            startStep: step, resumedFrom: resumedFrom, upcycledFrom: upcycledFrom, notes: directoryNotes + notes)))
 
         let processStart = monotonicSeconds()
         func elapsed() -> Double { elapsedBefore + monotonicSeconds() - processStart }
@@ -209,7 +236,12 @@ public final class Trainer {
         var smoothedStepSeconds: Double?
         var stepSeconds = 0.0, stepsRun = 0, skipped = 0
         var checkpoint: String?
+        var interrupted = false
         while step < last {
+            if shouldStop() {
+                interrupted = true
+                break
+            }
             let started = monotonicSeconds()
             let lr = schedule.lr(at: step)
             optimizer.learningRate = lr
@@ -217,16 +249,35 @@ public final class Trainer {
                                               batchSize: config.batchSize, seqLen: config.seqLen, device: device)
             // The MoE layers' balance and z-losses are attached to the graph (`MoELayer.balanceLossWeight`).
             let lm = model.loss(ids: x, targets: y)
-            lm.backward()
-            let norm = config.clip > 0 ? clipGradNorm(parameters, maxNorm: config.clip) : 0
-            if norm.isFinite { optimizer.step() } else { skipped += 1 }
-            optimizer.zeroGrad()
             let loss = lm.item()
             guard loss.isFinite else {
-                throw TrainingError("training diverged at step \(step + 1): the loss is \(loss); lower --lr (now \(config.lr)) "
-                    + "or raise --warmup (now \(config.warmup)), and restart"
-                    + (checkpoint.map { " or resume from \($0)" } ?? ""))
+                // Before backward and the update: the weights stay those of the last finite step.
+                guard skipNonFinite else {
+                    throw TrainingError(NonFiniteLoss.message(step: step + 1, loss: loss, config: config,
+                                                              lastCheckpoint: checkpoint ?? resumedFrom, runDirectory: outputDirectory))
+                }
+                skipped += 1
+                skippedSteps += 1
+                step += 1
+                interval.seconds += monotonicSeconds() - started
+                if step % config.logEvery == 0 || step == last, interval.steps > 0 {
+                    try log.append(.train(TrainRecord(step: step, loss: interval.meanLoss, lr: lr,
+                                                      tokensPerSecond: Double(interval.steps * tokensPerStep) / max(interval.seconds, 1e-9),
+                                                      elapsedSeconds: elapsed(), moe: config.isMoE ? MoELayerLoad.records(loadMonitor.interval()) : nil)))
+                    interval = IntervalStatistics()
+                    loadMonitor.reset()
+                }
+                if (config.checkpointEvery > 0 && step % config.checkpointEvery == 0) || step == last {
+                    checkpoint = try saveCheckpoint(elapsed: elapsed())
+                    onEvent(.checkpointSaved(step: step, path: checkpoint!))
+                }
+                continue
             }
+            // The MoE layers' balance and z-losses are attached to the graph (`MoELayer.balanceLossWeight`).
+            lm.backward()
+            let norm = config.clip > 0 ? clipGradNorm(parameters, maxNorm: config.clip) : 0
+            if norm.isFinite { optimizer.step() } else { skipped += 1; skippedSteps += 1 }
+            optimizer.zeroGrad()
             interval.add(loss: loss)
             step += 1
             let seconds = monotonicSeconds() - started
@@ -236,7 +287,9 @@ public final class Trainer {
             // The first steps pay one-time costs (allocator warm-up, kernel compilation): smooth them away.
             smoothedStepSeconds = smoothedStepSeconds.map { 0.9 * $0 + 0.1 * seconds } ?? seconds
 
-            let isLogStep = step % config.logEvery == 0 || step == last
+            // A stop request ends the interval here, so its steps are logged before the checkpoint.
+            let stopping = shouldStop()
+            let isLogStep = step % config.logEvery == 0 || step == last || stopping
             var intervalLoss: Double?
             if isLogStep {
                 let record = TrainRecord(step: step, loss: interval.meanLoss, lr: lr,
@@ -256,6 +309,10 @@ public final class Trainer {
                 loadMonitor.reset()
             }
 
+            if stopping {
+                interrupted = true
+                break
+            }
             if (config.evalEvery > 0 && step % config.evalEvery == 0) || step == last {
                 try evaluateAndLog(log, elapsed: elapsed())
             }
@@ -264,10 +321,19 @@ public final class Trainer {
                 onEvent(.checkpointSaved(step: step, path: checkpoint!))
             }
         }
-        let summary = TrainingSummary(steps: step, finalValLoss: lastValLoss ?? evaluate(), unigramEntropy: unigramEntropy,
+        // Stopped early: save where the run got to, unless that checkpoint exists already.
+        if interrupted && checkpointOnExit && checkpoint != outputDirectory + "/" + Checkpoint.directoryName(step: step)
+            && !(stepsRun == 0 && resumedFrom != nil) {
+            checkpoint = try saveCheckpoint(elapsed: elapsed())
+            onEvent(.checkpointSaved(step: step, path: checkpoint!))
+        }
+        let newest = checkpoint ?? (try? Checkpoint.resolve(outputDirectory))
+        let summary = TrainingSummary(steps: step, finalValLoss: interrupted ? (lastValLoss ?? .nan) : (lastValLoss ?? evaluate()),
+                                      unigramEntropy: unigramEntropy,
                                       elapsedSeconds: elapsed(),
                                       tokensPerSecond: stepsRun == 0 ? 0 : Double(stepsRun * tokensPerStep) / max(stepSeconds, 1e-9),
-                                      outputDirectory: outputDirectory, checkpoint: checkpoint, skippedSteps: skipped)
+                                      outputDirectory: outputDirectory, checkpoint: interrupted ? newest : checkpoint,
+                                      skippedSteps: skipped, interrupted: interrupted, totalSteps: config.steps)
         onEvent(.finished(summary))
         return summary
     }
@@ -286,8 +352,9 @@ public final class Trainer {
     /// Writes `OUT/checkpoint-STEP` for the current step and returns its path.
     @discardableResult
     public func saveCheckpoint(elapsed: Double? = nil) throws -> String {
-        let state = TrainingState(step: step, config: config, sampler: sampler.state, generators: RandomStates.capture(model),
+        var state = TrainingState(step: step, config: config, sampler: sampler.state, generators: RandomStates.capture(model),
                                   data: fingerprint, elapsedSeconds: elapsed ?? elapsedBefore, valLoss: lastValLoss)
+        state.skippedSteps = skippedSteps
         return try Checkpoint.save(runDirectory: outputDirectory, model: model, optimizer: optimizer, state: state,
                                    keep: config.keepCheckpoints)
     }

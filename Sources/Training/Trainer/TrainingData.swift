@@ -16,6 +16,17 @@ public enum TrainingData {
                                 source: "synthetic corpus (\(config.corpusBytes) bytes)")
     }
 
+    /// What `config` needs in memory for `purpose`, from the size of its data (without reading it)
+    /// and its evaluation batches capped to what that data holds. A data file that cannot be read
+    /// counts as empty here; `load` reports it.
+    public static func estimate(_ config: RunConfig, purpose: MemoryEstimate.Purpose) -> MemoryEstimate {
+        let bytes = config.data.map { (try? FileSystem.regularFileSize($0)) ?? 0 } ?? config.corpusBytes
+        let validation = TokenDataset.split(count: bytes, valFraction: config.valFraction).validation
+        let batches = min(config.evalBatches,
+                          TokenDataset.distinctBatches(validationCount: validation, batchSize: config.batchSize, seqLen: config.seqLen))
+        return MemoryEstimate(config, purpose: purpose, dataBytes: bytes, evalBatches: batches)
+    }
+
     /// `batch` as int32 tensors `[B, T]` on `device`.
     static func tensors(_ batch: (inputs: [Int32], targets: [Int32]), batchSize: Int, seqLen: Int, device: Device) -> (Tensor, Tensor) {
         (Tensor(batch.inputs, shape: [batchSize, seqLen], device: device),

@@ -30,6 +30,9 @@ public struct TrainingStart: Sendable {
     /// The checkpoint resumed from, or the dense checkpoint upcycled from.
     public var resumedFrom: String?
     public var upcycledFrom: String?
+    /// What was adjusted or cleaned up before the first step (an evaluation capped to the data,
+    /// temporary files of a writer that died, metrics past the checkpoint dropped).
+    public var notes: [String] = []
 }
 
 /// One finished step.
@@ -66,8 +69,12 @@ public struct TrainingSummary: Sendable {
     public var outputDirectory: String
     /// The last checkpoint written.
     public var checkpoint: String?
-    /// Steps whose gradient norm was not finite and were skipped.
+    /// Steps whose gradient norm (or, with `skipNonFinite`, loss) was not finite and were skipped.
     public var skippedSteps: Int
+    /// Whether the run stopped early because `Trainer.shouldStop` asked (Ctrl-C).
+    public var interrupted: Bool = false
+    /// The step count the run was configured for.
+    public var totalSteps: Int = 0
 
     /// Validation perplexity, `exp(loss)`.
     public var perplexity: Double { expDouble(finalValLoss) }

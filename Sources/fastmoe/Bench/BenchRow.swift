@@ -14,8 +14,8 @@ struct BenchRow {
         let width = max(28, rows.map(\.name.count).max() ?? 0)
         print(pad("measurement", width) + pad("median ms", 12) + pad("rate", 14) + "of ceiling")
         for r in rows {
-            let ceiling = r.ofCeiling.map { fixed($0 * 100, 1) + "%" } ?? ""
-            print(pad(r.name, width) + pad(fixed(r.milliseconds, 3), 12) + pad(fixed(r.rate, 2) + " " + r.unit, 14) + ceiling)
+            let ceiling = r.ofCeiling.map { Format.fixed($0 * 100, 1) + "%" } ?? ""
+            print(pad(r.name, width) + pad(Format.fixed(r.milliseconds, 3), 12) + pad(Format.fixed(r.rate, 2) + " " + r.unit, 14) + ceiling)
         }
         for r in rows {
             var fields = ["\"bench\":\"\(r.name)\"", "\"ms\":\(r.milliseconds)", "\"rate\":\(r.rate)", "\"unit\":\"\(r.unit)\""]

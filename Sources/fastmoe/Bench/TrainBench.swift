@@ -15,19 +15,19 @@ struct TrainBench: ParsableCommand {
     @Option(help: "fp32, or bf16 (CUDA only).")
     var precision: String = "fp32"
 
-    @Option(help: "Experts per MoE layer (0 = dense).")
+    @Option(parsing: .unconditional, help: "Experts per MoE layer (0 = dense).")
     var experts: Int = 0
 
-    @Option(name: .customLong("top-k"), help: "Experts per token (default 2, or the gate's own k).")
+    @Option(name: .customLong("top-k"), parsing: .unconditional, help: "Experts per token (default 2, or the gate's own k).")
     var topK: Int?
 
     @Option(help: ArgumentHelp(GateSpec.helpText))
     var gate: String?
 
-    @Option(name: .customLong("batch-size"), help: "Windows per step (default: the preset's).")
+    @Option(name: .customLong("batch-size"), parsing: .unconditional, help: "Windows per step (default: the preset's).")
     var batchSize: Int?
 
-    @Option(help: "Timed training steps (the median is reported).")
+    @Option(parsing: .unconditional, help: "Timed training steps (the median is reported).")
     var repeats: Int = 10
 
     func validate() throws {
@@ -42,11 +42,14 @@ struct TrainBench: ParsableCommand {
         let config = try RunConfig.resolve(preset: preset, overrides: overrides)
         try config.validate()
         let dev = try config.resolveDevice()
+        // The bench's corpus is sized below; its evaluation batches are none.
+        let corpusBytes = max(1 << 18, 4 * config.batchSize * (config.seqLen + 1))
+        try MemoryEstimate(config, purpose: .training, dataBytes: corpusBytes, evalBatches: 0).check(on: dev)
         let model = ModelFactory.build(config, device: dev)
         let optimizer = AdamW(parameters: model.namedParameters().map { ($0.name, $0.parameter) }, learningRate: config.lr,
                               weightDecay: config.weightDecay)
         // Enough text for distinct windows; the data do not change the speed.
-        let corpus = SyntheticCorpus.generate(seed: 0, byteCount: max(1 << 18, 4 * config.batchSize * (config.seqLen + 1)))
+        let corpus = SyntheticCorpus.generate(seed: 0, byteCount: corpusBytes)
         var sampler = BatchSampler(tokens: corpus, seed: config.seed)
         let parameters = model.parameters()
         let backend = Backends.backend(for: dev)
@@ -81,8 +84,8 @@ struct TrainBench: ParsableCommand {
             BenchRow(name: "train model FLOP/s", milliseconds: ms, rate: modelGFLOPs, unit: "GFLOP/s", ofCeiling: modelGFLOPs / gemmGFLOPs),
         ]
         BenchRow.printTable(rows, title: "fastmoe bench train --preset \(preset) on \(dev) (\(DeviceChoice.describe(dev))): "
-            + "batch \(config.batchSize)×\(config.seqLen), \(fixed(model.flopsPerToken / 1e6, 2)) MFLOP/token, \(config.precision)")
-        print("peak memory: \(fixed(Double(peak) / 1_048_576, 1)) MiB (\(dev), since the process started)")
+            + "batch \(config.batchSize)×\(config.seqLen), \(Format.fixed(model.flopsPerToken / 1e6, 2)) MFLOP/token, \(config.precision)")
+        print("peak memory: \(Format.fixed(Double(peak) / 1_048_576, 1)) MiB (\(dev), since the process started)")
         print("{\"bench\":\"peak memory\",\"bytes\":\(peak),\"device\":\"\(dev)\"}")
     }
 }
