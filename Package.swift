@@ -28,8 +28,10 @@ let package = Package(
         .testTarget(name: "CUDATests", dependencies: ["CUDA"]),
         .testTarget(name: "TensorsTests", dependencies: ["Tensors", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "TestSupport"]),
-        .testTarget(name: "MoETests", dependencies: ["MoE", "TestSupport"]),
+        .testTarget(name: "MoETests", dependencies: ["MoE", "Distributed", "TestSupport"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training"]),
+        // Every `///` example of MoE and NN, compiled (and kept in sync by a test).
+        .testTarget(name: "DocExampleTests", dependencies: ["MoE", "NN", "Tensors", "Distributed"]),
         .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TestSupport"]),
     ],
     // Swift 6 tools, Swift 5 language mode: the engine shares reference-counted tensors across

@@ -225,7 +225,7 @@ struct GateTests {
 
     @Test func normalCDFMatchesErfc() {
         let values: [Double] = [-6, -2.5, -0.3, 0, 0.7, 3]
-        let got = GateMath.normalCDF(Tensor(values)).doubles()
+        let got = Tensor(values).normalCDF().doubles()
         #expect(maxDifference(got, values.map(normalCDF)) < 1e-12)
     }
 

@@ -15,7 +15,7 @@ private func perTokenReference(_ x: Tensor, gate: any Gate, experts: [MLPExpert]
         let token = x.rows(b..<(b + 1)), scores = routing.score.rows(b..<(b + 1))
         var acc = Tensor.zeros([1, d], dtype: .float64)
         for j in 0..<k where idx[b * k + j] >= 0 {
-            acc = acc + experts[Int(idx[b * k + j])](token) * GateMath.column(scores, j)
+            acc = acc + experts[Int(idx[b * k + j])](token) * scores.slice(lastAxis: j..<(j + 1))
         }
         return acc
     }

@@ -7,7 +7,7 @@ import Tensors
 /// `y_e = x_e W_eᵀ + b_e`. Weight `[E, out, in]` (each expert's matrix as `Linear` stores it), bias `[E, out]`.
 /// Its parameters are in the `.expert` group.
 /// ```swift
-/// let fc = GroupedLinear(weight: Tensor.randomNormal([4, 256, 64], std: 0.02), bias: Tensor.zeros([4, 256]))
+/// let fc = GroupedLinear(weight: Tensor.randomNormal([4, 256, 64], std: 0.02, generator: &g), bias: Tensor.zeros([4, 256]))
 /// let y = fc(rows, groups: groups)   // rows [S, 64] -> [S, 256]
 /// ```
 public final class GroupedLinear: Module, @unchecked Sendable {

@@ -25,7 +25,7 @@ public struct MoEOutput: @unchecked Sendable {
 /// `balanceLossWeight · auxLoss + zLoss` attached to the graph (`attachAuxiliaryLoss`), so the task
 /// loss's backward trains the gate to balance, and with the load reported to its `LoadMonitor`.
 /// ```swift
-/// let moe = MoELayer(dModel: 64, gate: TopKGate(dModel: 64, globalExpertCount: 4, topK: 2, generator: &g),
+/// let moe = MoELayer(dModel: 64, gate: NoisyTopKGate(dModel: 64, globalExpertCount: 4, topK: 2, generator: &g),
 ///                    experts: BatchedExperts(localExpertCount: 4, dModel: 64, hidden: 128, generator: &g))
 /// let result = moe.forward(x)            // x [batch, time, 64]
 /// let loss = task + 0.01 * result.auxLoss!

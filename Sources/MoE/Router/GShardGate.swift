@@ -52,12 +52,12 @@ public final class GShardGate: Module, Gate, @unchecked Sendable {
         let (values, expert) = z.topK(2)
         let score = values.softmax()
         // topK's first column is the arg-max.
-        let aux = GateMath.balanceLoss(probabilities: z.softmax(), top1: GateMath.column(expert, 0))
+        let aux = GateMath.balanceLoss(probabilities: z.softmax(), top1: expert.slice(lastAxis: 0..<1))
         var mask: Tensor?
         if isTraining && randomRouting {
             mask = withoutGradient { () -> Tensor in
                 let u = Tensor.randomUniform([t, 1], dtype: score.dtype, device: x.device, generator: &randomSource.generator)
-                let keepSecond = GateMath.column(score, 1) * 2 - u
+                let keepSecond = score.slice(lastAxis: 1..<2) * 2 - u
                 return Tensor.concat([Tensor.ones([t, 1], dtype: score.dtype, device: x.device), keepSecond], axis: -1)
             }
         }

@@ -8,7 +8,7 @@ import Tensors
 ///
 /// Write your own by conforming a `Module` (its parameters train with the model):
 /// ```swift
-/// final class FirstExpertGate: Module, Gate {
+/// final class FirstExpertGate: Module, Gate, @unchecked Sendable {
 ///     let globalExpertCount = 4, topK = 1
 ///     func route(_ x: Tensor) -> GateOutput {
 ///         let t = x.shape[0]

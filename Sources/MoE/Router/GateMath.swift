@@ -30,7 +30,7 @@ public enum RouterZLoss {
 
     /// `weight · mean_t (logsumexp_e z[t, e])²`, or nil when the weight is 0 (off).
     static func weighted(_ z: Tensor, _ weight: Double) -> Tensor? {
-        weight == 0 ? nil : GateMath.logsumexp(z).squared().mean() * weight
+        weight == 0 ? nil : z.logSumExp().squared().mean() * weight
     }
 }
 
@@ -58,45 +58,9 @@ enum GateMath {
         return variance / (mean.squared() + 1e-10)
     }
 
-    /// `logsumexp` over the last axis; the shift by the row maximum keeps exp finite, and its
-    /// gradient cancels, so it is taken as a constant.
-    static func logsumexp(_ z: Tensor) -> Tensor {
-        let m = withoutGradient { z.max(axis: -1) }.detached()
-        return (z - m).exp().sum(lastAxis: ()).log() + m
-    }
-
-    /// `softplus(x) = log(1 + eˣ)`, as `relu(x) + log(1 + e^{-|x|})` so large inputs do not overflow.
-    static func softplus(_ x: Tensor) -> Tensor { x.relu() + ((-x.abs()).exp() + 1).log() }
-
-    /// The standard normal density `φ(x)`.
-    static func normalDensity(_ x: Tensor) -> Tensor { (x.squared() * -0.5).exp() * (1 / (2 * Double.pi).squareRoot()) }
-
-    /// The standard normal CDF `Φ(x)`, differentiable (`Φ' = φ`).
-    ///
-    /// There is no erf primitive; the exact-GELU backward gives one without a new kernel:
-    /// `d/dx [x·Φ(x)] = Φ(x) + x·φ(x)`, so `Φ(x) = gelu'(x) − x·φ(x)`.
-    static func normalCDF(_ x: Tensor) -> Tensor {
-        let value = withoutGradient { () -> Tensor in
-            let derivative = Tensor.empty(x.shape, dtype: x.dtype, device: x.device)
-            x.backend.unaryBackward(.geluErf, x: x, gradOut: Tensor.ones(x.shape, dtype: x.dtype, device: x.device), derivative)
-            return derivative - x * normalDensity(x)
-        }
-        return value.recording("normalCDF", [x]) { g in [g * normalDensity(x)] }
-    }
-
     /// A generator for a gate's own draws, derived from the model's so one seed fixes everything.
     static func childGenerator(_ generator: inout RandomGenerator) -> RandomGenerator {
         let s = generator.next()
         return RandomGenerator(seed: s.seed ^ (s.offset &+ 1) &* 0x9E37_79B9_7F4A_7C15)
-    }
-
-    /// Column `j` of `[T, k]` as `[T, 1]` (a copy).
-    static func column(_ t: Tensor, _ j: Int) -> Tensor {
-        let k = t.lastDimension
-        var sizes = [Int]()
-        if j > 0 { sizes.append(j) }
-        sizes.append(1)
-        if j < k - 1 { sizes.append(k - 1 - j) }
-        return t.split(sizes, axis: -1)[j > 0 ? 1 : 0]
     }
 }

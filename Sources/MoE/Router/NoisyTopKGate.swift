@@ -46,23 +46,23 @@ public final class NoisyTopKGate: Module, Gate, @unchecked Sendable {
         var noisy = clean
         var sigma: Tensor?
         if isTraining {
-            let s = GateMath.softplus(x.matmul(wNoise.value.cast(to: x.dtype))) + 0.01
+            let s = x.matmul(wNoise.value.cast(to: x.dtype)).softplus() + 0.01
             let epsilon = Tensor.randomNormal([b, n], dtype: x.dtype, device: x.device, generator: &randomSource.generator)
             noisy = clean + epsilon * s
             sigma = s
         }
         let m = min(k + 1, n)
         let (top, topIndex) = noisy.topK(m)
-        let (values, expert) = m > k ? (top.split([k, 1], axis: -1)[0], topIndex.split([k, 1], axis: -1)[0]) : (top, topIndex)
+        let (values, expert) = m > k ? (top.slice(lastAxis: 0..<k), topIndex.slice(lastAxis: 0..<k)) : (top, topIndex)
         let score = values.softmax()
         let importance = score.scattered(lastAxis: expert, width: n).sumRows()
         var aux = GateMath.cvSquared(importance)
         if let sigma, k < n {
-            let thresholdIn = GateMath.column(top, k)        // the (k+1)-th largest: the bar an expert in the top k must stay above
-            let thresholdOut = GateMath.column(top, k - 1)   // the k-th largest: the bar an expert outside must pass
+            let thresholdIn = top.slice(lastAxis: k..<(k + 1))        // the (k+1)-th largest: the bar an expert in the top k must stay above
+            let thresholdOut = top.slice(lastAxis: (k - 1)..<k)   // the k-th largest: the bar an expert outside must pass
             let isIn = withoutGradient { Tensor.ones([b, k], dtype: x.dtype, device: x.device).scattered(lastAxis: expert, width: n) }
-            let probIn = GateMath.normalCDF((clean - thresholdIn) / sigma)
-            let probOut = GateMath.normalCDF((clean - thresholdOut) / sigma)
+            let probIn = ((clean - thresholdIn) / sigma).normalCDF()
+            let probOut = ((clean - thresholdOut) / sigma).normalCDF()
             let load = (isIn * probIn + (1 - isIn) * probOut).sumRows()
             aux = aux + GateMath.cvSquared(load)
         }

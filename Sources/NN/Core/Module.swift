@@ -7,8 +7,9 @@ import Tensors
 /// A property holding a `Parameter`, a `Module`, an optional of either, or an array of either is part
 /// of the tree; arrays contribute their index to the name. Subclasses only declare fields:
 /// ```swift
-/// final class MLP: Module, Layer {
+/// final class TwoLayers: Module, Layer, @unchecked Sendable {
 ///     let fc1: Linear, fc2: Linear
+///     init(generator g: inout RandomGenerator) { (fc1, fc2) = (Linear(64, 256, generator: &g), Linear(256, 64, generator: &g)) }
 ///     func callAsFunction(_ x: Tensor) -> Tensor { fc2(fc1(x).gelu()) }
 /// }
 /// ```

@@ -7,7 +7,7 @@ import Tensors
 /// restores every generator of a model with nothing to register: a new noisy module cannot
 /// silently break exact resume.
 /// ```swift
-/// final class NoisyScale: Module, Layer {
+/// final class NoisyScale: Module, Layer, @unchecked Sendable {
 ///     let randomSource: RandomSource
 ///     init(generator: inout RandomGenerator) { randomSource = RandomSource(deriving: &generator) }
 ///     func callAsFunction(_ x: Tensor) -> Tensor {

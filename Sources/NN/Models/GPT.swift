@@ -138,8 +138,11 @@ public final class GPT: Module, @unchecked Sendable {
 /// A layer whose tokens use only part of its parameters (a mixture of experts routes each token
 /// through `k` of its experts). `GPT.flopsPerToken` counts `activeParameterCount` for such a layer.
 /// ```swift
-/// extension MyMoE: ActiveParameterCounting {
-///     var activeParameterCount: Int { gateParameters + k * parametersPerExpert }
+/// final class HalfActive: Module, Layer, ActiveParameterCounting, @unchecked Sendable {
+///     let expert: Linear, spare: Linear
+///     init(generator g: inout RandomGenerator) { (expert, spare) = (Linear(64, 64, generator: &g), Linear(64, 64, generator: &g)) }
+///     var activeParameterCount: Int { expert.parameterCount }   // `spare` is never used by a token
+///     func callAsFunction(_ x: Tensor) -> Tensor { expert(x) }
 /// }
 /// ```
 public protocol ActiveParameterCounting: Module {

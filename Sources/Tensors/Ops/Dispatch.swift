@@ -97,8 +97,14 @@ public func unpermuteTokens(_ y: Tensor, by plan: RoutingPlan, score: Tensor) ->
     let t = plan.tokenCount, k = plan.topK, d = y.lastDimension, s = y.shape[0]
     guarantee(y.rank == 2 && s <= t * k && score.shape == [t, k],
               "unpermuteTokens: y \(y.shape) and score \(score.shape) do not fit a plan of \(t) tokens × \(k) slots")
-    if s == 0 { return Tensor.zeros([t, d], dtype: y.dtype, device: y.device) }
     let weights = score.cast(to: y.dtype)
+    if s == 0 {
+        // Still a node of the graph: under expert parallelism the backward of the exchange that
+        // produced `y` is a collective every rank must reach, also one whose tokens all dropped.
+        return Tensor.zeros([t, d], dtype: y.dtype, device: y.device).recording("unpermuteTokens", [y, weights]) { _ in
+            [Tensor.zeros(y.shape, dtype: y.dtype, device: y.device), Tensor.zeros(weights.shape, dtype: weights.dtype, device: weights.device)]
+        }
+    }
     let slotIndex = plan.rowOfSlot.reshaped([t, k])
     let out = Tensor.empty([t, d], dtype: y.dtype, device: y.device)
     y.backend.gatherSumRows(y, indices: slotIndex, weights: weights, out)

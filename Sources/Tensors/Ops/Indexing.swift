@@ -75,5 +75,19 @@ extension Tensor {
     }
 }
 
+/// Rows of `x` `[R, ...]` in another order: `out[i] = x[order[i]]`, where `order` is a permutation of
+/// `0..<R` (int32 `[R]`) and `inverse` its inverse. Differentiable: the backward gathers the
+/// gradient by `inverse` (each row moves once, so no scatter and no atomics).
+/// ```swift
+/// let swapped = permuteRows(x, order: Tensor([1, 0] as [Int32]), inverse: Tensor([1, 0] as [Int32]))
+/// ```
+public func permuteRows(_ x: Tensor, order: Tensor, inverse: Tensor) -> Tensor {
+    guarantee(order.dtype == .int32 && inverse.dtype == .int32 && order.shape == [x.shape.first ?? 0] && inverse.shape == order.shape,
+              "permuteRows: order \(order.shape) \(order.dtype) and inverse \(inverse.shape) must be int32 [\(x.shape.first ?? 0)] for x \(x.shape)")
+    let out = Tensor.empty(x.shape, dtype: x.dtype, device: x.device)
+    if x.count > 0 { x.backend.gatherRows(x.reshaped([x.shape[0], -1]), indices: order, out.reshaped([x.shape[0], -1])) }
+    return out.recording("permuteRows", [x]) { g in [permuteRows(g, order: inverse, inverse: order)] }
+}
+
 /// Embedding lookup: `table` [V, D], `ids` int32 of any shape -> [ids..., D].
 public func embedding(_ table: Tensor, _ ids: Tensor) -> Tensor { table.indexSelect(rows: ids) }
