@@ -217,7 +217,7 @@ public final class CUBLAS: @unchecked Sendable {
 
     func computeType(_ dtypes: GemmDataTypes) -> Int32 {
         let allFloat32 = dtypes.a == .float32 && dtypes.b == .float32 && dtypes.c == .float32
-        return allFloat32 && tf32Enabled ? Self.computeFloat32FastTF32 : Self.computeFloat32
+        return allFloat32 && (tf32Enabled || Self.threadAllowsTF32) ? Self.computeFloat32FastTF32 : Self.computeFloat32
     }
 
     // MARK: Column-major (cuBLAS's own convention)

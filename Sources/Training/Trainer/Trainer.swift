@@ -186,6 +186,11 @@ public final class Trainer {
     /// steps and at the end, checkpoints every `checkpointEvery` steps and at the end.
     @discardableResult
     public func run(stopAfter: Int? = nil) throws -> TrainingSummary {
+        // precision tf32: this thread's float32 GEMMs run on TF32 tensor cores for the run, and not after it.
+        try config.withMathMode { try train(stopAfter: stopAfter) }
+    }
+
+    func train(stopAfter: Int?) throws -> TrainingSummary {
         let last = min(config.steps, stopAfter ?? config.steps)
         try FileSystem.makeDirectories(outputDirectory)
         let log = try MetricsLog(directory: outputDirectory)
