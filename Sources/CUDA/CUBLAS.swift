@@ -54,7 +54,8 @@ public enum BLASOperation: Int32, Sendable {
 /// The handle is bound to the device's stream, uses host pointers for alpha/beta, a 32 MiB workspace
 /// (what NVIDIA recommends for Hopper), and an explicit math mode: `CUBLAS_DEFAULT_MATH`, or
 /// `CUBLAS_TF32_TENSOR_OP_MATH` with float32 compute `CUBLAS_COMPUTE_32F_FAST_TF32` once ``allowTF32`` is
-/// set (off by default: TF32 rounds float32 inputs to 10 mantissa bits). bfloat16 GEMMs always accumulate
+/// set (off by default: TF32 rounds float32 inputs to 10 mantissa bits). ``threadAllowsTF32`` asks for
+/// the TF32 compute type on the calls of one thread only, leaving the handle's math mode alone. bfloat16 GEMMs always accumulate
 /// in float32 (`CUBLAS_COMPUTE_32F`) on tensor cores.
 ///
 /// Our tensors are row-major; cuBLAS is column-major. A row-major matrix read as column-major is its
@@ -217,7 +218,7 @@ public final class CUBLAS: @unchecked Sendable {
 
     func computeType(_ dtypes: GemmDataTypes) -> Int32 {
         let allFloat32 = dtypes.a == .float32 && dtypes.b == .float32 && dtypes.c == .float32
-        return allFloat32 && tf32Enabled ? Self.computeFloat32FastTF32 : Self.computeFloat32
+        return allFloat32 && (tf32Enabled || Self.threadAllowsTF32) ? Self.computeFloat32FastTF32 : Self.computeFloat32
     }
 
     // MARK: Column-major (cuBLAS's own convention)

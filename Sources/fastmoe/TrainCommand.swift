@@ -28,7 +28,7 @@ struct RunOptions: ParsableArguments {
     @Option(parsing: .unconditional, help: "Seed of the initial weights, data order, dropout and gate noise.") var seed: UInt64?
 
     @Option(help: "cpu, cuda, cuda:N or auto (CUDA when available).") var device: String?
-    @Option(help: "fp32, or bf16 (CUDA only: bfloat16 activations, float32 master weights).") var precision: String?
+    @Option(help: "fp32; bf16 (CUDA only: bfloat16 activations, float32 master weights); tf32 (float32 with TF32 tensor-core GEMMs on CUDA; plain fp32 on the CPU).") var precision: String?
 
     @Option(name: .customLong("eval-every"), parsing: .unconditional, help: "Evaluate every N steps (0 = only at the end).") var evalEvery: Int?
     @Option(name: .customLong("eval-batches"), parsing: .unconditional, help: "Fixed validation batches per evaluation.") var evalBatches: Int?
@@ -37,7 +37,7 @@ struct RunOptions: ParsableArguments {
     @Option(name: .customLong("log-every"), parsing: .unconditional, help: "A metrics record every N steps.") var logEvery: Int?
     @Option(help: "Output directory (default runs/<name or timestamp>).") var out: String?
 
-    @Option(help: "A text file to train on (default: the built-in synthetic corpus).") var data: String?
+    @Option(help: "A text file to train on, or a directory or quoted glob of text files ('/usr/lib/python3*/**/*.py'), joined in sorted path order (default: the built-in synthetic corpus).") var data: String?
     @Option(name: .customLong("val-fraction"), parsing: .unconditional, help: "Fraction at the end of the data held out for validation.") var valFraction: Double?
     @Option(name: .customLong("corpus-bytes"), parsing: .unconditional, help: "Size of the synthetic corpus.") var corpusBytes: Int?
 

@@ -62,7 +62,7 @@ import Testing
         (["batch_size": .int(0)], "--batch-size is 0"),
         (["dropout": .double(1)], "--dropout is 1.0; it is a probability in [0, 1)"),
         (["val_fraction": .double(1.5)], "--val-fraction is 1.5"),
-        (["precision": .string("fp16")], "--precision 'fp16' is not fp32 or bf16"),
+        (["precision": .string("fp16")], "--precision 'fp16' is not one of fp32, bf16, tf32"),
         (["device": .string("tpu")], "--device 'tpu' is not one of cpu, cuda, cuda:N, auto"),
         (["experts": .int(4), "top_k": .int(5)], "--top-k is 5 but there are 4 experts"),
         (["experts": .int(4), "gate": .string("hash")], "--gate 'hash' is not one of topk, noisy, gshard, switch"),

@@ -54,4 +54,7 @@ final class HostAllocator: Sendable {
         let a = allocated.load(ordering: .relaxed)
         return MemoryStatistics(allocated: a, reserved: a, peak: peak.load(ordering: .relaxed))
     }
+
+    /// Restarts the peak from the bytes allocated now (`Backends.resetPeakMemory`).
+    func resetPeak() { peak.store(allocated.load(ordering: .relaxed), ordering: .relaxed) }
 }

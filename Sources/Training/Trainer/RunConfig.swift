@@ -42,7 +42,8 @@ public struct RunConfig: Equatable, Sendable {
     // Where and how
     /// `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available).
     public var device: String
-    /// `fp32`, or `bf16` (CUDA only: bfloat16 activations, float32 master weights).
+    /// `fp32`, `bf16` (CUDA only: bfloat16 activations, float32 master weights) or `tf32` (float32 with
+    /// TF32 tensor-core GEMMs on CUDA; the same as fp32 on the CPU): `precisionNames`.
     public var precision: String
 
     // Evaluation, logging, checkpoints
@@ -58,7 +59,7 @@ public struct RunConfig: Equatable, Sendable {
     public var logEvery: Int
 
     // Data
-    /// A text file to train on; nil = the built-in synthetic corpus.
+    /// A text file to train on, or a directory or glob of them (`TextCorpus`); nil = the built-in synthetic corpus.
     public var data: String?
     /// The fraction at the end of the data held out for validation.
     public var valFraction: Double

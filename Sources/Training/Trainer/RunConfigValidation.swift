@@ -39,7 +39,10 @@ extension RunConfig {
         }
         guard clip.isFinite && clip >= 0 else { throw fail("clip", "is \(clip); use 0 (off) or a positive norm such as 1") }
 
-        guard ["fp32", "bf16"].contains(precision) else { throw fail("precision", "'\(precision)' is not fp32 or bf16") }
+        guard RunConfig.precisionNames.contains(precision) else {
+            throw fail("precision", "'\(precision)' is not one of \(RunConfig.precisionNames.joined(separator: ", ")) "
+                + "(tf32: float32 with TF32 tensor-core GEMMs on CUDA, plain float32 on the CPU)")
+        }
         guard device == "auto" || Device(parsing: device) != nil else {
             throw fail("device", "'\(device)' is not one of cpu, cuda, cuda:N, auto")
         }

@@ -212,6 +212,11 @@ public final class Trainer {
     /// unless `skipNonFinite` skips that step.
     @discardableResult
     public func run(stopAfter: Int? = nil) throws -> TrainingSummary {
+        // precision tf32: this thread's float32 GEMMs run on TF32 tensor cores for the run, and not after it.
+        try config.withMathMode { try train(stopAfter: stopAfter) }
+    }
+
+    func train(stopAfter: Int?) throws -> TrainingSummary {
         let last = min(config.steps, stopAfter ?? config.steps)
         let directoryNotes = try RunDirectory.prepare(outputDirectory, resumedAt: resumedFrom != nil ? step : nil, overwrite: overwrite)
         overwrite = false  // a second run() continues this one

@@ -1,6 +1,7 @@
 import Tensors
 
-/// The token stream of a run: `config.data` split by `valFraction`, or the built-in synthetic corpus.
+/// The token stream of a run: `config.data` (a text file, or a directory or glob of them: `TextCorpus`)
+/// split by `valFraction`, or the built-in synthetic corpus.
 public enum TrainingData {
     /// The seed of the built-in corpus. Fixed, not the run's seed, so every run sees the same text and
     /// validation losses of runs with different seeds are comparable.
@@ -9,6 +10,11 @@ public enum TrainingData {
     /// Loads (or generates) and splits the data; throws a `DatasetError` saying what is wrong with it.
     public static func load(_ config: RunConfig) throws -> TokenDataset {
         if let path = config.data {
+            if TextCorpus.isCollection(path) {
+                let corpus = try TextCorpus.load(path)
+                return try TokenDataset(tokens: corpus.bytes, seqLen: config.seqLen, valFraction: config.valFraction,
+                                        source: corpus.source)
+            }
             return try TokenDataset.load(path: path, seqLen: config.seqLen, valFraction: config.valFraction)
         }
         let bytes = SyntheticCorpus.generate(seed: corpusSeed, byteCount: config.corpusBytes)

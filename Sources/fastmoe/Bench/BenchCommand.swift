@@ -5,7 +5,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure speed: a table for people, JSON lines for tools, with the ceilings of the same run.",
-        subcommands: [OpsBench.self, TrainBench.self, CollectivesBench.self])
+        subcommands: [OpsBench.self, TrainBench.self, CollectivesBench.self, MoELayerBench.self])
 }
 
 struct OpsBench: ParsableCommand {

@@ -12,7 +12,7 @@ struct TrainBench: ParsableCommand {
     @Option(help: "cpu, cuda, cuda:N or auto (CUDA when available).")
     var device: String = "auto"
 
-    @Option(help: "fp32, or bf16 (CUDA only).")
+    @Option(help: "fp32, bf16 (CUDA only) or tf32 (float32 with TF32 tensor-core GEMMs; plain fp32 on the CPU).")
     var precision: String = "fp32"
 
     @Option(parsing: .unconditional, help: "Experts per MoE layer (0 = dense).")
@@ -45,6 +45,8 @@ struct TrainBench: ParsableCommand {
         // The bench's corpus is sized below; its evaluation batches are none.
         let corpusBytes = max(1 << 18, 4 * config.batchSize * (config.seqLen + 1))
         try MemoryEstimate(config, purpose: .training, dataBytes: corpusBytes, evalBatches: 0).check(on: dev)
+        // tf32: every float32 GEMM of this process's main thread (the steps and the ceiling) on TF32 tensor cores.
+        Backends.threadAllowsTF32 = config.usesTF32
         let model = ModelFactory.build(config, device: dev)
         let optimizer = AdamW(parameters: model.namedParameters().map { ($0.name, $0.parameter) }, learningRate: config.lr,
                               weightDecay: config.weightDecay)

@@ -1,0 +1,311 @@
+import MoE
+import NN
+import Tensors
+
+// Notation: T tokens, D model width, H each expert's hidden width, E experts, K experts per token,
+// N = T·K routed rows. The layer is `MoELayer.mlp` (gate Linear(D,E) → top-K → experts
+// Linear(D,H) → GELU(tanh) → Linear(H,D) with biases → weighted combine); the dense line is one
+// `MLP(D, H)` over N rows: the FLOPs of the experts with perfect balance.
+
+/// One configuration of `fastmoe bench moe-layer`.
+public struct MoELayerBenchConfig: Sendable, Equatable {
+    /// T.
+    public var tokens: Int
+    /// D.
+    public var dModel: Int
+    /// H, each expert's (and the dense line's) hidden width.
+    public var hidden: Int
+    /// E.
+    public var experts: Int
+    /// K.
+    public var topK: Int
+    /// `fp32`, `bf16` (parameters, activations and GEMM operands in bfloat16; CUDA only) or `tf32`
+    /// (float32 with TF32 tensor-core GEMMs; plain float32 on the CPU).
+    public var precision: String
+    /// A gate of the table (`GateSpec.all`).
+    public var gate: String
+    /// Timed iterations per measurement (the median is reported).
+    public var iterations: Int
+    /// Untimed iterations before them (kernel compilation, cuBLAS heuristics, allocator growth).
+    public var warmup: Int
+    /// Pre-made random input sets cycled through the iterations, so repeated runs do not read one
+    /// input out of the cache.
+    public var inputSets: Int
+    public var seed: UInt64
+
+    public init(tokens: Int, dModel: Int, hidden: Int, experts: Int, topK: Int, precision: String = "fp32",
+                gate: String = "topk", iterations: Int = 20, warmup: Int = 3, inputSets: Int = 3, seed: UInt64 = 1) {
+        self.tokens = tokens
+        self.dModel = dModel
+        self.hidden = hidden
+        self.experts = experts
+        self.topK = topK
+        self.precision = precision
+        self.gate = gate
+        self.iterations = iterations
+        self.warmup = warmup
+        self.inputSets = inputSets
+        self.seed = seed
+    }
+
+    /// The element type of parameters and activations.
+    public var dtype: DType { precision == "bf16" ? .bfloat16 : .float32 }
+
+    /// "fp32 T=4096 D=1024 H=4096 E=8 K=2 topk".
+    public var label: String { "\(precision) T=\(tokens) D=\(dModel) H=\(hidden) E=\(experts) K=\(topK) \(gate)" }
+
+    /// Expert FLOPs of one forward, `2·T·K·(2·D·H)`, plus the gate's `2·T·D·E`.
+    public var forwardFLOPs: Double { denseForwardFLOPs + 2 * Double(tokens) * Double(dModel) * Double(experts) }
+    /// The dense line's forward FLOPs: `2·N·(2·D·H)`.
+    public var denseForwardFLOPs: Double { 2 * Double(tokens * topK) * 2 * Double(dModel) * Double(hidden) }
+
+    /// The rows of the issue's table (issue 10): `paper` (fp32, E from 2 to 128), `fine` (bf16 fine-grained
+    /// experts), `mixtral` (bf16, large experts).
+    public static func preset(_ name: String) -> [MoELayerBenchConfig]? {
+        switch name {
+        case "paper":
+            return [2, 8, 32, 128].map { MoELayerBenchConfig(tokens: 4096, dModel: 1024, hidden: 4096, experts: $0, topK: 2, precision: "fp32") }
+        case "fine":
+            return [(8, 2), (64, 2), (64, 8)].map {
+                MoELayerBenchConfig(tokens: 16384, dModel: 2048, hidden: 1408, experts: $0.0, topK: $0.1, precision: "bf16")
+            }
+        case "mixtral":
+            return [MoELayerBenchConfig(tokens: 8192, dModel: 4096, hidden: 14336, experts: 8, topK: 2, precision: "bf16")]
+        default:
+            return nil
+        }
+    }
+
+    public static let presetNames = ["paper", "fine", "mixtral"]
+
+    /// Checks the sizes and names; the message names the flag and the fix.
+    public func validate(device: Device) throws {
+        func fail(_ message: String) -> RunConfigError { RunConfigError(message) }
+        for (flag, value) in [("--tokens", tokens), ("--d-model", dModel), ("--hidden", hidden), ("--experts", experts),
+                              ("--iterations", iterations), ("--input-sets", inputSets)] where value < 1 {
+            throw fail("\(flag) is \(value); it must be at least 1")
+        }
+        guard warmup >= 0 else { throw fail("--warmup is \(warmup); use 0 or more untimed iterations") }
+        guard RunConfig.precisionNames.contains(precision) else {
+            throw fail("--precision '\(precision)' is not one of \(RunConfig.precisionNames.joined(separator: ", "))")
+        }
+        if precision == "bf16" && !device.isCUDA {
+            throw fail("--precision bf16 runs on CUDA only (bfloat16 is storage-only on the CPU); use fp32 or tf32 on the CPU")
+        }
+        guard let spec = GateSpec.named(gate) else {
+            throw fail("--gate '\(gate)' is not one of \(GateSpec.all.map(\.name).joined(separator: ", "))")
+        }
+        guard topK >= 1 && topK <= experts else {
+            throw fail("--top-k is \(topK) but there are \(experts) experts; each token goes to 1 ... \(experts) of them")
+        }
+        if let k = spec.fixedTopK, k != topK {
+            throw fail("--top-k is \(topK) but the \(gate) gate routes every token to \(k); use --top-k \(k) or --gate topk")
+        }
+    }
+}
+
+/// What one configuration measured. Times are medians in milliseconds; bytes are the allocator's.
+public struct MoELayerBenchResult: Sendable {
+    public var config: MoELayerBenchConfig
+    public var device: Device
+    /// The MoE layer: forward (recording the graph, as in training) and forward + backward.
+    public var forwardMs: Double
+    public var forwardBackwardMs: Double
+    /// The dense line: `MLP(D, H)` over `T·K` rows, same dtype, same run.
+    public var denseForwardMs: Double
+    public var denseForwardBackwardMs: Double
+    /// The six GEMMs of the dense line's forward and backward, each timed alone through the backend's
+    /// GEMM (cuBLAS on CUDA) on pre-made operands, in the order fc1, fc2, fc2 dA, fc2 dW, fc1 dX, fc1 dW.
+    public var denseGemmMs: [Double]
+    /// Bytes the layer's forward + backward allocated at its peak beyond what was live before it (the
+    /// parameters and inputs), gradients of the parameters and the input included.
+    public var peakBytes: Int
+    /// What that forward + backward must hold (see ``mustKeepBytes(_:parameterBytes:)``).
+    public var mustKeepBytes: Int
+    /// The same two for the dense line.
+    public var densePeakBytes: Int
+    public var denseMustKeepBytes: Int
+    /// Max over mean of the tokens routed per expert by the gate on one of the inputs (1 = balanced).
+    public var loadMaxOverMean: Double
+
+    /// The sum of `denseGemmMs`: the dense line's ceiling.
+    public var denseGemmSumMs: Double { denseGemmMs.reduce(0, +) }
+    public var forwardTFLOPs: Double { config.forwardFLOPs / forwardMs / 1e9 }
+    public var forwardBackwardTFLOPs: Double { 3 * config.forwardFLOPs / forwardBackwardMs / 1e9 }
+    public var denseForwardBackwardTFLOPs: Double { 3 * config.denseForwardFLOPs / denseForwardBackwardMs / 1e9 }
+    /// MoE fwd+bwd time over the dense line's (the issue's targets are on this ratio).
+    public var ratio: Double { forwardBackwardMs / denseForwardBackwardMs }
+    public var forwardRatio: Double { forwardMs / denseForwardMs }
+    /// Dense fwd+bwd time over the sum of its GEMMs alone (1 = no overhead around the GEMMs).
+    public var denseOverGemmSum: Double { denseForwardBackwardMs / denseGemmSumMs }
+    public var peakOverMustKeep: Double { Double(peakBytes) / Double(max(mustKeepBytes, 1)) }
+
+    /// One JSON object on one line, for tools (non-finite numbers as null).
+    public var jsonLine: String {
+        let c = config
+        func d(_ key: String, _ x: Double) -> JSONMember { JSONMember(key, .double(x)) }
+        func i(_ key: String, _ x: Int) -> JSONMember { JSONMember(key, .int(x)) }
+        func s(_ key: String, _ x: String) -> JSONMember { JSONMember(key, .string(x)) }
+        let members: [JSONMember] = [
+            s("bench", "moe-layer"), s("device", "\(device)"), s("precision", c.precision), s("gate", c.gate),
+            i("T", c.tokens), i("D", c.dModel), i("H", c.hidden), i("E", c.experts), i("K", c.topK),
+            i("iterations", c.iterations), i("warmup", c.warmup), i("input_sets", c.inputSets),
+            d("fwd_ms", forwardMs), d("fwd_bwd_ms", forwardBackwardMs),
+            d("fwd_tflops", forwardTFLOPs), d("fwd_bwd_tflops", forwardBackwardTFLOPs),
+            d("dense_fwd_ms", denseForwardMs), d("dense_fwd_bwd_ms", denseForwardBackwardMs),
+            d("dense_fwd_bwd_tflops", denseForwardBackwardTFLOPs),
+            d("ratio_fwd", forwardRatio), d("ratio_fwd_bwd", ratio),
+            JSONMember("dense_gemm_ms", .array(denseGemmMs.map { .double($0) })),
+            d("dense_gemm_sum_ms", denseGemmSumMs), d("dense_over_gemm_sum", denseOverGemmSum),
+            i("peak_bytes", peakBytes), i("must_keep_bytes", mustKeepBytes), d("peak_over_must_keep", peakOverMustKeep),
+            i("dense_peak_bytes", densePeakBytes), i("dense_must_keep_bytes", denseMustKeepBytes),
+            d("load_max_over_mean", loadMaxOverMean),
+        ]
+        return JSONValue.object(members).serialized()
+    }
+}
+
+/// `fastmoe bench moe-layer`: the MoE MLP layer against the dense line of the same run.
+///
+/// ```swift
+/// let config = MoELayerBenchConfig(tokens: 4096, dModel: 1024, hidden: 4096, experts: 8, topK: 2)
+/// let result = try MoELayerBenchmark.run(config, device: .cuda(0))
+/// print(result.jsonLine)
+/// ```
+public enum MoELayerBenchmark {
+    /// Builds the layer and the dense line, times both, then their GEMMs, then measures peak memory.
+    /// TF32 (precision tf32) is switched on for the calling thread during the run only.
+    public static func run(_ config: MoELayerBenchConfig, device: Device) throws -> MoELayerBenchResult {
+        try config.validate(device: device)
+        return Backends.withTF32(config.precision == "tf32") { measure(config, device: device) }
+    }
+
+    static func measure(_ c: MoELayerBenchConfig, device: Device) -> MoELayerBenchResult {
+        let dtype = c.dtype
+        var g = RandomGenerator(seed: c.seed)
+        let spec = GateSpec.named(c.gate)!
+        let moe = MoELayer.mlp(dModel: c.dModel, hidden: c.hidden, expertCount: c.experts, topK: c.topK, gate: spec,
+                               dtype: dtype, device: device, generator: &g)
+        // Gates with a balance loss train with it: it rides on the graph as in a training step.
+        if spec.hasBalanceLoss { moe.balanceLossWeight = 0.01 }
+        let dense = MLP(c.dModel, hidden: c.hidden, activation: .gelu(approximate: true), device: device, dtype: dtype, generator: &g)
+
+        let rows = c.tokens * c.topK
+        func inputs(_ count: Int) -> [Tensor] {
+            (0..<c.inputSets).map { _ in Tensor.randomNormal([count, c.dModel], dtype: dtype, device: device, generator: &g) }
+        }
+        let moeInputs = inputs(c.tokens), moeUpstream = inputs(c.tokens)
+        let denseInputs = inputs(rows), denseUpstream = inputs(rows)
+        let loadMaxOverMean = withoutGradient { moe.forward(moeInputs[0]).load.maxOverMean }
+
+        func timings(_ layer: (Tensor) -> Tensor, _ parameters: [Parameter], _ xs: [Tensor], _ dys: [Tensor])
+            -> (forward: Double, forwardBackward: Double) {
+            var x = xs[0]
+            // Before each iteration, untimed: a fresh leaf for the input gradient, no parameter gradients
+            // (set to none, as a training step leaves them, so no accumulation is timed).
+            func prepare(_ i: Int) {
+                for p in parameters { p.grad = nil }
+                x = xs[i % xs.count].detached().requiringGradient()
+            }
+            let forward = medianMilliseconds(device, c, prepare) { _ in _ = layer(x) }
+            let forwardBackward = medianMilliseconds(device, c, prepare) { i in layer(x).backward(dys[i % dys.count]) }
+            for p in parameters { p.grad = nil }
+            return (forward, forwardBackward)
+        }
+        let moeTimes = timings({ moe($0) }, moe.parameters(), moeInputs, moeUpstream)
+        let denseTimes = timings({ dense($0) }, dense.parameters(), denseInputs, denseUpstream)
+        let gemms = denseGemmMilliseconds(c, rows: rows, device: device, generator: &g)
+
+        let moePeak = peakBytes(device, { moe($0) }, moe.parameters(), moeInputs[0], moeUpstream[0])
+        let densePeak = peakBytes(device, { dense($0) }, dense.parameters(), denseInputs[0], denseUpstream[0])
+        let moeParameterBytes = moe.parameters().reduce(0) { $0 + $1.value.byteCount }
+        let denseParameterBytes = dense.parameters().reduce(0) { $0 + $1.value.byteCount }
+        return MoELayerBenchResult(
+            config: c, device: device, forwardMs: moeTimes.forward, forwardBackwardMs: moeTimes.forwardBackward,
+            denseForwardMs: denseTimes.forward, denseForwardBackwardMs: denseTimes.forwardBackward, denseGemmMs: gemms,
+            peakBytes: moePeak, mustKeepBytes: mustKeepBytes(c, parameterBytes: moeParameterBytes),
+            densePeakBytes: densePeak, denseMustKeepBytes: denseMustKeepBytes(c, parameterBytes: denseParameterBytes),
+            loadMaxOverMean: loadMaxOverMean)
+    }
+
+    /// What a forward + backward of the layer must allocate beyond its inputs `x`, `dy` and its
+    /// parameters: the routed rows (N·D), the hidden activations before and after GELU (2·N·H), the
+    /// experts' output rows (N·D), the gate's logits (T·E), the output `y` and the input gradient `dx`
+    /// (T·D each), and the parameter gradients.
+    public static func mustKeepBytes(_ c: MoELayerBenchConfig, parameterBytes: Int) -> Int {
+        let n = c.tokens * c.topK
+        let elements = 2 * n * c.dModel + 2 * n * c.hidden + c.tokens * c.experts + 2 * c.tokens * c.dModel
+        return elements * c.dtype.byteSize + parameterBytes
+    }
+
+    /// The dense line's: the hidden activations before and after GELU (2·N·H), `y` and `dx` (N·D each),
+    /// and the parameter gradients.
+    public static func denseMustKeepBytes(_ c: MoELayerBenchConfig, parameterBytes: Int) -> Int {
+        let n = c.tokens * c.topK
+        return (2 * n * c.hidden + 2 * n * c.dModel) * c.dtype.byteSize + parameterBytes
+    }
+
+    /// Peak bytes of one forward + backward beyond what was allocated before it.
+    static func peakBytes(_ device: Device, _ layer: (Tensor) -> Tensor, _ parameters: [Parameter], _ x: Tensor, _ dy: Tensor) -> Int {
+        let backend = Backends.backend(for: device)
+        for p in parameters { p.grad = nil }
+        let input = x.detached().requiringGradient()
+        backend.synchronize()
+        let before = backend.memoryStatistics.allocated
+        Backends.resetPeakMemory(device)
+        layer(input).backward(dy)
+        backend.synchronize()
+        let peak = backend.memoryStatistics.peak
+        for p in parameters { p.grad = nil }
+        return max(0, peak - before)
+    }
+
+    /// The dense line's six GEMMs, row-major, each alone on pre-made random operands through the backend's
+    /// GEMM primitive (one cuBLAS call on CUDA, nothing allocated in the timed region). With W1 [H, D] and
+    /// W2 [D, H] as `Linear` stores them: fc1 X·W1ᵀ, fc2 A·W2ᵀ, fc2's dA = dY·W2 and dW2 = dYᵀ·A, fc1's
+    /// dX = dH·W1 and dW1 = dHᵀ·X.
+    static func denseGemmMilliseconds(_ c: MoELayerBenchConfig, rows n: Int, device: Device, generator g: inout RandomGenerator) -> [Double] {
+        let d = c.dModel, h = c.hidden
+        // (a shape, b shape, transposeA, transposeB, out shape)
+        let problems: [([Int], [Int], Bool, Bool, [Int])] = [
+            ([n, d], [h, d], false, true, [n, h]),   // fc1 forward
+            ([n, h], [d, h], false, true, [n, d]),   // fc2 forward
+            ([n, d], [d, h], false, false, [n, h]),  // fc2 backward: dA
+            ([n, d], [n, h], true, false, [d, h]),   // fc2 backward: dW2
+            ([n, h], [h, d], false, false, [n, d]),  // fc1 backward: dX
+            ([n, h], [n, d], true, false, [h, d]),   // fc1 backward: dW1
+        ]
+        let backend = Backends.backend(for: device)
+        return problems.map { aShape, bShape, transposeA, transposeB, outShape in
+            let a = Tensor.randomNormal(aShape, dtype: c.dtype, device: device, generator: &g)
+            let b = Tensor.randomNormal(bShape, dtype: c.dtype, device: device, generator: &g)
+            let out = Tensor.empty(outShape, dtype: c.dtype, device: device)
+            return medianMilliseconds(device, c, { _ in }) { _ in
+                backend.matmul(a, b, out, transposeA: transposeA, transposeB: transposeB, alpha: 1, beta: 0)
+            }
+        }
+    }
+
+    /// Median milliseconds of `body(i)` over `iterations` after `warmup` untimed ones, with `prepare(i)`
+    /// run untimed before each: CUDA events around `body` on a GPU (device time only), the host clock
+    /// around `body` and a synchronize on the CPU.
+    static func medianMilliseconds(_ device: Device, _ c: MoELayerBenchConfig, _ prepare: (Int) -> Void,
+                                   _ body: (Int) -> Void) -> Double {
+        let backend = Backends.backend(for: device)
+        var times: [Double] = []
+        for i in 0..<(c.warmup + c.iterations) {
+            prepare(i)
+            let ms: Double
+            if let cuda = backend as? CUDABackend {
+                ms = (try? cuda.measureMilliseconds { body(i) }) ?? .nan
+            } else {
+                backend.synchronize()
+                let clock = ContinuousClock()
+                let t = clock.measure { body(i); backend.synchronize() }
+                ms = Double(t.components.seconds) * 1e3 + Double(t.components.attoseconds) * 1e-15
+            }
+            if i >= c.warmup { times.append(ms) }
+        }
+        return times.sorted()[times.count / 2]
+    }
+}

@@ -1,0 +1,84 @@
+import ArgumentParser
+import FastMoE
+
+/// `fastmoe bench moe-layer`: one MoE MLP layer's forward and forward + backward against the dense line
+/// (one dense MLP of the same FLOPs over T·K rows) and the sum of that MLP's GEMMs, all in one run.
+struct MoELayerBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "moe-layer",
+        abstract: "One MoE MLP layer, fwd and fwd+bwd, against the dense line of the same FLOPs and its GEMMs alone.",
+        discussion: """
+        The layer is MoELayer.mlp: gate Linear(D,E) → top-K → experts Linear(D,H) → GELU(tanh) → Linear(H,D) \
+        with biases → weighted combine. The dense line is MLP(D, H) over T·K rows (the experts' FLOPs with \
+        perfect balance). Times are medians after warm-up (CUDA events on a GPU), over rotated random inputs; \
+        TFLOP/s count 2·T·K·2·D·H + 2·T·D·E per forward and three times that for fwd+bwd. docs/perf-notes.md \
+        describes the method.
+        """)
+
+    @Option(help: "Rows of the issue's table: paper (fp32, E = 2…128), fine (bf16 fine-grained), mixtral (bf16). Overrides the sizes.")
+    var preset: String?
+
+    @Option(name: .customLong("tokens"), help: "T, tokens through the layer.") var tokens: Int = 4096
+    @Option(name: .customLong("d-model"), help: "D, the model width.") var dModel: Int = 1024
+    @Option(help: "H, each expert's hidden width (and the dense line's).") var hidden: Int = 4096
+    @Option(help: "E, experts.") var experts: Int = 8
+    @Option(name: .customLong("top-k"), help: "K, experts per token.") var topK: Int = 2
+
+    @Option(help: "fp32, bf16 (CUDA only; bfloat16 parameters and activations) or tf32 (fp32 with TF32 tensor-core GEMMs; plain fp32 on the CPU). Default: fp32, or the preset's.")
+    var precision: String?
+
+    @Option(help: ArgumentHelp(GateSpec.helpText)) var gate: String = "topk"
+    @Option(help: "Timed iterations per measurement (the median is reported).") var iterations: Int = 20
+    @Option(help: "Untimed iterations first.") var warmup: Int = 3
+    @Option(name: .customLong("input-sets"), help: "Random input sets cycled through the iterations.") var inputSets: Int = 3
+    @Option(help: "cpu, cuda, cuda:N or auto (CUDA when available).") var device: String = "auto"
+
+    func configurations() throws -> [MoELayerBenchConfig] {
+        var rows: [MoELayerBenchConfig]
+        if let preset {
+            guard let made = MoELayerBenchConfig.preset(preset) else {
+                throw ValidationError("--preset '\(preset)' is not one of \(MoELayerBenchConfig.presetNames.joined(separator: ", "))")
+            }
+            rows = made
+        } else {
+            rows = [MoELayerBenchConfig(tokens: tokens, dModel: dModel, hidden: hidden, experts: experts, topK: topK)]
+        }
+        for i in rows.indices {
+            if let precision { rows[i].precision = precision }
+            (rows[i].gate, rows[i].iterations, rows[i].warmup, rows[i].inputSets) = (gate, iterations, warmup, inputSets)
+        }
+        return rows
+    }
+
+    func run() throws {
+        let dev = try DeviceChoice.resolve(device)
+        let rows = try configurations()
+        for row in rows {
+            do { try row.validate(device: dev) } catch { throw ValidationError("\(error)") }
+        }
+        var results: [MoELayerBenchResult] = []
+        for row in rows {
+            let result = try MoELayerBenchmark.run(row, device: dev)
+            print(result.jsonLine)   // as each row finishes: the large rows take a while
+            results.append(result)
+        }
+        Self.printTable(results, title: "fastmoe bench moe-layer on \(dev) (\(DeviceChoice.describe(dev)))")
+    }
+
+    static func printTable(_ results: [MoELayerBenchResult], title: String) {
+        print(title)
+        let columns = [("config", 44), ("fwd ms", 9), ("fwd+bwd ms", 11), ("TFLOP/s", 9), ("dense ms", 10), ("ratio", 7),
+                       ("GEMMs ms", 10), ("dense/GEMMs", 12), ("peak MiB", 10), ("/must keep", 11), ("load max/mean", 0)]
+        print(columns.map { BenchRow.pad($0.0, $0.1) }.joined())
+        for r in results {
+            let cells = [r.config.label, Format.fixed(r.forwardMs, 3), Format.fixed(r.forwardBackwardMs, 3), Format.fixed(r.forwardBackwardTFLOPs, 2),
+                         Format.fixed(r.denseForwardBackwardMs, 3), Format.fixed(r.ratio, 2) + "×", Format.fixed(r.denseGemmSumMs, 3),
+                         Format.fixed(r.denseOverGemmSum, 3) + "×", Format.fixed(Double(r.peakBytes) / 1_048_576, 1),
+                         Format.fixed(r.peakOverMustKeep, 2) + "×", Format.fixed(r.loadMaxOverMean, 2)]
+            print(zip(cells, columns).map { BenchRow.pad($0.0, $0.1.1) }.joined())
+        }
+        print("ratio = MoE fwd+bwd / dense fwd+bwd (the dense line: MLP(D,H) over T·K rows, same run); "
+            + "GEMMs = the dense line's 6 GEMMs timed alone (its ceiling); peak = allocator peak of one fwd+bwd beyond "
+            + "parameters and inputs, over what it must keep")
+    }
+}

@@ -1,0 +1,95 @@
+import Testing
+import MoE
+import Tensors
+@testable import Training
+
+/// `fastmoe bench moe-layer`'s core at tiny sizes on the CPU: every field there, times positive and finite,
+/// and the counts (FLOPs, bytes that must be kept) from a second computation.
+@Suite struct MoELayerBenchTests {
+    static let tiny = MoELayerBenchConfig(tokens: 37, dModel: 16, hidden: 24, experts: 4, topK: 2, precision: "fp32",
+                                          gate: "topk", iterations: 3, warmup: 1, inputSets: 2, seed: 5)
+
+    @Test(arguments: ["topk", "gshard", "noisy"])
+    func tinyRunOnTheCPUReportsEveryField(_ gate: String) throws {
+        var config = Self.tiny
+        config.gate = gate
+        let r = try MoELayerBenchmark.run(config, device: .cpu)
+        for (name, ms) in [("fwd", r.forwardMs), ("fwd+bwd", r.forwardBackwardMs), ("dense fwd", r.denseForwardMs),
+                           ("dense fwd+bwd", r.denseForwardBackwardMs)] + r.denseGemmMs.map({ ("gemm", $0) }) {
+            #expect(ms.isFinite && ms > 0, "\(name): \(ms) ms")
+        }
+        #expect(r.denseGemmMs.count == 6)
+        #expect(r.peakBytes > 0 && r.densePeakBytes > 0)
+        #expect(r.loadMaxOverMean >= 1 && r.loadMaxOverMean <= 4)
+
+        let json = try JSONValue.parse(r.jsonLine)
+        #expect(json["bench"]?.stringValue == "moe-layer")
+        #expect(json["device"]?.stringValue == "cpu")
+        #expect(json["gate"]?.stringValue == gate)
+        #expect(json["precision"]?.stringValue == "fp32")
+        for (key, value) in [("T", 37), ("D", 16), ("H", 24), ("E", 4), ("K", 2), ("iterations", 3)] {
+            #expect(json[key]?.intValue == value, "\(key)")
+        }
+        for key in ["fwd_ms", "fwd_bwd_ms", "fwd_tflops", "fwd_bwd_tflops", "dense_fwd_ms", "dense_fwd_bwd_ms",
+                    "dense_fwd_bwd_tflops", "ratio_fwd", "ratio_fwd_bwd", "dense_gemm_sum_ms", "dense_over_gemm_sum",
+                    "peak_over_must_keep", "load_max_over_mean"] {
+            let v = json[key]?.doubleValue ?? .nan
+            #expect(v.isFinite && v > 0, "\(key) = \(v)")
+        }
+        #expect(json["dense_gemm_ms"]?.arrayValue?.count == 6)
+        #expect(json["peak_bytes"]?.intValue == r.peakBytes)
+        #expect(json["fwd_bwd_ms"]?.doubleValue == r.forwardBackwardMs)
+        let ratio: Double = r.forwardBackwardMs / r.denseForwardBackwardMs
+        #expect(json["ratio_fwd_bwd"]?.doubleValue == ratio)
+    }
+
+    @Test func flopsAndMustKeepBytesFollowTheirDefinitions() {
+        let c = MoELayerBenchConfig.preset("paper")![1]   // fp32 T=4096 D=1024 H=4096 E=8 K=2
+        let expertFLOPs: Double = 2.0 * 8192 * 2 * 1024 * 4096, gateFLOPs: Double = 2.0 * 4096 * 1024 * 8
+        #expect(c.denseForwardFLOPs == expertFLOPs)
+        #expect(c.forwardFLOPs == expertFLOPs + gateFLOPs)
+        // Routed rows 8192×1024, hidden 2×8192×4096, expert out 8192×1024, logits 4096×8, y and dx 2×4096×1024.
+        let elements: Int = 8192 * 1024 + 2 * 8192 * 4096 + 8192 * 1024 + 4096 * 8 + 2 * 4096 * 1024
+        let denseElements: Int = 2 * 8192 * 4096 + 2 * 8192 * 1024
+        #expect(MoELayerBenchmark.mustKeepBytes(c, parameterBytes: 100) == 4 * elements + 100)
+        #expect(MoELayerBenchmark.denseMustKeepBytes(c, parameterBytes: 100) == 4 * denseElements + 100)
+    }
+
+    @Test func peakCoversTheGradientsItMustAllocate() throws {
+        let r = try MoELayerBenchmark.run(Self.tiny, device: .cpu)
+        // The MoE layer's parameters: gate 16·4 (no bias), experts 4·(16·24 + 24 + 24·16 + 16), float32. Their
+        // gradients and dx (37×16) are allocated during the fwd+bwd and alive at its end.
+        let parameters: Int = 16 * 4 + 4 * (16 * 24 + 24 + 24 * 16 + 16)
+        let gradientBytes: Int = 4 * parameters + 4 * 37 * 16
+        #expect(r.peakBytes >= gradientBytes, "peak \(r.peakBytes) < \(gradientBytes)")
+    }
+
+    @Test func presetsAreTheRowsOfTheIssue() {
+        let paper = MoELayerBenchConfig.preset("paper")!
+        #expect(paper.map(\.experts) == [2, 8, 32, 128])
+        #expect(paper.allSatisfy { $0.precision == "fp32" && $0.tokens == 4096 && $0.dModel == 1024 && $0.hidden == 4096 && $0.topK == 2 })
+        let fine = MoELayerBenchConfig.preset("fine")!
+        #expect(fine.map { [$0.experts, $0.topK] } == [[8, 2], [64, 2], [64, 8]])
+        #expect(fine.allSatisfy { $0.precision == "bf16" && $0.tokens == 16384 && $0.dModel == 2048 && $0.hidden == 1408 })
+        let mixtral = MoELayerBenchConfig.preset("mixtral")!
+        #expect(mixtral.map { [$0.tokens, $0.dModel, $0.hidden, $0.experts, $0.topK] } == [[8192, 4096, 14336, 8, 2]])
+        #expect(mixtral[0].dtype == .bfloat16)
+        #expect(MoELayerBenchConfig.preset("huge") == nil)
+    }
+
+    @Test func badSettingsNameTheFlag() {
+        func message(_ edit: (inout MoELayerBenchConfig) -> Void) -> String? {
+            var c = Self.tiny
+            edit(&c)
+            return errorMessage { try c.validate(device: .cpu) }
+        }
+        #expect(message { $0.precision = "bf16" }?.hasPrefix("--precision bf16 runs on CUDA only") == true)
+        #expect(message { $0.precision = "fp16" } == "--precision 'fp16' is not one of fp32, bf16, tf32")
+        #expect(message { $0.topK = 5 }?.hasPrefix("--top-k is 5 but there are 4 experts") == true)
+        #expect(message { $0.gate = "switch" }?.hasPrefix("--top-k is 2 but the switch gate routes every token to 1") == true)
+        #expect(message { $0.gate = "hash" }?.hasPrefix("--gate 'hash' is not one of topk") == true)
+        #expect(message { $0.iterations = 0 } == "--iterations is 0; it must be at least 1")
+        #expect(message { _ in } == nil)
+        #expect(message { $0.precision = "tf32" } == nil)
+    }
+}
