@@ -51,6 +51,22 @@ func delay(_ stream: CUDAStream, seconds: Double) throws {
     try driver.check(result, "cuLaunchHostFunc")
 }
 
+/// Blocks `stream` until the process ends: the stream waits for a device word to become 1
+/// (`cuStreamWaitValue32`), and nothing ever writes it. Unlike a sleeping host function, it leaves
+/// the driver free to answer event queries, as a collective stuck on a peer that never arrives does.
+func blockForever(_ stream: CUDAStream) throws {
+    typealias WaitValue = @convention(c) (OpaquePointer?, CUdeviceptr, UInt32, UInt32) -> CUresult
+    let driver = try Driver.shared()
+    let wait: WaitValue
+    do { wait = try driver.library.symbol("cuStreamWaitValue32_v2") } catch { wait = try driver.library.symbol("cuStreamWaitValue32") }
+    let word = Tensor.zeros([1], dtype: .int32, device: .cuda(stream.deviceIndex))
+    let device = try CUDA.device(stream.deviceIndex)
+    device.makeCurrent()
+    // CU_STREAM_WAIT_VALUE_GEQ (0): wait until the word is at least 1. The word is leaked on purpose.
+    try driver.check(wait(stream.handle, CUdeviceptr(word.address), 1, 0), "cuStreamWaitValue32")
+    _ = Unmanaged.passRetained(word)
+}
+
 /// Runs `body(rank)` on `count` threads at once (NCCL's init blocks until every rank has joined, so the
 /// ranks must run concurrently) and returns the results in rank order. Assertions belong on the test's
 /// thread, so ranks return what they saw.
