@@ -368,6 +368,8 @@ public final class Trainer {
                                       outputDirectory: outputDirectory, checkpoint: interrupted ? newest : checkpoint,
                                       skippedSteps: skipped, interrupted: interrupted, totalSteps: config.steps)
         emit(.finished(summary))
+        // No rank returns before rank 0's last checkpoint is written (a rank resuming next reads it).
+        if parallel.isDistributed { world.barrier() }
         return summary
     }
 
