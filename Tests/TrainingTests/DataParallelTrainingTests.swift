@@ -77,6 +77,27 @@ struct DataParallelTrainingTests {
         #expect(FileSystem.exists(dir.file("dp/metrics.jsonl")))
     }
 
+    /// A stop request seen by one rank only (a signal that reached it first) ends every rank after the
+    /// same step, and rank 0 writes that step's checkpoint; no rank is left waiting in a collective.
+    @Test func aStopOnOneRankStopsEveryRankAfterTheSameStep() throws {
+        let dir = TemporaryDirectory()
+        let out = dir.file("run")
+        let steps = try ThreadProcessGroup.run(worldSize: 2) { group -> (Int, Bool) in
+            let trainer = try Trainer.prepare(overrides: tinyRun(out: out, steps: 10, ["batch_size": .int(2), "eval_batches": .int(1)]),
+                                              world: { _ in group })
+            var asked = 0
+            trainer.shouldStop = {
+                asked += 1
+                return group.rank == 1 && asked >= 6  // rank 1 asks twice a step: during step 3
+            }
+            let summary = try trainer.run()
+            return (trainer.step, summary.interrupted)
+        }
+        #expect(steps[0].0 == steps[1].0 && steps[0].0 < 10, "ranks stopped at steps \(steps.map(\.0))")
+        #expect(steps.allSatisfy { $0.1 })
+        #expect(FileSystem.exists(out + "/checkpoint-\(steps[0].0)"))
+    }
+
     @Test(arguments: [2, 4]) func denseGPTMatchesOneRankOnTheGlobalBatch(worldSize: Int) throws {
         try Self.compare(worldSize: worldSize, moe: false)
     }

@@ -66,7 +66,8 @@ final class GradientBucket {
     func complete() {
         guard let work, let buffer else { fatalError("GradientBucket.complete before launch") }
         work.wait()
-        // Flags are averages of 0s and 1s: positive when any rank had a gradient.
+        // Flags are averages of 0s and 1s: positive when any rank had a gradient. Reading them is a
+        // host sync per bucket, after backward: the optimizer step needs the gradients next anyway.
         let flags = Tensor(storage: buffer.storage, shape: [parameters.count], dtype: dtype,
                            byteOffset: buffer.byteOffset + elementCount * dtype.byteSize).doubles()
         for (i, p) in parameters.enumerated() {
