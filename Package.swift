@@ -16,7 +16,7 @@ let package = Package(
         .target(name: "CUDA"),
         .target(name: "Tensors", dependencies: ["CUDA"]),
         .target(name: "NN", dependencies: ["Tensors"]),
-        .target(name: "Distributed", dependencies: ["Tensors", "CUDA"]),
+        .target(name: "Distributed", dependencies: ["NN", "Tensors", "CUDA"]),
         .target(name: "MoE", dependencies: ["NN", "Distributed", "Tensors"]),
         .target(name: "Training", dependencies: ["MoE", "NN", "Distributed", "Tensors"]),
         .target(name: "FastMoE", dependencies: ["Training", "MoE", "NN", "Distributed", "Tensors", "CUDA"]),
@@ -29,7 +29,7 @@ let package = Package(
         .testTarget(name: "TensorsTests", dependencies: ["Tensors", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "TestSupport"]),
         .testTarget(name: "MoETests", dependencies: ["MoE", "Distributed", "TestSupport"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Distributed"]),
         // Every `///` example of MoE and NN, compiled (and kept in sync by a test).
         .testTarget(name: "DocExampleTests", dependencies: ["MoE", "NN", "Tensors", "Distributed"]),
         .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TestSupport"]),

@@ -1,20 +1,10 @@
-import Synchronization
 import Tensors
 
 // The world group of a job, from the environment its launcher set.
 //
-// THE SEAM FOR NCCL. GPU groups are built from a joined `Rendezvous` (rank 0's store, which hands
-// out the NCCL unique id) and the device index `LOCAL_RANK`. The NCCL process group registers its
-// initializer once, before the first `fromEnvironment(device: .cuda…)`:
-//
-//     ProcessGroups.registerCUDAGroup { rendezvous, deviceIndex in
-//         try NCCLProcessGroup(rendezvous: rendezvous, device: deviceIndex)
-//     }
-//
-// (or a caller passes `cudaGroup:` directly). The factory does the rest: reads the environment,
-// returns `SingleProcessGroup` for a job of one rank without a launcher, joins the rendezvous for
-// everything else on a GPU, and hands both to the registered initializer. Once NCCL and this file
-// live on one branch, the registry can become a direct call.
+// GPU RANKS. GPU groups are built from a joined `Rendezvous` (rank 0's store, which hands out the
+// NCCL unique id: `NCCLProcessGroup.init(rendezvous:device:)`) and the device index `LOCAL_RANK`.
+// Tests without a GPU pass `cudaGroup:` to reach that step with a group of their own.
 //
 // CPU RANKS WITHOUT MPIRUN (decision). DESIGN.md allows no collectives of our own between
 // processes, so CPU tensors cross processes only through MPI, and MPI ranks only exist when
@@ -34,11 +24,9 @@ public enum ProcessGroups {
     /// Builds a GPU group from a joined rendezvous and the index of the rank's GPU (`LOCAL_RANK`).
     public typealias CUDAGroupInitializer = @Sendable (Rendezvous, _ deviceIndex: Int) throws -> any ProcessGroup
 
-    private static let cudaGroup = Mutex<CUDAGroupInitializer?>(nil)
-
-    /// Installs the NCCL group's initializer, used by ``fromEnvironment(device:environment:cudaGroup:)`` for `.cuda`.
-    public static func registerCUDAGroup(_ initializer: @escaping CUDAGroupInitializer) {
-        cudaGroup.withLock { $0 = initializer }
+    /// The NCCL world group: rank 0 publishes the unique id through the rendezvous store.
+    public static let ncclGroup: CUDAGroupInitializer = { rendezvous, index in
+        try NCCLProcessGroup(rendezvous: rendezvous, device: .cuda(index))
     }
 
     /// The world group:
@@ -46,10 +34,11 @@ public enum ProcessGroups {
     /// - `.cpu`: ``MPIProcessGroup/world()`` under mpirun or srun (checked against the launcher's
     ///   rank and size); a torchrun-style launch of several CPU ranks is refused (see the decision
     ///   at the top of this file);
-    /// - `.cuda`: joins the ``Rendezvous`` and calls the NCCL initializer with device `LOCAL_RANK`
-    ///   (a local rank without a GPU of its own is refused, naming both numbers).
-    /// - Throws: ``DistributedError`` for a bad environment, a failed rendezvous, missing Open MPI,
-    ///   or a GPU job in a build without an NCCL group.
+    /// - `.cuda`: joins the ``Rendezvous`` and builds an ``NCCLProcessGroup`` on `cuda:LOCAL_RANK`
+    ///   (or calls `cudaGroup`, for tests); a local rank without a GPU of its own is refused, naming
+    ///   both numbers. The `.cuda(i)` passed in only selects the backend: the rank's GPU is `LOCAL_RANK`.
+    /// - Throws: ``DistributedError`` for a bad environment, a failed rendezvous or missing Open MPI;
+    ///   NCCL's errors (library missing, a peer unreachable) as they come.
     public static func fromEnvironment(
         device: Device, environment: (String) -> String? = LaunchEnvironment.processEnvironment,
         cudaGroup: CUDAGroupInitializer? = nil
@@ -82,9 +71,7 @@ public enum ProcessGroups {
             }
             return world
         case .cuda:
-            guard let make = cudaGroup ?? Self.cudaGroup.withLock({ $0 }) else {
-                throw DistributedError("this build of fastmoe has no NCCL process group registered, so GPU ranks cannot communicate; use --device cpu under mpirun, or a build with NCCL support")
-            }
+            let make = cudaGroup ?? Self.ncclGroup
             // Each rank binds to cuda:LOCAL_RANK; NCCL refuses two ranks on one GPU anyway.
             let gpus = gpuCount()
             guard launch.localRank < gpus else {

@@ -82,7 +82,9 @@ struct TrainCommand: ParsableCommand {
         Settings come from a preset (--preset, default tiny), then a config file (--config run.toml or \
         run.json; keys are the flag names without '--', with '-' or '_'), then the flags. Without --data \
         the model trains on the built-in synthetic corpus. The output directory gets metrics.jsonl, \
-        metrics.csv, checkpoint-STEP/ directories and a 'latest' pointer; `fastmoe report DIR` draws it.
+        metrics.csv, checkpoint-STEP/ directories and a 'latest' pointer; `fastmoe report DIR` draws it. \
+        Started by a launcher (`fastmoe launch`, mpirun, srun) every rank trains data-parallel on \
+        --batch-size windows of a global batch, and rank 0 prints and writes (docs/distributed.md).
         """)
 
     @OptionGroup var options: RunOptions
@@ -102,11 +104,24 @@ struct TrainCommand: ParsableCommand {
     @Flag(name: .customLong("skip-nonfinite"), help: "Skip steps whose loss is NaN or infinite instead of stopping the run.")
     var skipNonFinite = false
 
+    @Option(name: .customLong("bucket-mb"), parsing: .unconditional,
+            help: "Data-parallel runs: largest gradient bucket in MiB (each bucket's all-reduce starts when backward has finished it).")
+    var bucketMegabytes: Double = 25
+
+    func validate() throws {
+        guard bucketMegabytes > 0 && bucketMegabytes.isFinite else {
+            throw ValidationError("--bucket-mb \(bucketMegabytes): a bucket must hold more than 0 MiB, e.g. --bucket-mb 25")
+        }
+    }
+
     func run() throws {
         // First, so that a Ctrl-C while the data loads is also a clean stop (before the first step).
         InterruptSignals.install()
+        // Under a launcher (fastmoe launch, mpirun, srun) the ranks train data-parallel; alone, one rank.
         let trainer = try Trainer.prepare(preset: options.preset, configFile: config, overrides: options.overrides(),
-                                          resume: resume, overwrite: overwrite)
+                                          resume: resume, overwrite: overwrite,
+                                          world: { device in try ProcessGroups.fromEnvironment(device: device) })
+        trainer.bucketBytes = max(1, Int(bucketMegabytes * 1_048_576))
         let console = ConsoleReporter()
         trainer.onEvent = console.handle
         trainer.shouldStop = { InterruptSignals.received }

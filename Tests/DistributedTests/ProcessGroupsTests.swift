@@ -41,12 +41,13 @@ let fastmoePath: String = {
         }
     }
 
-    @Test func gpuRanksWithoutAnNCCLGroupAreRefused() {
-        let variables = ["RANK": "0", "WORLD_SIZE": "2"]
+    /// The NCCL default is reached only after the GPU check: a node without GPUs is told so.
+    @Test func gpuRanksOnANodeWithoutGPUsAreRefused() {
+        let variables = ["RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"]
         #expect {
-            _ = try ProcessGroups.fromEnvironment(device: .cuda(0), environment: { variables[$0] })
+            _ = try ProcessGroups.fromEnvironment(device: .cuda(0), environment: { variables[$0] }, cudaGroup: nil, gpuCount: { 0 })
         } throws: { error in
-            "\(error)".contains("no NCCL process group registered")
+            "\(error)" == "local rank 1 needs GPU cuda:1 but this node has 0 GPUs; start at most 0 ranks per node (check CUDA_VISIBLE_DEVICES)"
         }
     }
 

@@ -22,10 +22,17 @@ public func clipGradNorm(_ parameters: [Parameter], maxNorm: Double) -> Double {
         let total = partials.count == 1 ? partials[0] : Tensor.concat(partials, axis: 0).sum()
         return total.item().squareRoot()
     }
-    guard norm.isFinite, norm > maxNorm else { return norm }
+    scaleGradients(parameters, norm: norm, maxNorm: maxNorm)
+    return norm
+}
+
+/// The clipping step of ``clipGradNorm(_:maxNorm:)`` for a `norm` computed elsewhere (data-parallel
+/// training sums the squares over ranks first): scales every gradient by `maxNorm / (norm + 1e-6)`
+/// when `norm` exceeds `maxNorm`; a norm that is not finite changes nothing.
+public func scaleGradients(_ parameters: [Parameter], norm: Double, maxNorm: Double) {
+    guard norm.isFinite, norm > maxNorm else { return }
     let factor = maxNorm / (norm + 1e-6)
     withoutGradient {
         for p in parameters { if let g = p.grad { p.grad = g * factor } }
     }
-    return norm
 }

@@ -57,8 +57,13 @@ extension Tensor {
             }
         }
         var grads: [ObjectIdentifier: Tensor] = [ObjectIdentifier(self): seed]
+        // Only with a hook installed (data-parallel training): count the edges into each leaf.
+        var leafUses = LeafGradientHook.current.map { LeafUses(nodes: order, hook: $0) }
         for t in order.reversed() {
-            guard let fn = t.gradFunction, let g = grads.removeValue(forKey: ObjectIdentifier(t)) else { continue }
+            guard let fn = t.gradFunction else { continue }
+            // Released after the node's contributions are added, also when no gradient reached it.
+            defer { leafUses?.release(fn.inputs) }
+            guard let g = grads.removeValue(forKey: ObjectIdentifier(t)) else { continue }
             let inputGrads = fn.backward(g)
             guarantee(inputGrads.count == fn.inputs.count, "backward of \(fn.name) returned \(inputGrads.count) gradients for \(fn.inputs.count) inputs")
             for (input, ig) in zip(fn.inputs, inputGrads) {

@@ -58,6 +58,9 @@ public struct TrainingState: Equatable, Sendable {
     /// Steps up to `step` whose update was skipped (a non-finite gradient norm or, with
     /// `--skip-nonfinite`, loss): the optimizer's own step count is `step − skippedSteps`.
     public var skippedSteps: Int = 0
+    /// Data-parallel ranks of the run (`--batch-size` windows each): the global batch is
+    /// `worldSize · batchSize`, so a resume must have as many ranks. Written when above 1.
+    public var worldSize: Int = 1
 
     public static let format = "fastmoe-checkpoint"
     public static let formatVersion = 1
@@ -97,6 +100,7 @@ public struct TrainingState: Equatable, Sendable {
         ]
         if let valLoss { members.append(JSONMember("val_loss", .double(valLoss))) }
         if skippedSteps > 0 { members.append(JSONMember("skipped_steps", .int(skippedSteps))) }
+        if worldSize > 1 { members.append(JSONMember("world_size", .int(worldSize))) }
         return "{\n" + members.map { "  " + JSONValue.object([$0]).serialized().dropFirst().dropLast() }.joined(separator: ",\n") + "\n}\n"
     }
 
@@ -176,6 +180,12 @@ public struct TrainingState: Equatable, Sendable {
                 throw CheckpointError("\(path): 'skipped_steps' is not an integer from 0 to 'step' (\(step)); \(damaged)")
             }
             state.skippedSteps = n
+        }
+        if let ranks = root["world_size"] {
+            guard let n = ranks.intValue, n >= 1 else {
+                throw CheckpointError("\(path): 'world_size' is not a positive integer; \(damaged)")
+            }
+            state.worldSize = n
         }
         return state
     }

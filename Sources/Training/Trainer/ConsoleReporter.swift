@@ -112,7 +112,7 @@ public final class ConsoleReporter: @unchecked Sendable {
         var lines = [
             "fastmoe train: \(model)",
             "  \(Format.compact(Double(s.parameterCount))) parameters, \(Format.compact(s.flopsPerToken)) FLOPs/token (fwd+bwd), "
-                + "batch \(c.batchSize)×\(c.seqLen), \(c.precision) on \(s.device)",
+                + "batch \(Self.batch(s)), \(c.precision) on \(s.device)",
             "  data: \(s.dataSource): \(Format.compact(Double(s.trainTokens))) training / \(Format.compact(Double(s.validationTokens))) validation tokens, "
                 + "unigram entropy \(Format.fixed(s.unigramEntropy, 3)) nats/token",
             "  output: \(s.outputDirectory)",
@@ -121,6 +121,13 @@ public final class ConsoleReporter: @unchecked Sendable {
         if let u = s.upcycledFrom { lines.append("  experts upcycled from the dense checkpoint \(u)") }
         lines += s.notes.map { "  note: " + $0 }
         return lines.joined(separator: "\n")
+    }
+
+    /// "16×64", or with W ranks the global batch and its split: "32×64 (4 ranks × 8)".
+    static func batch(_ s: TrainingStart) -> String {
+        let c = s.config
+        guard s.worldSize > 1 else { return "\(c.batchSize)×\(c.seqLen)" }
+        return "\(s.worldSize * c.batchSize)×\(c.seqLen) (\(s.worldSize) ranks × \(c.batchSize))"
     }
 
     func summary(_ s: TrainingSummary) -> String {

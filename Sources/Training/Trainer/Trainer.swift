@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Distributed
 import MoE
 import NN
 import Tensors
@@ -20,6 +21,10 @@ public struct TrainingError: Error, CustomStringConvertible, Sendable, Equatable
 ///
 /// Preparing a trainer validates everything (settings, device, data, checkpoints) and writes
 /// nothing; `run()` creates the output directory. So a mistake leaves no trace on disk.
+///
+/// Given a world group of W ranks (`world:`; the CLI's comes from `ProcessGroups.fromEnvironment`),
+/// the trainer trains data-parallel: `--batch-size` windows per rank, gradients averaged (see
+/// `DataParallel` and `GradientSync`), and rank 0 alone emits events and writes files.
 /// ```swift
 /// let trainer = try Trainer.prepare(overrides: ["steps": .int(100), "out": .string("runs/demo")])
 /// let console = ConsoleReporter()
@@ -45,6 +50,11 @@ public final class Trainer {
     public var checkpointOnExit = true
     /// Skip a step whose loss is not finite (no update) instead of stopping the run.
     public var skipNonFinite = false
+    /// Largest data-parallel gradient bucket, in bytes (`--bucket-mb`, default 25 MiB); W > 1 only.
+    public var bucketBytes = 25 << 20
+    /// The world group: this rank's place in a data-parallel run (a group of one otherwise).
+    public var world: any ProcessGroup { parallel.world }
+    let parallel: DataParallel
     /// Start over in a directory that holds a run: its run files are removed when `run()` starts.
     var overwrite = false
     /// Messages for the console about adjusted settings (an evaluation capped to the data).
@@ -63,7 +73,9 @@ public final class Trainer {
     let upcycledFrom: String?
 
     init(config: RunConfig, model: GPT, device: Device, dataset: TokenDataset, outputDirectory: String, step: Int,
-         sampler: BatchSampler.State, elapsed: Double, valLoss: Double?, resumedFrom: String?, upcycledFrom: String?) {
+         sampler: BatchSampler.State, elapsed: Double, valLoss: Double?, resumedFrom: String?, upcycledFrom: String?,
+         world: any ProcessGroup) {
+        parallel = DataParallel(world: world, batchSize: config.batchSize, seqLen: config.seqLen)
         self.config = config
         self.model = model
         self.device = device
@@ -78,14 +90,16 @@ public final class Trainer {
         optimizer = AdamW(parameters: model.namedParameters().map { ($0.name, $0.parameter) },
                           learningRate: config.lr, weightDecay: config.weightDecay)
         schedule = LearningRateSchedule(peakLR: config.lr, warmupSteps: min(config.warmup, config.steps), totalSteps: config.steps)
-        // An evaluation cannot draw more distinct batches than the validation data holds.
-        let distinct = dataset.distinctValidationBatches(batchSize: config.batchSize, seqLen: config.seqLen)
+        // An evaluation cannot draw more distinct batches than the validation data holds. Batches are
+        // global (W·b windows, as a one-rank run of that batch evaluates) and each rank takes its slice.
+        let globalBatch = parallel.globalBatchSize
+        let distinct = dataset.distinctValidationBatches(batchSize: globalBatch, seqLen: config.seqLen)
         if config.evalBatches > distinct {
             notes.append("--eval-batches \(config.evalBatches): the validation data (\(Format.count(dataset.validation.count)) tokens) "
-                + "holds \(distinct) distinct batch\(distinct == 1 ? "" : "es") of \(config.batchSize) windows; evaluating on \(distinct)")
+                + "holds \(distinct) distinct batch\(distinct == 1 ? "" : "es") of \(globalBatch) windows; evaluating on \(distinct)")
         }
-        validation = dataset.validationBatches(batchSize: config.batchSize, seqLen: config.seqLen, count: min(config.evalBatches, distinct))
-            .map { TrainingData.tensors($0, batchSize: config.batchSize, seqLen: config.seqLen, device: device) }
+        validation = dataset.validationBatches(batchSize: globalBatch, seqLen: config.seqLen, count: min(config.evalBatches, distinct))
+            .map { [parallel] in TrainingData.tensors(parallel.slice($0), batchSize: config.batchSize, seqLen: config.seqLen, device: device) }
         fingerprint = DataFingerprint(dataset)
         unigramEntropy = TokenStatistics.unigramEntropy(of: dataset.validation)
     }
@@ -95,8 +109,12 @@ public final class Trainer {
     /// The trainer the command line asks for: a fresh run from `preset` → `configFile` → `overrides`,
     /// or, with `resume`, the run saved there continued (then only `Trainer.resumableKeys` may be
     /// overridden). Validates everything and writes nothing.
+    ///
+    /// `world` builds the world group once the device is known (`ProcessGroups.fromEnvironment` in the
+    /// CLI); without it the run has one rank.
     public static func prepare(preset: String? = nil, configFile: String? = nil, overrides: [String: ConfigValue] = [:],
-                               resume: String? = nil, overwrite: Bool = false) throws -> Trainer {
+                               resume: String? = nil, overwrite: Bool = false,
+                               world: ((Device) throws -> any ProcessGroup)? = nil) throws -> Trainer {
         if let resume {
             if overwrite {
                 throw RunConfigError("--overwrite starts a run over and --resume continues one; give only one of them")
@@ -105,19 +123,20 @@ public final class Trainer {
                 throw RunConfigError("--resume continues a run with the settings saved in its checkpoint; drop "
                     + [preset != nil ? "--preset" : nil, configFile != nil ? "--config" : nil].compactMap { $0 }.joined(separator: " and "))
             }
-            return try Trainer.resume(from: resume, overrides: overrides)
+            return try Trainer.resume(from: resume, overrides: overrides, world: world)
         }
         return try Trainer(config: try RunConfig.resolve(preset: preset, configFile: configFile, overrides: overrides),
-                           overwrite: overwrite)
+                           overwrite: overwrite, world: world)
     }
 
     /// A fresh run of `config` (validated here). Its output directory (`config.out`, or
     /// `runs/<name or time>`) must not hold a run already, unless `overwrite` starts that run over.
     /// What the run needs in memory is estimated first and refused if the device cannot hold it.
-    public convenience init(config original: RunConfig, overwrite: Bool = false) throws {
+    public convenience init(config original: RunConfig, overwrite: Bool = false,
+                            world makeWorld: ((Device) throws -> any ProcessGroup)? = nil) throws {
         try original.validate()
         var config = original
-        let device = try config.resolveDevice()
+        let (world, device) = try DataParallel.join(makeWorld, device: try config.resolveDevice())
         let out = config.out ?? "runs/" + (config.name ?? Trainer.timestamp())
         try RunDirectory.checkFresh(out, overwrite: overwrite)
         config.out = out
@@ -132,7 +151,7 @@ public final class Trainer {
         }
         self.init(config: config, model: model, device: device, dataset: dataset, outputDirectory: out, step: 0,
                   sampler: BatchSampler.State(seed: config.seed), elapsed: 0, valLoss: nil,
-                  resumedFrom: nil, upcycledFrom: config.initFrom)
+                  resumedFrom: nil, upcycledFrom: config.initFrom, world: world)
         self.overwrite = overwrite
     }
 
@@ -143,7 +162,8 @@ public final class Trainer {
     /// Continues the run saved at `path` (a run directory or one of its checkpoints): the model,
     /// optimizer, data position and random generators are restored, so the steps that follow are
     /// the ones the uninterrupted run would have taken.
-    public static func resume(from path: String, overrides: [String: ConfigValue] = [:]) throws -> Trainer {
+    public static func resume(from path: String, overrides: [String: ConfigValue] = [:],
+                              world makeWorld: ((Device) throws -> any ProcessGroup)? = nil) throws -> Trainer {
         if let key = overrides.keys.map(RunConfig.canonicalKey).sorted().first(where: { !resumableKeys.contains($0) }) {
             throw RunConfigError("\(RunConfig.flag(key)) cannot change when resuming: the run continues with the settings "
                 + "saved in its checkpoint; only \(resumableKeys.sorted().map(RunConfig.flag).joined(separator: ", ")) may be given with --resume")
@@ -165,7 +185,8 @@ public final class Trainer {
         }
         let runDirectory = AtomicFile.splitPath(directory).parent
         config.out = runDirectory
-        let device = try config.resolveDevice()
+        let (world, device) = try DataParallel.join(makeWorld, device: try config.resolveDevice())
+        try DataParallel.checkResume(saved, path: path, world: world)
         try TrainingData.estimate(config, purpose: .training).check(on: device)
         let dataset = try TrainingData.load(config)
         let fingerprint = DataFingerprint(dataset)
@@ -179,7 +200,7 @@ public final class Trainer {
         try RandomStates.restore(saved.generators, into: model, source: directory + "/" + Checkpoint.stateFile)
         let trainer = Trainer(config: config, model: model, device: device, dataset: dataset, outputDirectory: runDirectory,
                               step: saved.step, sampler: saved.sampler, elapsed: saved.elapsedSeconds, valLoss: saved.valLoss,
-                              resumedFrom: directory, upcycledFrom: nil)
+                              resumedFrom: directory, upcycledFrom: nil, world: world)
         trainer.skippedSteps = saved.skippedSteps
         try Checkpoint.loadOptimizer(trainer.optimizer, from: directory, device: device)
         // Skipped steps made no update, so the optimizer counts only the others.
@@ -218,17 +239,23 @@ public final class Trainer {
 
     func train(stopAfter: Int?) throws -> TrainingSummary {
         let last = min(config.steps, stopAfter ?? config.steps)
-        let directoryNotes = try RunDirectory.prepare(outputDirectory, resumedAt: resumedFrom != nil ? step : nil, overwrite: overwrite)
+        // Every rank checks the model and takes rank 0's values before rank 0 writes anything, so no
+        // rank still validating its output directory sees rank 0's files.
+        let sync = try parallel.gradientSync(for: model, bucketBytes: bucketBytes)
+        let writes = parallel.writes
+        let directoryNotes = writes
+            ? try RunDirectory.prepare(outputDirectory, resumedAt: resumedFrom != nil ? step : nil, overwrite: overwrite) : []
         overwrite = false  // a second run() continues this one
-        let log = try MetricsLog(directory: outputDirectory)
-        defer { log.close() }
+        let log = writes ? try MetricsLog(directory: outputDirectory) : nil
+        defer { log?.close() }
         let loadMonitor = LoadMonitor.install(in: model)
         let moeLayers = loadMonitor.layerNames
-        onEvent(.started(TrainingStart(
+        emit(.started(TrainingStart(
             config: config, device: device, outputDirectory: outputDirectory, parameterCount: model.parameterCount,
             flopsPerToken: model.flopsPerToken, moeLayers: moeLayers, dataSource: dataset.source,
             trainTokens: dataset.train.count, validationTokens: dataset.validation.count, unigramEntropy: unigramEntropy,
-            startStep: step, resumedFrom: resumedFrom, upcycledFrom: upcycledFrom, notes: directoryNotes + notes)))
+            startStep: step, resumedFrom: resumedFrom, upcycledFrom: upcycledFrom, notes: directoryNotes + notes,
+            worldSize: parallel.size)))
 
         let processStart = monotonicSeconds()
         func elapsed() -> Double { elapsedBefore + monotonicSeconds() - processStart }
@@ -236,25 +263,27 @@ public final class Trainer {
 
         model.train()
         let parameters = model.parameters()
-        let tokensPerStep = config.batchSize * config.seqLen
+        let tokensPerStep = parallel.globalBatchSize * config.seqLen
         var interval = IntervalStatistics()
         var smoothedStepSeconds: Double?
         var stepSeconds = 0.0, stepsRun = 0, skipped = 0
         var checkpoint: String?
         var interrupted = false
         while step < last {
-            if shouldStop() {
+            if parallel.anyRank(shouldStop()) {
                 interrupted = true
                 break
             }
             let started = monotonicSeconds()
             let lr = schedule.lr(at: step)
             optimizer.learningRate = lr
-            let (x, y) = TrainingData.tensors(sampler.nextBatch(batchSize: config.batchSize, seqLen: config.seqLen),
+            // The global batch, as one rank with W·b windows draws it; this rank keeps its b.
+            let (x, y) = TrainingData.tensors(parallel.slice(sampler.nextBatch(batchSize: parallel.globalBatchSize, seqLen: config.seqLen)),
                                               batchSize: config.batchSize, seqLen: config.seqLen, device: device)
             // The MoE layers' balance and z-losses are attached to the graph (`MoELayer.balanceLossWeight`).
             let lm = model.loss(ids: x, targets: y)
-            let loss = lm.item()
+            // The global batch's loss (the same on every rank, so all skip or stop together).
+            let loss = parallel.mean(of: lm)
             guard loss.isFinite else {
                 // Before backward and the update: the weights stay those of the last finite step.
                 guard skipNonFinite else {
@@ -266,21 +295,23 @@ public final class Trainer {
                 step += 1
                 interval.seconds += monotonicSeconds() - started
                 if step % config.logEvery == 0 || step == last, interval.steps > 0 {
-                    try log.append(.train(TrainRecord(step: step, loss: interval.meanLoss, lr: lr,
-                                                      tokensPerSecond: Double(interval.steps * tokensPerStep) / max(interval.seconds, 1e-9),
-                                                      elapsedSeconds: elapsed(), moe: config.isMoE ? MoELayerLoad.records(loadMonitor.interval()) : nil)))
+                    let loads = config.isMoE ? parallel.sum(loadMonitor.interval()) : []
+                    try log?.append(.train(TrainRecord(step: step, loss: interval.meanLoss, lr: lr,
+                                                       tokensPerSecond: Double(interval.steps * tokensPerStep) / max(interval.seconds, 1e-9),
+                                                       elapsedSeconds: elapsed(), moe: config.isMoE ? MoELayerLoad.records(loads) : nil)))
                     interval = IntervalStatistics()
                     loadMonitor.reset()
                 }
                 if (config.checkpointEvery > 0 && step % config.checkpointEvery == 0) || step == last {
                     checkpoint = try saveCheckpoint(elapsed: elapsed())
-                    onEvent(.checkpointSaved(step: step, path: checkpoint!))
+                    emit(.checkpointSaved(step: step, path: checkpoint!))
                 }
                 continue
             }
             // The MoE layers' balance and z-losses are attached to the graph (`MoELayer.balanceLossWeight`).
-            lm.backward()
-            let norm = config.clip > 0 ? clipGradNorm(parameters, maxNorm: config.clip) : 0
+            // With W > 1 each bucket's all-reduce starts as soon as backward has finished its gradients.
+            if let sync { sync.backward(lm) } else { lm.backward() }
+            let norm = config.clip > 0 ? (sync?.clipGradNorm(maxNorm: config.clip) ?? clipGradNorm(parameters, maxNorm: config.clip)) : 0
             if norm.isFinite { optimizer.step() } else { skipped += 1; skippedSteps += 1 }
             optimizer.zeroGrad()
             interval.add(loss: loss)
@@ -293,21 +324,23 @@ public final class Trainer {
             smoothedStepSeconds = smoothedStepSeconds.map { 0.9 * $0 + 0.1 * seconds } ?? seconds
 
             // A stop request ends the interval here, so its steps are logged before the checkpoint.
-            let stopping = shouldStop()
+            let stopping = parallel.anyRank(shouldStop())
+            // The global batch's expert load (one small all-reduce when W > 1).
+            let loads = config.isMoE ? parallel.sum(loadMonitor.interval()) : []
             let isLogStep = step % config.logEvery == 0 || step == last || stopping
             var intervalLoss: Double?
             if isLogStep {
                 let record = TrainRecord(step: step, loss: interval.meanLoss, lr: lr,
                                          tokensPerSecond: Double(interval.steps * tokensPerStep) / max(interval.seconds, 1e-9),
-                                         elapsedSeconds: elapsed(), moe: config.isMoE ? MoELayerLoad.records(loadMonitor.interval()) : nil)
-                try log.append(.train(record))
+                                         elapsedSeconds: elapsed(), moe: config.isMoE ? MoELayerLoad.records(loads) : nil)
+                try log?.append(.train(record))
                 intervalLoss = interval.meanLoss
             }
             let perStep = smoothedStepSeconds ?? seconds
-            onEvent(.step(StepProgress(step: step, totalSteps: config.steps, loss: loss,
+            emit(.step(StepProgress(step: step, totalSteps: config.steps, loss: loss,
                                        tokensPerSecond: Double(tokensPerStep) / max(perStep, 1e-9), lr: lr,
                                        elapsedSeconds: elapsed(), etaSeconds: Double(config.steps - step) * perStep,
-                                       balance: loadMonitor.interval().map(\.load.maxOverMean), isLogStep: isLogStep,
+                                       balance: loads.map(\.load.maxOverMean), isLogStep: isLogStep,
                                        intervalLoss: intervalLoss)))
             if isLogStep {
                 interval = IntervalStatistics()
@@ -323,14 +356,14 @@ public final class Trainer {
             }
             if (config.checkpointEvery > 0 && step % config.checkpointEvery == 0) || step == last {
                 checkpoint = try saveCheckpoint(elapsed: elapsed())
-                onEvent(.checkpointSaved(step: step, path: checkpoint!))
+                emit(.checkpointSaved(step: step, path: checkpoint!))
             }
         }
         // Stopped early: save where the run got to, unless that checkpoint exists already.
         if interrupted && checkpointOnExit && checkpoint != outputDirectory + "/" + Checkpoint.directoryName(step: step)
             && !(stepsRun == 0 && resumedFrom != nil) {
             checkpoint = try saveCheckpoint(elapsed: elapsed())
-            onEvent(.checkpointSaved(step: step, path: checkpoint!))
+            emit(.checkpointSaved(step: step, path: checkpoint!))
         }
         let newest = checkpoint ?? (try? Checkpoint.resolve(outputDirectory))
         let summary = TrainingSummary(steps: step, finalValLoss: interrupted ? (lastValLoss ?? .nan) : (lastValLoss ?? evaluate()),
@@ -339,27 +372,38 @@ public final class Trainer {
                                       tokensPerSecond: stepsRun == 0 ? 0 : Double(stepsRun * tokensPerStep) / max(stepSeconds, 1e-9),
                                       outputDirectory: outputDirectory, checkpoint: interrupted ? newest : checkpoint,
                                       skippedSteps: skipped, interrupted: interrupted, totalSteps: config.steps)
-        onEvent(.finished(summary))
+        emit(.finished(summary))
+        // No rank returns before rank 0's last checkpoint is written (a rank resuming next reads it).
+        if parallel.isDistributed { world.barrier() }
         return summary
     }
 
     /// Mean loss over the fixed validation batches, in evaluation mode (no dropout, no gate noise,
-    /// evaluation capacity), without touching any generator or the data position.
-    public func evaluate() -> Double { Evaluation.meanLoss(model: model, batches: validation) }
+    /// evaluation capacity), without touching any generator or the data position. With W ranks each
+    /// evaluates its slice of every batch and the result is their mean (every rank must call it).
+    public func evaluate() -> Double { parallel.mean(Evaluation.meanLoss(model: model, batches: validation)) }
 
-    func evaluateAndLog(_ log: MetricsLog, elapsed: Double) throws {
+    func evaluateAndLog(_ log: MetricsLog?, elapsed: Double) throws {
         let loss = evaluate()
         lastValLoss = loss
-        try log.append(.eval(EvalRecord(step: step, valLoss: loss, elapsedSeconds: elapsed)))
-        onEvent(.evaluated(step: step, valLoss: loss))
+        try log?.append(.eval(EvalRecord(step: step, valLoss: loss, elapsedSeconds: elapsed)))
+        emit(.evaluated(step: step, valLoss: loss))
     }
 
-    /// Writes `OUT/checkpoint-STEP` for the current step and returns its path.
+    /// Events reach `onEvent` on rank 0 only: one rank speaks for the run.
+    func emit(_ event: TrainingEvent) {
+        if parallel.writes { onEvent(event) }
+    }
+
+    /// Writes `OUT/checkpoint-STEP` for the current step and returns its path (on rank 0; the other
+    /// ranks of a data-parallel run write nothing and return the path rank 0 writes).
     @discardableResult
     public func saveCheckpoint(elapsed: Double? = nil) throws -> String {
+        guard parallel.writes else { return outputDirectory + "/" + Checkpoint.directoryName(step: step) }
         var state = TrainingState(step: step, config: config, sampler: sampler.state, generators: RandomStates.capture(model),
                                   data: fingerprint, elapsedSeconds: elapsed ?? elapsedBefore, valLoss: lastValLoss)
         state.skippedSteps = skippedSteps
+        state.worldSize = parallel.size
         return try Checkpoint.save(runDirectory: outputDirectory, model: model, optimizer: optimizer, state: state,
                                    keep: config.keepCheckpoints)
     }

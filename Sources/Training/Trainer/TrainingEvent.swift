@@ -33,6 +33,8 @@ public struct TrainingStart: Sendable {
     /// What was adjusted or cleaned up before the first step (an evaluation capped to the data,
     /// temporary files of a writer that died, metrics past the checkpoint dropped).
     public var notes: [String] = []
+    /// Data-parallel ranks: the global batch is `worldSize · config.batchSize` windows.
+    public var worldSize = 1
 }
 
 /// One finished step.

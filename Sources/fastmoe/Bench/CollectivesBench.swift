@@ -25,7 +25,7 @@ struct CollectivesBench: ParsableCommand {
     }
 
     func run() throws {
-        let world = try makeWorldGroup(device: DeviceChoice.resolve(device))
+        let world = try worldGroup(device: DeviceChoice.resolve(device))
         let w = Double(world.size)
         // busbw is 0 by definition for W = 1 (nothing crosses a link); show algbw there, and say so.
         let unit = world.size > 1 ? "GB/s busbw" : "GB/s algbw"
@@ -62,39 +62,11 @@ struct CollectivesBench: ParsableCommand {
     }
 }
 
-/// The world process group of this run.
-///
-/// To be replaced by `ProcessGroups.fromEnvironment(device:)` (the rendezvous factory of issue 9) once it
-/// is merged: until then a single process gets a group of one — NCCL on a GPU, and on the CPU a trivial
-/// group of one whose collectives are identities (a one-rank MPI group would compute the same).
-func makeWorldGroup(device: Device) throws -> any ProcessGroup {
-    if let size = LibraryLoaderEnvironment.worldSize, size > 1 {
-        throw ValidationError("WORLD_SIZE=\(size): this build has no rendezvous yet, so `bench collectives` runs one rank only")
-    }
-    if device.isCUDA { return try NCCLProcessGroup(device: device) }
-    return SingleRankGroup()
-}
-
-/// The environment of this process (no Foundation).
-enum LibraryLoaderEnvironment {
-    static var worldSize: Int? {
-        (LibraryLoader.processEnvironment("WORLD_SIZE") ?? LibraryLoader.processEnvironment("OMPI_COMM_WORLD_SIZE")).flatMap { Int($0) }
-    }
-}
-
-/// A CPU group of one rank: every collective's result is its input (the definition with W = 1), so the
-/// CPU benchmark measures the path's fixed costs only. Used until the MPI group is merged.
-final class SingleRankGroup: ProcessGroup, @unchecked Sendable {
-    let rank = 0, size = 1, name = "world", device = Device.cpu
-
-    final class Done: CollectiveWork, @unchecked Sendable { func wait() {} }
-
-    func allReduce(_ tensor: Tensor, _ op: ReduceOperation) {}
-    func allReduceAsync(_ tensor: Tensor, _ op: ReduceOperation) -> any CollectiveWork { Done() }
-    func broadcast(_ tensor: Tensor, root: Int) {}
-    func allGather(_ tensor: Tensor) -> Tensor { tensor.contiguousCopy() }
-    func reduceScatter(_ tensor: Tensor, _ op: ReduceOperation) -> Tensor { tensor.contiguousCopy() }
-    func allToAll(_ rows: Tensor, sendCounts: [Int], receiveCounts: [Int]) -> Tensor { rows.contiguousCopy() }
-    func barrier() {}
-    func split(color: Int, key: Int) -> any ProcessGroup { self }
+/// The world group of the launcher (`ProcessGroups.fromEnvironment`: NCCL on `cuda:LOCAL_RANK`, MPI
+/// under mpirun). A single process on a GPU gets an NCCL group of one rather than the factory's
+/// `SingleProcessGroup`, so the table measures NCCL's own path even there.
+func worldGroup(device: Device) throws -> any ProcessGroup {
+    let world = try ProcessGroups.fromEnvironment(device: device)
+    if world is SingleProcessGroup && device.isCUDA { return try NCCLProcessGroup(device: device) }
+    return world
 }
