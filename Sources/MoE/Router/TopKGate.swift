@@ -50,7 +50,7 @@ public final class TopKGate: Module, Gate, BiasBalancedGate, @unchecked Sendable
         if balance == .none && scoreFunction == .softmax {
             // FastMoE's gate, op for op.
             let (values, expert) = z.topK(topK)
-            return GateOutput(expert: expert, score: values.softmax(), zLoss: zLoss)
+            return GateOutput(expert: expert, score: values.softmax(), zLoss: zLoss, probabilities: z.softmax())
         }
         let zr = GateMath.routerPrecision(z)
         let expert: Tensor, score: Tensor, p: Tensor

@@ -140,9 +140,12 @@ public struct TrainingState: Equatable, Sendable {
         // Optional settings are written only when set; start from "unset" so absent ones stay nil.
         (config.name, config.mlpHidden, config.data, config.out, config.topK, config.expertHidden, config.capacityFactor, config.initFrom) =
             (nil, nil, nil, nil, nil, nil, nil, nil)
+        config.balance = nil
         do { try config.apply(values, source: path + " config") } catch let e as RunConfigError {
             throw CheckpointError("\(e.description) (\(damaged))")
         }
+        // Checkpoints from before `balance` existed routed with each gate's own balance (none for topk).
+        if values["balance"] == nil, config.isMoE, let spec = config.gateSpec { config.balance = spec.defaultBalance.rawValue }
         do { try config.validate() } catch let e as RunConfigError {
             throw CheckpointError("\(path): the saved config is invalid: \(e.description); \(damaged)")
         }
@@ -200,7 +203,8 @@ extension RunConfig {
             ]
             if c.isMoE {
                 rows += [("top-k", String(c.effectiveTopK)), ("gate", c.gate), ("moe-every", String(c.moeEvery)),
-                         ("expert-hidden", String(c.initFrom != nil ? c.gptConfig.mlpHidden : (c.expertHidden ?? defaultExpertHidden(denseHidden: c.gptConfig.mlpHidden, topK: c.effectiveTopK))))]
+                         ("expert-hidden", String(c.initFrom != nil ? c.gptConfig.mlpHidden : (c.expertHidden ?? defaultExpertHidden(denseHidden: c.gptConfig.mlpHidden, topK: c.effectiveTopK)))),
+                         ("shared-experts", String(c.sharedExperts)), ("balance", c.effectiveBalance?.rawValue ?? "?")]
             }
             return rows
         }

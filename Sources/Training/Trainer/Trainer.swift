@@ -98,6 +98,8 @@ public final class Trainer {
         try Trainer.checkFreshOutput(out)
         config.out = out
         if config.name == nil { config.name = AtomicFile.splitPath(out).base }
+        // The balance is written out resolved, so the checkpoint says how the run routed.
+        if config.isMoE { config.balance = config.effectiveBalance?.rawValue }
         let dataset = try TrainingData.load(config)
         let model: GPT
         if let initFrom = config.initFrom {
@@ -209,6 +211,8 @@ public final class Trainer {
         var smoothedStepSeconds: Double?
         var stepSeconds = 0.0, stepsRun = 0, skipped = 0
         var checkpoint: String?
+        var collapseWatch = CollapseWatch()
+        var collapseWarning: String?
         while step < last {
             let started = monotonicSeconds()
             let lr = schedule.lr(at: step)
@@ -221,6 +225,8 @@ public final class Trainer {
             let norm = config.clip > 0 ? clipGradNorm(parameters, maxNorm: config.clip) : 0
             if norm.isFinite { optimizer.step() } else { skipped += 1 }
             optimizer.zeroGrad()
+            // Bias-balanced gates move their bias with this step's loads (only when the weights moved).
+            loadMonitor.finishStep(updateBias: norm.isFinite)
             let loss = lm.item()
             guard loss.isFinite else {
                 throw TrainingError("training diverged at step \(step + 1): the loss is \(loss); lower --lr (now \(config.lr)) "
@@ -238,10 +244,14 @@ public final class Trainer {
 
             let isLogStep = step % config.logEvery == 0 || step == last
             var intervalLoss: Double?
+            var routing: [LayerRouting] = []
             if isLogStep {
-                let record = TrainRecord(step: step, loss: interval.meanLoss, lr: lr,
+                routing = config.isMoE ? loadMonitor.intervalRouting() : []
+                var record = TrainRecord(step: step, loss: interval.meanLoss, lr: lr,
                                          tokensPerSecond: Double(interval.steps * tokensPerStep) / max(interval.seconds, 1e-9),
-                                         elapsedSeconds: elapsed(), moe: config.isMoE ? MoELayerLoad.records(loadMonitor.interval()) : nil)
+                                         elapsedSeconds: elapsed(), moe: config.isMoE ? MoELayerLoad.records(routing) : nil)
+                collapseWarning = collapseMessage(collapseWatch.observe(routing.map { ($0.name, $0.load) }))
+                if let collapseWarning { record.warnings = [collapseWarning] }
                 try log.append(.train(record))
                 intervalLoss = interval.meanLoss
             }
@@ -250,7 +260,9 @@ public final class Trainer {
                                        tokensPerSecond: Double(tokensPerStep) / max(perStep, 1e-9), lr: lr,
                                        elapsedSeconds: elapsed(), etaSeconds: Double(config.steps - step) * perStep,
                                        balance: loadMonitor.interval().map(\.load.maxOverMean), isLogStep: isLogStep,
-                                       intervalLoss: intervalLoss)))
+                                       intervalLoss: intervalLoss,
+                                       biasMagnitude: routing.compactMap { $0.bias.map { $0.map(Swift.abs).max() ?? 0 } },
+                                       warning: collapseWarning)))
             if isLogStep {
                 interval = IntervalStatistics()
                 loadMonitor.reset()
@@ -270,6 +282,20 @@ public final class Trainer {
                                       outputDirectory: outputDirectory, checkpoint: checkpoint, skippedSteps: skipped)
         onEvent(.finished(summary))
         return summary
+    }
+
+    /// The warning for layers whose routing stayed collapsed (nil when none), naming the flag that fixes it.
+    func collapseMessage(_ layers: [(name: String, maxOverMean: Double, ceiling: Double)]) -> String? {
+        guard let first = layers.first else { return nil }
+        let fix: String
+        switch config.effectiveBalance {
+        case .bias?: fix = "raise --bias-update-rate (now \(config.biasUpdateRate)) or use --balance aux"
+        case .aux?: fix = "raise --balance-weight (now \(config.balanceWeight)) or use --balance bias"
+        default: fix = "use --balance bias (or --balance aux)"
+        }
+        let names = layers.map(\.name).joined(separator: ", ")
+        return "routing collapsed in \(layers.count) layer\(layers.count == 1 ? "" : "s") (\(names): max/mean \(fixed(first.maxOverMean, 2)) "
+            + "of at most \(fixed(first.ceiling, 2))) for \(CollapseWatch().intervals)+ logging intervals; \(fix)"
     }
 
     /// Mean loss over the fixed validation batches, in evaluation mode (no dropout, no gate noise,
