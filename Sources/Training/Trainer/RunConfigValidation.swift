@@ -99,7 +99,8 @@ extension RunConfig {
         if let cf = capacityFactor {
             guard spec.hasCapacity else {
                 let withCapacity = GateSpec.all.filter(\.hasCapacity).map(\.name)
-                throw fail("capacity_factor", "applies to the \(withCapacity.joined(separator: " and ")) gates only (the \(gate) gate has no capacity); "
+                let listed = withCapacity.dropLast().joined(separator: ", ") + " and " + withCapacity.last!
+                throw fail("capacity_factor", "applies to the \(listed) gates only (the \(gate) gate has no capacity); "
                     + "drop it or use --gate \(withCapacity.joined(separator: "|"))")
             }
             guard cf.isFinite && cf > 0 else {

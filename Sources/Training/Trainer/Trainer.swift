@@ -291,7 +291,9 @@ public final class Trainer {
         switch config.effectiveBalance {
         case .bias?: fix = "raise --bias-update-rate (now \(config.biasUpdateRate)) or use --balance aux"
         case .aux?: fix = "raise --balance-weight (now \(config.balanceWeight)) or use --balance bias"
-        default: fix = "use --balance bias (or --balance aux)"
+        default:
+            fix = config.gateSpec?.balances.contains(.bias) == true
+                ? "use --balance bias (or --balance aux)" : "use a gate that balances, such as --gate topk --balance bias"
         }
         let names = layers.map(\.name).joined(separator: ", ")
         return "routing collapsed in \(layers.count) layer\(layers.count == 1 ? "" : "s") (\(names): max/mean \(fixed(first.maxOverMean, 2)) "
