@@ -299,6 +299,23 @@ struct RoutingMethodTests {
         } < 1e-6)
     }
 
+    @Test func theLayerAttachesTheWeightedSequenceBalanceLoss() {
+        var g = RandomGenerator(seed: 25)
+        let layer = MoELayer.mlp(dModel: 4, hidden: 6, expertCount: 4, topK: 2, balance: .bias, dtype: .float64, generator: &g)
+        layer.sequenceBalanceWeight = 0.5
+        let x = randn([2, 5, 4], seed: 26), w = randn([2, 5, 4], seed: 27)
+        let gate = (layer.gate as! TopKGate).linear.weight
+        gate.grad = nil
+        (layer(x) * w).sum().backward()
+        let attached = gate.grad!.doubles()
+        gate.grad = nil
+        let result = layer.forward(x)
+        #expect(result.auxLoss == nil && result.sequenceBalanceLoss != nil)
+        ((result.output * w).sum() + result.sequenceBalanceLoss! * 0.5).backward()
+        #expect(maxDifference(attached, gate.grad!.doubles()) < 1e-12)
+        #expect(layer.sequenceBalanceWeight > 0 && result.sequenceBalanceLoss!.item() > 0)
+    }
+
     // MARK: Shared experts
 
     @Test func sharedExpertsAddADenseMLPToTheRoutedOutput() {

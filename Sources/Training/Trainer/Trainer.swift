@@ -213,6 +213,7 @@ public final class Trainer {
         var checkpoint: String?
         var collapseWatch = CollapseWatch()
         var collapseWarning: String?
+        var biasMagnitude: [Double] = []   // shown until the next logging step
         while step < last {
             let started = monotonicSeconds()
             let lr = schedule.lr(at: step)
@@ -251,6 +252,7 @@ public final class Trainer {
                                          tokensPerSecond: Double(interval.steps * tokensPerStep) / max(interval.seconds, 1e-9),
                                          elapsedSeconds: elapsed(), moe: config.isMoE ? MoELayerLoad.records(routing) : nil)
                 collapseWarning = collapseMessage(collapseWatch.observe(routing.map { ($0.name, $0.load) }))
+                biasMagnitude = routing.compactMap { $0.bias.map { $0.map(Swift.abs).max() ?? 0 } }
                 if let collapseWarning { record.warnings = [collapseWarning] }
                 try log.append(.train(record))
                 intervalLoss = interval.meanLoss
@@ -261,7 +263,7 @@ public final class Trainer {
                                        elapsedSeconds: elapsed(), etaSeconds: Double(config.steps - step) * perStep,
                                        balance: loadMonitor.interval().map(\.load.maxOverMean), isLogStep: isLogStep,
                                        intervalLoss: intervalLoss,
-                                       biasMagnitude: routing.compactMap { $0.bias.map { $0.map(Swift.abs).max() ?? 0 } },
+                                       biasMagnitude: biasMagnitude,
                                        warning: collapseWarning)))
             if isLogStep {
                 interval = IntervalStatistics()
