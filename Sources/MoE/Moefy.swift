@@ -20,6 +20,11 @@ import Tensors
 ///   weights' dtype and device.
 /// - `balanceWeight`: each new layer adds `balanceWeight / layers · auxLoss` to the objective when
 ///   called (the mean over layers of MOE_SEMANTICS §1); 0 leaves the balance loss out.
+/// - `balance`, `biasUpdateRate`, `score`: the gate's balancing (`RoutingBalance`; nil = the gate
+///   row's default) and combine weights (`RouterScore`).
+/// - `sequenceBalanceWeight`: DeepSeek-V3's sequence-wise balance loss, `weight / layers` per layer.
+/// - `sharedExperts`: `S` dense experts every token passes through, each `sharedHidden` wide (default
+///   the routed experts' width), Megatron-initialised as the experts, `.shared` parameters.
 /// ```swift
 /// var g = RandomGenerator(seed: 1)
 /// let model = GPT(config, generator: &g)
@@ -28,7 +33,11 @@ import Tensors
 @discardableResult
 public func moefy(_ model: Module, expertCount experts: Int, topK: Int = 2, gate: GateSpec = .topK, every: Int = 1,
                   expertHidden: Int? = nil, copy: Bool = false, balanceWeight: Double = 0, zLossWeight: Double = 0,
-                  capacityFactor: CapacityFactor = CapacityFactor(), generator: inout RandomGenerator) -> [String] {
+                  capacityFactor: CapacityFactor = CapacityFactor(), balance: RoutingBalance? = nil,
+                  biasUpdateRate: Double = RouterBias.defaultUpdateRate, score: RouterScore = .softmax,
+                  sequenceBalanceWeight: Double = 0, sharedExperts: Int = 0, sharedHidden: Int? = nil,
+                  generator: inout RandomGenerator) -> [String] {
+    guarantee(sharedExperts >= 0, "moefy: sharedExperts \(sharedExperts) must be 0 or more")
     guarantee(experts >= 1 && topK >= 1 && topK <= experts, "moefy: topK \(topK) must be in 1...experts (\(experts))")
     guarantee(every >= 1, "moefy: every = \(every) must be at least 1 (1 = every block)")
     let blocks = model.namedModules().compactMap { entry in (entry.module as? TransformerBlock).map { (entry.name, $0) } }
@@ -47,7 +56,8 @@ public func moefy(_ model: Module, expertCount experts: Int, topK: Int = 2, gate
         case .relu: activation = .relu
         }
         let moe = MoELayer.mlp(dModel: d, hidden: hidden, expertCount: experts, topK: topK, gate: gate, zLossWeight: zLossWeight,
-                               capacityFactor: capacityFactor, activation: activation,
+                               capacityFactor: capacityFactor, balance: balance, biasUpdateRate: biasUpdateRate, score: score,
+                               activation: activation,
                                initialization: .megatron(std: 0.02, layers: blocks.count),
                                dtype: weight.dtype, device: weight.device, generator: &generator)
         if copy {
@@ -61,12 +71,21 @@ public func moefy(_ model: Module, expertCount experts: Int, topK: Int = 2, gate
             if let b = dense.fc1.bias { e.fc1.bias!.value = repeated(b.value) } else { e.fc1.bias!.value = Tensor.zeros([experts, hidden], dtype: weight.dtype, device: weight.device) }
             if let b = dense.fc2.bias { e.fc2.bias!.value = repeated(b.value) } else { e.fc2.bias!.value = Tensor.zeros([experts, d], dtype: weight.dtype, device: weight.device) }
         }
+        if sharedExperts > 0 {
+            let std = 0.02, width = sharedExperts * (sharedHidden ?? hidden)
+            moe.sharedExperts = MLP(d, hidden: width, activation: dense.activation.kind, initStd: std,
+                                    outputInitStd: std / (2 * Double(blocks.count)).squareRoot(),
+                                    device: weight.device, dtype: weight.dtype, generator: &generator)
+        }
         if dense.dropout.p > 0 { moe.dropout = dense.dropout }
         moe.train(dense.isTraining)
         block.mlp = moe
         replaced.append((name.isEmpty ? "mlp" : "\(name).mlp", moe))
     }
-    for (_, layer) in replaced { layer.balanceLossWeight = balanceWeight / Double(replaced.count) }
+    for (_, layer) in replaced {
+        layer.balanceLossWeight = balanceWeight / Double(replaced.count)
+        layer.sequenceBalanceWeight = sequenceBalanceWeight / Double(replaced.count)
+    }
     return replaced.map(\.name)
 }
 

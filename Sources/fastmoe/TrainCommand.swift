@@ -46,8 +46,14 @@ struct RunOptions: ParsableArguments {
     @Option(help: ArgumentHelp(GateSpec.helpText)) var gate: String?
     @Option(name: .customLong("moe-every"), parsing: .unconditional, help: "Every M-th block gets an MoE MLP (1 = all).") var moeEvery: Int?
     @Option(name: .customLong("expert-hidden"), parsing: .unconditional, help: "Expert hidden width (default mlp-hidden / top-k: equal FLOPs).") var expertHidden: Int?
-    @Option(name: .customLong("capacity-factor"), parsing: .unconditional, help: "gshard/switch training capacity factor (eval: twice it; default 1.2).") var capacityFactor: Double?
-    @Option(name: .customLong("balance-weight"), parsing: .unconditional, help: "Weight of the load-balancing loss (mean over layers); the topk gate has none: use noisy, gshard or switch to balance.") var balanceWeight: Double?
+    @Option(name: .customLong("capacity-factor"), parsing: .unconditional, help: "gshard/switch training capacity factor (eval: twice it; default 1.2); expert-choice: tokens per expert cf·T/N (default 2).") var capacityFactor: Double?
+    @Option(help: ArgumentHelp("How token-choice gates balance their experts: bias (auxiliary-loss-free routing bias, DeepSeek-V3), aux (the balance loss, weighted by --balance-weight) or none. Default: the gate's own loss for noisy, gshard and switch; \(RunConfig.defaultBalance.rawValue) for topk. --gate topk --balance none is FastMoE's exact gate (it can collapse onto a few experts)."))
+    var balance: String?
+    @Option(name: .customLong("bias-update-rate"), parsing: .unconditional, help: "--balance bias: after each step b_e += rate · sign(mean load − load_e) (default 0.001).") var biasUpdateRate: Double?
+    @Option(help: "topk gate's combine weights: softmax (default) over the k, or sigmoid normalised over the k (DeepSeek-V3).") var score: String?
+    @Option(name: .customLong("seq-balance-weight"), parsing: .unconditional, help: "Weight of DeepSeek-V3's sequence-wise balance loss (mean over layers; 0 = off; e.g. 0.0001).") var seqBalanceWeight: Double?
+    @Option(name: .customLong("shared-experts"), parsing: .unconditional, help: "Dense shared experts per MoE layer that every token passes through, each as wide as a routed expert (default 0).") var sharedExperts: Int?
+    @Option(name: .customLong("balance-weight"), parsing: .unconditional, help: "Weight of the load-balancing loss (mean over layers) with --balance aux.") var balanceWeight: Double?
     @Option(name: .customLong("z-loss-weight"), parsing: .unconditional, help: "Weight of the router z-loss (0 = off).") var zLossWeight: Double?
     @Option(name: .customLong("init-from"), help: "Upcycle: start every expert from this dense run's MLP weights.") var initFrom: String?
 
@@ -70,6 +76,8 @@ struct RunOptions: ParsableArguments {
         put("experts", experts); put("top_k", topK); put("gate", gate); put("moe_every", moeEvery)
         put("expert_hidden", expertHidden); put("capacity_factor", capacityFactor); put("balance_weight", balanceWeight)
         put("z_loss_weight", zLossWeight); put("init_from", initFrom)
+        put("balance", balance); put("bias_update_rate", biasUpdateRate); put("score", score)
+        put("seq_balance_weight", seqBalanceWeight); put("shared_experts", sharedExperts)
         return v
     }
 }

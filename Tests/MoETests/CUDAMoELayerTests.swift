@@ -11,6 +11,9 @@ struct GPULayerCase: CustomTestStringConvertible, Sendable {
     var capacity = CapacityFactor()
     var randomRouting = true
     var jitter: SwitchJitter?
+    var balance: RoutingBalance?
+    var score = RouterScore.softmax
+    var sharedExperts = 0
     let topK: Int
     let experts: Int
     let tokens: Int
@@ -43,6 +46,14 @@ struct CUDAMoELayerTests {
         GPULayerCase(name: "Switch training (logit jitter)", gate: .switch, jitter: .logits(epsilon: 0.1), topK: 1,
                      experts: 4, tokens: 64, training: true),
         GPULayerCase(name: "Switch eval", gate: .switch, topK: 1, experts: 8, tokens: 96, training: false),
+        GPULayerCase(name: "top-2, bias balancing, sigmoid scores, 2 shared experts", gate: .topK, balance: .bias, score: .sigmoid,
+                     sharedExperts: 2, topK: 2, experts: 8, tokens: 96, training: true),
+        GPULayerCase(name: "GShard, bias balancing", gate: .gshard, randomRouting: false, balance: .bias, topK: 2, experts: 8,
+                     tokens: 96, training: true),
+        GPULayerCase(name: "expert choice training, cf 2", gate: .expertChoice, capacity: CapacityFactor(training: 2, eval: 2), topK: 2,
+                     experts: 8, tokens: 96, training: true),
+        GPULayerCase(name: "expert choice eval (top-2)", gate: .expertChoice, capacity: CapacityFactor(training: 2, eval: 2), topK: 2,
+                     experts: 8, tokens: 96, training: false),
     ]
 
     func relativeError(_ a: [Double], _ b: [Double]) -> Double {
@@ -72,7 +83,12 @@ struct CUDAMoELayerTests {
         func make() -> MoELayer {
             var g = RandomGenerator(seed: 2024)
             let layer = MoELayer.mlp(dModel: d, hidden: h, expertCount: c.experts, topK: c.topK, gate: c.gate, capacityFactor: c.capacity,
-                                     dtype: .float32, generator: &g)
+                                     balance: c.balance, score: c.score, dtype: .float32, generator: &g)
+            if c.sharedExperts > 0 { layer.sharedExperts = MLP(d, hidden: c.sharedExperts * h, initStd: 0.1, generator: &g) }
+            // A bias that changes some choices (a trained one would be of this size).
+            if let bias = (layer.gate as? any BiasBalancedGate)?.expertBias {
+                bias.value = Tensor((0..<c.experts).map { Float($0 % 3) * 0.05 - 0.05 })
+            }
             (layer.gate as? GShardGate)?.randomRouting = c.randomRouting
             if let jitter = c.jitter { (layer.gate as! SwitchGate).jitter = jitter }
             layer.train(c.training)

@@ -67,7 +67,17 @@ import Testing
         (["experts": .int(4), "top_k": .int(5)], "--top-k is 5 but there are 4 experts"),
         (["experts": .int(4), "gate": .string("hash")], "--gate 'hash' is not one of topk, noisy, gshard, switch"),
         (["experts": .int(4), "gate": .string("switch"), "capacity_factor": .double(0)], "--capacity-factor is 0.0; it must be positive"),
-        (["experts": .int(4), "capacity_factor": .double(1.5)], "--capacity-factor applies to the gshard and switch gates only"),
+        (["experts": .int(4), "capacity_factor": .double(1.5)], "--capacity-factor applies to the gshard, switch and expert-choice gates only"),
+        (["experts": .int(4), "gate": .string("expert-choice"), "top_k": .int(2)], "--top-k is 2 but the expert-choice gate's experts choose their tokens"),
+        (["experts": .int(4), "gate": .string("expert-choice"), "balance": .string("bias")], "--balance bias does not apply to the expert-choice gate (its experts choose exactly"),
+        (["experts": .int(4), "balance": .string("loss")], "--balance 'loss' is not one of aux, bias, none"),
+        (["experts": .int(4), "gate": .string("gshard"), "score": .string("sigmoid")], "--score sigmoid applies to the topk gate only"),
+        (["experts": .int(4), "score": .string("relu")], "--score 'relu' is not one of softmax, sigmoid"),
+        (["experts": .int(4), "bias_update_rate": .double(-1)], "--bias-update-rate is -1.0"),
+        (["experts": .int(4), "seq_balance_weight": .double(-1)], "--seq-balance-weight is -1.0"),
+        (["experts": .int(4), "shared_experts": .int(-1)], "--shared-experts is -1"),
+        (["balance": .string("bias")], "--balance is set but the model is dense (--experts 0)"),
+        (["shared_experts": .int(1)], "--shared-experts is set but the model is dense (--experts 0)"),
         (["experts": .int(4), "gate": .string("gshard"), "top_k": .int(1)], "--top-k is 1 but the gshard gate routes every token to 2 experts"),
         (["experts": .int(4), "gate": .string("switch"), "top_k": .int(2)], "--top-k is 2 but the switch gate routes every token to 1 expert"),
         (["experts": .int(4), "moe_every": .int(9)], "--moe-every is 9"),
@@ -109,6 +119,8 @@ import Testing
         var config = try RunConfig.resolve(overrides: ["experts": .int(8), "gate": .string("gshard"), "capacity_factor": .double(1.25),
                                                       "data": .string("a \"quoted\" path.txt"), "seed": .string(String(UInt64.max))])
         config.name = "x"
+        // The trainer writes the balance resolved (a state without one is from before `balance` existed).
+        config.balance = "bias"
         let state = TrainingState(step: 12, config: config, sampler: BatchSampler.State(seed: UInt64.max - 1, counter: 1 << 60),
                                   generators: ["blocks.0.mlp.gate": RandomGenerator(seed: UInt64.max, offset: 3)],
                                   data: DataFingerprint(source: "s", tokenCount: 5, hash: 0xFFFF_FFFF_FFFF_FFF0),

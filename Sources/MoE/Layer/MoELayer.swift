@@ -14,6 +14,10 @@ public struct MoEOutput: @unchecked Sendable {
     public let zLoss: Tensor?
     /// This rank's routed and kept counts.
     public let load: LoadStatistics
+    /// DeepSeek-V3's sequence-wise balance loss, unweighted, when `sequenceBalanceWeight > 0`.
+    public let sequenceBalanceLoss: Tensor?
+    /// Expert choice in training: the fraction of evaluation slots its routing did not choose.
+    public let routingDisagreement: Double?
 }
 
 /// A Mixture-of-Experts layer (FastMoE's `FMoE`): route → dispatch → experts → combine, a thin
@@ -41,6 +45,14 @@ public final class MoELayer: Module, Layer, @unchecked Sendable {
     /// The weight of the gate's balance loss in the training objective when the layer is called
     /// (`moefy` sets `balanceWeight / MoE layers`: MOE_SEMANTICS §1's mean over layers); 0 = not added.
     public var balanceLossWeight: Double = 0
+    /// The weight of DeepSeek-V3's sequence-wise balance loss (computed over each sequence of an input
+    /// `[sequences, length, d]`; a 2-D input is one sequence); 0 = off. Needs a gate that returns
+    /// `probabilities`.
+    public var sequenceBalanceWeight: Double = 0
+    /// Dense MLPs every token passes through, added to the routed output (DeepSeek-MoE, Qwen-MoE):
+    /// `S` shared experts of width `h` as one MLP of width `S·h` (the same function: the hidden units
+    /// of the S experts side by side, their output biases summed). Its parameters are `.shared`.
+    public var sharedExperts: MLP?
     /// Where training-mode calls report their load, and this layer's index there (`LoadMonitor.install`).
     var loadMonitor: (monitor: LoadMonitor, index: Int)?
 
@@ -63,17 +75,31 @@ public final class MoELayer: Module, Layer, @unchecked Sendable {
         let routing = gate.route(tokens)
         let dispatched = dispatcher.dispatch(tokens, routing: routing)
         let y = experts(dispatched.rows, groups: dispatched.groups)
-        var out = dispatcher.combine(y, score: routing.score, dispatched).reshaped(x.shape)
+        var combined = dispatcher.combine(y, score: routing.score, dispatched)
+        if let sharedExperts { combined = combined + sharedExperts(tokens) }
+        var out = combined.reshaped(x.shape)
         if let dropout { out = dropout(out) }
-        return MoEOutput(output: out, auxLoss: routing.auxLoss, zLoss: routing.zLoss, load: dispatched.load)
+        var sequenceLoss: Tensor?
+        if sequenceBalanceWeight > 0 {
+            guard let p = routing.probabilities else {
+                fatalError("MoELayer: sequenceBalanceWeight needs a gate that returns probabilities; \(type(of: gate)) does not")
+            }
+            sequenceLoss = GateMath.sequenceBalanceLoss(probabilities: p, expert: routing.expert,
+                                                        sequenceLength: x.rank >= 3 ? x.shape[x.rank - 2] : tokens.shape[0])
+        }
+        return MoEOutput(output: out, auxLoss: routing.auxLoss, zLoss: routing.zLoss, load: dispatched.load,
+                         sequenceBalanceLoss: sequenceLoss, routingDisagreement: routing.routingDisagreement)
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
         let result = forward(x)
-        if isTraining, let (monitor, index) = loadMonitor { monitor.record(layer: index, result.load) }
+        if isTraining, let (monitor, index) = loadMonitor {
+            monitor.record(layer: index, result.load, routingDisagreement: result.routingDisagreement)
+        }
         var objective = result.zLoss
-        if balanceLossWeight != 0, let aux = result.auxLoss {
-            let weighted = aux * balanceLossWeight
+        for (loss, weight) in [(result.auxLoss, balanceLossWeight), (result.sequenceBalanceLoss, sequenceBalanceWeight)] {
+            guard weight != 0, let loss else { continue }
+            let weighted = loss * weight
             objective = objective.map { $0 + weighted } ?? weighted
         }
         guard let objective else { return result.output }
@@ -89,10 +115,13 @@ public final class MoELayer: Module, Layer, @unchecked Sendable {
     /// ```
     public static func mlp(dModel: Int, hidden: Int, expertCount: Int, topK: Int = 2, gate: GateSpec = .topK,
                            zLossWeight: Double = 0, capacityFactor: CapacityFactor = CapacityFactor(),
+                           balance: RoutingBalance? = nil, biasUpdateRate: Double = RouterBias.defaultUpdateRate,
+                           score: RouterScore = .softmax,
                            activation: ExpertActivation = .gelu, initialization: ExpertInitialization = .linearDefault,
                            dtype: DType = .float32, device: Device = .cpu, generator: inout RandomGenerator) -> MoELayer {
         let router = gate.make(GateOptions(dModel: dModel, globalExpertCount: expertCount, topK: topK, zLossWeight: zLossWeight,
-                                           capacityFactor: capacityFactor, dtype: dtype, device: device), generator: &generator)
+                                           capacityFactor: capacityFactor, balance: balance, biasUpdateRate: biasUpdateRate,
+                                           score: score, dtype: dtype, device: device), generator: &generator)
         let experts = BatchedExperts(localExpertCount: expertCount, dModel: dModel, hidden: hidden, activation: activation,
                                      initialization: initialization, dtype: dtype, device: device, generator: &generator)
         return MoELayer(dModel: dModel, gate: router, experts: experts)
@@ -100,8 +129,10 @@ public final class MoELayer: Module, Layer, @unchecked Sendable {
 }
 
 extension MoELayer: ActiveParameterCounting {
-    /// The gate, plus `k` experts' worth of expert parameters (the mean expert, for mixed experts).
+    /// The gate, plus `k` experts' worth of expert parameters (the mean expert, for mixed experts;
+    /// expert choice's `k` is `round(cf)`, its mean experts per token), plus the shared experts.
     public var activeParameterCount: Int {
         gate.parameterCount + gate.topK * experts.parameterCount / max(experts.localExpertCount, 1)
+            + (sharedExperts?.parameterCount ?? 0)
     }
 }

@@ -15,13 +15,18 @@ import Tensors
 /// ```swift
 /// let gate = GShardGate(dModel: 512, globalExpertCount: 8, generator: &g)
 /// ```
-public final class GShardGate: Module, Gate, @unchecked Sendable {
+public final class GShardGate: Module, Gate, BiasBalancedGate, @unchecked Sendable {
     public let linear: Linear
     public let globalExpertCount: Int
     public let topK = 2
     public var capacityFactor: CapacityFactor
     public var randomRouting: Bool
     public var zLossWeight: Double
+    /// `.aux` (the default: the loss above), `.bias` (auxiliary-loss-free: no loss, a routing bias) or `.none`.
+    public let balance: RoutingBalance
+    /// `[N]`, with `balance: .bias`.
+    public let expertBias: Buffer?
+    public var biasUpdateRate: Double
     /// The source of the random-routing draws (found by reflection: checkpoints save its state).
     public let randomSource: RandomSource
     public var generator: RandomGenerator {
@@ -31,6 +36,7 @@ public final class GShardGate: Module, Gate, @unchecked Sendable {
 
     public init(dModel: Int, globalExpertCount: Int, trainingCapacityFactor: Double = 1.2, evalCapacityFactor: Double = 2.4,
                 randomRouting: Bool = true, zLossWeight: Double = 0,
+                balance: RoutingBalance = .aux, biasUpdateRate: Double = RouterBias.defaultUpdateRate,
                 dtype: DType = .float32, device: Device = .cpu, generator: inout RandomGenerator) {
         guarantee(globalExpertCount >= 2, "GShardGate: top-2 routing needs at least 2 experts, got \(globalExpertCount)")
         linear = Linear(dModel, globalExpertCount, device: device, dtype: dtype, generator: &generator)
@@ -38,6 +44,9 @@ public final class GShardGate: Module, Gate, @unchecked Sendable {
         capacityFactor = CapacityFactor(training: trainingCapacityFactor, eval: evalCapacityFactor)
         self.randomRouting = randomRouting
         self.zLossWeight = zLossWeight
+        self.balance = balance
+        expertBias = RouterBias.buffer(balance, experts: globalExpertCount, device: device)
+        self.biasUpdateRate = biasUpdateRate
         randomSource = RandomSource(GateMath.childGenerator(&generator))
     }
 
@@ -49,10 +58,12 @@ public final class GShardGate: Module, Gate, @unchecked Sendable {
     public func route(_ x: Tensor) -> GateOutput {
         let t = x.shape[0]
         let z = GateMath.routerPrecision(linear(x))
-        let (values, expert) = z.topK(2)
-        let score = values.softmax()
-        // topK's first column is the arg-max.
-        let aux = GateMath.balanceLoss(probabilities: z.softmax(), top1: expert.slice(lastAxis: 0..<1))
+        let p = z.softmax()
+        // With a bias, the choice is the top 2 of p + b and the scores stay the softmax of the chosen logits.
+        let expert = GateMath.choose(expertBias == nil ? z : p, k: 2, bias: expertBias)
+        let score = z.gather(lastAxis: expert).softmax()
+        // The choice's first column is the arg-max (of p + b with a bias).
+        let aux = balance == .aux ? GateMath.balanceLoss(probabilities: p, top1: expert.slice(lastAxis: 0..<1)) : nil
         var mask: Tensor?
         if isTraining && randomRouting {
             mask = withoutGradient { () -> Tensor in
@@ -62,6 +73,7 @@ public final class GShardGate: Module, Gate, @unchecked Sendable {
             }
         }
         let plan = routingPlan(expert, expertCount: globalExpertCount, capacity: capacity(tokens: t), priority: .choiceMajor, slotMask: mask)
-        return GateOutput(expert: plan.keptExpert, score: score, auxLoss: aux, zLoss: RouterZLoss.weighted(z, zLossWeight), plan: plan)
+        return GateOutput(expert: plan.keptExpert, score: score, auxLoss: aux, zLoss: RouterZLoss.weighted(z, zLossWeight), plan: plan,
+                          probabilities: p)
     }
 }

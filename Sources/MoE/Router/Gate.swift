@@ -38,8 +38,15 @@ public struct GateOutput: @unchecked Sendable {
     /// The routing plan, when the gate had to compute it (capacity gates count slots to drop them);
     /// then `expert` is `plan.keptExpert` and the dispatcher reuses the plan instead of counting again.
     public var plan: RoutingPlan?
+    /// `[T, N]`: every expert's score for every token, normalised over the experts (softmax, or the
+    /// sigmoids over their sum), differentiable; for the sequence-wise balance loss. Nil if not given.
+    public var probabilities: Tensor?
+    /// Expert choice in training: the fraction of the evaluation routing's slots (per-token top-k of
+    /// the same scores) that this routing did not choose (0 = the two agree). Nil for other gates.
+    public var routingDisagreement: Double?
 
-    public init(expert: Tensor, score: Tensor, auxLoss: Tensor? = nil, zLoss: Tensor? = nil, plan: RoutingPlan? = nil) {
+    public init(expert: Tensor, score: Tensor, auxLoss: Tensor? = nil, zLoss: Tensor? = nil, plan: RoutingPlan? = nil,
+                probabilities: Tensor? = nil, routingDisagreement: Double? = nil) {
         guarantee(expert.dtype == .int32 && expert.rank == 2 && score.shape == expert.shape,
                      "GateOutput: expert \(expert.shape) \(expert.dtype) and score \(score.shape) must both be [T, k], expert int32")
         self.expert = expert
@@ -47,5 +54,7 @@ public struct GateOutput: @unchecked Sendable {
         self.auxLoss = auxLoss
         self.zLoss = zLoss
         self.plan = plan
+        self.probabilities = probabilities
+        self.routingDisagreement = routingDisagreement
     }
 }

@@ -38,13 +38,14 @@ enum GateMath {
     /// Router logits in at least float32: softmax over bfloat16 logits loses the small probabilities.
     static func routerPrecision(_ z: Tensor) -> Tensor { z.cast(to: z.dtype == .bfloat16 ? .float32 : z.dtype) }
 
-    /// The Switch/GShard balance loss `N · Σ_e f_e·P_e`: `f_e` the fraction of tokens whose first
-    /// choice (`top1 [T, 1]`, before capacity drops) is `e`, `P_e` the mean of `p [T, N]` over tokens.
+    /// The Switch/GShard balance loss `N · Σ_e f_e·P_e`: `f_e` the fraction of the slots of `top1`
+    /// (`[T, 1]`: each token's first choice, before capacity drops; or `[T, k]`: all k choices, as
+    /// Megatron-Core's top-k loss) that went to `e`, `P_e` the mean of `p [T, N]` over tokens.
     /// `f` is a count (no gradient); placing ones by index within each row needs no atomics.
     static func balanceLoss(probabilities p: Tensor, top1: Tensor) -> Tensor {
-        let t = p.shape[0], n = p.lastDimension
+        let t = p.shape[0], n = p.lastDimension, slots = t * top1.lastDimension
         let f = withoutGradient {
-            Tensor.ones(top1.shape, dtype: p.dtype, device: p.device).scattered(lastAxis: top1, width: n).sumRows() / Double(t)
+            Tensor.ones(top1.shape, dtype: p.dtype, device: p.device).scattered(lastAxis: top1, width: n).sumRows() / Double(slots)
         }
         return (f * (p.sumRows() / Double(t))).sum() * Double(n)
     }

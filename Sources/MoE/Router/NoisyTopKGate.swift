@@ -13,7 +13,7 @@ import Tensors
 /// ```swift
 /// let gate = NoisyTopKGate(dModel: 512, globalExpertCount: 8, topK: 2, generator: &g)
 /// ```
-public final class NoisyTopKGate: Module, Gate, @unchecked Sendable {
+public final class NoisyTopKGate: Module, Gate, BiasBalancedGate, @unchecked Sendable {
     /// `[d, N]`: clean logits `x · wGate`. Init as FastMoE: U(−1/√N, 1/√N) (kaiming_uniform, a = √5, on `[d, N]`).
     public let wGate: Parameter
     /// `[d, N]`: noise scale logits `x · wNoise`, same init.
@@ -21,6 +21,11 @@ public final class NoisyTopKGate: Module, Gate, @unchecked Sendable {
     public let globalExpertCount: Int
     public let topK: Int
     public var zLossWeight: Double
+    /// `.aux` (the default: the loss above), `.bias` (auxiliary-loss-free: no loss, a routing bias) or `.none`.
+    public let balance: RoutingBalance
+    /// `[N]`, with `balance: .bias`.
+    public let expertBias: Buffer?
+    public var biasUpdateRate: Double
     /// The source of `ε` (found by reflection: checkpoints save its state for an exact resume).
     public let randomSource: RandomSource
     public var generator: RandomGenerator {
@@ -29,6 +34,7 @@ public final class NoisyTopKGate: Module, Gate, @unchecked Sendable {
     }
 
     public init(dModel: Int, globalExpertCount expertCount: Int, topK: Int = 2, zLossWeight: Double = 0,
+                balance: RoutingBalance = .aux, biasUpdateRate: Double = RouterBias.defaultUpdateRate,
                 dtype: DType = .float32, device: Device = .cpu, generator: inout RandomGenerator) {
         guarantee(topK >= 1 && topK <= expertCount, "NoisyTopKGate: topK \(topK) must be in 1...\(expertCount)")
         let bound = 1 / Double(expertCount).squareRoot()
@@ -37,6 +43,9 @@ public final class NoisyTopKGate: Module, Gate, @unchecked Sendable {
         globalExpertCount = expertCount
         self.topK = topK
         self.zLossWeight = zLossWeight
+        self.balance = balance
+        expertBias = RouterBias.buffer(balance, experts: expertCount, device: device)
+        self.biasUpdateRate = biasUpdateRate
         randomSource = RandomSource(GateMath.childGenerator(&generator))
     }
 
@@ -52,12 +61,20 @@ public final class NoisyTopKGate: Module, Gate, @unchecked Sendable {
             sigma = s
         }
         let m = min(k + 1, n)
-        let (top, topIndex) = noisy.topK(m)
+        // With a bias, the k+1 are the largest of softmax(noisy) + b, in that order (the load
+        // estimate's thresholds are then the noisy logits of the biased choice: an approximation).
+        let (top, topIndex): (Tensor, Tensor)
+        if expertBias != nil {
+            let index = GateMath.choose(noisy.softmax(), k: m, bias: expertBias)
+            (top, topIndex) = (noisy.gather(lastAxis: index), index)
+        } else {
+            (top, topIndex) = noisy.topK(m)
+        }
         let (values, expert) = m > k ? (top.slice(lastAxis: 0..<k), topIndex.slice(lastAxis: 0..<k)) : (top, topIndex)
         let score = values.softmax()
         let importance = score.scattered(lastAxis: expert, width: n).sumRows()
         var aux = GateMath.cvSquared(importance)
-        if let sigma, k < n {
+        if let sigma, k < n, balance == .aux {
             let thresholdIn = top.slice(lastAxis: k..<(k + 1))        // the (k+1)-th largest: the bar an expert in the top k must stay above
             let thresholdOut = top.slice(lastAxis: (k - 1)..<k)   // the k-th largest: the bar an expert outside must pass
             let isIn = withoutGradient { Tensor.ones([b, k], dtype: x.dtype, device: x.device).scattered(lastAxis: expert, width: n) }
@@ -66,6 +83,7 @@ public final class NoisyTopKGate: Module, Gate, @unchecked Sendable {
             let load = (isIn * probIn + (1 - isIn) * probOut).sumRows()
             aux = aux + GateMath.cvSquared(load)
         }
-        return GateOutput(expert: expert, score: score, auxLoss: aux, zLoss: RouterZLoss.weighted(clean, zLossWeight))
+        return GateOutput(expert: expert, score: score, auxLoss: balance == .aux ? aux : nil, zLoss: RouterZLoss.weighted(clean, zLossWeight),
+                          probabilities: noisy.softmax())
     }
 }

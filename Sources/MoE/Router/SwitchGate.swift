@@ -22,13 +22,18 @@ public enum SwitchJitter: Sendable, Equatable {
 /// ```swift
 /// let gate = SwitchGate(dModel: 512, globalExpertCount: 8, generator: &g)
 /// ```
-public final class SwitchGate: Module, Gate, @unchecked Sendable {
+public final class SwitchGate: Module, Gate, BiasBalancedGate, @unchecked Sendable {
     public let linear: Linear
     public let globalExpertCount: Int
     public let topK = 1
     public var capacityFactor: CapacityFactor
     public var jitter: SwitchJitter
     public var zLossWeight: Double
+    /// `.aux` (the default: the loss above), `.bias` (auxiliary-loss-free: no loss, a routing bias) or `.none`.
+    public let balance: RoutingBalance
+    /// `[N]`, with `balance: .bias`.
+    public let expertBias: Buffer?
+    public var biasUpdateRate: Double
     /// The source of the jitter (found by reflection: checkpoints save its state).
     public let randomSource: RandomSource
     public var generator: RandomGenerator {
@@ -38,12 +43,16 @@ public final class SwitchGate: Module, Gate, @unchecked Sendable {
 
     public init(dModel: Int, globalExpertCount: Int, trainingCapacityFactor: Double = 1.2, evalCapacityFactor: Double = 2.4,
                 jitter: SwitchJitter = .input(epsilon: 0.01), zLossWeight: Double = 0,
+                balance: RoutingBalance = .aux, biasUpdateRate: Double = RouterBias.defaultUpdateRate,
                 dtype: DType = .float32, device: Device = .cpu, generator: inout RandomGenerator) {
         linear = Linear(dModel, globalExpertCount, device: device, dtype: dtype, generator: &generator)
         self.globalExpertCount = globalExpertCount
         capacityFactor = CapacityFactor(training: trainingCapacityFactor, eval: evalCapacityFactor)
         self.jitter = jitter
         self.zLossWeight = zLossWeight
+        self.balance = balance
+        expertBias = RouterBias.buffer(balance, experts: globalExpertCount, device: device)
+        self.biasUpdateRate = biasUpdateRate
         randomSource = RandomSource(GateMath.childGenerator(&generator))
     }
 
@@ -66,9 +75,11 @@ public final class SwitchGate: Module, Gate, @unchecked Sendable {
         }
         z = GateMath.routerPrecision(z)
         let p = z.softmax()
-        let (score, expert) = p.topK(1)
-        let aux = GateMath.balanceLoss(probabilities: p, top1: expert)
+        let expert = GateMath.choose(p, k: 1, bias: expertBias)
+        let score = p.gather(lastAxis: expert)
+        let aux = balance == .aux ? GateMath.balanceLoss(probabilities: p, top1: expert) : nil
         let plan = routingPlan(expert, expertCount: globalExpertCount, capacity: capacity(tokens: t), priority: .tokenMajor)
-        return GateOutput(expert: plan.keptExpert, score: score, auxLoss: aux, zLoss: RouterZLoss.weighted(z, zLossWeight), plan: plan)
+        return GateOutput(expert: plan.keptExpert, score: score, auxLoss: aux, zLoss: RouterZLoss.weighted(z, zLossWeight), plan: plan,
+                          probabilities: p)
     }
 }

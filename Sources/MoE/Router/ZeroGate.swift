@@ -19,7 +19,12 @@ public final class ZeroGate: Module, Gate, @unchecked Sendable {
 
     public func route(_ x: Tensor) -> GateOutput {
         let t = x.shape[0]
-        return GateOutput(expert: Tensor.zeros([t, topK], dtype: .int32, device: x.device),
-                          score: Tensor.full([t, topK], 1 / Double(topK), dtype: GateMath.routerPrecision(x).dtype, device: x.device))
+        let dtype = GateMath.routerPrecision(x).dtype
+        let expert = Tensor.zeros([t, topK], dtype: .int32, device: x.device)
+        // All probability on expert 0 (what the sequence-wise balance loss reads).
+        let probabilities = Tensor.ones([t, 1], dtype: dtype, device: x.device).scattered(lastAxis: Tensor.zeros([t, 1], dtype: .int32, device: x.device),
+                                                                                         width: globalExpertCount)
+        return GateOutput(expert: expert, score: Tensor.full([t, topK], 1 / Double(topK), dtype: dtype, device: x.device),
+                          probabilities: probabilities)
     }
 }

@@ -19,7 +19,7 @@ open class Module: @unchecked Sendable {
 
     public init() {}
 
-    /// The direct children, in declaration order: (name, parameter, module or random source).
+    /// The direct children, in declaration order: (name, parameter, module, random source or buffer).
     public func children() -> [(String, Child)] {
         var out: [(String, Child)] = []
         var mirror: Mirror? = Mirror(reflecting: self)
@@ -37,6 +37,7 @@ open class Module: @unchecked Sendable {
         case parameter(Parameter)
         case module(Module)
         case randomSource(RandomSource)
+        case buffer(Buffer)
     }
 
     private static func collect(_ name: String, _ value: Any, into out: inout [(String, Child)]) {
@@ -44,6 +45,7 @@ open class Module: @unchecked Sendable {
         case let p as Parameter: out.append((name, .parameter(p)))
         case let m as Module: out.append((name, .module(m)))
         case let r as RandomSource: out.append((name, .randomSource(r)))
+        case let b as Buffer: out.append((name, .buffer(b)))
         case let ps as [Parameter]: for (i, p) in ps.enumerated() { out.append(("\(name).\(i)", .parameter(p))) }
         case let ms as [Module]: for (i, m) in ms.enumerated() { out.append(("\(name).\(i)", .module(m))) }
         default:
@@ -68,7 +70,7 @@ open class Module: @unchecked Sendable {
                 switch child {
                 case .parameter(let p): if seen.insert(ObjectIdentifier(p)).inserted { out.append((full, p)) }
                 case .module(let sub): walk(sub, full)
-                case .randomSource: break
+                case .randomSource, .buffer: break
                 }
             }
         }
@@ -103,9 +105,10 @@ open class Module: @unchecked Sendable {
 
     public func zeroGrad() { for p in parameters() { p.grad = nil } }
 
-    /// Moves every parameter to `device`.
+    /// Moves every parameter and buffer to `device`.
     public func move(to device: Device) {
         for p in parameters() where p.value.device != device { p.value = p.value.detached().to(device) }
+        for (_, b) in namedBuffers() where b.value.device != device { b.value = b.value.to(device) }
     }
 
     /// Casts every floating-point parameter to `dtype`.

@@ -45,8 +45,7 @@ public enum Checkpoint {
         let metadata = ["format": "pt", "fastmoe_version": FastMoEVersion.string, "step": String(state.step)]
         let stateBytes = Array(state.jsonText().utf8)
         try AtomicFile.replaceDirectory(path) { temporary in
-            try SafeTensors.write(model.namedParameters().map { entry(name: $0.name, $0.parameter.value) },
-                                  metadata: metadata, to: temporary + "/" + modelFile)
+            try SafeTensors.write(modelEntries(model), metadata: metadata, to: temporary + "/" + modelFile)
             try SafeTensors.write(optimizer.stateTensors().map { entry(name: $0.0, $0.1) },
                                   metadata: metadata, to: temporary + "/" + optimizerFile)
             try AtomicFile.write(bytes: stateBytes, to: temporary + "/" + stateFile)
@@ -63,6 +62,13 @@ public enum Checkpoint {
             }
         }
         return path
+    }
+
+    /// The tensors of `model.safetensors`: every parameter, then every buffer (state that is not
+    /// trained, such as the routing bias of bias-balanced gates), each under its module-tree name.
+    static func modelEntries(_ model: Module) -> [SafeTensorsEntry] {
+        model.namedParameters().map { entry(name: $0.name, $0.parameter.value) }
+            + model.namedBuffers().map { entry(name: $0.name, $0.buffer.value) }
     }
 
     /// A tensor as a safetensors entry (float32 → F32, int32 → I32, …), bytes as stored.
@@ -160,7 +166,8 @@ public enum Checkpoint {
             architecture = "; the checkpoint is from a different architecture (\(difference))"
         }
         let parameters = model.namedParameters()
-        let names = Set(parameters.map(\.name))
+        let buffers = model.namedBuffers()
+        let names = Set(parameters.map(\.name) + buffers.map(\.name))
         var values: [(Parameter, Tensor)] = []
         for (name, p) in parameters {
             guard let e = file[name] else {
@@ -180,10 +187,24 @@ public enum Checkpoint {
             }
             values.append((p, Tensor(bytes: e.bytes, shape: e.shape, dtype: .float32, device: p.value.device)))
         }
+        // Buffers keep their own dtype (a float32 routing bias stays bit-exact through a resume).
+        var bufferValues: [(Buffer, Tensor)] = []
+        for (name, b) in buffers {
+            guard let e = file[name] else {
+                throw CheckpointError("\(path): has no buffer '\(name)', which the model needs\(architecture.isEmpty ? "; the checkpoint is from a different model (or its routing has no bias: it was trained without --balance bias)" : architecture)")
+            }
+            let expected = entry(name: name, b.value)
+            guard e.shape == b.value.shape, e.dtype == expected.dtype else {
+                throw CheckpointError("\(path): buffer \(name) is \(e.dtype.rawValue) \(e.shape) but the model expects \(expected.dtype.rawValue) \(b.value.shape)"
+                    + (architecture.isEmpty ? "; the checkpoint is from a different architecture" : architecture))
+            }
+            bufferValues.append((b, Tensor(bytes: e.bytes, shape: e.shape, dtype: b.value.dtype, device: b.value.device)))
+        }
         if let extra = file.names.first(where: { !names.contains($0) }) {
             throw CheckpointError("\(path): holds '\(extra)', which the model does not have\(architecture.isEmpty ? "; the checkpoint is from a different model" : architecture)")
         }
         for (p, v) in values { p.value = v }
+        for (b, v) in bufferValues { b.value = v }
     }
 
     /// The index of the first float32 in `bytes` (little-endian) that is NaN or infinite, or nil.

@@ -144,10 +144,12 @@ public struct TrainingState: Equatable, Sendable {
             default: throw CheckpointError("\(path): config '\(m.key)' is \(m.value.kindName); \(damaged)")
             }
         }
-        let config: RunConfig
+        var config: RunConfig
         do { config = try RunConfig.decoded(from: values, source: path + " config") } catch let e as RunConfigError {
             throw CheckpointError("\(e.description) (\(damaged))")
         }
+        // Checkpoints from before `balance` existed routed with each gate's own balance (none for topk).
+        if values["balance"] == nil, config.isMoE, let spec = config.gateSpec { config.balance = spec.defaultBalance.rawValue }
         do { try config.validate() } catch let e as RunConfigError {
             throw CheckpointError("\(path): the saved config is invalid: \(e.description); \(damaged)")
         }
@@ -233,7 +235,8 @@ extension RunConfig {
             ]
             if c.isMoE {
                 rows += [("top-k", String(c.effectiveTopK)), ("gate", c.gate), ("moe-every", String(c.moeEvery)),
-                         ("expert-hidden", String(c.initFrom != nil ? c.gptConfig.mlpHidden : (c.expertHidden ?? defaultExpertHidden(denseHidden: c.gptConfig.mlpHidden, topK: c.effectiveTopK))))]
+                         ("expert-hidden", String(c.initFrom != nil ? c.gptConfig.mlpHidden : (c.expertHidden ?? defaultExpertHidden(denseHidden: c.gptConfig.mlpHidden, topK: c.effectiveTopK)))),
+                         ("shared-experts", String(c.sharedExperts)), ("balance", c.effectiveBalance?.rawValue ?? "?")]
             }
             return rows
         }

@@ -22,6 +22,10 @@ public struct MoELayerLoad: Equatable, Sendable {
     public var cv: Double
     /// Entropy in nats of the counts' shares; log(experts) is perfect balance.
     public var entropy: Double
+    /// The routing bias `b` at the end of the interval (`--balance bias`), else nil (key absent).
+    public var bias: [Double]?
+    /// Expert choice: the fraction of evaluation-routing slots its training routing did not choose.
+    public var routingDisagreement: Double?
 
     public init(layer: Int, counts: [Int], droppedFraction: Double, maxOverMean: Double, cv: Double, entropy: Double) {
         self.layer = layer
@@ -49,6 +53,17 @@ public struct MoELayerLoad: Equatable, Sendable {
         }
     }
 
+    /// `records` with each layer's routing bias and routing disagreement (`LoadMonitor.intervalRouting()`).
+    public static func records(_ interval: [LayerRouting]) -> [MoELayerLoad] {
+        interval.enumerated().map { index, layer in
+            var record = MoELayerLoad(layer: blockIndex(layer.name) ?? index, counts: layer.load.routedCounts,
+                                      droppedFraction: layer.load.droppedFraction)
+            record.bias = layer.bias
+            record.routingDisagreement = layer.routingDisagreement
+            return record
+        }
+    }
+
     static func blockIndex(_ name: String) -> Int? {
         let parts = name.split(separator: ".")
         guard let i = parts.firstIndex(of: "blocks"), i + 1 < parts.count else { return nil }
@@ -69,6 +84,8 @@ public struct TrainRecord: Equatable, Sendable {
     public var elapsedSeconds: Double
     /// Per-layer expert load; nil for dense runs (the key is then absent).
     public var moe: [MoELayerLoad]?
+    /// Warnings about the run at this step (a collapsed routing, with the flag that fixes it).
+    public var warnings: [String] = []
 
     public init(step: Int, loss: Double, lr: Double, tokensPerSecond: Double, elapsedSeconds: Double,
                 moe: [MoELayerLoad]? = nil) {
@@ -216,9 +233,11 @@ public final class MetricsLog {
                         JSONMember("max_over_mean", .double(load.maxOverMean)),
                         JSONMember("cv", .double(load.cv)),
                         JSONMember("entropy", .double(load.entropy)),
-                    ])
+                    ] + (load.bias.map { [JSONMember("bias", .array($0.map { .double($0) }))] } ?? [])
+                      + (load.routingDisagreement.map { [JSONMember("routing_disagreement", .double($0))] } ?? []))
                 })))
             }
+            if !r.warnings.isEmpty { members.append(JSONMember("warnings", .array(r.warnings.map { .string($0) }))) }
             return JSONValue.object(members).serialized()
         case .eval(let r):
             return JSONValue.object([
@@ -307,21 +326,40 @@ public final class MetricsLog {
                         let ints = items.compactMap(\.intValue)
                         return ints.count == items.count ? ints : nil
                     }
-                    moe!.append(MoELayerLoad(
+                    var record = MoELayerLoad(
                         layer: try field(layer, "layer", "an integer", integer), counts: counts,
                         droppedFraction: try field(layer, "dropped_fraction", "a number", number),
                         maxOverMean: try field(layer, "max_over_mean", "a number", number),
                         cv: try field(layer, "cv", "a number", number),
-                        entropy: try field(layer, "entropy", "a number", number)))
+                        entropy: try field(layer, "entropy", "a number", number))
+                    if layer["bias"] != nil {
+                        record.bias = try field(layer, "bias", "an array of numbers") { v -> [Double]? in
+                            guard let items = v.arrayValue else { return nil }
+                            let values = items.compactMap(\.doubleValue)
+                            return values.count == items.count ? values : nil
+                        }
+                    }
+                    if layer["routing_disagreement"] != nil {
+                        record.routingDisagreement = try field(layer, "routing_disagreement", "a number", number)
+                    }
+                    moe!.append(record)
                 }
             }
-            return .train(TrainRecord(
+            var record = TrainRecord(
                 step: try field(value, "step", "an integer", integer),
                 loss: try field(value, "loss", "a number", number),
                 lr: try field(value, "lr", "a number", number),
                 tokensPerSecond: try field(value, "tokens_per_s", "a number", number),
                 elapsedSeconds: try field(value, "elapsed_s", "a number", number),
-                moe: moe))
+                moe: moe)
+            if value["warnings"] != nil {
+                record.warnings = try field(value, "warnings", "an array of strings") { v -> [String]? in
+                    guard let items = v.arrayValue else { return nil }
+                    let texts = items.compactMap(\.stringValue)
+                    return texts.count == items.count ? texts : nil
+                }
+            }
+            return .train(record)
         case "eval":
             return .eval(EvalRecord(
                 step: try field(value, "step", "an integer", integer),

@@ -22,7 +22,11 @@ public enum ModelFactory {
             let hidden = config.initFrom != nil ? config.gptConfig.mlpHidden : config.expertHidden
             moefy(model, expertCount: config.experts, topK: config.effectiveTopK, gate: config.gateSpec ?? .topK,
                   every: config.moeEvery, expertHidden: hidden, copy: false, balanceWeight: config.balanceWeight,
-                  zLossWeight: config.zLossWeight, capacityFactor: config.gateCapacityFactor, generator: &generator)
+                  zLossWeight: config.zLossWeight, capacityFactor: config.gateCapacityFactor, balance: config.effectiveBalance,
+                  biasUpdateRate: config.biasUpdateRate, score: RouterScore(rawValue: config.score) ?? .softmax,
+                  sequenceBalanceWeight: config.seqBalanceWeight, sharedExperts: config.sharedExperts,
+                  sharedHidden: config.expertHidden ?? defaultExpertHidden(denseHidden: config.gptConfig.mlpHidden, topK: config.effectiveTopK),
+                  generator: &generator)
         }
         return model
     }
@@ -39,6 +43,7 @@ public enum ModelFactory {
         var dense = config
         (dense.experts, dense.topK, dense.gate, dense.moeEvery, dense.expertHidden, dense.capacityFactor, dense.initFrom) =
             (0, nil, "topk", 1, nil, nil, nil)
+        (dense.balance, dense.score, dense.sharedExperts) = (nil, "softmax", 0)
         if let difference = RunConfig.architectureDifference(saved: saved.config, expected: dense) {
             throw CheckpointError("--init-from \(denseCheckpoint): the dense checkpoint's model differs from this run's: "
                 + "\(difference) (checkpoint vs this run); "
@@ -50,7 +55,9 @@ public enum ModelFactory {
         try Checkpoint.loadModel(model, from: directory, savedConfig: saved.config, expectedConfig: dense)
         moefy(model, expertCount: config.experts, topK: config.effectiveTopK, gate: config.gateSpec ?? .topK, every: config.moeEvery,
               copy: true, balanceWeight: config.balanceWeight, zLossWeight: config.zLossWeight,
-              capacityFactor: config.gateCapacityFactor, generator: &generator)
+              capacityFactor: config.gateCapacityFactor, balance: config.effectiveBalance, biasUpdateRate: config.biasUpdateRate,
+              score: RouterScore(rawValue: config.score) ?? .softmax, sequenceBalanceWeight: config.seqBalanceWeight,
+              sharedExperts: config.sharedExperts, generator: &generator)
         return model
     }
 }

@@ -17,7 +17,8 @@ public struct Comparison {
 
     /// Settings that describe only the MoE run; the dense run leaves them out.
     static let moeKeys: Set<String> = ["experts", "top_k", "gate", "moe_every", "expert_hidden", "capacity_factor",
-                                       "balance_weight", "z_loss_weight", "init_from"]
+                                       "balance_weight", "z_loss_weight", "init_from", "balance", "bias_update_rate", "score",
+                                       "seq_balance_weight", "shared_experts"]
 
     /// Both runs, validated, nothing written. `overrides["experts"]` defaults to 4; `out` names the
     /// comparison directory (default `runs/compare-<time>`); `name` is not allowed (the runs are named
@@ -42,6 +43,8 @@ public struct Comparison {
         (denseConfig.experts, denseConfig.topK, denseConfig.gate, denseConfig.moeEvery, denseConfig.expertHidden,
          denseConfig.capacityFactor, denseConfig.balanceWeight, denseConfig.zLossWeight) =
             (0, nil, plain.gate, 1, nil, nil, plain.balanceWeight, plain.zLossWeight)
+        (denseConfig.balance, denseConfig.biasUpdateRate, denseConfig.score, denseConfig.seqBalanceWeight, denseConfig.sharedExperts) =
+            (nil, plain.biasUpdateRate, plain.score, plain.seqBalanceWeight, plain.sharedExperts)
         denseConfig.out = directory + "/dense"
         denseConfig.name = "dense"
         moeConfig.name = "moe-\(moeConfig.experts)e-top\(moeConfig.effectiveTopK)"

@@ -79,6 +79,8 @@ public final class ConsoleReporter: @unchecked Sendable {
             "ETA \(Format.duration(p.etaSeconds))",
         ]
         if !p.balance.isEmpty { parts.append("max/mean " + p.balance.map { Format.fixed($0, 2) }.joined(separator: " ")) }
+        if !p.biasMagnitude.isEmpty { parts.append("|b| " + p.biasMagnitude.map { Format.fixed($0, 3) }.joined(separator: " ")) }
+        if let warning = p.warning { parts.append("WARNING " + warning) }
         return parts.joined(separator: " │ ")
     }
 

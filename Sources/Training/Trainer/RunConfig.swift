@@ -73,13 +73,14 @@ public struct RunConfig: Equatable, Sendable {
     public var experts: Int
     /// Experts per token; nil = the gate's own (1 for switch, 2 otherwise).
     public var topK: Int?
-    /// `topk`, `noisy`, `gshard` or `switch`.
+    /// A row of the gate table: `topk`, `noisy`, `gshard`, `switch`, `expert-choice`, `zero`.
     public var gate: String
     /// Every this many blocks get an MoE MLP (block i with i % moeEvery == 0).
     public var moeEvery: Int
     /// Each expert's hidden width; nil = mlpHidden / topK (the dense model's FLOPs per token).
     public var expertHidden: Int?
-    /// Training capacity factor of the gshard and switch gates (evaluation uses twice it); nil = 1.2.
+    /// Training capacity factor of the gshard and switch gates (evaluation uses twice it; nil = 1.2),
+    /// or expert choice's `cf` (tokens per expert `cf·T/N`; nil = 2).
     public var capacityFactor: Double?
     /// Weight of the mean load-balancing loss over MoE layers.
     public var balanceWeight: Double
@@ -87,6 +88,17 @@ public struct RunConfig: Equatable, Sendable {
     public var zLossWeight: Double
     /// A dense checkpoint whose weights seed the model before its MLPs become experts (upcycling).
     public var initFrom: String?
+    /// `aux`, `bias` or `none` (`RoutingBalance`); nil = the gate's own balance, or
+    /// `RunConfig.defaultBalance` for a gate that would not balance itself (topk).
+    public var balance: String?
+    /// `γ` of `balance bias`: each step `b_e += γ · sign(mean load − load_e)`.
+    public var biasUpdateRate: Double
+    /// `softmax` or `sigmoid` (`RouterScore`): what the top-k gate's combine weights come from.
+    public var score: String
+    /// Weight of DeepSeek-V3's sequence-wise balance loss (mean over layers); 0 = off.
+    public var seqBalanceWeight: Double
+    /// Dense shared experts per MoE layer (every token passes through them), each as wide as a routed expert.
+    public var sharedExperts: Int
 
     /// The sizes of a preset; every other setting has the same default in all presets.
     public static func preset(_ name: String) throws -> RunConfig {
@@ -120,7 +132,13 @@ public struct RunConfig: Equatable, Sendable {
         evalEvery: 100, evalBatches: 8, checkpointEvery: 250, keepCheckpoints: 2, logEvery: 10,
         data: nil, valFraction: 0.05, corpusBytes: 2_000_000, out: nil,
         experts: 0, topK: nil, gate: "topk", moeEvery: 1, expertHidden: nil, capacityFactor: nil,
-        balanceWeight: 0.01, zLossWeight: 0, initFrom: nil)
+        balanceWeight: 0.01, zLossWeight: 0, initFrom: nil,
+        balance: nil, biasUpdateRate: RouterBias.defaultUpdateRate, score: "softmax", seqBalanceWeight: 0, sharedExperts: 0)
+
+    /// The trainer's balance for a gate that would otherwise not balance itself (the topk gate):
+    /// chosen by the comparison in docs/benchmarks.md ("Routing balance"). `--balance none` gives
+    /// FastMoE's exact top-k gate back.
+    public static let defaultBalance = RoutingBalance.bias
 
     /// The gate names `gate` accepts: the gate table's (`GateSpec.all`).
     public static var gateNames: [String] { GateSpec.all.map(\.name) }
@@ -136,8 +154,19 @@ public struct RunConfig: Equatable, Sendable {
     /// Whether the model has MoE layers.
     public var isMoE: Bool { experts > 0 }
 
-    /// `topK`, or the gate's own when unset.
-    public var effectiveTopK: Int { topK ?? gateSpec?.fixedTopK ?? 2 }
+    /// `topK`, or the gate's own when unset (expert choice: `round(cf)`, its mean experts per token).
+    public var effectiveTopK: Int {
+        if let spec = gateSpec, !spec.tokenChoice { return max(1, min(experts, Int(gateCapacityFactor.training.rounded()))) }
+        return topK ?? gateSpec?.fixedTopK ?? 2
+    }
+
+    /// The balance the MoE layers use: `balance`, else the gate's default, else (for a gate whose
+    /// default is `none` but which can balance) `RunConfig.defaultBalance`. Nil for an unknown name.
+    public var effectiveBalance: RoutingBalance? {
+        if let balance { return RoutingBalance(rawValue: balance) }
+        guard let spec = gateSpec else { return nil }
+        return spec.defaultBalance == .none && spec.balances.contains(Self.defaultBalance) ? Self.defaultBalance : spec.defaultBalance
+    }
 
     /// The activation dtype `precision` asks for: bfloat16, or nil (the float32 of the parameters).
     public var activationDType: DType? { precision == "bf16" ? .bfloat16 : nil }
@@ -148,7 +177,7 @@ public struct RunConfig: Equatable, Sendable {
     /// The capacity factors of a gate with a capacity. Evaluation uses twice the training factor, as
     /// GShard and Switch do (1.2 and 2.4 by default).
     public var gateCapacityFactor: CapacityFactor {
-        let cf = capacityFactor ?? 1.2
+        let cf = capacityFactor ?? gateSpec?.defaultCapacityFactor ?? 1.2
         return CapacityFactor(training: cf, eval: 2 * cf)
     }
 

@@ -101,6 +101,8 @@ extension RunConfig {
         .optionalInt("expert_hidden", \.expertHidden), .optionalDouble("capacity_factor", \.capacityFactor),
         .double("balance_weight", \.balanceWeight), .double("z_loss_weight", \.zLossWeight),
         .optionalString("init_from", \.initFrom),
+        .optionalString("balance", \.balance), .double("bias_update_rate", \.biasUpdateRate), .string("score", \.score),
+        .double("seq_balance_weight", \.seqBalanceWeight), .int("shared_experts", \.sharedExperts),
     ]
 
     /// The keys a config file may set (with `_`; `-` is accepted in their place).

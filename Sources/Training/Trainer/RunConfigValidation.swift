@@ -87,7 +87,10 @@ extension RunConfig {
             // MoE settings on a dense run are a mistake the user would not notice otherwise.
             let set: [String] = [topK != nil ? "top_k" : nil, gate != "topk" ? "gate" : nil,
                                  expertHidden != nil ? "expert_hidden" : nil, capacityFactor != nil ? "capacity_factor" : nil,
-                                 initFrom != nil ? "init_from" : nil, moeEvery != 1 ? "moe_every" : nil].compactMap { $0 }
+                                 initFrom != nil ? "init_from" : nil, moeEvery != 1 ? "moe_every" : nil,
+                                 balance != nil ? "balance" : nil, score != "softmax" ? "score" : nil,
+                                 sharedExperts != 0 ? "shared_experts" : nil, seqBalanceWeight != 0 ? "seq_balance_weight" : nil]
+                .compactMap { $0 }
             if let first = set.first {
                 throw fail(first, "is set but the model is dense (--experts 0); add --experts N to make MoE layers, or drop \(RunConfig.flag(first))")
             }
@@ -95,6 +98,10 @@ extension RunConfig {
         }
         guard let spec = gateSpec else {
             throw fail("gate", "'\(gate)' is not one of \(RunConfig.gateNames.joined(separator: ", "))")
+        }
+        if !spec.tokenChoice, let k = topK {
+            throw fail("top_k", "is \(k) but the \(gate) gate's experts choose their tokens: a token gets --capacity-factor experts "
+                + "on average (round(cf) in evaluation); drop --top-k and set --capacity-factor")
         }
         let k = effectiveTopK
         guard k >= 1 && k <= experts else {
@@ -106,13 +113,15 @@ extension RunConfig {
         if let cf = capacityFactor {
             guard spec.hasCapacity else {
                 let withCapacity = GateSpec.all.filter(\.hasCapacity).map(\.name)
-                throw fail("capacity_factor", "applies to the \(withCapacity.joined(separator: " and ")) gates only (the \(gate) gate has no capacity); "
+                let listed = withCapacity.dropLast().joined(separator: ", ") + " and " + withCapacity.last!
+                throw fail("capacity_factor", "applies to the \(listed) gates only (the \(gate) gate has no capacity); "
                     + "drop it or use --gate \(withCapacity.joined(separator: "|"))")
             }
             guard cf.isFinite && cf > 0 else {
                 throw fail("capacity_factor", "is \(cf); it must be positive (1.0 = exactly the balanced share, 1.2 is usual)")
             }
         }
+        try validateRouting(spec)
         guard moeEvery >= 1 && moeEvery <= layers else {
             throw fail("moe_every", "is \(moeEvery); use 1 (every block) up to --layers (\(layers)) (only block 0)")
         }
@@ -129,5 +138,39 @@ extension RunConfig {
             throw fail("z_loss_weight", "is \(zLossWeight); use 0 (off) or a small positive weight such as 0.001")
         }
         if let initFrom, initFrom.isEmpty { throw fail("init_from", "is empty; give a dense run's directory or checkpoint") }
+    }
+
+    /// `--balance`, `--score`, `--bias-update-rate`, `--seq-balance-weight`, `--shared-experts` against
+    /// the gate's row of the table.
+    func validateRouting(_ spec: GateSpec) throws {
+        func fail(_ key: String, _ message: String) -> RunConfigError {
+            RunConfigError("\(RunConfig.flag(key)) \(message)")
+        }
+        if let balance {
+            guard let mode = RoutingBalance(rawValue: balance) else {
+                throw fail("balance", "'\(balance)' is not one of \(RoutingBalance.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            guard spec.balances.contains(mode) else {
+                let why = spec.tokenChoice ? "" : " (its experts choose exactly their share of tokens: it is balanced by construction)"
+                throw fail("balance", "\(balance) does not apply to the \(gate) gate\(why); use \(spec.balances.map(\.rawValue).joined(separator: " or ")), or drop --balance")
+            }
+        }
+        guard let scoreFunction = RouterScore(rawValue: score) else {
+            throw fail("score", "'\(score)' is not one of \(RouterScore.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard spec.scores.contains(scoreFunction) else {
+            let with = GateSpec.all.filter { $0.scores.contains(scoreFunction) }.map(\.name)
+            throw fail("score", "\(score) applies to the \(with.joined(separator: " and ")) gate only; drop --score or use --gate \(with.joined(separator: "|"))")
+        }
+        guard biasUpdateRate.isFinite && biasUpdateRate >= 0 else {
+            throw fail("bias_update_rate", "is \(biasUpdateRate); use a small positive rate such as 0.001")
+        }
+        guard seqBalanceWeight.isFinite && seqBalanceWeight >= 0 else {
+            throw fail("seq_balance_weight", "is \(seqBalanceWeight); use 0 (off) or a small weight such as 0.0001")
+        }
+        if seqBalanceWeight > 0 && !spec.tokenChoice {
+            throw fail("seq_balance_weight", "does not apply to the \(gate) gate (balanced by construction); drop it")
+        }
+        guard sharedExperts >= 0 else { throw fail("shared_experts", "is \(sharedExperts); use 0 (none) or a count such as 1") }
     }
 }

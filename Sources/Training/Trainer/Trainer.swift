@@ -142,6 +142,8 @@ public final class Trainer {
         config.out = out
         if config.name == nil { config.name = AtomicFile.splitPath(out).base }
         try TrainingData.estimate(config, purpose: .training).check(on: device)
+        // The balance is written out resolved, so the checkpoint says how the run routed.
+        if config.isMoE { config.balance = config.effectiveBalance?.rawValue }
         let dataset = try TrainingData.load(config)
         let model: GPT
         if let initFrom = config.initFrom {
@@ -269,6 +271,9 @@ public final class Trainer {
         var stepSeconds = 0.0, stepsRun = 0, skipped = 0
         var checkpoint: String?
         var interrupted = false
+        var collapseWatch = CollapseWatch()
+        var collapseWarning: String?
+        var biasMagnitude: [Double] = []   // shown until the next logging step
         while step < last {
             if parallel.anyRank(shouldStop()) {
                 interrupted = true
@@ -314,6 +319,9 @@ public final class Trainer {
             let norm = config.clip > 0 ? (sync?.clipGradNorm(maxNorm: config.clip) ?? clipGradNorm(parameters, maxNorm: config.clip)) : 0
             if norm.isFinite { optimizer.step() } else { skipped += 1; skippedSteps += 1 }
             optimizer.zeroGrad()
+            // Bias-balanced gates move their bias with this step's loads, summed over the ranks so that
+            // every replica moves alike (only when the weights moved).
+            loadMonitor.finishStep(updateBias: norm.isFinite, summing: parallel.sum)
             interval.add(loss: loss)
             step += 1
             let seconds = monotonicSeconds() - started
@@ -329,10 +337,20 @@ public final class Trainer {
             let loads = config.isMoE ? parallel.sum(loadMonitor.interval()) : []
             let isLogStep = step % config.logEvery == 0 || step == last || stopping
             var intervalLoss: Double?
+            var routing: [LayerRouting] = []
             if isLogStep {
-                let record = TrainRecord(step: step, loss: interval.meanLoss, lr: lr,
+                // The routing record with the global batch's loads.
+                routing = config.isMoE ? zip(loadMonitor.intervalRouting(), loads).map { layer, global in
+                    var layer = layer
+                    layer.load = global.load
+                    return layer
+                } : []
+                var record = TrainRecord(step: step, loss: interval.meanLoss, lr: lr,
                                          tokensPerSecond: Double(interval.steps * tokensPerStep) / max(interval.seconds, 1e-9),
-                                         elapsedSeconds: elapsed(), moe: config.isMoE ? MoELayerLoad.records(loads) : nil)
+                                         elapsedSeconds: elapsed(), moe: config.isMoE ? MoELayerLoad.records(routing) : nil)
+                collapseWarning = collapseMessage(collapseWatch.observe(routing.map { ($0.name, $0.load) }))
+                biasMagnitude = routing.compactMap { $0.bias.map { $0.map(Swift.abs).max() ?? 0 } }
+                if let collapseWarning { record.warnings = [collapseWarning] }
                 try log?.append(.train(record))
                 intervalLoss = interval.meanLoss
             }
@@ -341,7 +359,9 @@ public final class Trainer {
                                        tokensPerSecond: Double(tokensPerStep) / max(perStep, 1e-9), lr: lr,
                                        elapsedSeconds: elapsed(), etaSeconds: Double(config.steps - step) * perStep,
                                        balance: loads.map(\.load.maxOverMean), isLogStep: isLogStep,
-                                       intervalLoss: intervalLoss)))
+                                       intervalLoss: intervalLoss,
+                                       biasMagnitude: biasMagnitude,
+                                       warning: collapseWarning)))
             if isLogStep {
                 interval = IntervalStatistics()
                 loadMonitor.reset()
@@ -376,6 +396,22 @@ public final class Trainer {
         // No rank returns before rank 0's last checkpoint is written (a rank resuming next reads it).
         if parallel.isDistributed { world.barrier() }
         return summary
+    }
+
+    /// The warning for layers whose routing stayed collapsed (nil when none), naming the flag that fixes it.
+    func collapseMessage(_ layers: [(name: String, maxOverMean: Double, ceiling: Double)]) -> String? {
+        guard let first = layers.first else { return nil }
+        let fix: String
+        switch config.effectiveBalance {
+        case .bias?: fix = "raise --bias-update-rate (now \(config.biasUpdateRate)) or use --balance aux"
+        case .aux?: fix = "raise --balance-weight (now \(config.balanceWeight)) or use --balance bias"
+        default:
+            fix = config.gateSpec?.balances.contains(.bias) == true
+                ? "use --balance bias (or --balance aux)" : "use a gate that balances, such as --gate topk --balance bias"
+        }
+        let names = layers.map(\.name).joined(separator: ", ")
+        return "routing collapsed in \(layers.count) layer\(layers.count == 1 ? "" : "s") (\(names): max/mean \(Format.fixed(first.maxOverMean, 2)) "
+            + "of at most \(Format.fixed(first.ceiling, 2))) for \(CollapseWatch().intervals)+ logging intervals; \(fix)"
     }
 
     /// Mean loss over the fixed validation batches, in evaluation mode (no dropout, no gate noise,

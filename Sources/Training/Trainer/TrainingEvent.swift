@@ -58,6 +58,10 @@ public struct StepProgress: Sendable {
     public var isLogStep: Bool
     /// The mean loss over the logging interval, on log steps.
     public var intervalLoss: Double?
+    /// Per MoE layer with a routing bias (`--balance bias`), the largest `|b_e|`, at log steps.
+    public var biasMagnitude: [Double] = []
+    /// A warning to show with the progress (a layer's routing collapsed, and the flag that fixes it).
+    public var warning: String?
 }
 
 /// The end of a run.
