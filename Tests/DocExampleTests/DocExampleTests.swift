@@ -60,6 +60,11 @@ private func layerExamples(model: Module, x: Tensor, task: Tensor, balance: Tens
     }
     do {
         let monitor = LoadMonitor.install(in: model)
+        // ... each training step: forward, backward, optimizer.step(), then:
+        monitor.finishStep()
+        var watch = CollapseWatch()
+        let collapsed = watch.observe(monitor.interval())   // names of the layers collapsed for 3 intervals now
+        _ = collapsed
         // ... training steps ...
         for (name, load) in monitor.interval() { print(name, load.maxOverMean) }
         monitor.reset()
@@ -121,6 +126,14 @@ private func gateExamples(x: Tensor) {
         let gate = ZeroGate(globalExpertCount: 4, topK: 2)
         _ = gate
     }
+    do {
+        let gate = ExpertChoiceGate(dModel: 512, globalExpertCount: 8, capacityFactor: 2, generator: &g)
+        _ = gate
+    }
+    do {
+        let gate = TopKGate(dModel: 64, globalExpertCount: 8, topK: 2, balance: .bias, generator: &g)
+        gate.updateBias(loads: [900, 10, 10, 10, 10, 10, 10, 10])   // expert 0 down by γ, the others up
+    }
 }
 
 // MARK: NN
@@ -146,6 +159,11 @@ private func coreExamples(x: Tensor, model: Module) throws {
         }
     }
     _ = NoisyScale(generator: &g)
+    final class RunningMean: Module, Layer, @unchecked Sendable {
+        let mean = Buffer(Tensor.zeros([64]))
+        func callAsFunction(_ x: Tensor) -> Tensor { x - mean.value }
+    }
+    _ = RunningMean()
     do {
         let saved = RandomStates.capture(model)                          // with the checkpoint
         try RandomStates.restore(saved, into: model, source: "state.json")  // on resume

@@ -7,7 +7,7 @@ import Tensors
 /// by reflection (`Module.namedBuffers()`), so a new stateful module cannot silently break exact
 /// resume. The value is replaced, never mutated in place (`buffer.value = buffer.value + delta`).
 /// ```swift
-/// final class RunningMean: Module, Layer {
+/// final class RunningMean: Module, Layer, @unchecked Sendable {
 ///     let mean = Buffer(Tensor.zeros([64]))
 ///     func callAsFunction(_ x: Tensor) -> Tensor { x - mean.value }
 /// }

@@ -1,0 +1,38 @@
+import Distributed
+import TestSupport
+import Testing
+@testable import MoE
+import NN
+@testable import Tensors
+
+/// The expert-parallel path on a GPU with an NCCL group of one rank (NCCL refuses two ranks on one
+/// GPU; several GPUs are the multi-GPU runs' work): the count all-to-all, the all-to-all-v of rows and
+/// the expert-major reorder through NCCL must leave the layer's output and every gradient exactly
+/// those of the local exchange, in float32 and bfloat16.
+@Suite("Expert parallelism on CUDA, one NCCL rank", .enabled(if: Device.cudaAvailable), .serialized)
+struct CUDAExpertParallelTests {
+    @Test(arguments: [DType.float32, .bfloat16])
+    func allToAllExchangeOfOneRankEqualsTheLocalExchange(_ dtype: DType) throws {
+        let gpu = Device.cuda(0), (d, h, n, k, t) = (32, 48, 8, 2, 200)
+        let group = try NCCLProcessGroup(device: gpu, name: "expert-parallel")
+        func run(_ exchange: (any TokenExchange)?) -> [[Double]] {
+            var g = RandomGenerator(seed: 17)
+            let gate = TopKGate(dModel: d, globalExpertCount: n, topK: k, generator: &g)
+            let experts = BatchedExperts(localExpertCount: n, dModel: d, hidden: h, generator: &g)
+            let layer = MoELayer(dModel: d, gate: gate, experts: experts, exchange: exchange)
+            layer.move(to: gpu)
+            layer.cast(to: dtype)
+            var inputs = RandomGenerator(seed: 18)
+            let x = Tensor.randomNormal([t, d], generator: &inputs).cast(to: dtype).to(gpu).requiringGradient()
+            let u = Tensor.randomNormal([t, d], generator: &inputs).cast(to: dtype).to(gpu)
+            let out = layer(x)
+            (out * u).sum().backward()
+            return [out.doubles(), x.grad!.doubles()] + layer.parameters().map { $0.grad!.doubles() }
+        }
+        let local = run(nil), exchanged = run(AllToAllExchange(group: group, localExpertCount: n))
+        #expect(local.count == exchanged.count)
+        for (i, (a, b)) in zip(exchanged, local).enumerated() {
+            #expect(a == b, "\(dtype): value \(i) differs between the NCCL exchange and the local one")
+        }
+    }
+}
