@@ -231,6 +231,7 @@ public final class NCCLProcessGroup: ProcessGroup, @unchecked Sendable {
         }
         start.record(on: gpu.stream)
         communicationStream.wait(for: start)
+        let marker = NCCLWatchdog.shared.track(self, operation: operation)
         do {
             try body(communicationStream)
         } catch {
@@ -238,7 +239,7 @@ public final class NCCLProcessGroup: ProcessGroup, @unchecked Sendable {
                 + "Check that every rank runs the same command and that no rank stopped.", aborting: [communicator])
         }
         end.record(on: communicationStream)
-        NCCLWatchdog.shared.track(self, operation: operation, end: end)
+        marker.enqueued(end)
         return end
     }
 

@@ -39,6 +39,20 @@ public enum NCCLTimeout {
     }
 }
 
+/// One collective as the watchdog sees it: in its NCCL host call until `enqueued(_:)` hands over the
+/// event that its completion records.
+final class CollectiveMarker: Sendable {
+    private let end = Mutex<CUDAEvent?>(nil)
+
+    func enqueued(_ event: CUDAEvent) { end.withLock { $0 = event } }
+
+    /// Finished when its end event has completed; never while still inside the NCCL call.
+    func query() -> Result<Bool, CUDAError> {
+        guard let event = end.withLock({ $0 }) else { return .success(false) }
+        return event.query()
+    }
+}
+
 /// The background thread that keeps a stuck job from hanging forever.
 ///
 /// Every 100 ms it asks each NCCL group's oldest unfinished collective whether it has finished
@@ -61,7 +75,7 @@ final class NCCLWatchdog: @unchecked Sendable {
         let communicator: NCCLCommunicator
         let description: String
         let timeout: Duration
-        var pending = PendingCollectives<CUDAEvent>()
+        var pending = PendingCollectives<CollectiveMarker>()
     }
 
     private let state = Mutex<(groups: [ObjectIdentifier: Watched], started: Bool)>(([:], false))
@@ -82,12 +96,15 @@ final class NCCLWatchdog: @unchecked Sendable {
         _ = state.withLock { $0.groups.removeValue(forKey: ObjectIdentifier(group)) }
     }
 
-    /// Records a collective whose completion `end` marks.
-    func track(_ group: NCCLProcessGroup, operation: String, end: CUDAEvent) {
-        let now = ContinuousClock.now
+    /// Starts timing a collective before its NCCL call: the call itself may block the host (NCCL
+    /// connects to peers lazily, inside the first collective that needs them), and a peer that never
+    /// comes must still be caught. The caller hands the end event to the marker once enqueued.
+    func track(_ group: NCCLProcessGroup, operation: String) -> CollectiveMarker {
+        let now = ContinuousClock.now, marker = CollectiveMarker()
         state.withLock { state in
-            state.groups[ObjectIdentifier(group)]?.pending.append(operation: operation, enqueued: now, marker: end)
+            state.groups[ObjectIdentifier(group)]?.pending.append(operation: operation, enqueued: now, marker: marker)
         }
+        return marker
     }
 
     private func startPolling() {
