@@ -14,6 +14,9 @@ struct NCCLRendezvousTests {
         let world = try ProcessGroups.fromEnvironment(device: .cuda(0), environment: { variables[$0] })
         let nccl = try #require(world as? NCCLProcessGroup)
         #expect(nccl.rank == 0 && nccl.size == 1 && nccl.device == .cuda(0) && nccl.name == "world")
-        #expect(try CollectiveSelfCheck.run(group: world) > 50)
+        // Every check a one-rank group runs for these dtypes passes (the count: as many as a thread group runs).
+        let dtypes: [DType] = [.float32, .bfloat16, .int32]
+        let expected = try ThreadProcessGroup.run(worldSize: 1) { try CollectiveSelfCheck.run(group: $0, dtypes: dtypes) }[0]
+        #expect(try CollectiveSelfCheck.run(group: world, dtypes: dtypes) == expected)
     }
 }
