@@ -126,14 +126,16 @@ extension Checkpoint {
     /// to the directory `out` as a one-rank run would have saved it: `model.safetensors` and
     /// `optimizer.safetensors` with every expert's tensors consolidated under their global names
     /// (readable by a one-rank `fastmoe eval`/`generate` and by PyTorch's `safetensors`), and
-    /// `state.json` with `expert_parallel: 1`. Returns the checkpoint that was read.
+    /// `state.json` with `expert_parallel: 1`; `out` defaults to `merged-STEP` beside the checkpoint.
+    /// Returns the checkpoint that was read and the directory written.
     /// ```swift
     /// try Checkpoint.merge("runs/ep/checkpoint-200", to: "runs/ep/merged-200")
     /// ```
     @discardableResult
-    public static func merge(_ path: String, to out: String) throws -> String {
+    public static func merge(_ path: String, to target: String? = nil) throws -> (checkpoint: String, merged: String) {
         let directory = try resolve(path)
         var state = try readState(directory)
+        let out = target ?? AtomicFile.splitPath(directory).parent + "/merged-\(state.step)"
         let model = try readModelFile(directory)
         let optimizer = try ExpertShards.consolidated(try readSafeTensors(directory + "/" + optimizerFile), directory: directory,
                                                       shardFile: ExpertShards.optimizerFile)
@@ -144,6 +146,6 @@ extension Checkpoint {
             try SafeTensors.write(optimizer.names.map { optimizer[$0]! }, metadata: optimizer.metadata, to: temporary + "/" + optimizerFile)
             try AtomicFile.write(bytes: stateBytes, to: temporary + "/" + stateFile)
         }
-        return directory
+        return (directory, out)
     }
 }
