@@ -178,10 +178,10 @@ public enum Checkpoint {
     /// ``loadModel(_:from:savedConfig:expectedConfig:)`` from a file already read (`path` names it in
     /// messages). Every tensor must be finite: NaN or infinity is refused, naming the tensor.
     ///
-    /// `expertRange`: the model holds only these global experts (an expert-parallel rank): each
-    /// expert parameter takes its rows of the file's tensor of all experts, whatever `W_ep` wrote it.
+    /// `experts`: the model holds only this slice of the global experts (an expert-parallel rank):
+    /// each expert parameter takes its rows of the file's tensor of all experts, whatever `W_ep` wrote it.
     public static func loadModel(_ model: Module, from file: SafeTensorsFile, path: String,
-                                 savedConfig: RunConfig?, expectedConfig: RunConfig?, expertRange: Range<Int>? = nil) throws {
+                                 savedConfig: RunConfig?, expectedConfig: RunConfig?, experts slice: ExpertSlice? = nil) throws {
         var architecture = ""
         if let savedConfig, let expectedConfig, let difference = RunConfig.architectureDifference(saved: savedConfig, expected: expectedConfig) {
             architecture = "; the checkpoint is from a different architecture (\(difference))"
@@ -189,12 +189,21 @@ public enum Checkpoint {
         let parameters = model.namedParameters()
         let buffers = model.namedBuffers()
         let names = Set(parameters.map(\.name) + buffers.map(\.name))
+        // Another number of experts first: the gate's shape would otherwise be the first mismatch named.
+        for (name, p) in parameters where p.group == .expert {
+            guard let e = file[name], let saved = e.shape.first, Array(e.shape.dropFirst()) == Array(p.shape.dropFirst()) else { continue }
+            let expected = slice?.globalExpertCount ?? p.shape[0]
+            if saved != expected {
+                throw CheckpointError("\(path): \(name) holds \(saved) experts (shape \(e.shape)) but this model has \(expected) per layer; "
+                    + "a checkpoint loads under another --expert-parallel but not with another number of experts — use --experts \(saved)")
+            }
+        }
         var values: [(Parameter, Tensor)] = []
         for (name, p) in parameters {
             guard var e = file[name] else {
                 throw CheckpointError("\(path): has no tensor '\(name)', which the model needs\(architecture.isEmpty ? "; the checkpoint is from a different model" : architecture)")
             }
-            if let range = expertRange, p.group == .expert { e = try expertSlice(e, range, parameter: p, path: path) }
+            if let slice, p.group == .expert { e = try expertSlice(e, slice, parameter: p, path: path) }
             guard e.shape == p.shape else {
                 throw CheckpointError("\(path): \(name) has shape \(e.shape) but the model expects \(p.shape)"
                     + (architecture.isEmpty ? "; the checkpoint is from a different architecture" : architecture))
@@ -229,9 +238,9 @@ public enum Checkpoint {
         for (b, v) in bufferValues { b.value = v }
     }
 
-    /// Rows `range` of a tensor of all `N` experts, for a parameter of `range.count` experts.
-    static func expertSlice(_ e: SafeTensorsEntry, _ range: Range<Int>, parameter p: Parameter, path: String) throws -> SafeTensorsEntry {
-        let saved = e.shape.first ?? 0, total = p.shape[0] * (range.upperBound / max(range.count, 1))
+    /// This rank's rows of a tensor of all `N` experts, for a parameter of `slice.range.count` experts.
+    static func expertSlice(_ e: SafeTensorsEntry, _ slice: ExpertSlice, parameter p: Parameter, path: String) throws -> SafeTensorsEntry {
+        let saved = e.shape.first ?? 0, total = slice.globalExpertCount, range = slice.range
         guard Array(e.shape.dropFirst()) == Array(p.shape.dropFirst()), saved == total, range.count == p.shape[0] else {
             throw CheckpointError("\(path): \(e.name) holds \(saved) experts (shape \(e.shape)) but this run has \(total) "
                 + "(\(p.shape[0]) on each of its expert-parallel ranks, shape \(p.shape)); a checkpoint loads under another "
@@ -241,6 +250,16 @@ public enum Checkpoint {
         sliced.shape = [range.count] + e.shape.dropFirst()
         sliced.bytes = ExpertShards.slice(e, range)
         return sliced
+    }
+
+    /// Which of a layer's `N` experts a model holds: an expert-parallel rank's `E = N / W_ep`.
+    public struct ExpertSlice: Sendable, Equatable {
+        public let range: Range<Int>
+        public let globalExpertCount: Int
+        public init(range: Range<Int>, globalExpertCount: Int) {
+            self.range = range
+            self.globalExpertCount = globalExpertCount
+        }
     }
 
     /// The index of the first float32 in `bytes` (little-endian) that is NaN or infinite, or nil.
@@ -286,7 +305,7 @@ public enum Checkpoint {
     /// each expert parameter's state, so a run resumes exactly under another `W_ep` (AdamW's state is
     /// per element).
     public static func loadOptimizer(_ optimizer: any Optimizer, from directory: String, device: Device,
-                                     experts: (model: Module, range: Range<Int>)? = nil) throws {
+                                     experts: (model: Module, slice: ExpertSlice)? = nil) throws {
         let path = directory + "/" + optimizerFile
         let file = try ExpertShards.consolidated(try readSafeTensors(path), directory: directory, shardFile: ExpertShards.optimizerFile)
         let expertParameters = experts.map { experts in
@@ -295,8 +314,8 @@ public enum Checkpoint {
         var tensors: [(String, Tensor)] = []
         for name in file.names {
             var e = file[name]!
-            if let range = experts?.range, let dot = name.firstIndex(of: "."), let p = expertParameters[String(name[name.index(after: dot)...])] {
-                e = try expertSlice(e, range, parameter: p, path: path)
+            if let slice = experts?.slice, let dot = name.firstIndex(of: "."), let p = expertParameters[String(name[name.index(after: dot)...])] {
+                e = try expertSlice(e, slice, parameter: p, path: path)
             }
             let dtype: DType
             switch e.dtype {

@@ -28,6 +28,8 @@ public struct ExpertLayout {
     public var localExpertCount: Int { globalExpertCount / size }
     /// This rank's global experts.
     public var expertRange: Range<Int> { (rank * localExpertCount)..<((rank + 1) * localExpertCount) }
+    /// This rank's experts, for loading checkpoints.
+    public var slice: Checkpoint.ExpertSlice { Checkpoint.ExpertSlice(range: expertRange, globalExpertCount: globalExpertCount) }
     /// Whether this rank writes its experts' checkpoint shard (one replica of each shard writes).
     public var writesShard: Bool { replicas.rank == 0 }
 

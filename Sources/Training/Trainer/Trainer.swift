@@ -211,14 +211,14 @@ public final class Trainer {
         }
         let model = ModelFactory.build(config, device: device, experts: layout)
         try Checkpoint.loadModel(model, from: modelFile, path: modelPath, savedConfig: saved.config, expectedConfig: config,
-                                 expertRange: layout?.expertRange)
+                                 experts: layout?.slice)
         try RandomStates.restore(saved.generators, into: model, source: directory + "/" + Checkpoint.stateFile)
         let trainer = Trainer(config: config, model: model, device: device, dataset: dataset, outputDirectory: runDirectory,
                               step: saved.step, sampler: saved.sampler, elapsed: saved.elapsedSeconds, valLoss: saved.valLoss,
                               resumedFrom: directory, upcycledFrom: nil, world: world, experts: layout)
         trainer.skippedSteps = saved.skippedSteps
         try Checkpoint.loadOptimizer(trainer.optimizer, from: directory, device: device,
-                                     experts: layout.map { (model, $0.expertRange) })
+                                     experts: layout.map { (model, $0.slice) })
         // Skipped steps made no update, so the optimizer counts only the others.
         guard trainer.optimizer.stepCount == saved.step - saved.skippedSteps else {
             throw CheckpointError("\(directory): the optimizer state is at step \(trainer.optimizer.stepCount) but state.json says "
