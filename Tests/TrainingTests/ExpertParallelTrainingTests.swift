@@ -81,6 +81,17 @@ struct ExpertParallelTrainingTests {
         }
         let label = "W = \(worldSize), W_ep = \(expertParallel), balance \(balance)"
         try expectClose(ranks[0], gathered(ranks, expertParallel: expertParallel), to: reference, label)
+        // The load in the metrics is the global batch's: every expert's count summed over the ranks,
+        // as one rank counts them (the routing is the same, so the counts are, step by step).
+        func counts(_ run: String) throws -> [[Int]] {
+            try MetricsLog.read(path: dir.file("\(run)/metrics.jsonl")).compactMap { record -> [Int]? in
+                guard case .train(let r) = record else { return nil }
+                return r.moe?.flatMap(\.counts)
+            }
+        }
+        let (epCounts, oneCounts) = (try counts("ep"), try counts("one"))
+        #expect(epCounts.count == steps && epCounts.allSatisfy { $0.count == 8 }, "\(label): loads \(epCounts)")
+        #expect(epCounts == oneCounts, "\(label): expert loads \(epCounts) differ from one rank's \(oneCounts)")
         // Replica groups end equal, bit for bit: rank r and rank r + W_ep hold the same experts.
         for r in expertParallel..<worldSize {
             #expect(ranks[r].parameters == ranks[r % expertParallel].parameters, "\(label): rank \(r) differs from its replica \(r % expertParallel)")
