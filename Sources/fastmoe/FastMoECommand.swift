@@ -7,6 +7,6 @@ struct FastMoECommand: ParsableCommand {
         commandName: "fastmoe",
         abstract: "FastMoE in Swift: train Mixture-of-Experts language models on CPUs and NVIDIA GPUs.",
         version: FastMoEVersion.string,
-        subcommands: [TrainCommand.self, GenerateCommand.self, EvalCommand.self, ReportCommand.self, CompareCommand.self,
+        subcommands: [TrainCommand.self, GenerateCommand.self, EvalCommand.self, CheckpointCommand.self, ReportCommand.self, CompareCommand.self,
                       InfoCommand.self, BenchCommand.self, LaunchCommand.self, SelfTestCommand.self])
 }

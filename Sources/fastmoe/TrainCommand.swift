@@ -56,6 +56,9 @@ struct RunOptions: ParsableArguments {
     @Option(name: .customLong("balance-weight"), parsing: .unconditional, help: "Weight of the load-balancing loss (mean over layers) with --balance aux.") var balanceWeight: Double?
     @Option(name: .customLong("z-loss-weight"), parsing: .unconditional, help: "Weight of the router z-loss (0 = off).") var zLossWeight: Double?
     @Option(name: .customLong("init-from"), help: "Upcycle: start every expert from this dense run's MLP weights.") var initFrom: String?
+    @Option(name: .customLong("expert-parallel"), parsing: .unconditional, help: "Under a launcher: spread each MoE layer's experts over groups of this many consecutive ranks (must divide --experts and the ranks; default: all ranks; 1 = every rank holds every expert).") var expertParallel: Int?
+    @Option(name: .customLong("expert-gradient"), help: "Expert-parallel runs: mean (default: exactly the one-rank gradient of the global batch) or sum (FastMoE's: summed over the expert-parallel group).") var expertGradient: String?
+    @Option(name: .customLong("balance-statistics"), help: "Runs on several ranks: global (default: balance losses count the whole global batch, as one rank would) or local (each rank's tokens, GShard's and FastMoE's form).") var balanceStatistics: String?
 
     /// The flags that were given, as `RunConfig` keys (the preset is passed separately).
     func overrides() -> [String: ConfigValue] {
@@ -78,6 +81,7 @@ struct RunOptions: ParsableArguments {
         put("z_loss_weight", zLossWeight); put("init_from", initFrom)
         put("balance", balance); put("bias_update_rate", biasUpdateRate); put("score", score)
         put("seq_balance_weight", seqBalanceWeight); put("shared_experts", sharedExperts)
+        put("expert_parallel", expertParallel); put("expert_gradient", expertGradient); put("balance_statistics", balanceStatistics)
         return v
     }
 }

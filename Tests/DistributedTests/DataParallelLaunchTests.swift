@@ -51,6 +51,41 @@ struct DataParallelLaunchTests {
                 "\(aloneOutput)")
     }
 
+    /// Two MPI ranks, 4 experts spread 2 per rank (the default --expert-parallel under a launcher),
+    /// with the balance loss: the same losses as one process on the global batch; the checkpoint
+    /// holds one expert shard per rank, and `fastmoe checkpoint merge` writes the one-rank file.
+    @Test func twoMPIRanksTrainExpertParallelLikeOneProcess() throws {
+        let dir = try TemporaryFolder()
+        let moe = ["--experts", "4", "--top-k", "2", "--gate", "topk", "--balance", "aux", "--balance-weight", "0.1"]
+        let (oneStatus, oneOutput) = try run(Self.trainArguments(out: dir.path + "/one", batchSize: 8, extra: moe), in: dir)
+        #expect(oneStatus == 0, "\(oneOutput)")
+        let (epStatus, epOutput) = try run(["launch", "--nproc-per-node", "2", "--backend", "mpi", "--"]
+                                               + Self.trainArguments(out: dir.path + "/ep", batchSize: 4, extra: moe), in: dir)
+        #expect(epStatus == 0, "\(epOutput)")
+        let one = try Metrics(dir.path + "/one/metrics.jsonl"), two = try Metrics(dir.path + "/ep/metrics.jsonl")
+        #expect(one.trainLosses.count == 6 && two.trainLosses.count == 6, "one: \(one.trainLosses), two: \(two.trainLosses)")
+        for (step, (a, b)) in zip(two.trainLosses, one.trainLosses).enumerated() {
+            #expect(abs(a - b) <= 1e-5 * max(1, abs(b)), "step \(step + 1): 2 expert-parallel ranks \(a), one process \(b)")
+        }
+        for (a, b) in zip(two.valLosses, one.valLosses) { #expect(abs(a - b) <= 1e-5 * max(1, abs(b)), "val loss: 2 ranks \(a), one process \(b)") }
+        let checkpoint = dir.path + "/ep/checkpoint-6"
+        for r in 0..<2 { #expect(FileManager.default.fileExists(atPath: checkpoint + "/model-expert-rank-\(r).safetensors")) }
+        #expect(try header(checkpoint + "/model-expert-rank-1.safetensors")["blocks.0.mlp.experts.fc1.weight"]?.first == 2)
+
+        let (mergeStatus, mergeOutput) = try run(["checkpoint", "merge", checkpoint, "--out", dir.path + "/merged"], in: dir)
+        #expect(mergeStatus == 0, "\(mergeOutput)")
+        let merged = try header(dir.path + "/merged/model.safetensors"), reference = try header(dir.path + "/one/checkpoint-6/model.safetensors")
+        #expect(merged == reference, "the merged checkpoint's tensors differ from one process's: \(merged) vs \(reference)")
+    }
+
+    /// The tensor shapes of a safetensors file, read with JSONSerialization (not the code under test).
+    func header(_ path: String) throws -> [String: [Int]] {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        let length = data.prefix(8).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+        let json = try JSONSerialization.jsonObject(with: data.subdata(in: 8..<(8 + length))) as! [String: Any]
+        return json.compactMapValues { ($0 as? [String: Any])?["shape"] as? [Int] }
+    }
+
     /// Runs the fastmoe binary (at most 240 s) with its own TMPDIR: two mpiruns sharing Open MPI's
     /// session directory fail.
     func run(_ arguments: [String], in dir: TemporaryFolder) throws -> (Int32, String) {

@@ -52,6 +52,37 @@ struct GradientSyncTests {
         }
     }
 
+    /// A placement's `scale` multiplies its group's averaged gradient (the expert-parallel convention
+    /// divides expert gradients by W_ep) and leaves the other groups and the "no gradient" flags alone.
+    @Test func placementScaleMultipliesTheAverage() throws {
+        let results = try ThreadProcessGroup.run(worldSize: 2) { group -> ([String: [Double]?], [String: [Double]?]) in
+            let plain = Self.parameters()
+            Self.loss(plain, rank: group.rank).backward()
+            var expected: [String: [Double]?] = [:]
+            for (name, p) in plain {
+                let g = p.grad ?? Tensor.zeros(p.shape, dtype: .float64)
+                group.allReduce(g, .average)
+                expected[name] = p.grad == nil && name == "d" ? nil : g.doubles().map { ["b", "c", "d"].contains(name) ? $0 * 0.25 : $0 }
+            }
+            // b, c and d are experts (c used on rank 0 only, d nowhere).
+            let synced = Self.parameters().map { entry -> (name: String, parameter: Parameter) in
+                ["b", "c", "d"].contains(entry.name) ? (entry.name, Parameter(entry.parameter.value, group: .expert)) : entry
+            }
+            let sync = try GradientSync(parameters: synced, bucketBytes: 100) { kind in
+                kind == .expert ? ParameterPlacement(replicas: group, scale: 0.25) : ParameterPlacement(replicas: group)
+            }
+            sync.backward(Self.loss(synced, rank: group.rank))
+            return (expected, Dictionary(uniqueKeysWithValues: synced.map { ($0.name, $0.parameter.grad?.doubles()) }))
+        }
+        for (rank, (expected, got)) in results.enumerated() {
+            for name in ["a", "b", "c", "d", "e"] {
+                let (g, w) = (got[name]!, expected[name]!)
+                #expect((g == nil) == (w == nil), "rank \(rank), \(name): gradient \(String(describing: g)), expected \(String(describing: w))")
+                if let g, let w { #expect(zip(g, w).allSatisfy { abs($0 - $1) <= 1e-15 }, "rank \(rank), \(name): \(g) vs \(w)") }
+            }
+        }
+    }
+
     @Test func bucketsAreBoundedAndInReverseOrder() throws {
         let sync = try GradientSync(parameters: Self.parameters(), world: SingleProcessGroup(device: .cpu), bucketBytes: 100)
         // 48 + 16 + 32 bytes fit in 100; b's 48 more would not.

@@ -35,6 +35,14 @@ private func allToAllExample(expertGroup: any ProcessGroup, gate: any Gate, loca
     _ = layer
 }
 
+private func shardingExamples(config: GPTConfig, expertParallelGroup: any ProcessGroup, world: any ProcessGroup) {
+    var g = RandomGenerator(seed: 1)
+    let model = GPT(config, generator: &g)
+    moefy(model, expertCount: 8, topK: 2, generator: &g)
+    shardExperts(model, over: expertParallelGroup)     // 4 ranks: experts 2r, 2r+1 on rank r
+    setBalanceStatistics(model, group: world)   // every GShard/Switch/top-k gate of the model
+}
+
 private func expertExamples(rows: Tensor, groups: ExpertGroups) {
     var g = RandomGenerator(seed: 1)
     do {

@@ -21,7 +21,8 @@ struct DataParallelTrainingTests {
     static let steps = 20
 
     /// The tiny model: dense, or 4 experts top-2 in every block (topk gate: no capacity drops and no
-    /// noise; no balance loss, which is a product of batch means and so not linear in the batch).
+    /// noise; no balance loss), the experts replicated on every rank (`expert_parallel` 1: plain data
+    /// parallelism; ExpertParallelTrainingTests spreads them).
     static func settings(out: String, batchSize: Int, moe: Bool) -> [String: ConfigValue] {
         var v = tinyRun(out: out, steps: steps, ["batch_size": .int(batchSize), "log_every": .int(1), "eval_batches": .int(1)])
         if moe {
@@ -29,6 +30,7 @@ struct DataParallelTrainingTests {
             v["top_k"] = .int(2)
             v["gate"] = .string("topk")
             v["balance_weight"] = .double(0)
+            v["expert_parallel"] = .int(1)
         }
         return v
     }

@@ -11,6 +11,8 @@ final class GradientBucket {
     let parameters: [Parameter]
     let names: [String]
     let group: any ProcessGroup
+    /// The placement's factor on the averaged gradient (folded into the buffer before the all-reduce).
+    let scale: Double
     let dtype: DType
     let device: Device
     /// Element offset of each parameter's gradient in the buffer.
@@ -23,10 +25,11 @@ final class GradientBucket {
     private var buffer: Tensor?
     private var work: (any CollectiveWork)?
 
-    init(_ entries: [(name: String, parameter: Parameter)], group: any ProcessGroup) {
+    init(_ entries: [(name: String, parameter: Parameter)], group: any ProcessGroup, scale: Double = 1) {
         parameters = entries.map(\.parameter)
         names = entries.map(\.name)
         self.group = group
+        self.scale = scale
         dtype = entries[0].parameter.value.dtype
         device = entries[0].parameter.value.device
         var at = 0
@@ -58,8 +61,10 @@ final class GradientBucket {
         }
         let flagTensor = Tensor(flags, shape: [flags.count], dtype: dtype, device: device)
         flat.backend.copyBlock(from: flagTensor, offset: 0, stride: 0, to: flat, offset: elementCount, stride: 0, rows: 1, cols: flags.count)
-        buffer = flat
-        work = group.allReduceAsync(flat, .average)
+        // The scale multiplies the flags too; they stay positive, which is all `complete` reads.
+        let scaled = scale == 1 ? flat : withoutGradient { flat * scale }
+        buffer = scaled
+        work = group.allReduceAsync(scaled, .average)
     }
 
     /// Waits for the average and hands each parameter its averaged gradient; resets for the next step.

@@ -64,7 +64,7 @@ public final class GradientSync {
         var order: [String] = []
         func close(_ key: String) {
             guard let b = open.removeValue(forKey: key), !b.entries.isEmpty else { return }
-            buckets.append(GradientBucket(b.entries, group: placements[b.placement].replicas))
+            buckets.append(GradientBucket(b.entries, group: placements[b.placement].replicas, scale: placements[b.placement].scale))
         }
         for (i, entry) in parameters.enumerated().reversed() {
             let v = entry.parameter.value

@@ -1,4 +1,5 @@
 import NN
+import Tensors
 
 /// Which ranks hold a parameter group's values, for data-parallel training: the ranks whose gradients
 /// are averaged, and the ranks that hold other parts of the group (whose gradient norms add up).
@@ -21,10 +22,14 @@ public struct ParameterPlacement {
     /// The ranks holding different parameters of the group (each its own experts): the squared
     /// gradient norms of the group add up over them. nil when every rank holds the whole group.
     public let shards: (any ProcessGroup)?
+    /// A factor applied to the gradient after the average over `replicas` (1 = the plain average).
+    public let scale: Double
 
-    public init(replicas: any ProcessGroup, shards: (any ProcessGroup)? = nil) {
+    public init(replicas: any ProcessGroup, shards: (any ProcessGroup)? = nil, scale: Double = 1) {
+        guarantee(scale.isFinite && scale > 0, "ParameterPlacement: scale \(scale) must be positive and finite")
         self.replicas = replicas
         self.shards = shards
+        self.scale = scale
     }
 
     /// Plain data parallelism: every rank of `world` holds every parameter.

@@ -1,3 +1,4 @@
+import Distributed
 import NN
 import Tensors
 
@@ -27,6 +28,8 @@ public final class GShardGate: Module, Gate, BiasBalancedGate, @unchecked Sendab
     /// `[N]`, with `balance: .bias`.
     public let expertBias: Buffer?
     public var biasUpdateRate: Double
+    /// The ranks whose tokens the balance loss counts (`GlobalBalanceStatistics`); nil = this rank's.
+    public var statisticsGroup: (any ProcessGroup)?
     /// The source of the random-routing draws (found by reflection: checkpoints save its state).
     public let randomSource: RandomSource
     public var generator: RandomGenerator {
@@ -63,7 +66,7 @@ public final class GShardGate: Module, Gate, BiasBalancedGate, @unchecked Sendab
         let expert = GateMath.choose(expertBias == nil ? z : p, k: 2, bias: expertBias)
         let score = z.gather(lastAxis: expert).softmax()
         // The choice's first column is the arg-max (of p + b with a bias).
-        let aux = balance == .aux ? GateMath.balanceLoss(probabilities: p, top1: expert.slice(lastAxis: 0..<1)) : nil
+        let aux = balance == .aux ? GateMath.balanceLoss(probabilities: p, top1: expert.slice(lastAxis: 0..<1), over: statisticsGroup) : nil
         var mask: Tensor?
         if isTraining && randomRouting {
             mask = withoutGradient { () -> Tensor in

@@ -1,3 +1,4 @@
+import Distributed
 import NN
 import Tensors
 
@@ -34,6 +35,8 @@ public final class SwitchGate: Module, Gate, BiasBalancedGate, @unchecked Sendab
     /// `[N]`, with `balance: .bias`.
     public let expertBias: Buffer?
     public var biasUpdateRate: Double
+    /// The ranks whose tokens the balance loss counts (`GlobalBalanceStatistics`); nil = this rank's.
+    public var statisticsGroup: (any ProcessGroup)?
     /// The source of the jitter (found by reflection: checkpoints save its state).
     public let randomSource: RandomSource
     public var generator: RandomGenerator {
@@ -77,7 +80,7 @@ public final class SwitchGate: Module, Gate, BiasBalancedGate, @unchecked Sendab
         let p = z.softmax()
         let expert = GateMath.choose(p, k: 1, bias: expertBias)
         let score = p.gather(lastAxis: expert)
-        let aux = balance == .aux ? GateMath.balanceLoss(probabilities: p, top1: expert) : nil
+        let aux = balance == .aux ? GateMath.balanceLoss(probabilities: p, top1: expert, over: statisticsGroup) : nil
         let plan = routingPlan(expert, expertCount: globalExpertCount, capacity: capacity(tokens: t), priority: .tokenMajor)
         return GateOutput(expert: plan.keptExpert, score: score, auxLoss: aux, zLoss: RouterZLoss.weighted(z, zLossWeight), plan: plan,
                           probabilities: p)

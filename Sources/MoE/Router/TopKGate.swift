@@ -1,3 +1,4 @@
+import Distributed
 import NN
 import Tensors
 
@@ -29,6 +30,8 @@ public final class TopKGate: Module, Gate, BiasBalancedGate, @unchecked Sendable
     /// `[N]`, with `balance: .bias` (saved in checkpoints as `<gate>.expertBias`).
     public let expertBias: Buffer?
     public var biasUpdateRate: Double
+    /// The ranks whose tokens the balance loss counts (`GlobalBalanceStatistics`); nil = this rank's.
+    public var statisticsGroup: (any ProcessGroup)?
 
     public init(dModel: Int, globalExpertCount: Int, topK: Int = 2, zLossWeight: Double = 0,
                 balance: RoutingBalance = .none, score: RouterScore = .softmax, biasUpdateRate: Double = RouterBias.defaultUpdateRate,
@@ -66,7 +69,7 @@ public final class TopKGate: Module, Gate, BiasBalancedGate, @unchecked Sendable
             let chosen = s.gather(lastAxis: expert)
             score = chosen / chosen.sum(lastAxis: ()).reshaped([-1, 1])
         }
-        let aux = balance == .aux ? GateMath.balanceLoss(probabilities: p, top1: expert) : nil
+        let aux = balance == .aux ? GateMath.balanceLoss(probabilities: p, top1: expert, over: statisticsGroup) : nil
         return GateOutput(expert: expert, score: score, auxLoss: aux, zLoss: zLoss, probabilities: p)
     }
 }

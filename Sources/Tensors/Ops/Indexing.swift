@@ -8,12 +8,15 @@ extension Tensor {
         guarantee(indices.device == device, "indexSelect: indices on \(indices.device), table on \(device)")
         guarantee(rank >= 1, "indexSelect: table must have at least one dimension")
         let rowShape = Array(shape.dropFirst())
+        // Explicit widths, not -1: no indices (an expert-parallel rank that receives no rows) is a
+        // [0, width] gather, whose -1 could not be inferred.
+        let width = rowShape.reduce(1, *)
         let out = Tensor.empty(indices.shape + rowShape, dtype: dtype, device: device)
-        let table = reshaped([shape[0], -1])
-        backend.gatherRows(table, indices: indices, out.reshaped([indices.count, -1]))
+        let table = reshaped([shape[0], width])
+        backend.gatherRows(table, indices: indices, out.reshaped([indices.count, width]))
         return out.recording("indexSelect", [self]) { [shape, dtype, device] g in
             let gt = Tensor.zeros(shape, dtype: dtype, device: device)
-            gt.backend.scatterAddRows(g.reshaped([indices.count, -1]), indices: indices, gt.reshaped([shape[0], -1]))
+            gt.backend.scatterAddRows(g.reshaped([indices.count, width]), indices: indices, gt.reshaped([shape[0], width]))
             return [gt]
         }
     }

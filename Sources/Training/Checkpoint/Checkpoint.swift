@@ -37,19 +37,36 @@ public enum Checkpoint {
     /// Writes `OUT/checkpoint-STEP` atomically, points `OUT/latest` at it, copies the state to
     /// `OUT/state.json` (what reports read), and removes the oldest checkpoints beyond `keep`
     /// (0 keeps all). Returns the checkpoint's path.
+    ///
+    /// `expertShards`: the model's experts are spread over that many expert-parallel ranks, which
+    /// have written their shards (`ExpertShards`) into `ExpertShards.stagingDirectory`; the files
+    /// written here then hold everything but the experts, and the shards are moved in beside them.
     @discardableResult
     public static func save(runDirectory: String, model: Module, optimizer: any Optimizer, state: TrainingState,
-                            keep: Int) throws -> String {
+                            keep: Int, expertShards: Int = 0) throws -> String {
         let name = directoryName(step: state.step)
         let path = runDirectory + "/" + name
-        let metadata = ["format": "pt", "fastmoe_version": FastMoEVersion.string, "step": String(state.step)]
+        var metadata = ["format": "pt", "fastmoe_version": FastMoEVersion.string, "step": String(state.step)]
         let stateBytes = Array(state.jsonText().utf8)
+        let experts: Set<String> = expertShards > 0 ? ExpertShards.expertNames(model) : []
+        if expertShards > 0 { metadata[ExpertShards.countKey] = String(expertShards) }
+        let staging = ExpertShards.stagingDirectory(runDirectory: runDirectory, step: state.step)
         try AtomicFile.replaceDirectory(path) { temporary in
-            try SafeTensors.write(modelEntries(model), metadata: metadata, to: temporary + "/" + modelFile)
-            try SafeTensors.write(optimizer.stateTensors().map { entry(name: $0.0, $0.1) },
+            try SafeTensors.write(modelEntries(model).filter { !experts.contains($0.name) }, metadata: metadata, to: temporary + "/" + modelFile)
+            try SafeTensors.write(optimizer.stateTensors().filter { !ExpertShards.isExpertState($0.0, experts: experts) }.map { entry(name: $0.0, $0.1) },
                                   metadata: metadata, to: temporary + "/" + optimizerFile)
             try AtomicFile.write(bytes: stateBytes, to: temporary + "/" + stateFile)
+            for r in 0..<expertShards {
+                for file in [ExpertShards.modelFile(r), ExpertShards.optimizerFile(r)] {
+                    guard FileSystem.exists(staging + "/" + file) else {
+                        throw CheckpointError("\(staging)/\(file): expert-parallel rank \(r) did not write its shard of checkpoint \(state.step); "
+                            + "every rank must reach the checkpoint, and the run directory must be on a file system all ranks share")
+                    }
+                    try FileSystem.rename(staging + "/" + file, to: temporary + "/" + file)
+                }
+            }
         }
+        if expertShards > 0 { try FileSystem.removeRecursively(staging) }
         try AtomicFile.write(bytes: Array((name + "\n").utf8), to: runDirectory + "/" + latestFile)
         try AtomicFile.write(bytes: stateBytes, to: runDirectory + "/" + stateFile)
         if keep > 0 {
@@ -152,15 +169,19 @@ public enum Checkpoint {
                       savedConfig: savedConfig, expectedConfig: expectedConfig)
     }
 
-    /// `model.safetensors` of the checkpoint in `directory`, read whole.
+    /// `model.safetensors` of the checkpoint in `directory`, read whole, with the expert shards of an
+    /// expert-parallel run concatenated in (`ExpertShards.consolidated`): what a one-rank run saves.
     public static func readModelFile(_ directory: String) throws -> SafeTensorsFile {
-        try readSafeTensors(directory + "/" + modelFile)
+        try ExpertShards.consolidated(try readSafeTensors(directory + "/" + modelFile), directory: directory, shardFile: ExpertShards.modelFile)
     }
 
     /// ``loadModel(_:from:savedConfig:expectedConfig:)`` from a file already read (`path` names it in
     /// messages). Every tensor must be finite: NaN or infinity is refused, naming the tensor.
+    ///
+    /// `experts`: the model holds only this slice of the global experts (an expert-parallel rank):
+    /// each expert parameter takes its rows of the file's tensor of all experts, whatever `W_ep` wrote it.
     public static func loadModel(_ model: Module, from file: SafeTensorsFile, path: String,
-                                 savedConfig: RunConfig?, expectedConfig: RunConfig?) throws {
+                                 savedConfig: RunConfig?, expectedConfig: RunConfig?, experts slice: ExpertSlice? = nil) throws {
         var architecture = ""
         if let savedConfig, let expectedConfig, let difference = RunConfig.architectureDifference(saved: savedConfig, expected: expectedConfig) {
             architecture = "; the checkpoint is from a different architecture (\(difference))"
@@ -168,11 +189,21 @@ public enum Checkpoint {
         let parameters = model.namedParameters()
         let buffers = model.namedBuffers()
         let names = Set(parameters.map(\.name) + buffers.map(\.name))
+        // Another number of experts first: the gate's shape would otherwise be the first mismatch named.
+        for (name, p) in parameters where p.group == .expert {
+            guard let e = file[name], let saved = e.shape.first, Array(e.shape.dropFirst()) == Array(p.shape.dropFirst()) else { continue }
+            let expected = slice?.globalExpertCount ?? p.shape[0]
+            if saved != expected {
+                throw CheckpointError("\(path): \(name) holds \(saved) experts (shape \(e.shape)) but this model has \(expected) per layer; "
+                    + "a checkpoint loads under another --expert-parallel but not with another number of experts — use --experts \(saved)")
+            }
+        }
         var values: [(Parameter, Tensor)] = []
         for (name, p) in parameters {
-            guard let e = file[name] else {
+            guard var e = file[name] else {
                 throw CheckpointError("\(path): has no tensor '\(name)', which the model needs\(architecture.isEmpty ? "; the checkpoint is from a different model" : architecture)")
             }
+            if let slice, p.group == .expert { e = try expertSlice(e, slice, parameter: p, path: path) }
             guard e.shape == p.shape else {
                 throw CheckpointError("\(path): \(name) has shape \(e.shape) but the model expects \(p.shape)"
                     + (architecture.isEmpty ? "; the checkpoint is from a different architecture" : architecture))
@@ -205,6 +236,30 @@ public enum Checkpoint {
         }
         for (p, v) in values { p.value = v }
         for (b, v) in bufferValues { b.value = v }
+    }
+
+    /// This rank's rows of a tensor of all `N` experts, for a parameter of `slice.range.count` experts.
+    static func expertSlice(_ e: SafeTensorsEntry, _ slice: ExpertSlice, parameter p: Parameter, path: String) throws -> SafeTensorsEntry {
+        let saved = e.shape.first ?? 0, total = slice.globalExpertCount, range = slice.range
+        guard Array(e.shape.dropFirst()) == Array(p.shape.dropFirst()), saved == total, range.count == p.shape[0] else {
+            throw CheckpointError("\(path): \(e.name) holds \(saved) experts (shape \(e.shape)) but this run has \(total) "
+                + "(\(p.shape[0]) on each of its expert-parallel ranks, shape \(p.shape)); a checkpoint loads under another "
+                + "--expert-parallel but not with another number of experts — use --experts \(saved)")
+        }
+        var sliced = e
+        sliced.shape = [range.count] + e.shape.dropFirst()
+        sliced.bytes = ExpertShards.slice(e, range)
+        return sliced
+    }
+
+    /// Which of a layer's `N` experts a model holds: an expert-parallel rank's `E = N / W_ep`.
+    public struct ExpertSlice: Sendable, Equatable {
+        public let range: Range<Int>
+        public let globalExpertCount: Int
+        public init(range: Range<Int>, globalExpertCount: Int) {
+            self.range = range
+            self.globalExpertCount = globalExpertCount
+        }
     }
 
     /// The index of the first float32 in `bytes` (little-endian) that is NaN or infinite, or nil.
@@ -244,13 +299,24 @@ public enum Checkpoint {
         }
     }
 
-    /// Loads `optimizer.safetensors` into `optimizer` (names and shapes checked by the optimizer).
-    public static func loadOptimizer(_ optimizer: any Optimizer, from directory: String, device: Device) throws {
+    /// Loads `optimizer.safetensors` into `optimizer` (names and shapes checked by the optimizer),
+    /// with the expert shards of an expert-parallel run concatenated in; `experts` (an expert-parallel
+    /// rank: the model's expert parameters and its global expert range) takes this rank's rows of
+    /// each expert parameter's state, so a run resumes exactly under another `W_ep` (AdamW's state is
+    /// per element).
+    public static func loadOptimizer(_ optimizer: any Optimizer, from directory: String, device: Device,
+                                     experts: (model: Module, slice: ExpertSlice)? = nil) throws {
         let path = directory + "/" + optimizerFile
-        let file = try readSafeTensors(path)
+        let file = try ExpertShards.consolidated(try readSafeTensors(path), directory: directory, shardFile: ExpertShards.optimizerFile)
+        let expertParameters = experts.map { experts in
+            Dictionary(uniqueKeysWithValues: experts.model.namedParameters().filter { $0.parameter.group == .expert }.map { ($0.name, $0.parameter) })
+        } ?? [:]
         var tensors: [(String, Tensor)] = []
         for name in file.names {
-            let e = file[name]!
+            var e = file[name]!
+            if let slice = experts?.slice, let dot = name.firstIndex(of: "."), let p = expertParameters[String(name[name.index(after: dot)...])] {
+                e = try expertSlice(e, slice, parameter: p, path: path)
+            }
             let dtype: DType
             switch e.dtype {
             case .f32: dtype = .float32

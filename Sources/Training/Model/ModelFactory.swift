@@ -1,3 +1,4 @@
+import Distributed
 import MoE
 import NN
 import Tensors
@@ -14,7 +15,12 @@ public enum ModelFactory {
     /// The GPT of `config` on `device` (float32 master parameters; `activationDType` from `precision`),
     /// with MoE MLPs when `config.experts > 0`. An upcycled run (`initFrom`) gets experts as wide as
     /// the dense MLP, randomly initialised here: `upcycle` fills them from the dense checkpoint.
-    public static func build(_ config: RunConfig, device: Device) -> GPT {
+    ///
+    /// With an expert layout (`experts:`), the whole model is built first, exactly as one rank would
+    /// build it from the seed, and then each MoE layer keeps this rank's slice of experts
+    /// (`shardExperts`): the starting weights do not depend on the layout. The full experts are held
+    /// only while building, which is fine at the sizes we train.
+    public static func build(_ config: RunConfig, device: Device, experts layout: ExpertLayout? = nil) -> GPT {
         var generator = RandomGenerator(seed: config.seed)
         let model = GPT(config.gptConfig, device: device, generator: &generator)
         model.activationDType = config.activationDType
@@ -27,13 +33,17 @@ public enum ModelFactory {
                   sequenceBalanceWeight: config.seqBalanceWeight, sharedExperts: config.sharedExperts,
                   sharedHidden: config.expertHidden ?? defaultExpertHidden(denseHidden: config.gptConfig.mlpHidden, topK: config.effectiveTopK),
                   generator: &generator)
+            if let layout { shardExperts(model, over: layout.expertParallel) }
         }
         return model
     }
 
     /// Sparse upcycling (`--init-from`): the dense model of `config` loaded from `denseCheckpoint`,
     /// then its MLPs turned into experts that each start as a copy of the dense MLP.
-    public static func upcycle(_ config: RunConfig, from denseCheckpoint: String, device: Device) throws -> GPT {
+    /// With an expert layout each rank keeps its slice of the upcycled experts (all copies of the
+    /// dense MLP, so every slice starts alike).
+    public static func upcycle(_ config: RunConfig, from denseCheckpoint: String, device: Device,
+                               experts layout: ExpertLayout? = nil) throws -> GPT {
         let directory = try Checkpoint.resolve(denseCheckpoint)
         let saved = try Checkpoint.readState(directory)
         guard !saved.config.isMoE else {
@@ -58,6 +68,7 @@ public enum ModelFactory {
               capacityFactor: config.gateCapacityFactor, balance: config.effectiveBalance, biasUpdateRate: config.biasUpdateRate,
               score: RouterScore(rawValue: config.score) ?? .softmax, sequenceBalanceWeight: config.seqBalanceWeight,
               sharedExperts: config.sharedExperts, generator: &generator)
+        if let layout { shardExperts(model, over: layout.expertParallel) }
         return model
     }
 }

@@ -104,14 +104,17 @@ extension DataParallel {
             + (saved.worldSize == 1 ? " (a plain `fastmoe train --resume`)" : " (e.g. `fastmoe launch --nproc-per-node \(saved.worldSize) -- train --resume ...`)"))
     }
 
-    /// For W > 1: checks that every rank built the same model, copies rank 0's values to all, and
-    /// returns the gradient sync (every parameter group averaged over the world: experts are
-    /// replicated on every rank until expert parallelism gives them groups of their own). nil for W = 1.
-    func gradientSync(for model: GPT, bucketBytes: Int) throws -> GradientSync? {
+    /// For W > 1: checks that every rank built the same model, copies rank 0's values to all (rank 0
+    /// of each replica group, for sharded experts), and returns the gradient sync: every parameter
+    /// averaged over the world when experts are replicated; with an expert layout, experts over
+    /// their replicas and scaled by `ExpertLayout.placement` (MOE_SEMANTICS §3). nil for W = 1.
+    func gradientSync(for model: GPT, bucketBytes: Int, experts layout: ExpertLayout?, expertGradient: String) throws -> GradientSync? {
         guard isDistributed else { return nil }
         let parameters = model.namedParameters()
         try ModelAgreement.check(parameters, over: world)
-        let sync = try GradientSync(parameters: parameters, world: world, bucketBytes: bucketBytes)
+        let sync = try GradientSync(parameters: parameters, bucketBytes: bucketBytes,
+                                    placement: layout?.placement(world: world, expertGradient: expertGradient)
+                                        ?? ParameterPlacement.replicated(over: world))
         sync.broadcastParameters()
         return sync
     }

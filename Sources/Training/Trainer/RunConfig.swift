@@ -100,6 +100,17 @@ public struct RunConfig: Equatable, Sendable {
     /// Dense shared experts per MoE layer (every token passes through them), each as wide as a routed expert.
     public var sharedExperts: Int
 
+    // Expert parallelism (docs/distributed.md, "Expert parallelism")
+    /// `W_ep`: ranks each MoE layer's experts are spread over (consecutive ranks form a group; the
+    /// `W / W_ep` groups are replicas); nil = the world size for an MoE run, 1 = experts replicated.
+    public var expertParallel: Int? = nil
+    /// `mean` (MOE_SEMANTICS §3: the one-rank gradient of the concatenated batch) or `sum`
+    /// (FastMoE's: the expert gradient summed over the expert-parallel group, `W_ep` times larger).
+    public var expertGradient: String = "mean"
+    /// `global` (balance losses count the whole global batch: layout-invariant) or `local` (each
+    /// rank's tokens, GShard's and FastMoE's per-rank form).
+    public var balanceStatistics: String = "global"
+
     /// The sizes of a preset; every other setting has the same default in all presets.
     public static func preset(_ name: String) throws -> RunConfig {
         var c = RunConfig.tiny
@@ -153,6 +164,13 @@ public struct RunConfig: Equatable, Sendable {
 
     /// Whether the model has MoE layers.
     public var isMoE: Bool { experts > 0 }
+
+    /// `W_ep` for a run over `worldSize` ranks: `expertParallel`, or the world size for an MoE run
+    /// (1 for a dense one). Checked by `ExpertLayout`.
+    public func effectiveExpertParallel(worldSize: Int) -> Int {
+        guard isMoE else { return 1 }
+        return expertParallel ?? worldSize
+    }
 
     /// `topK`, or the gate's own when unset (expert choice: `round(cf)`, its mean experts per token).
     public var effectiveTopK: Int {

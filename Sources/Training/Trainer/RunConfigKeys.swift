@@ -103,6 +103,8 @@ extension RunConfig {
         .optionalString("init_from", \.initFrom),
         .optionalString("balance", \.balance), .double("bias_update_rate", \.biasUpdateRate), .string("score", \.score),
         .double("seq_balance_weight", \.seqBalanceWeight), .int("shared_experts", \.sharedExperts),
+        .optionalInt("expert_parallel", \.expertParallel), .string("expert_gradient", \.expertGradient),
+        .string("balance_statistics", \.balanceStatistics),
     ]
 
     /// The keys a config file may set (with `_`; `-` is accepted in their place).

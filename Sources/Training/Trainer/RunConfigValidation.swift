@@ -89,7 +89,9 @@ extension RunConfig {
                                  expertHidden != nil ? "expert_hidden" : nil, capacityFactor != nil ? "capacity_factor" : nil,
                                  initFrom != nil ? "init_from" : nil, moeEvery != 1 ? "moe_every" : nil,
                                  balance != nil ? "balance" : nil, score != "softmax" ? "score" : nil,
-                                 sharedExperts != 0 ? "shared_experts" : nil, seqBalanceWeight != 0 ? "seq_balance_weight" : nil]
+                                 sharedExperts != 0 ? "shared_experts" : nil, seqBalanceWeight != 0 ? "seq_balance_weight" : nil,
+                                 expertParallel.map { $0 != 1 } == true ? "expert_parallel" : nil,
+                                 expertGradient != "mean" ? "expert_gradient" : nil]
                 .compactMap { $0 }
             if let first = set.first {
                 throw fail(first, "is set but the model is dense (--experts 0); add --experts N to make MoE layers, or drop \(RunConfig.flag(first))")
@@ -172,5 +174,18 @@ extension RunConfig {
             throw fail("seq_balance_weight", "does not apply to the \(gate) gate (balanced by construction); drop it")
         }
         guard sharedExperts >= 0 else { throw fail("shared_experts", "is \(sharedExperts); use 0 (none) or a count such as 1") }
+        if let w = expertParallel {
+            guard w >= 1 else { throw fail("expert_parallel", "is \(w); use 1 (experts replicated on every rank) or a divisor of --experts and of the number of ranks") }
+            guard experts % w == 0 else {
+                throw fail("expert_parallel", "is \(w) but --experts \(experts) does not split evenly over \(w) ranks; "
+                    + "use a divisor of \(experts) (\((1...experts).filter { experts % $0 == 0 }.map(String.init).joined(separator: ", ")))")
+            }
+        }
+        guard ["mean", "sum"].contains(expertGradient) else {
+            throw fail("expert_gradient", "'\(expertGradient)' is not one of mean, sum (mean: the one-rank gradient; sum: FastMoE's)")
+        }
+        guard ["global", "local"].contains(balanceStatistics) else {
+            throw fail("balance_statistics", "'\(balanceStatistics)' is not one of global, local")
+        }
     }
 }

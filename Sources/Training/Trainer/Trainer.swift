@@ -55,6 +55,8 @@ public final class Trainer {
     /// The world group: this rank's place in a data-parallel run (a group of one otherwise).
     public var world: any ProcessGroup { parallel.world }
     let parallel: DataParallel
+    /// Where the experts live when they are spread over ranks (`--expert-parallel`); nil = on every rank.
+    public let expertLayout: ExpertLayout?
     /// Start over in a directory that holds a run: its run files are removed when `run()` starts.
     var overwrite = false
     /// Messages for the console about adjusted settings (an evaluation capped to the data).
@@ -74,8 +76,11 @@ public final class Trainer {
 
     init(config: RunConfig, model: GPT, device: Device, dataset: TokenDataset, outputDirectory: String, step: Int,
          sampler: BatchSampler.State, elapsed: Double, valLoss: Double?, resumedFrom: String?, upcycledFrom: String?,
-         world: any ProcessGroup) {
+         world: any ProcessGroup, experts layout: ExpertLayout? = nil) {
         parallel = DataParallel(world: world, batchSize: config.batchSize, seqLen: config.seqLen)
+        expertLayout = layout
+        // Balance losses of the global batch (layout-invariant), unless `--balance-statistics local`.
+        if world.size > 1 && config.balanceStatistics == "global" { setBalanceStatistics(model, group: world) }
         self.config = config
         self.model = model
         self.device = device
@@ -144,22 +149,27 @@ public final class Trainer {
         try TrainingData.estimate(config, purpose: .training).check(on: device)
         // The balance is written out resolved, so the checkpoint says how the run routed.
         if config.isMoE { config.balance = config.effectiveBalance?.rawValue }
+        // So is the expert layout of a run on several ranks (resuming with another is a choice, not a default).
+        let layout = try ExpertLayout.make(config, world: world)
+        if config.isMoE && world.size > 1 { config.expertParallel = layout?.size ?? 1 }
         let dataset = try TrainingData.load(config)
         let model: GPT
         if let initFrom = config.initFrom {
-            model = try ModelFactory.upcycle(config, from: initFrom, device: device)
+            model = try ModelFactory.upcycle(config, from: initFrom, device: device, experts: layout)
         } else {
-            model = ModelFactory.build(config, device: device)
+            model = ModelFactory.build(config, device: device, experts: layout)
         }
         self.init(config: config, model: model, device: device, dataset: dataset, outputDirectory: out, step: 0,
                   sampler: BatchSampler.State(seed: config.seed), elapsed: 0, valLoss: nil,
-                  resumedFrom: nil, upcycledFrom: config.initFrom, world: world)
+                  resumedFrom: nil, upcycledFrom: config.initFrom, world: world, experts: layout)
         self.overwrite = overwrite
     }
 
-    /// Settings a resumed run may change: how long it trains, where, and how often it reports.
+    /// Settings a resumed run may change: how long it trains, where, and how often it reports, and
+    /// how its experts are spread over the ranks (checkpoints re-shard on load).
     /// Everything else comes from the checkpoint, so the run continues exactly.
-    public static let resumableKeys: Set<String> = ["steps", "device", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every"]
+    public static let resumableKeys: Set<String> = ["steps", "device", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every",
+                                                    "expert_parallel"]
 
     /// Continues the run saved at `path` (a run directory or one of its checkpoints): the model,
     /// optimizer, data position and random generators are restored, so the steps that follow are
@@ -189,6 +199,8 @@ public final class Trainer {
         config.out = runDirectory
         let (world, device) = try DataParallel.join(makeWorld, device: try config.resolveDevice())
         try DataParallel.checkResume(saved, path: path, world: world)
+        let layout = try ExpertLayout.make(config, world: world)
+        if config.isMoE && world.size > 1 { config.expertParallel = layout?.size ?? 1 }
         try TrainingData.estimate(config, purpose: .training).check(on: device)
         let dataset = try TrainingData.load(config)
         let fingerprint = DataFingerprint(dataset)
@@ -197,14 +209,16 @@ public final class Trainer {
                 + "\(saved.data.tokenCount) tokens; now \(fingerprint.source), \(fingerprint.tokenCount) tokens); "
                 + "resume with the data the run trained on")
         }
-        let model = ModelFactory.build(config, device: device)
-        try Checkpoint.loadModel(model, from: modelFile, path: modelPath, savedConfig: saved.config, expectedConfig: config)
+        let model = ModelFactory.build(config, device: device, experts: layout)
+        try Checkpoint.loadModel(model, from: modelFile, path: modelPath, savedConfig: saved.config, expectedConfig: config,
+                                 experts: layout?.slice)
         try RandomStates.restore(saved.generators, into: model, source: directory + "/" + Checkpoint.stateFile)
         let trainer = Trainer(config: config, model: model, device: device, dataset: dataset, outputDirectory: runDirectory,
                               step: saved.step, sampler: saved.sampler, elapsed: saved.elapsedSeconds, valLoss: saved.valLoss,
-                              resumedFrom: directory, upcycledFrom: nil, world: world)
+                              resumedFrom: directory, upcycledFrom: nil, world: world, experts: layout)
         trainer.skippedSteps = saved.skippedSteps
-        try Checkpoint.loadOptimizer(trainer.optimizer, from: directory, device: device)
+        try Checkpoint.loadOptimizer(trainer.optimizer, from: directory, device: device,
+                                     experts: layout.map { (model, $0.slice) })
         // Skipped steps made no update, so the optimizer counts only the others.
         guard trainer.optimizer.stepCount == saved.step - saved.skippedSteps else {
             throw CheckpointError("\(directory): the optimizer state is at step \(trainer.optimizer.stepCount) but state.json says "
@@ -243,7 +257,7 @@ public final class Trainer {
         let last = min(config.steps, stopAfter ?? config.steps)
         // Every rank checks the model and takes rank 0's values before rank 0 writes anything, so no
         // rank still validating its output directory sees rank 0's files.
-        let sync = try parallel.gradientSync(for: model, bucketBytes: bucketBytes)
+        let sync = try parallel.gradientSync(for: model, bucketBytes: bucketBytes, experts: expertLayout, expertGradient: config.expertGradient)
         let writes = parallel.writes
         let directoryNotes = writes
             ? try RunDirectory.prepare(outputDirectory, resumedAt: resumedFrom != nil ? step : nil, overwrite: overwrite) : []
@@ -253,7 +267,7 @@ public final class Trainer {
         let loadMonitor = LoadMonitor.install(in: model)
         let moeLayers = loadMonitor.layerNames
         emit(.started(TrainingStart(
-            config: config, device: device, outputDirectory: outputDirectory, parameterCount: model.parameterCount,
+            config: config, device: device, outputDirectory: outputDirectory, parameterCount: globalParameterCount,
             flopsPerToken: model.flopsPerToken, moeLayers: moeLayers, dataSource: dataset.source,
             trainTokens: dataset.train.count, validationTokens: dataset.validation.count, unigramEntropy: unigramEntropy,
             startStep: step, resumedFrom: resumedFrom, upcycledFrom: upcycledFrom, notes: directoryNotes + notes,
@@ -432,16 +446,36 @@ public final class Trainer {
     }
 
     /// Writes `OUT/checkpoint-STEP` for the current step and returns its path (on rank 0; the other
-    /// ranks of a data-parallel run write nothing and return the path rank 0 writes).
+    /// ranks of a data-parallel run write nothing and return the path rank 0 writes). With sharded
+    /// experts every rank must call it: ranks `0 ..< W_ep` write their experts' shards first
+    /// (`ExpertShards`), and rank 0 moves them into the checkpoint it builds.
     @discardableResult
     public func saveCheckpoint(elapsed: Double? = nil) throws -> String {
+        if let layout = expertLayout {
+            if layout.writesShard {
+                try ExpertShards.write(model: model, optimizer: optimizer, range: layout.expertRange, globalExperts: layout.globalExpertCount,
+                                       shards: layout.size, rank: layout.rank, step: step,
+                                       to: ExpertShards.stagingDirectory(runDirectory: outputDirectory, step: step))
+            }
+            world.barrier()
+        }
+        // No rank goes on before the checkpoint is complete (a shard writer's next checkpoint, or a
+        // rank resuming next, would otherwise race rank 0's rename).
+        defer { if expertLayout != nil { world.barrier() } }
         guard parallel.writes else { return outputDirectory + "/" + Checkpoint.directoryName(step: step) }
         var state = TrainingState(step: step, config: config, sampler: sampler.state, generators: RandomStates.capture(model),
                                   data: fingerprint, elapsedSeconds: elapsed ?? elapsedBefore, valLoss: lastValLoss)
         state.skippedSteps = skippedSteps
         state.worldSize = parallel.size
         return try Checkpoint.save(runDirectory: outputDirectory, model: model, optimizer: optimizer, state: state,
-                                   keep: config.keepCheckpoints)
+                                   keep: config.keepCheckpoints, expertShards: expertLayout?.size ?? 0)
+    }
+
+    /// The model's parameters over all ranks: an expert-parallel rank holds `1/W_ep` of the experts.
+    var globalParameterCount: Int {
+        guard let layout = expertLayout else { return model.parameterCount }
+        let experts = model.namedParameters().filter { $0.parameter.group == .expert }.reduce(0) { $0 + $1.parameter.value.count }
+        return model.parameterCount + (layout.size - 1) * experts
     }
 }
 

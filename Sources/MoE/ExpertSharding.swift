@@ -1,0 +1,61 @@
+import Distributed
+import NN
+import Tensors
+
+// Notation: N experts in all, E = N / W experts on this rank, W ranks of the expert-parallel group
+// (global expert g lives on group rank g / E as local expert g % E).
+
+/// Spreads the experts of every MoE MLP in `model` (each `TransformerBlock` whose `mlp` is an
+/// `MoELayer` with `BatchedExperts`) over the ranks of `group`: this rank keeps experts
+/// `r·E ..< (r+1)·E` (`r = group.rank`) and the layer exchanges tokens with the others through an
+/// `AllToAllExchange`. Gate, shared experts, dropout and loss weights carry over unchanged.
+///
+/// Slicing a model that was built whole is what makes a sharded run start from the weights of the
+/// one-rank run of the same seed, whatever the layout; the full experts exist only while building
+/// (fine at the sizes we train; a model too large for one rank's memory needs a per-slice init).
+/// Returns the names of the sharded layers.
+/// ```swift
+/// let model = GPT(config, generator: &g)
+/// moefy(model, expertCount: 8, topK: 2, generator: &g)
+/// shardExperts(model, over: expertParallelGroup)     // 4 ranks: experts 2r, 2r+1 on rank r
+/// ```
+@discardableResult
+public func shardExperts(_ model: Module, over group: any ProcessGroup) -> [String] {
+    var sharded: [String] = []
+    for (name, module) in model.namedModules() {
+        guard let block = module as? TransformerBlock, let layer = block.mlp as? MoELayer else { continue }
+        guard let experts = layer.experts as? BatchedExperts else {
+            fatalError("shardExperts: \(name).mlp has \(type(of: layer.experts)) experts; only BatchedExperts can be sliced")
+        }
+        let n = experts.localExpertCount, w = group.size
+        guarantee(layer.dispatcher.exchange.rankCount == 1, "shardExperts: \(name).mlp is sharded already")
+        guarantee(n % w == 0, "shardExperts: \(n) experts do not split evenly over \(w) ranks")
+        let e = n / w, range = (group.rank * e)..<((group.rank + 1) * e)
+        let local = BatchedExperts(fc1: slice(experts.fc1, range), fc2: slice(experts.fc2, range), activation: experts.activation)
+        let replacement = MoELayer(dModel: layer.dModel, gate: layer.gate, experts: local,
+                                   exchange: AllToAllExchange(group: group, localExpertCount: e))
+        replacement.dropout = layer.dropout
+        replacement.balanceLossWeight = layer.balanceLossWeight
+        replacement.sequenceBalanceWeight = layer.sequenceBalanceWeight
+        replacement.sharedExperts = layer.sharedExperts
+        replacement.train(layer.isTraining)
+        block.mlp = replacement
+        sharded.append(name.isEmpty ? "mlp" : "\(name).mlp")
+    }
+    return sharded
+}
+
+/// Experts `range` of `layer`, in storage of their own (the full tensors can then be freed).
+private func slice(_ layer: GroupedLinear, _ range: Range<Int>) -> GroupedLinear {
+    func rows(_ t: Tensor) -> Tensor { t.rows(range).detached().contiguousCopy() }
+    return GroupedLinear(weight: rows(layer.weight.value), bias: layer.bias.map { rows($0.value) })
+}
+
+/// Points the balance statistics of every gate in `model` that supports it at `group`: the balance
+/// loss then counts the first choices and averages the probabilities of the global batch (see
+/// `GlobalBalanceStatistics`); nil goes back to this rank's tokens.
+public func setBalanceStatistics(_ model: Module, group: (any ProcessGroup)?) {
+    for (_, module) in model.namedModules() {
+        (module as? any GlobalBalanceStatistics)?.statisticsGroup = group
+    }
+}
