@@ -254,6 +254,8 @@ private func modelExamples(x: Tensor, y: Tensor, model: GPT, optimizer: any Opti
         let config = GPTConfig(contextLength: 128, layers: 4, dModel: 128, heads: 4)
         try GPT.validate(config)
         do { try GPT.validate(config) } catch let e as GPTConfigError { print(e.message) }
+        let divisors = GPT.smallestDivisors(of: 96)  // [1, 2, 3, 4, 6, 8, 12, 16]
+        #expect(divisors == [1, 2, 3, 4, 6, 8, 12, 16])
     }
     do {
         let opt = AdamW(parameters: model.namedParameters().map { ($0.name, $0.parameter) },

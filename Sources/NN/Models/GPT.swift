@@ -103,6 +103,19 @@ public final class GPT: Module, @unchecked Sendable {
         return 6 * Double(n) + 12 * Double(config.layers * config.contextLength * config.dModel)
     }
 
+    /// The smallest divisors of `n` (at most `count`), for "use a divisor of …" hints.
+    ///
+    /// Only candidates up to 100,000 are tried: a width read from a damaged file can be 10¹⁸, and
+    /// counting up to it would hang the message (issue 13's fuzz test found this).
+    ///
+    /// ```swift
+    /// let divisors = GPT.smallestDivisors(of: 96)  // [1, 2, 3, 4, 6, 8, 12, 16]
+    /// ```
+    public static func smallestDivisors(of n: Int, count: Int = 8) -> [Int] {
+        guard n >= 1 else { return [] }
+        return Array((1...min(n, 100_000)).lazy.filter { n % $0 == 0 }.prefix(count))
+    }
+
     /// Checks a configuration, throwing a `GPTConfigError` that names the field and the fix.
     public static func validate(_ c: GPTConfig) throws {
         func fail(_ field: String, _ message: String) -> GPTConfigError { GPTConfigError(field: field, message) }
@@ -122,7 +135,7 @@ public final class GPT: Module, @unchecked Sendable {
             throw fail("heads", "heads is \(c.heads); attention needs at least 1 head")
         }
         guard c.dModel % c.heads == 0 else {
-            let divisors = (1...c.dModel).filter { c.dModel % $0 == 0 }.prefix(8).map(String.init).joined(separator: ", ")
+            let divisors = GPT.smallestDivisors(of: c.dModel).map(String.init).joined(separator: ", ")
             throw fail("heads", "heads (\(c.heads)) must divide dModel (\(c.dModel)) so every head gets dModel / heads channels; "
                 + "use a divisor of \(c.dModel) (\(divisors), …)")
         }

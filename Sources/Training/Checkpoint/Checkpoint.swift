@@ -4,7 +4,8 @@ import Tensors
 /// A checkpoint could not be written or used; the message names the file and says what to do.
 public struct CheckpointError: Error, CustomStringConvertible, Sendable, Equatable {
     public let description: String
-    public init(_ description: String) { self.description = description }
+    /// `description` with its control characters escaped (``Swift/String/oneLine``): always one line.
+    public init(_ description: String) { self.description = description.oneLine }
 }
 
 /// Checkpoint directories of a run: `OUT/checkpoint-STEP/` holding

@@ -113,8 +113,10 @@ public struct SafeTensorsFile: Sendable {
 
 /// A safetensors file could not be written or read; the message says what was wrong and what to do.
 public struct SafeTensorsError: Error, CustomStringConvertible, Sendable {
-    /// The whole message, ready to print.
+    /// The whole message, ready to print: one line (control characters escaped).
     public let description: String
+
+    public init(description: String) { self.description = description.oneLine }
 }
 
 /// Reading and writing safetensors files.

@@ -36,8 +36,10 @@ public enum ConfigValue: Equatable, Sendable, CustomStringConvertible {
 /// A configuration file could not be read or holds something wrong; the message names the file, the
 /// line, and what to write instead.
 public struct ConfigError: Error, CustomStringConvertible, Sendable {
-    /// The whole message, ready to print.
+    /// The whole message, ready to print: one line (control characters escaped).
     public let description: String
+
+    public init(description: String) { self.description = description.oneLine }
 }
 
 /// A parsed run configuration: a flat map of keys to values, with the line each key was set on.

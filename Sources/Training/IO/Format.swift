@@ -7,6 +7,33 @@ import Darwin
 // Number formatting for people (console lines, messages, reports), without Foundation: one home
 // for every fixed-point, compact, scientific and duration rendering the package prints.
 
+extension String {
+    /// The text with its control characters written as escapes (`\n`, `\r`, `\u{1B}`; a tab
+    /// stays), so that a message quoting a name or value read from a damaged file is still one
+    /// line, and cannot move the terminal's cursor. Issue 13's fuzz test found messages broken
+    /// over lines by a `\n` in a JSON key and a stray carriage return in a TOML line.
+    ///
+    /// ```swift
+    /// "unknown key 'a\nb'".oneLine  // "unknown key 'a\\nb'"
+    /// ```
+    public var oneLine: String {
+        guard unicodeScalars.contains(where: { ($0.value < 0x20 && $0 != "\t") || $0.value == 0x7F || $0 == "\u{2028}" || $0 == "\u{2029}" })
+        else { return self }
+        var out = ""
+        for scalar in unicodeScalars {
+            switch scalar {
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out.unicodeScalars.append(scalar)
+            case _ where scalar.value < 0x20 || scalar.value == 0x7F || scalar == "\u{2028}" || scalar == "\u{2029}":
+                out += "\\u{" + String(scalar.value, radix: 16, uppercase: true) + "}"
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
+}
+
 /// How numbers are written for people: `Format.fixed(1.23456, 3)` = "1.235".
 ///
 /// ```swift
@@ -72,7 +99,7 @@ public enum Format {
 
     /// Seconds as `m:ss` or `h:mm:ss`; "--:--" when unknown.
     public static func duration(_ seconds: Double) -> String {
-        guard seconds.isFinite, seconds >= 0 else { return "--:--" }
+        guard seconds.isFinite, seconds >= 0, seconds < 1e15 else { return "--:--" }
         let s = Int(seconds.rounded())
         let (h, m, sec) = (s / 3600, (s / 60) % 60, s % 60)
         let ss = sec < 10 ? "0\(sec)" : "\(sec)"
@@ -131,6 +158,8 @@ extension Format {
     static func spokenDuration(_ seconds: Double) -> String {
         guard seconds.isFinite && seconds >= 0 else { return "–" }
         if seconds < 60 { return label(seconds) + " s" }
+        // Beyond Int's range only a damaged metrics file goes; it still gets a number, in hours.
+        if seconds >= 1e15 { return label(seconds / 3600) + " h" }
         let total = Int(seconds.rounded())
         if total < 3600 { return "\(total / 60) min \(total % 60) s" }
         return "\(total / 3600) h \((total % 3600) / 60) min"

@@ -129,8 +129,10 @@ public enum MetricsRecord: Equatable, Sendable {
 
 /// A metrics file could not be written or read back; the message names the file and line.
 public struct MetricsError: Error, CustomStringConvertible, Sendable {
-    /// The whole message, ready to print.
+    /// The whole message, ready to print: one line (control characters escaped).
     public let description: String
+
+    public init(description: String) { self.description = description.oneLine }
 }
 
 /// Appends metrics records to `DIR/metrics.jsonl` and `DIR/metrics.csv`.

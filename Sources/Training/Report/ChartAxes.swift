@@ -15,9 +15,11 @@ struct ChartAxis {
 
     /// An axis covering `values`: for linear axes, widened to "nice" tick multiples (and to 0 when
     /// `includeZero`); for log axes, to the data's range with ticks at 1-2-5-style mantissas.
-    /// Non-finite values (and, on a log axis, values ≤ 0) are ignored. Nil when nothing remains.
+    /// Non-finite values, values beyond ±10³⁰ (and, on a log axis, values below 10⁻³⁰) are ignored:
+    /// no run logs them, and a damaged metrics.jsonl holding 1e308 would otherwise overflow the
+    /// axis arithmetic (issue 13's fuzz test). Nil when nothing remains.
     init?(values: [Double], logarithmic: Bool, includeZero: Bool = false, targetTicks: Int = 6) {
-        let usable = values.filter { $0.isFinite && (!logarithmic || $0 > 0) }
+        let usable = values.filter { $0.isFinite && Swift.abs($0) <= 1e30 && (!logarithmic || $0 >= 1e-30) }
         guard var low = usable.min(), var high = usable.max() else { return nil }
         self.logarithmic = logarithmic
         if logarithmic {
@@ -59,7 +61,7 @@ struct ChartAxis {
             high = (high / step).rounded(.up) * step
             self.lower = low
             self.upper = high
-            let count = Int(((high - low) / step).rounded()) + 1
+            let count = min(Int(((high - low) / step).rounded()), 4 * targetTicks) + 1
             self.ticks = (0..<count).map { low + Double($0) * step }
         }
     }

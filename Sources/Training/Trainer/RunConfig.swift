@@ -226,5 +226,6 @@ public struct RunConfig: Equatable, Sendable {
 /// A run configuration that cannot run; the message names the setting (as its flag) and the fix.
 public struct RunConfigError: Error, CustomStringConvertible, Sendable, Equatable {
     public let description: String
-    public init(_ description: String) { self.description = description }
+    /// `description` with its control characters escaped (``Swift/String/oneLine``): always one line.
+    public init(_ description: String) { self.description = description.oneLine }
 }

@@ -6,6 +6,10 @@ extension RunConfig {
     /// Checks every setting, throwing a `RunConfigError` that names it by its flag and says what to
     /// change. Nothing about the machine is checked here (see `resolveDevice()`), so a config can be
     /// validated anywhere.
+    /// The largest value of a size setting (width, heads, window, batch, experts): 2³¹ − 1, so the
+    /// product of two sizes stays far inside `Int`.
+    public static let maximumSize = Int(Int32.max)
+
     public func validate() throws {
         func fail(_ key: String, _ message: String) -> RunConfigError {
             RunConfigError("\(RunConfig.flag(key)) \(message)")
@@ -13,12 +17,24 @@ extension RunConfig {
         guard RunConfig.presetNames.contains(preset) else {
             throw fail("preset", "'\(preset)' is not one of \(RunConfig.presetNames.joined(separator: ", "))")
         }
+        // Sizes first: the checks and estimates below multiply them as Int (d-model's default MLP
+        // width is 4 · d-model), and a value read from a damaged file can be near Int.max.
+        let sizes: [(String, Int?)] = [("layers", layers), ("d_model", dModel), ("heads", heads), ("seq_len", seqLen),
+                                       ("mlp_hidden", mlpHidden), ("batch_size", batchSize), ("experts", experts),
+                                       ("top_k", topK), ("expert_hidden", expertHidden), ("moe_every", moeEvery),
+                                       ("shared_experts", sharedExperts)]
+        for (key, value) in sizes {
+            if let value, value > RunConfig.maximumSize {
+                throw fail(key, "is \(value); sizes go up to \(Format.count(RunConfig.maximumSize)) (and far smaller ones "
+                    + "are refused by the memory estimate); use a smaller value")
+            }
+        }
         // Model shape.
         guard layers >= 1 else { throw fail("layers", "is \(layers); the model needs at least 1 Transformer block") }
         guard dModel >= 1 else { throw fail("d_model", "is \(dModel); the model width must be at least 1") }
         guard heads >= 1 else { throw fail("heads", "is \(heads); attention needs at least 1 head") }
         guard dModel % heads == 0 else {
-            let divisors = (1...dModel).filter { dModel % $0 == 0 }.prefix(8).map(String.init).joined(separator: ", ")
+            let divisors = GPT.smallestDivisors(of: dModel).map(String.init).joined(separator: ", ")
             throw fail("heads", "(\(heads)) must divide --d-model (\(dModel)) so every head gets d-model / heads channels; "
                 + "use a divisor of \(dModel) (\(divisors), …)")
         }

@@ -12,7 +12,8 @@ import Tensors
 /// diverged loss); the message says what to do.
 public struct TrainingError: Error, CustomStringConvertible, Sendable, Equatable {
     public let description: String
-    public init(_ description: String) { self.description = description }
+    /// `description` with its control characters escaped (``Swift/String/oneLine``): always one line.
+    public init(_ description: String) { self.description = description.oneLine }
 }
 
 /// Trains the GPT (optionally MoE) model of a `RunConfig`: AdamW with warm-up and cosine decay,

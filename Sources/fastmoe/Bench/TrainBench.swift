@@ -43,7 +43,9 @@ struct TrainBench: ParsableCommand {
         try config.validate()
         let dev = try config.resolveDevice()
         // The bench's corpus is sized below; its evaluation batches are none.
-        let corpusBytes = max(1 << 18, 4 * config.batchSize * (config.seqLen + 1))
+        // In Double: a large batch times a large window overflows Int (the estimate then refuses it).
+        let wanted = 4 * Double(config.batchSize) * (Double(config.seqLen) + 1)
+        let corpusBytes = wanted < Double(1 << 52) ? max(1 << 18, Int(wanted)) : 1 << 52
         try MemoryEstimate(config, purpose: .training, dataBytes: corpusBytes, evalBatches: 0).check(on: dev)
         // tf32: every float32 GEMM of this process's main thread (the steps and the ceiling) on TF32 tensor cores.
         Backends.threadAllowsTF32 = config.usesTF32
