@@ -31,7 +31,7 @@ let package = Package(
         .testTarget(name: "MoETests", dependencies: ["MoE", "Distributed", "TestSupport"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Distributed"]),
         // Every `///` example of MoE and NN, compiled (and kept in sync by a test).
-        .testTarget(name: "DocExampleTests", dependencies: ["MoE", "NN", "Tensors", "Distributed"]),
+        .testTarget(name: "DocExampleTests", dependencies: ["MoE", "NN", "Tensors", "Distributed", "TestSupport"]),
         .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TestSupport"]),
     ],
     // Swift 6 tools, Swift 5 language mode: the engine shares reference-counted tensors across

@@ -89,22 +89,7 @@ struct DataParallelLaunchTests {
     /// Runs the fastmoe binary (at most 240 s) with its own TMPDIR: two mpiruns sharing Open MPI's
     /// session directory fail.
     func run(_ arguments: [String], in dir: TemporaryFolder) throws -> (Int32, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: LauncherProcessTests.fastmoeBinary!)
-        process.arguments = arguments
-        var environment = ProcessInfo.processInfo.environment
-        environment["TMPDIR"] = dir.path
-        process.environment = environment
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let watchdog = DispatchWorkItem { if process.isRunning { process.terminate() } }
-        DispatchQueue.global().asyncAfter(deadline: .now() + 240, execute: watchdog)
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        watchdog.cancel()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        try runChild(LauncherProcessTests.fastmoeBinary!, arguments, temporary: dir.path, timeout: 240)
     }
 }
 

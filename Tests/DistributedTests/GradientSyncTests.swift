@@ -166,27 +166,15 @@ struct GradientSyncTests {
 }
 
 /// Forwards to a group and logs the collectives started, with notes of the caller's in between.
-final class RecordingGroup: ProcessGroup, @unchecked Sendable {
+final class RecordingGroup: ForwardingGroup, @unchecked Sendable {
     let inner: any ProcessGroup
     let log = Mutex<[String]>([])
     init(_ inner: any ProcessGroup) { self.inner = inner }
     func note(_ s: String) { log.withLock { $0.append(s) } }
 
-    var rank: Int { inner.rank }
-    var size: Int { inner.size }
-    var name: String { inner.name }
-    var device: Device { inner.device }
     func allReduce(_ tensor: Tensor, _ op: ReduceOperation) { note("allReduce"); inner.allReduce(tensor, op) }
     func allReduceAsync(_ tensor: Tensor, _ op: ReduceOperation) -> any CollectiveWork {
         note("allReduceAsync")
         return inner.allReduceAsync(tensor, op)
     }
-    func broadcast(_ tensor: Tensor, root: Int) { inner.broadcast(tensor, root: root) }
-    func allGather(_ tensor: Tensor) -> Tensor { inner.allGather(tensor) }
-    func reduceScatter(_ tensor: Tensor, _ op: ReduceOperation) -> Tensor { inner.reduceScatter(tensor, op) }
-    func allToAll(_ rows: Tensor, sendCounts: [Int], receiveCounts: [Int]) -> Tensor {
-        inner.allToAll(rows, sendCounts: sendCounts, receiveCounts: receiveCounts)
-    }
-    func barrier() { inner.barrier() }
-    func split(color: Int, key: Int) -> any ProcessGroup { inner.split(color: color, key: key) }
 }

@@ -149,25 +149,12 @@ import Tensors
 }
 
 /// A group whose all-reduce is off by one: the self-check must notice.
-final class OffByOneGroup: ProcessGroup, @unchecked Sendable {
+final class OffByOneGroup: ForwardingGroup, @unchecked Sendable {
     let inner: any ProcessGroup
     init(_ inner: any ProcessGroup) { self.inner = inner }
-    var rank: Int { inner.rank }
-    var size: Int { inner.size }
-    var name: String { inner.name }
-    var device: Device { inner.device }
     func allReduce(_ tensor: Tensor, _ op: ReduceOperation) {
         inner.allReduce(tensor, op)
         let shifted = Tensor(tensor.scalars().map { $0 + 1 }, shape: tensor.shape, dtype: tensor.dtype)
         pointer(tensor).copyMemory(from: pointer(shifted), byteCount: tensor.byteCount)
     }
-    func allReduceAsync(_ tensor: Tensor, _ op: ReduceOperation) -> any CollectiveWork { inner.allReduceAsync(tensor, op) }
-    func broadcast(_ tensor: Tensor, root: Int) { inner.broadcast(tensor, root: root) }
-    func allGather(_ tensor: Tensor) -> Tensor { inner.allGather(tensor) }
-    func reduceScatter(_ tensor: Tensor, _ op: ReduceOperation) -> Tensor { inner.reduceScatter(tensor, op) }
-    func allToAll(_ rows: Tensor, sendCounts: [Int], receiveCounts: [Int]) -> Tensor {
-        inner.allToAll(rows, sendCounts: sendCounts, receiveCounts: receiveCounts)
-    }
-    func barrier() { inner.barrier() }
-    func split(color: Int, key: Int) -> any ProcessGroup { inner.split(color: color, key: key) }
 }

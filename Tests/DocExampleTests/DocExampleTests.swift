@@ -1,10 +1,8 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Distributed
 import MoE
 import NN
 import Tensors
+import TestSupport
 import Testing
 
 // Every `///` example of the MoE and NN targets, compiled here with what it needs around it, and a
@@ -293,7 +291,7 @@ struct DocExampleTests {
         var out: [(String, [String])] = []
         for file in swiftFiles(under: root + "/Sources/" + target) {
             var block: [String]?
-            for line in try readLines(file) {
+            for line in try lines(of: file) {
                 let t = line.trimmingSpaces
                 guard t.hasPrefix("///") else { block = nil; continue }
                 let body = String(t.dropFirst(3)).trimmingSpaces
@@ -309,7 +307,7 @@ struct DocExampleTests {
 
     @Test(arguments: ["MoE", "NN"])
     func everyExampleIsCompiledHere(_ target: String) throws {
-        let here = Set(try readLines(#filePath).map(\.trimmingSpaces))
+        let here = Set(try lines(of: #filePath).map(\.trimmingSpaces))
         let found = try Self.examples(in: target)
         #expect(found.count >= 10, "only \(found.count) examples found under Sources/\(target)")
         for (file, lines) in found {
@@ -328,27 +326,9 @@ struct DocExampleTests {
     }
 }
 
-// Plain file reading, enough for the test (no Foundation).
-private func readLines(_ path: String) throws -> [String] {
-    guard let f = fopen(path, "r") else { throw ExampleFileError(path: path) }
-    defer { fclose(f) }
-    var lines: [String] = [], buffer: UnsafeMutablePointer<CChar>? = nil, size = 0
-    while getline(&buffer, &size, f) != -1 { lines.append(String(cString: buffer!).trimmingTrailingNewline) }
-    free(buffer)
-    return lines
-}
-
-private func swiftFiles(under directory: String) -> [String] {
-    guard let dir = opendir(directory) else { return [] }
-    defer { closedir(dir) }
-    var out: [String] = []
-    while let entry = readdir(dir) {
-        let name = withUnsafePointer(to: entry.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
-        if name.hasPrefix(".") { continue }
-        let path = directory + "/" + name
-        if name.hasSuffix(".swift") { out.append(path) } else if entry.pointee.d_type == UInt8(DT_DIR) { out += swiftFiles(under: path) }
-    }
-    return out.sorted()
+private func lines(of path: String) throws -> [String] {
+    guard let text = readText(path) else { throw ExampleFileError(path: path) }
+    return text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
 }
 
 private struct ExampleFileError: Error { let path: String }
@@ -360,11 +340,4 @@ private extension String {
         while s.last == " " { s.removeLast() }
         return String(s)
     }
-    var trimmingTrailingNewline: String { hasSuffix("\n") ? String(dropLast()) : self }
-}
-
-/// The package's root: the part of this file's path before `/Tests/`.
-private func packageRoot(_ file: String) -> String {
-    let parts = file.split(separator: "/", omittingEmptySubsequences: false)
-    return parts.prefix(while: { $0 != "Tests" }).joined(separator: "/")
 }

@@ -1,6 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#endif
+import TestSupport
 import Testing
 @testable import MoE
 import NN
@@ -58,8 +56,8 @@ struct RandomStateTests {
     @Test func noModuleStoresABareGenerator() throws {
         let root = packageRoot(#filePath) + "/Sources"
         var offenders: [String] = []
-        for file in sourceFiles(root) where !file.hasSuffix("/RandomSource.swift") {   // the box itself
-            let text = try contents(file)
+        for file in swiftFiles(under: root) where !file.hasSuffix("/RandomSource.swift") {   // the box itself
+            let text = try #require(readText(file), "cannot read \(file)")
             guard text.contains(": Module") else { continue }
             for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
                 let t = line.drop { $0 == " " }
@@ -70,35 +68,4 @@ struct RandomStateTests {
         }
         #expect(offenders.isEmpty, "store a RandomSource instead: \(offenders)")
     }
-
-    private func sourceFiles(_ directory: String) -> [String] {
-        guard let dir = opendir(directory) else { return [] }
-        defer { closedir(dir) }
-        var out: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafePointer(to: entry.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
-            if name.hasPrefix(".") { continue }
-            let path = directory + "/" + name
-            if name.hasSuffix(".swift") { out.append(path) } else if entry.pointee.d_type == UInt8(DT_DIR) { out += sourceFiles(path) }
-        }
-        return out
-    }
-
-    private func contents(_ path: String) throws -> String {
-        guard let f = fopen(path, "r") else { throw RandomStateError("cannot open \(path)") }
-        defer { fclose(f) }
-        var bytes: [UInt8] = [], buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = fread(&buffer, 1, buffer.count, f)
-            if n == 0 { break }
-            bytes += buffer[0..<n]
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }
-}
-
-/// The package's root: the part of this file's path before `/Tests/`.
-private func packageRoot(_ file: String) -> String {
-    let parts = file.split(separator: "/", omittingEmptySubsequences: false)
-    return parts.prefix(while: { $0 != "Tests" }).joined(separator: "/")
 }
