@@ -29,7 +29,7 @@ let package = Package(
         .testTarget(name: "TensorsTests", dependencies: ["Tensors", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "TestSupport"]),
         .testTarget(name: "MoETests", dependencies: ["MoE", "Distributed", "TestSupport"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Distributed"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Distributed", "TestSupport"]),
         // Every `///` example of MoE and NN, compiled (and kept in sync by a test).
         .testTarget(name: "DocExampleTests", dependencies: ["MoE", "NN", "Tensors", "Distributed", "TestSupport"]),
         .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TestSupport"]),

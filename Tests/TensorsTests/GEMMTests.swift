@@ -73,21 +73,6 @@ extension Double: GEMMTestScalar {
     }
 }
 
-/// SplitMix64: reproducible inputs without depending on the library's generator.
-struct TestRandom {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    mutating func uniform() -> Double { Double(next() >> 11) * 0x1p-52 - 1 }
-    mutating func values(_ count: Int) -> [Double] { (0..<count).map { _ in uniform() } }
-}
-
 /// One GEMM problem, its operands stored with `pad` extra elements at the end of every row so that
 /// strides exceed the logical widths when asked.
 struct GEMMCase: Sendable, CustomTestStringConvertible {
@@ -138,7 +123,7 @@ let padSentinel = 12345.0
 
 /// Runs `problem` in `T` and checks every element of C (padding included) against the reference.
 func checkGEMM<T: GEMMTestScalar>(_ problem: GEMMCase, as _: T.Type, seed: UInt64 = 1, poisonC: Bool = false) {
-    var random = TestRandom(state: seed)
+    var random = SplitMix64(state: seed)
     // Round the inputs to T first, so the reference multiplies exactly what the GEMM sees.
     let a = random.values(problem.aRows * problem.lda).map { Double(T($0)) }
     let b = random.values(problem.bRows * problem.ldb).map { Double(T($0)) }
@@ -290,7 +275,7 @@ func checkBatched<T: GEMMTestScalar>(_ setup: BatchedCase, as _: T.Type) {
     let sizeA = problem.aRows * problem.lda + 4, sizeB = problem.bRows * problem.ldb + 4
     let sizeC = problem.m * problem.ldc + 4
     let strideA = broadcastA ? 0 : sizeA, strideB = broadcastB ? 0 : sizeB
-    var random = TestRandom(state: 8)
+    var random = SplitMix64(state: 8)
     let a = random.values(broadcastA ? sizeA : sizeA * batch).map { Double(T($0)) }
     let b = random.values(broadcastB ? sizeB : sizeB * batch).map { Double(T($0)) }
     var c0 = random.values(sizeC * batch).map { Double(T($0)) }

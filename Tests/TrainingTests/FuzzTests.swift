@@ -5,6 +5,7 @@ import Darwin
 #endif
 import NN
 import Tensors
+import TestSupport
 import Testing
 @testable import Training
 
@@ -21,18 +22,6 @@ import Testing
     /// 160 mutations per file; `FASTMOE_FUZZ_CASES=N` explores more (by hand, not in the suite).
     static let casesPerFile = getenv("FASTMOE_FUZZ_CASES").flatMap { Int(String(cString: $0)) } ?? 160
 
-    /// SplitMix64: a small generator whose sequence is fixed by its seed on every platform.
-    struct SeededGenerator: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     enum Mutation: CaseIterable {
         case truncate, flipBytes, insertBytes, insertTokens, empty, hugeNumber, deepNesting, invalidUTF8, byteOrderMark, several
     }
@@ -48,7 +37,7 @@ import Testing
 
     /// `seed` changed by `mutation`. `lengthPrefixed` files (safetensors) keep a consistent 8-byte
     /// header length half of the time, so the mutated header reaches the JSON and shape checks.
-    static func mutate(_ seed: [UInt8], _ mutation: Mutation, lengthPrefixed: Bool, using g: inout SeededGenerator) -> [UInt8] {
+    static func mutate(_ seed: [UInt8], _ mutation: Mutation, lengthPrefixed: Bool, using g: inout TestSupport.SplitMix64) -> [UInt8] {
         if lengthPrefixed && seed.count >= 8 && mutation != .empty && mutation != .truncate && Bool.random(using: &g) {
             // Mutate only the header, then rewrite its length.
             let length = Int(seed[0..<8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
@@ -148,7 +137,7 @@ import Testing
     /// how many cases succeeded and how many threw (each checked for a one-line message).
     static func fuzz(_ target: Target, in dir: TemporaryDirectory, seed: UInt64, count: Int,
                      regressions: [[UInt8]] = []) -> (passed: Int, refused: Int) {
-        var g = SeededGenerator(state: seed)
+        var g = TestSupport.SplitMix64(state: seed)
         let path = dir.file(target.file)
         let trace = getenv("FASTMOE_FUZZ_TRACE").map { String(cString: $0) + "/" + target.file }
         var passed = 0, refused = 0
