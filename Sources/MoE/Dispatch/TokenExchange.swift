@@ -24,7 +24,8 @@ public struct ExchangeLayout: Sendable, Equatable {
         return receivedPerExpert.dropFirst().reduce(first) { zip($0, $1).map(+) }
     }
 
-    /// The same layout seen from the other side: what the mirror exchange sends and receives.
+    /// Rows this rank sends (its kept slots) and receives (its experts' rows, `S`); the mirror
+    /// exchange of `combine` moves them the other way.
     public var rowsSent: Int { sendCounts.reduce(0, +) }
     public var rowsReceived: Int { receiveCounts.reduce(0, +) }
 }
