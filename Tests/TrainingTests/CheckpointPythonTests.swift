@@ -28,14 +28,16 @@ struct CheckpointPythonTests {
         let parsed = try JSONSerialization.jsonObject(with: Data(output.utf8)) as! [String: Any]
         let tensors = parsed["tensors"] as! [String: [String: Any]]
         #expect((parsed["metadata"] as? [String: String])?["format"] == "pt")
-        let parameters = model.namedParameters()
-        #expect(Set(tensors.keys) == Set(parameters.map(\.name)))
+        // Parameters and buffers (the routing bias of --balance bias), all float32 here.
+        let saved = model.namedParameters().map { ($0.name, $0.parameter.value) } + model.namedBuffers().map { ($0.name, $0.buffer.value) }
+        #expect(Set(tensors.keys) == Set(saved.map(\.0)))
         #expect(tensors["blocks.1.mlp.experts.fc1.weight"] != nil && tensors["blocks.0.attn.qkv.weight"] != nil)
-        for (name, p) in parameters {
+        #expect(tensors["blocks.0.mlp.gate.expertBias"] != nil)
+        for (name, value) in saved {
             let t = try #require(tensors[name])
-            let values = p.value.scalars()
+            let values = value.scalars()
             #expect(t["dtype"] as? String == "float32")
-            #expect(t["shape"] as? [Int] == p.shape, "\(name)")
+            #expect(t["shape"] as? [Int] == value.shape, "\(name)")
             #expect((t["first"] as! [NSNumber]).map { Float($0.doubleValue) } == Array(values.prefix(3)), "\(name)")
             let sum = values.reduce(0.0) { $0 + Double($1) }
             #expect(abs((t["sum"] as! NSNumber).doubleValue - sum) <= 1e-9 * max(1, abs(sum)), "\(name)")
