@@ -157,13 +157,7 @@ public final class NCCLProcessGroup: ProcessGroup, @unchecked Sendable {
     public func allToAll(_ rows: Tensor, sendCounts: [Int], receiveCounts: [Int]) -> Tensor {
         let operation = "allToAll(\(describe(rows)), send \(sendCounts), receive \(receiveCounts))"
         let type = check(rows, operation)
-        guarantee(rows.rank == 2, "\(operation): needs a 2-D tensor of rows, got shape \(rows.shape) on \(identity)")
-        guarantee(sendCounts.count == size && receiveCounts.count == size,
-                  "\(operation): needs one send and one receive count per rank (\(size)) on \(identity)")
-        guarantee(sendCounts.allSatisfy { $0 >= 0 } && receiveCounts.allSatisfy { $0 >= 0 },
-                  "\(operation): counts must not be negative on \(identity)")
-        guarantee(sendCounts.reduce(0, +) == rows.shape[0],
-                  "\(operation): send counts add up to \(sendCounts.reduce(0, +)) rows but the tensor has \(rows.shape[0]) on \(identity)")
+        AllToAllCounts.check(rows: rows, sendCounts: sendCounts, receiveCounts: receiveCounts, rank: rank, size: size, group: name)
         let width = rows.shape[1]
         let output = Tensor.empty([receiveCounts.reduce(0, +), width], dtype: rows.dtype, device: device)
         let rowBytes = UInt64(width * rows.dtype.byteSize)
