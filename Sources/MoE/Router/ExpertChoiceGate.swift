@@ -67,31 +67,27 @@ public final class ExpertChoiceGate: Module, Gate, @unchecked Sendable {
         let host = s.doubles()
         let c = capacity(tokens: t)
         var chosen = [Double](repeating: -1, count: t * n)
-        var order = [Int](repeating: 0, count: t)
         for e in 0..<n {
-            for i in 0..<t { order[i] = i }
-            order.sort { a, b in
-                let va = host[a * n + e], vb = host[b * n + e]
-                return va != vb ? va > vb : a < b
-            }
-            for i in 0..<c { chosen[order[i] * n + e] = 1 }
+            for token in Self.largest(c, of: t, { host[$0 * n + e] }) { chosen[token * n + e] = 1 }
         }
         // The evaluation routing of the same scores: per token, the k largest (ties to the lower expert).
         let k = topK
         var missed = 0
-        var experts = [Int](repeating: 0, count: n)
         for token in 0..<t {
-            for e in 0..<n { experts[e] = e }
-            experts.sort { a, b in
-                let va = host[token * n + a], vb = host[token * n + b]
-                return va != vb ? va > vb : a < b
-            }
-            for e in experts.prefix(k) where chosen[token * n + e] < 0 { missed += 1 }
+            for e in Self.largest(k, of: n, { host[token * n + $0] }) where chosen[token * n + e] < 0 { missed += 1 }
         }
         let table = Tensor((0..<(t * n)).map { Int32($0 % n) }, shape: [t, n], device: device)
         let mask = Tensor(chosen, shape: [t, n], dtype: s.dtype, device: device)
         let plan = routingPlan(table, expertCount: n, slotMask: mask)
         return GateOutput(expert: plan.keptExpert, score: s, zLoss: zLoss, plan: plan, probabilities: s,
                           routingDisagreement: t == 0 ? 0 : Double(missed) / Double(t * k))
+    }
+
+    /// The `count` indices of `0..<n` with the largest `value`, largest first, ties to the lower index.
+    private static func largest(_ count: Int, of n: Int, _ value: (Int) -> Double) -> ArraySlice<Int> {
+        Array(0..<n).sorted { a, b in
+            let va = value(a), vb = value(b)
+            return va != vb ? va > vb : a < b
+        }.prefix(count)
     }
 }
