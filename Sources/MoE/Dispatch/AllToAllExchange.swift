@@ -1,4 +1,5 @@
 import Distributed
+import Synchronization
 import Tensors
 
 // Notation: N experts in all, E experts on this rank, W ranks of the expert-parallel group
@@ -24,6 +25,9 @@ import Tensors
 public final class AllToAllExchange: TokenExchange, @unchecked Sendable {
     public let group: any ProcessGroup
     public let localExpertCount: Int
+    /// The row orders of the last layout: `combine` reuses what `dispatch` built for the same
+    /// forward (a host loop over the rows and two uploads) instead of building them again.
+    private let lastOrder = Mutex<(layout: ExchangeLayout, order: ExpertMajorOrder)?>(nil)
     public var rankCount: Int { group.size }
 
     public init(group: any ProcessGroup, localExpertCount: Int) {
@@ -41,14 +45,23 @@ public final class AllToAllExchange: TokenExchange, @unchecked Sendable {
 
     public func dispatch(_ rows: Tensor, _ layout: ExchangeLayout) -> Tensor {
         let arrived = exchangeRows(rows, send: layout.sendCounts, receive: layout.receiveCounts)
-        let order = ExpertMajorOrder(layout, device: rows.device)
+        let order = self.order(for: layout, device: rows.device)
         return permuteRows(arrived, order: order.expertMajor, inverse: order.peerMajor)
     }
 
     public func combine(_ rows: Tensor, _ layout: ExchangeLayout) -> Tensor {
-        let order = ExpertMajorOrder(layout, device: rows.device)
+        let order = self.order(for: layout, device: rows.device)
         let peerMajor = permuteRows(rows, order: order.peerMajor, inverse: order.expertMajor)
         return exchangeRows(peerMajor, send: layout.receiveCounts, receive: layout.sendCounts)
+    }
+
+    private func order(for layout: ExchangeLayout, device: Device) -> ExpertMajorOrder {
+        lastOrder.withLock { last in
+            if let last, last.layout == layout, last.order.expertMajor.device == device { return last.order }
+            let order = ExpertMajorOrder(layout, device: device)
+            last = (layout, order)
+            return order
+        }
     }
 
     /// The all-to-all-v as a differentiable op: the gradient travels back by the swapped counts.
