@@ -58,6 +58,7 @@ public final class CUDADevice: @unchecked Sendable {
 
     private let lock = Lock()
     private var blasHandle: CUBLAS?
+    private var lanes: GemmLanes?
     private var kernelCompiler: KernelCompiler?
 
     init(index: Int, driver: Driver) throws {
@@ -125,6 +126,16 @@ public final class CUDADevice: @unchecked Sendable {
             let handle = try CUBLAS(device: self, stream: stream)
             blasHandle = handle
             return handle
+        }
+    }
+
+    /// This device's side streams for independent GEMMs; created on first use.
+    public func gemmLanes() throws -> GemmLanes {
+        try lock.withLock {
+            if let lanes { return lanes }
+            let made = try GemmLanes(device: self)
+            lanes = made
+            return made
         }
     }
 

@@ -102,9 +102,10 @@ struct CUDARoutingTests {
 
     static let groupSizes: [[Int]] = [[5, 0, 17, 3, 0], [0, 0, 40], [8, 8, 8, 8], [1, 2, 0, 3, 4, 5, 6, 0, 7, 8], [33]]
 
-    /// Output and the gradients of x, weight and bias of `groupedLinear` on `device` in `dtype`.
-    func groupedLinearRun(_ sizes: [Int], on device: Device, dtype: DType, rounded: Bool) -> [[Double]] {
-        let e = sizes.count, rows = sizes.reduce(0, +), inW = 24, outW = 40
+    /// Output and the gradients of x, weight and bias of `groupedLinear` on `device` in `dtype`. Output
+    /// width 40 takes the 16-byte vector path of the bias kernel, 21 the element one.
+    func groupedLinearRun(_ sizes: [Int], on device: Device, dtype: DType, rounded: Bool, outW: Int = 40) -> [[Double]] {
+        let e = sizes.count, rows = sizes.reduce(0, +), inW = 24
         var g = RandomGenerator(seed: UInt64(rows * 7 + e))
         func input(_ shape: [Int], std: Double = 1) -> Tensor {
             let t = Tensor.randomNormal(shape, std: std, generator: &g)
@@ -126,37 +127,41 @@ struct CUDARoutingTests {
 
     static let names = ["output", "input gradient", "weight gradient", "bias gradient"]
 
-    @Test(arguments: [true, false])
-    func groupedLinearFloat32MatchesCPU(groupedGemm: Bool) {
+    @Test(arguments: [GroupedGemmStrategy.grouped, .serial, .lanes])
+    func groupedLinearFloat32MatchesCPU(groupedGemm: GroupedGemmStrategy) {
         CUDABackend.poisonAllocations = true
-        CUDABackend.usesGroupedGemm = groupedGemm
-        defer { CUDABackend.poisonAllocations = false; CUDABackend.usesGroupedGemm = true }
+        CUDABackend.groupedGemmStrategy = groupedGemm
+        defer { CUDABackend.poisonAllocations = false; CUDABackend.groupedGemmStrategy = .automatic }
         for sizes in Self.groupSizes {
-            let cpu = groupedLinearRun(sizes, on: .cpu, dtype: .float32, rounded: false)
-            let cuda = groupedLinearRun(sizes, on: gpu, dtype: .float32, rounded: false)
+          for outW in [40, 21] {
+            let cpu = groupedLinearRun(sizes, on: .cpu, dtype: .float32, rounded: false, outW: outW)
+            let cuda = groupedLinearRun(sizes, on: gpu, dtype: .float32, rounded: false, outW: outW)
             for (i, (c, r)) in zip(cuda, cpu).enumerated() {
                 let e = relativeError(c, r)
-                #expect(e <= 1e-4, "sizes \(sizes) grouped=\(groupedGemm): \(Self.names[i]) relative error \(e)")
+                #expect(e <= 1e-4, "sizes \(sizes) width \(outW) \(groupedGemm.name): \(Self.names[i]) relative error \(e)")
             }
             // An empty expert's weight gradient is exactly zero (not left as poison).
-            let perExpert = 40 * 24
+            let perExpert = outW * 24
             for (ex, n) in sizes.enumerated() where n == 0 {
                 #expect(cuda[2][(ex * perExpert)..<((ex + 1) * perExpert)].allSatisfy { $0 == 0 }, "sizes \(sizes): expert \(ex)")
             }
+          }
         }
     }
 
-    @Test(arguments: [true, false])
-    func groupedLinearBFloat16MatchesCPUFloat32(groupedGemm: Bool) {
+    @Test(arguments: [GroupedGemmStrategy.grouped, .serial, .lanes])
+    func groupedLinearBFloat16MatchesCPUFloat32(groupedGemm: GroupedGemmStrategy) {
         CUDABackend.poisonAllocations = true
-        CUDABackend.usesGroupedGemm = groupedGemm
-        defer { CUDABackend.poisonAllocations = false; CUDABackend.usesGroupedGemm = true }
+        CUDABackend.groupedGemmStrategy = groupedGemm
+        defer { CUDABackend.poisonAllocations = false; CUDABackend.groupedGemmStrategy = .automatic }
         for sizes in Self.groupSizes {
-            let cpu = groupedLinearRun(sizes, on: .cpu, dtype: .float32, rounded: true)
-            let cuda = groupedLinearRun(sizes, on: gpu, dtype: .bfloat16, rounded: true)
-            for (i, (c, r)) in zip(cuda, cpu).enumerated() {
-                let e = relativeError(c, r)
-                #expect(e <= 2e-2, "sizes \(sizes) grouped=\(groupedGemm) bf16: \(Self.names[i]) relative error \(e)")
+            for outW in [40, 21] {
+                let cpu = groupedLinearRun(sizes, on: .cpu, dtype: .float32, rounded: true, outW: outW)
+                let cuda = groupedLinearRun(sizes, on: gpu, dtype: .bfloat16, rounded: true, outW: outW)
+                for (i, (c, r)) in zip(cuda, cpu).enumerated() {
+                    let e = relativeError(c, r)
+                    #expect(e <= 2e-2, "sizes \(sizes) width \(outW) \(groupedGemm.name) bf16: \(Self.names[i]) relative error \(e)")
+                }
             }
         }
     }
@@ -173,8 +178,8 @@ struct CUDARoutingTests {
     // MARK: Permute and unpermute
 
     /// Permute, then unpermute with the scores, and the gradients of `x` and `score`, on `device`.
-    func permuteRun(_ table: RoutingTable, capacity: Int?, on device: Device, dtype: DType) -> [[Double]] {
-        let d = 40
+    /// Width 40 takes the 16-byte vector paths of the row kernels, 13 the element ones.
+    func permuteRun(_ table: RoutingTable, capacity: Int?, on device: Device, dtype: DType, d: Int = 40) -> [[Double]] {
         let (expertValues, _) = table.values(seed: UInt64(table.tokens + table.k))
         var g = RandomGenerator(seed: UInt64(table.tokens * 3 + table.k))
         func input(_ shape: [Int]) -> Tensor {
@@ -196,14 +201,17 @@ struct CUDARoutingTests {
         CUDABackend.poisonAllocations = true
         defer { CUDABackend.poisonAllocations = false }
         let table = RoutingTable(tokens: 333, k: k, experts: 9, skew: 0.4, unrouted: 0.1)
-        let cpu = permuteRun(table, capacity: capacity, on: .cpu, dtype: .float32)
-        for dtype in [DType.float32, .bfloat16] {
-            let first = permuteRun(table, capacity: capacity, on: gpu, dtype: dtype)
-            let second = permuteRun(table, capacity: capacity, on: gpu, dtype: dtype)
-            for (i, name) in ["output", "x gradient", "score gradient"].enumerated() {
-                let e = relativeError(first[i], cpu[i])
-                #expect(e <= (dtype == .float32 ? 1e-5 : 2e-2), "k=\(k) C=\(String(describing: capacity)) \(dtype): \(name) relative error \(e)")
-                #expect(first[i] == second[i], "k=\(k) C=\(String(describing: capacity)) \(dtype): \(name) differs between two runs")
+        for d in [40, 13] {
+            let cpu = permuteRun(table, capacity: capacity, on: .cpu, dtype: .float32, d: d)
+            for dtype in [DType.float32, .bfloat16] {
+                let first = permuteRun(table, capacity: capacity, on: gpu, dtype: dtype, d: d)
+                let second = permuteRun(table, capacity: capacity, on: gpu, dtype: dtype, d: d)
+                let label = "k=\(k) C=\(String(describing: capacity)) d=\(d) \(dtype)"
+                for (i, name) in ["output", "x gradient", "score gradient"].enumerated() {
+                    let e = relativeError(first[i], cpu[i])
+                    #expect(e <= (dtype == .float32 ? 1e-5 : 2e-2), "\(label): \(name) relative error \(e)")
+                    #expect(first[i] == second[i], "\(label): \(name) differs between two runs")
+                }
             }
         }
     }

@@ -82,11 +82,11 @@ struct CUDATF32Tests {
 
     /// The experts' grouped GEMMs (cuBLAS grouped call, and the per-expert loop) follow the switch,
     /// forward and backward.
-    @Test(arguments: [true, false])
-    func groupedLinearFollowsTheSwitch(groupedGemm: Bool) {
+    @Test(arguments: [GroupedGemmStrategy.grouped, .serial, .lanes])
+    func groupedLinearFollowsTheSwitch(groupedGemm: GroupedGemmStrategy) {
         CUDABackend.poisonAllocations = true
-        CUDABackend.usesGroupedGemm = groupedGemm
-        defer { CUDABackend.poisonAllocations = false; CUDABackend.usesGroupedGemm = true }
+        CUDABackend.groupedGemmStrategy = groupedGemm
+        defer { CUDABackend.poisonAllocations = false; CUDABackend.groupedGemmStrategy = .automatic }
         let sizes = [300, 0, 517, 1]
         var g = RandomGenerator(seed: 21)
         let x = Tensor.randomNormal([sizes.reduce(0, +), 768], generator: &g)
@@ -104,8 +104,8 @@ struct CUDATF32Tests {
         let tf32 = Backends.withTF32(true) { run(gpu, .float32) }
         for (i, name) in ["output", "input gradient", "weight gradient"].enumerated() {
             let e32 = relativeError(fp32[i], ref[i]), eTF32 = relativeError(tf32[i], ref[i])
-            #expect(e32 < 1e-5, "grouped=\(groupedGemm) \(name): fp32 error \(e32)")
-            #expect(eTF32 < 2e-3 && eTF32 > 20 * e32, "grouped=\(groupedGemm) \(name): tf32 error \(eTF32), fp32 \(e32)")
+            #expect(e32 < 1e-5, "\(groupedGemm.name) \(name): fp32 error \(e32)")
+            #expect(eTF32 < 2e-3 && eTF32 > 20 * e32, "\(groupedGemm.name) \(name): tf32 error \(eTF32), fp32 \(e32)")
         }
     }
 }

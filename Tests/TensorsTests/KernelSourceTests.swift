@@ -1,4 +1,5 @@
 import Testing
+@testable import CUDA
 @testable import Tensors
 #if canImport(Glibc)
 import Glibc
@@ -92,6 +93,21 @@ struct KernelSourceTests {
         }
         let unusedMovement = movement.subtracting(launched.filter(\.movementModule).map(\.name)).sorted()
         #expect(unusedMovement.isEmpty, "the movement module defines kernels no launch site uses: \(unusedMovement)")
+    }
+
+    /// Every module compiles, wherever NVRTC can be loaded without a GPU (CI installs NVIDIA's
+    /// `nvidia-cuda-nvrtc-cu12` wheel and points `FASTMOE_CUDA_LIBRARY_PATH` at it): a C++ error in a
+    /// kernel would otherwise first show on the GPU machine.
+    @Test(.enabled(if: (try? NVRTC.shared()) != nil))
+    func everyModuleCompilesWithNVRTC() throws {
+        let nvrtc = try NVRTC.shared()
+        for dtype in [nil, .float32, .float64, .bfloat16] as [DType?] {
+            let name = "fastmoe_\(dtype.map(\.rawValue) ?? "movement")"
+            #expect(throws: Never.self, "\(name)") {
+                _ = try nvrtc.compile(source: CUDABackend.moduleSource(dtype), name: name,
+                                      options: ["--gpu-architecture=sm_90", "-std=c++17", "-default-device"], wantCUBIN: false)
+            }
+        }
     }
 
     /// The scanners themselves, on text whose answer is known.
@@ -319,6 +335,10 @@ enum LaunchSite {
             let values: [String]
             if expression.hasSuffix(".dtype.byteSize") {
                 values = ["2", "4", "8"]
+            } else if expression == "moveBytes" {
+                values = ["2", "4", "8", "16"]
+            } else if expression == "Self.vectorSuffix(vector)" {
+                values = ["", "_vec"]
             } else if expression == "op.code", first.hasPrefix("\"unary_") {
                 values = UnaryOp.allCases.map { "\($0.code)" }
             } else {

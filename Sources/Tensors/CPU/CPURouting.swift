@@ -98,6 +98,41 @@ extension CPUBackend: MoEBackend {
         }
         dispatchFloat(gy.dtype, "groupedMatmulWeightGradient") { run(Float.self) } double: { run(Double.self) }
     }
+
+    public func addIndexedRows(_ table: Tensor, indices: Tensor, into out: Tensor) {
+        let cols = out.lastDimension, rows = table.rowCount
+        let idx = indices.host(Int32.self)
+        func run<T: CPUFloat>(_: T.Type) {
+            let b = table.host(T.self), o = out.host(T.self)
+            parallelFor(out.rowCount, cost: cols) { range in
+                for r in range {
+                    let k = Int(idx[r])
+                    if k < 0 { continue }
+                    guarantee(k < rows, "addIndexedRows: index \(k) outside [0, \(rows))")
+                    for c in 0..<cols { o[r * cols + c] += b[k * cols + c] }
+                }
+            }
+        }
+        dispatchFloat(out.dtype, "addIndexedRows") { run(Float.self) } double: { run(Double.self) }
+    }
+
+    public func gatheredRowDots(_ x: Tensor, indices: Tensor, _ g: Tensor, _ out: Tensor) {
+        let cols = x.lastDimension, rows = x.rowCount, k = indices.lastDimension
+        let idx = indices.host(Int32.self)
+        func run<T: CPUFloat>(_: T.Type) {
+            let a = x.host(T.self), b = g.host(T.self), o = out.host(T.self)
+            parallelFor(indices.count, cost: cols) { range in
+                for s in range {
+                    let r = Int(idx[s])
+                    guarantee(r < rows, "gatheredRowDots: index \(r) outside [0, \(rows))")
+                    var sum: T = 0
+                    if r >= 0 { for c in 0..<cols { sum += a[r * cols + c] * b[(s / k) * cols + c] } }
+                    o[s] = sum
+                }
+            }
+        }
+        dispatchFloat(x.dtype, "gatheredRowDots") { run(Float.self) } double: { run(Double.self) }
+    }
 }
 
 extension CPUGEMM {

@@ -231,9 +231,13 @@ public final class CUDABackend: Backend, @unchecked Sendable {
 
     public func copyBlock(from x: Tensor, offset: Int, stride: Int, to out: Tensor, offset outOffset: Int, stride outStride: Int, rows: Int, cols: Int) {
         guarantee(x.dtype == out.dtype, "copyBlock: \(x.dtype) into \(out.dtype)")
-        launchElementwise("copy_block_\(x.dtype.byteSize)", nil, count: rows * cols,
-                          [x.arg, .int64(Int64(offset)), .int64(Int64(stride)), out.arg, .int64(Int64(outOffset)),
-                           .int64(Int64(outStride)), .int64(Int64(rows)), .int64(Int64(cols))])
+        let size = x.dtype.byteSize
+        // In 16-byte units when every offset, stride and row length is a whole number of them.
+        let vector = Self.vectorizable(rowBytes: cols * size, x, out) && [offset, stride, outOffset, outStride].allSatisfy { $0 * size % 16 == 0 }
+        let moveBytes = vector ? 16 : size, scale = moveBytes / size
+        launchElementwise("copy_block_\(moveBytes)", nil, count: rows * cols / scale,
+                          [x.arg, .int64(Int64(offset / scale)), .int64(Int64(stride / scale)), out.arg, .int64(Int64(outOffset / scale)),
+                           .int64(Int64(outStride / scale)), .int64(Int64(rows)), .int64(Int64(cols / scale))])
     }
 
     public func transposeLastTwo(_ x: Tensor, _ out: Tensor) {
@@ -344,10 +348,21 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     // MARK: Indexing
 
     public func gatherRows(_ table: Tensor, indices: Tensor, _ out: Tensor) {
-        let cols = table.lastDimension
-        launchElementwise("gather_rows_\(table.dtype.byteSize)", nil, count: indices.count * cols,
-                          [table.arg, indices.arg, out.arg, .int64(Int64(indices.count)), .int64(Int64(cols)), .int64(Int64(table.rowCount))])
+        let rowBytes = table.lastDimension * table.dtype.byteSize
+        // By 16-byte vectors where the rows allow: the MoE permutation's gathers are bandwidth-bound.
+        let moveBytes = Self.vectorizable(rowBytes: rowBytes, table, out) ? 16 : table.dtype.byteSize, width = rowBytes / moveBytes
+        launchElementwise("gather_rows_\(moveBytes)", nil, count: indices.count * width,
+                          [table.arg, indices.arg, out.arg, .int64(Int64(indices.count)), .int64(Int64(width)), .int64(Int64(table.rowCount))])
     }
+
+    /// Whether rows of `rowBytes` in every tensor can move as 16-byte vectors: the row length and each
+    /// base address are multiples of 16 (views at an odd row offset are not).
+    static func vectorizable(rowBytes: Int, _ tensors: Tensor?...) -> Bool {
+        rowBytes % 16 == 0 && tensors.allSatisfy { ($0?.address ?? 0) % 16 == 0 }
+    }
+
+    /// The name suffix of a kernel's 16-byte vector form (`DispatchKernels`).
+    static func vectorSuffix(_ vector: Bool) -> String { vector ? "_vec" : "" }
 
     public func scatterAddRows(_ x: Tensor, indices: Tensor, _ out: Tensor) {
         let cols = x.lastDimension
@@ -365,7 +380,8 @@ public final class CUDABackend: Backend, @unchecked Sendable {
 
     public func gatherSumRows(_ x: Tensor, indices: Tensor, weights: Tensor?, _ out: Tensor) {
         let cols = x.lastDimension, k = indices.lastDimension
-        launchElementwise("gather_sum_rows", x.dtype, count: out.count,
+        let vector = Self.vectorizable(rowBytes: cols * x.dtype.byteSize, x, out)
+        launchElementwise("gather_sum_rows\(Self.vectorSuffix(vector))", x.dtype, count: vector ? out.count * x.dtype.byteSize / 16 : out.count,
                           [x.arg, indices.arg, weights.arg, out.arg, .int64(Int64(out.rowCount)), .int64(Int64(cols)),
                            .int64(Int64(k)), .int64(Int64(x.rowCount))])
     }

@@ -4,18 +4,17 @@ import Synchronization
 // The MoE primitives on CUDA: the routing plan as two stable counting sorts built from the
 // chunked rank / column scan / elementwise kernels of `RoutingKernels` (no general sort, no host loop,
 // no result that depends on the order of atomics), and grouped GEMMs as one cuBLAS grouped GEMM
-// (cuBLAS ≥ 12.5) or one cuBLAS GEMM per expert, never per token.
+// (cuBLAS ≥ 12.5) or one cuBLAS GEMM per expert (in turn, or side by side on the device's GEMM lanes),
+// never per token: `GroupedGemmStrategy` picks.
 // Every call only enqueues work: the host never waits here (the MoE layer downloads the counts once).
 
 extension CUDABackend: MoEBackend {
-    /// Whether grouped GEMMs use `cublasGemmGroupedBatchedEx` when the loaded cuBLAS has it (≥ 12.5).
-    /// When false, or with an older cuBLAS, they run as one `cublasGemmEx` per non-empty expert.
-    /// On by default; tests turn it off to cover the fallback, benchmarks to compare the two.
-    public static var usesGroupedGemm: Bool {
-        get { groupedGemmEnabled.load(ordering: .relaxed) }
-        set { groupedGemmEnabled.store(newValue, ordering: .relaxed) }
+    /// How grouped GEMMs run; `.automatic` unless a test or a benchmark pins one.
+    public static var groupedGemmStrategy: GroupedGemmStrategy {
+        get { GroupedGemmStrategy(rawValue: groupedGemmChoice.load(ordering: .relaxed)) ?? .automatic }
+        set { groupedGemmChoice.store(newValue.rawValue, ordering: .relaxed) }
     }
-    private static let groupedGemmEnabled = Atomic<Bool>(true)
+    private static let groupedGemmChoice = Atomic<Int>(GroupedGemmStrategy.automatic.rawValue)
 
     // MARK: Routing plan
 
@@ -127,6 +126,25 @@ extension CUDABackend: MoEBackend {
         enqueueGemms(problems, transA: true, transB: false, lda: outRows, ldb: inCols, ldc: inCols, types)
     }
 
+    // MARK: Row kernels of the permutation (DispatchKernels)
+
+    public func addIndexedRows(_ table: Tensor, indices: Tensor, into out: Tensor) {
+        let cols = out.lastDimension
+        let vector = Self.vectorizable(rowBytes: cols * out.dtype.byteSize, table, out)
+        launchElementwise("add_indexed_rows\(Self.vectorSuffix(vector))", out.dtype, count: vector ? out.byteCount / 16 : out.count,
+                          [table.arg, indices.arg, out.arg, .int64(Int64(out.rowCount)), .int64(Int64(cols)), .int64(Int64(table.rowCount))])
+    }
+
+    public func gatheredRowDots(_ x: Tensor, indices: Tensor, _ g: Tensor, _ out: Tensor) {
+        let slots = indices.count, cols = x.lastDimension
+        guard slots > 0 else { return }
+        let vector = Self.vectorizable(rowBytes: cols * x.dtype.byteSize, x, g)
+        // One warp per slot, eight slots a block.
+        launch(kernel("gathered_row_dots", x.dtype), grid: ((slots + 7) / 8, 1, 1), block: (256, 1, 1), stream: gpu.stream,
+               arguments: [x.arg, indices.arg, g.arg, out.arg, .int64(Int64(slots)), .int64(Int64(indices.lastDimension)),
+                           .int64(Int64(cols)), .int64(Int64(x.rowCount)), .int32(vector ? 1 : 0)])
+    }
+
     /// cuBLAS operand types for a float dtype on CUDA (float32 accumulation in both cases).
     static func gemmTypes(_ dtype: DType, _ op: String) -> GemmDataTypes {
         switch dtype {
@@ -136,19 +154,36 @@ extension CUDABackend: MoEBackend {
         }
     }
 
-    /// Enqueues `C_i = op(A_i) op(B_i)` (row-major, beta 0) for every problem: one grouped GEMM with
-    /// a group per distinct (m, n, k) when cuBLAS has it, else one GEMM per problem.
+    /// Enqueues `C_i = op(A_i) op(B_i)` (row-major, beta 0) for every problem, as the strategy picks.
     private func enqueueGemms(_ problems: [GemmProblem], transA: Bool, transB: Bool, lda: Int, ldb: Int, ldc: Int, _ types: GemmDataTypes) {
         guard !problems.isEmpty else { return }
         let blas: CUBLAS
         do { blas = try gpu.blas() } catch { fatalError("\(error)") }
-        guard problems.count > 1, blas.supportsGroupedGemm, Self.usesGroupedGemm else {
+        let grouped = problems.count > 1 && blas.supportsGroupedGemm
+        switch Self.groupedGemmStrategy.resolved(groupedAvailable: grouped) {
+        case .grouped:
+            enqueueGroupedGemm(problems, blas: blas, transA: transA, transB: transB, lda: lda, ldb: ldb, ldc: ldc, types)
+        case .lanes where problems.count > 1:
+            let lanes: GemmLanes
+            do { lanes = try gpu.gemmLanes() } catch { fatalError("\(error)") }
+            // Largest first, so that the lanes' round robin balances their work.
+            let order = problems.sorted { $0.m * $0.n * $0.k > $1.m * $1.n * $1.k }
+            lanes.run(after: gpu.stream, items: order.count, allowTF32: blas.allowTF32) { lane, i in
+                let p = order[i]
+                lane.rowMajorGemm(transA: transA, transB: transB, m: p.m, n: p.n, k: p.k, a: p.a, lda: lda, b: p.b, ldb: ldb,
+                                  c: p.c, ldc: ldc, dtypes: types)
+            }
+        default:
             for p in problems {
                 blas.rowMajorGemm(transA: transA, transB: transB, m: p.m, n: p.n, k: p.k, a: p.a, lda: lda, b: p.b, ldb: ldb,
                                   c: p.c, ldc: ldc, dtypes: types)
             }
-            return
         }
+    }
+
+    /// One `cublasGemmGroupedBatchedEx` call with a group per distinct (m, n, k).
+    private func enqueueGroupedGemm(_ problems: [GemmProblem], blas: CUBLAS, transA: Bool, transB: Bool,
+                                    lda: Int, ldb: Int, ldc: Int, _ types: GemmDataTypes) {
         // Problems of equal size share a group (with a capacity every expert often has C rows).
         var groupOf: [[Int]: Int] = [:]
         var members: [[GemmProblem]] = []

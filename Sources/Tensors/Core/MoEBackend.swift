@@ -55,4 +55,15 @@ public protocol MoEBackend: Backend {
     /// The weight gradient of a grouped GEMM: `out_e = gy_eᵀ · x_e` (`[out, in]` for each expert),
     /// `gy` `[S, out]`, `x` `[S, in]`, `out` `[E, out, in]` overwritten; an expert with no rows gets zeros.
     func groupedMatmulWeightGradient(_ gy: Tensor, _ x: Tensor, groupSizes: [Int], _ out: Tensor)
+
+    /// The grouped bias, in place: `out[r] += table[indices[r]]` for every row `r` of `out` (`[S, c]`),
+    /// `indices` `[S]` int32 (the expert of each row), `table` `[E, c]`; a negative index adds nothing.
+    /// One pass over `out` instead of materialising the gathered bias rows and adding them.
+    func addIndexedRows(_ table: Tensor, indices: Tensor, into out: Tensor)
+
+    /// The combine's score gradient: `out[t, j] = Σ_c x[indices[t, j], c] · g[t, c]` with `indices`
+    /// `[T, k]` int32 (`rowOfSlot`), `x` `[S, c]`, `g` `[T, c]`, `out` `[T, k]`, all of `x`'s dtype,
+    /// summed in float32 (float64 for float64); 0 where the index is negative. Without materialising
+    /// the `[T·k, c]` gathered rows.
+    func gatheredRowDots(_ x: Tensor, indices: Tensor, _ g: Tensor, _ out: Tensor)
 }

@@ -111,14 +111,17 @@ public func unpermuteTokens(_ y: Tensor, by plan: RoutingPlan, score: Tensor) ->
     return out.recording("unpermuteTokens", [y, weights]) { g in
         var gy: Tensor?, gw: Tensor?
         if y.requiresGrad {
+            // gy[r] = score(r) · g[token(r)]: a one-term summing gather, weighted by each row's score.
             let scoreOfRow = weights.reshaped([t * k]).indexSelect(rows: plan.slotOfRow.rows(0..<s))
-            gy = g.indexSelect(rows: plan.tokenOfRow.rows(0..<s)) * scoreOfRow
+            let rowGradient = Tensor.empty(y.shape, dtype: y.dtype, device: y.device)
+            g.backend.gatherSumRows(g, indices: plan.tokenOfRow.rows(0..<s).reshaped([s, 1]), weights: scoreOfRow.reshaped([s, 1]), rowGradient)
+            gy = rowGradient
         }
         if weights.requiresGrad {
-            let perSlot = y.indexSelect(rows: plan.rowOfSlot)
-            gw = k == 1
-                ? (perSlot * g).sum(lastAxis: ()).reshaped([t, 1])
-                : perSlot.reshaped([t, k, d]).matmul(g.reshaped([t, d, 1])).reshaped([t, k])
+            // gw[t, j] = y[rowOfSlot(t, j)] · g[t].
+            let slotGradient = Tensor.empty([t, k], dtype: y.dtype, device: y.device)
+            y.moeBackend("unpermuteTokens").gatheredRowDots(y, indices: slotIndex, g, slotGradient)
+            gw = slotGradient
         }
         return [gy, gw]
     }

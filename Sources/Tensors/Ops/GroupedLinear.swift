@@ -17,49 +17,52 @@ public func groupedLinear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, grou
                  "groupedLinear: group sizes \(groupSizes) must be \(weight.shape[0]) non-negative counts summing to \(x.shape[0]) rows")
     guarantee(x.dtype == weight.dtype && x.device == weight.device,
                  "groupedLinear: x is \(x.dtype) on \(x.device), weight \(weight.dtype) on \(weight.device)")
+    if let bias {
+        guarantee(bias.shape == [weight.shape[0], weight.shape[1]] && bias.dtype == x.dtype,
+                     "groupedLinear: bias \(bias.shape) \(bias.dtype) must be [\(weight.shape[0]), \(weight.shape[1])] \(x.dtype)")
+        guard let expertOfRow else { fatalError("groupedLinear: a bias needs expertOfRow, the expert of each row") }
+        guarantee(expertOfRow.shape == [x.shape[0]] && expertOfRow.dtype == .int32,
+                     "groupedLinear: expertOfRow must be [\(x.shape[0])] int32, got \(expertOfRow.shape) \(expertOfRow.dtype)")
+    }
+    let backend = x.moeBackend("groupedLinear")
     let out = Tensor.empty([x.shape[0], weight.shape[1]], dtype: x.dtype, device: x.device)
-    x.moeBackend("groupedLinear").groupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: true, out)
-    // Backward: gx_e = gy_e W_e (grouped GEMM), gW_e = gy_eᵀ x_e (grouped weight-gradient GEMM).
-    let y = out.recording("groupedLinear", [x, weight]) { gy in
-        var gx: Tensor?, gw: Tensor?
+    backend.groupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: true, out)
+    // The bias goes into the GEMM's output in place, before `out` is in the graph: one pass, no
+    // gathered copy of the bias rows.
+    if let bias, let expertOfRow { backend.addIndexedRows(bias, indices: expertOfRow, into: out) }
+    // Backward: gx_e = gy_e W_e (grouped GEMM), gW_e = gy_eᵀ x_e (grouped weight-gradient GEMM),
+    // gb = the bias gradient (`groupedBiasGradient`).
+    return out.recording("groupedLinear", [x, weight] + (bias.map { [$0] } ?? [])) { gy in
+        var gx: Tensor?, gw: Tensor?, gb: Tensor?
         if x.requiresGrad {
             let g = Tensor.empty(x.shape, dtype: x.dtype, device: x.device)
-            g.moeBackend("groupedLinear").groupedMatmul(gy, weight: weight, groupSizes: groupSizes, transposeWeight: false, g)
+            backend.groupedMatmul(gy, weight: weight, groupSizes: groupSizes, transposeWeight: false, g)
             gx = g
         }
         if weight.requiresGrad {
             let g = Tensor.empty(weight.shape, dtype: weight.dtype, device: weight.device)
-            g.moeBackend("groupedLinear").groupedMatmulWeightGradient(gy, x, groupSizes: groupSizes, g)
+            backend.groupedMatmulWeightGradient(gy, x, groupSizes: groupSizes, g)
             gw = g
         }
-        return [gx, gw]
+        if let bias, let expertOfRow, bias.requiresGrad {
+            gb = groupedBiasGradient(gy, expertOfRow: expertOfRow, expertCount: bias.shape[0])
+        }
+        return bias == nil ? [gx, gw] : [gx, gw, gb]
     }
-    guard let bias else { return y }
-    guarantee(bias.shape == [weight.shape[0], weight.shape[1]] && bias.dtype == x.dtype,
-                 "groupedLinear: bias \(bias.shape) \(bias.dtype) must be [\(weight.shape[0]), \(weight.shape[1])] \(x.dtype)")
-    guard let expertOfRow else { fatalError("groupedLinear: a bias needs expertOfRow, the expert of each row") }
-    guarantee(expertOfRow.shape == [x.shape[0]] && expertOfRow.dtype == .int32,
-                 "groupedLinear: expertOfRow must be [\(x.shape[0])] int32, got \(expertOfRow.shape) \(expertOfRow.dtype)")
-    return addGroupedBias(y, bias: bias, groupSizes: groupSizes, expertOfRow: expertOfRow)
 }
 
-/// `y[r] + bias[expertOfRow[r]]` over expert-contiguous rows.
+/// The gradient of a grouped bias `b[expertOfRow[r]]`: each expert's rows of `g` summed.
 ///
-/// The bias gradient sums each expert's rows of `g`: one GEMM for all experts, `onehotᵀ · g` with
-/// `onehot [S, E]` the rows' experts, rather than a scatter-add (thousands of rows adding into a
-/// handful of bias rows serialise on GPU atomics: 676 ms per step measured for an 8-expert bf16
-/// layer) or one column sum per expert (two launches each, so the cost grew with E). A GEMM sums in
-/// a fixed order, and the one-hot is exact in every dtype.
-func addGroupedBias(_ y: Tensor, bias: Tensor, groupSizes: [Int], expertOfRow: Tensor) -> Tensor {
-    let out = withoutGradient { y + bias.indexSelect(rows: expertOfRow) }
-    return out.recording("groupedBias", [y, bias]) { g in
-        guard bias.requiresGrad else { return [g, nil] }
-        let rows = g.shape[0], experts = bias.shape[0]
-        guard rows > 0 else { return [g, Tensor.zeros(bias.shape, dtype: g.dtype, device: g.device)] }
-        let onehot = Tensor.ones([rows, 1], dtype: g.dtype, device: g.device)
-            .scattered(lastAxis: expertOfRow.reshaped([rows, 1]), width: experts)
-        return [g, onehot.matmul(g, transposeA: true)]
-    }
+/// One GEMM for all experts, `onehotᵀ · g` with `onehot [S, E]` the rows' experts, rather than a
+/// scatter-add (thousands of rows adding into a handful of bias rows serialise on GPU atomics: 676 ms
+/// per step measured for an 8-expert bf16 layer) or one column sum per expert (two launches each, so
+/// the cost grew with E). A GEMM sums in a fixed order, and the one-hot is exact in every dtype.
+func groupedBiasGradient(_ g: Tensor, expertOfRow: Tensor, expertCount: Int) -> Tensor {
+    let rows = g.shape[0]
+    guard rows > 0 else { return Tensor.zeros([expertCount, g.lastDimension], dtype: g.dtype, device: g.device) }
+    let onehot = Tensor.ones([rows, 1], dtype: g.dtype, device: g.device)
+        .scattered(lastAxis: expertOfRow.reshaped([rows, 1]), width: expertCount)
+    return onehot.matmul(g, transposeA: true)
 }
 
 extension Tensor {

@@ -14,6 +14,8 @@ extension Tensor {
     public func rows(_ range: Range<Int>) -> Tensor {
         guarantee(rank >= 1 && range.lowerBound >= 0 && range.upperBound <= shape[0],
                      "rows(\(range)): outside the first axis of \(shape)")
+        // All rows: the tensor itself, so that its gradient is not copied into a zeroed full-size buffer.
+        if range == 0..<shape[0] { return self }
         let rowElements = count / Swift.max(shape[0], 1)
         let out = Tensor(storage: storage, shape: [range.count] + shape.dropFirst(), dtype: dtype,
                          byteOffset: byteOffset + range.lowerBound * rowElements * dtype.byteSize)

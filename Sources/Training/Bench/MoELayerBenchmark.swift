@@ -32,6 +32,11 @@ public struct MoELayerBenchConfig: Sendable, Equatable {
     /// input out of the cache.
     public var inputSets: Int
     public var seed: UInt64
+    /// How the CUDA backend runs the experts' GEMMs (`.automatic` unless a comparison pins one).
+    public var groupedGemm: GroupedGemmStrategy = .automatic
+    /// Time only the MoE layer's forward + backward (no dense line, GEMMs or peak memory; those
+    /// fields are NaN or 0): a short run to put under a kernel profiler such as `ncu`.
+    public var moeOnly = false
 
     public init(tokens: Int, dModel: Int, hidden: Int, experts: Int, topK: Int, precision: String = "fp32",
                 gate: String = "topk", iterations: Int = 20, warmup: Int = 3, inputSets: Int = 3, seed: UInt64 = 1) {
@@ -52,7 +57,10 @@ public struct MoELayerBenchConfig: Sendable, Equatable {
     public var dtype: DType { precision == "bf16" ? .bfloat16 : .float32 }
 
     /// "fp32 T=4096 D=1024 H=4096 E=8 K=2 topk".
-    public var label: String { "\(precision) T=\(tokens) D=\(dModel) H=\(hidden) E=\(experts) K=\(topK) \(gate)" }
+    public var label: String {
+        "\(precision) T=\(tokens) D=\(dModel) H=\(hidden) E=\(experts) K=\(topK) \(gate)"
+            + (groupedGemm == .automatic ? "" : " \(groupedGemm.name)")
+    }
 
     /// Expert FLOPs of one forward, `2·T·K·(2·D·H)`, plus the gate's `2·T·D·E`.
     public var forwardFLOPs: Double { denseForwardFLOPs + 2 * Double(tokens) * Double(dModel) * Double(experts) }
@@ -148,6 +156,7 @@ public struct MoELayerBenchResult: Sendable {
         func s(_ key: String, _ x: String) -> JSONMember { JSONMember(key, .string(x)) }
         let members: [JSONMember] = [
             s("bench", "moe-layer"), s("device", "\(device)"), s("precision", c.precision), s("gate", c.gate),
+            s("grouped_gemm", c.groupedGemm.name),
             i("T", c.tokens), i("D", c.dModel), i("H", c.hidden), i("E", c.experts), i("K", c.topK),
             i("iterations", c.iterations), i("warmup", c.warmup), i("input_sets", c.inputSets),
             d("fwd_ms", forwardMs), d("fwd_bwd_ms", forwardBackwardMs),
@@ -177,6 +186,9 @@ public enum MoELayerBenchmark {
     /// TF32 (precision tf32) is switched on for the calling thread during the run only.
     public static func run(_ config: MoELayerBenchConfig, device: Device) throws -> MoELayerBenchResult {
         try config.validate(device: device)
+        let previous = CUDABackend.groupedGemmStrategy
+        CUDABackend.groupedGemmStrategy = config.groupedGemm
+        defer { CUDABackend.groupedGemmStrategy = previous }
         return Backends.withTF32(config.precision == "tf32") { measure(config, device: device) }
     }
 
@@ -211,6 +223,13 @@ public enum MoELayerBenchmark {
             let forwardBackward = medianMilliseconds(device, c, prepare) { i in layer(x).backward(dys[i % dys.count]) }
             for p in parameters { p.grad = nil }
             return (forward, forwardBackward)
+        }
+        if c.moeOnly {
+            let moeTimes = timings({ moe($0) }, moe.parameters(), moeInputs, moeUpstream)
+            return MoELayerBenchResult(
+                config: c, device: device, forwardMs: moeTimes.forward, forwardBackwardMs: moeTimes.forwardBackward,
+                denseForwardMs: .nan, denseForwardBackwardMs: .nan, denseGemmMs: [], peakBytes: 0, mustKeepBytes: 0,
+                densePeakBytes: 0, denseMustKeepBytes: 0, loadMaxOverMean: loadMaxOverMean)
         }
         let moeTimes = timings({ moe($0) }, moe.parameters(), moeInputs, moeUpstream)
         let denseTimes = timings({ dense($0) }, dense.parameters(), denseInputs, denseUpstream)

@@ -32,6 +32,11 @@ struct MoELayerBench: ParsableCommand {
     @Option(help: "Untimed iterations first.") var warmup: Int = 3
     @Option(name: .customLong("input-sets"), help: "Random input sets cycled through the iterations.") var inputSets: Int = 3
     @Option(help: "cpu, cuda, cuda:N or auto (CUDA when available).") var device: String = "auto"
+    @Option(name: .customLong("grouped-gemm"),
+            help: "How the experts' GEMMs run on CUDA: auto (by shape), grouped (one cuBLAS grouped call), serial (one GEMM per expert) or lanes (one per expert, on side streams).")
+    var groupedGemm: String = "auto"
+    @Flag(name: .customLong("moe-only"), help: ArgumentHelp("Time only the MoE layer's fwd+bwd, for a kernel profiler.", visibility: .hidden))
+    var moeOnly = false
 
     func configurations() throws -> [MoELayerBenchConfig] {
         var rows: [MoELayerBenchConfig]
@@ -43,8 +48,12 @@ struct MoELayerBench: ParsableCommand {
         } else {
             rows = [MoELayerBenchConfig(tokens: tokens, dModel: dModel, hidden: hidden, experts: experts, topK: topK)]
         }
+        guard let strategy = GroupedGemmStrategy(name: groupedGemm) else {
+            throw ValidationError("--grouped-gemm '\(groupedGemm)' is not one of \(GroupedGemmStrategy.allCases.map(\.name).joined(separator: ", "))")
+        }
         for i in rows.indices {
             if let precision { rows[i].precision = precision }
+            (rows[i].groupedGemm, rows[i].moeOnly) = (strategy, moeOnly)
             (rows[i].gate, rows[i].iterations, rows[i].warmup, rows[i].inputSets) = (gate, iterations, warmup, inputSets)
         }
         return rows

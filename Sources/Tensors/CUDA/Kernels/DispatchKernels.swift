@@ -1,9 +1,17 @@
-/// The MoE permutation's summing gather (`Backend.gatherSumRows`): the combine of the `k` expert
-/// outputs of each token, and the backward of the token permutation. One thread per output element
-/// walks the token's `k` slots in order and accumulates in `acc_t`: a fixed order and no atomics, so
-/// the result is bit-reproducible for every `k`. Reads of `x` are coalesced along the row.
+/// The MoE permutation's row kernels: the summing gather (`Backend.gatherSumRows`: the combine of the
+/// `k` expert outputs of each token, and the backward of the token permutation), the grouped bias
+/// (`MoEBackend.addIndexedRows`) and the combine's score gradient (`MoEBackend.gatheredRowDots`).
+///
+/// Every output element is summed by one thread (or, for the dots, one warp) in a fixed order with
+/// no atomics, so results are bit-reproducible for every `k`. They are bandwidth-bound: the `_vec`
+/// forms move 16 bytes per load (8 bfloat16, 4 float32) when the host has checked that the row
+/// length and every base address allow it; each vector lane sums exactly as the scalar form does, so
+/// both give the same bits.
 enum DispatchKernels {
     static let source = #"""
+    #define VEC ((int)(16 / sizeof(T)))
+    struct alignas(16) vec_t { T v[16 / sizeof(T)]; };
+
     extern "C" __global__ void gather_sum_rows(const T* x, const int32_t* idx, const T* w, T* out,
                                                int64_t tokens, int64_t cols, int64_t k, int64_t rows) {
         GRID_STRIDE(i, tokens * cols) {
@@ -17,6 +25,75 @@ enum DispatchKernels {
             }
             out[i] = ST(sum);
         }
+    }
+
+    extern "C" __global__ void gather_sum_rows_vec(const T* x, const int32_t* idx, const T* w, T* out,
+                                                   int64_t tokens, int64_t cols, int64_t k, int64_t rows) {
+        const int64_t per_row = cols / VEC;
+        GRID_STRIDE(i, tokens * per_row) {
+            int64_t t = i / per_row, c = (i % per_row) * VEC;
+            acc_t sum[VEC];
+            #pragma unroll
+            for (int v = 0; v < VEC; v++) sum[v] = (acc_t)0;
+            for (int64_t j = 0; j < k; j++) {
+                int32_t r = idx[t * k + j];
+                if (r < 0 || r >= rows) continue;
+                acc_t weight = w ? LD(w[t * k + j]) : (acc_t)1;
+                vec_t a = *(const vec_t*)(x + (int64_t)r * cols + c);
+                #pragma unroll
+                for (int v = 0; v < VEC; v++) sum[v] += weight * LD(a.v[v]);
+            }
+            vec_t o;
+            #pragma unroll
+            for (int v = 0; v < VEC; v++) o.v[v] = ST(sum[v]);
+            *(vec_t*)(out + t * cols + c) = o;
+        }
+    }
+
+    /// out[r] += table[idx[r]] in place; a negative index adds nothing.
+    extern "C" __global__ void add_indexed_rows(const T* table, const int32_t* idx, T* out, int64_t n, int64_t cols, int64_t rows) {
+        GRID_STRIDE(i, n * cols) {
+            int32_t k = idx[i / cols];
+            if (k >= 0 && k < rows) out[i] = ST(LD(out[i]) + LD(table[(int64_t)k * cols + i % cols]));
+        }
+    }
+
+    extern "C" __global__ void add_indexed_rows_vec(const T* table, const int32_t* idx, T* out, int64_t n, int64_t cols, int64_t rows) {
+        const int64_t per_row = cols / VEC;
+        GRID_STRIDE(i, n * per_row) {
+            int64_t r = i / per_row, c = (i % per_row) * VEC;
+            int32_t k = idx[r];
+            if (k < 0 || k >= rows) continue;
+            vec_t a = *(const vec_t*)(out + r * cols + c), b = *(const vec_t*)(table + (int64_t)k * cols + c);
+            #pragma unroll
+            for (int v = 0; v < VEC; v++) a.v[v] = ST(LD(a.v[v]) + LD(b.v[v]));
+            *(vec_t*)(out + r * cols + c) = a;
+        }
+    }
+
+    /// out[s] = dot(x[idx[s]], g[s / k]), one warp per slot (0 where idx[s] < 0).
+    extern "C" __global__ void gathered_row_dots(const T* x, const int32_t* idx, const T* g, T* out,
+                                                 int64_t slots, int64_t k, int64_t cols, int64_t rows, int vectorized) {
+        int64_t s = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+        if (s >= slots) return;
+        int lane = threadIdx.x & 31;
+        int32_t r = idx[s];
+        acc_t sum = (acc_t)0;
+        if (r >= 0 && r < rows) {
+            const T* a = x + (int64_t)r * cols;
+            const T* b = g + (s / k) * cols;
+            if (vectorized) {
+                for (int64_t c = (int64_t)lane * VEC; c < cols; c += 32 * VEC) {
+                    vec_t va = *(const vec_t*)(a + c), vb = *(const vec_t*)(b + c);
+                    #pragma unroll
+                    for (int v = 0; v < VEC; v++) sum += LD(va.v[v]) * LD(vb.v[v]);
+                }
+            } else {
+                for (int64_t c = lane; c < cols; c += 32) sum += LD(a[c]) * LD(b[c]);
+            }
+        }
+        sum = warp_sum(sum);
+        if (lane == 0) out[s] = ST(sum);
     }
     """#
 }

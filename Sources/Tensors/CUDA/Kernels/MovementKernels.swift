@@ -1,6 +1,7 @@
-/// Kernels that move bytes regardless of dtype (by element size 2, 4 or 8): block copies, row
-/// gathers, transposes; dtype casts; int32 fill and arange. Compiled once, in the dtype-independent
-/// module, without the per-dtype prelude choice mattering.
+/// Kernels that move bytes regardless of dtype (by element size 2, 4 or 8, and block copies and row
+/// gathers also by 16-byte vectors): block copies, row gathers, transposes; dtype casts; int32 fill
+/// and arange. Compiled once, in the dtype-independent module, without the per-dtype prelude choice
+/// mattering.
 enum MovementKernels {
     static let source = #"""
     #define MOVE_KERNELS(S, E) \
@@ -8,8 +9,10 @@ enum MovementKernels {
         GRID_STRIDE(i, rows * cols) { int64_t r = i / cols, c = i % cols; out[out_off + r * out_stride + c] = x[off + r * stride + c]; } \
     } \
     extern "C" __global__ void gather_rows_##S(const E* table, const int32_t* idx, E* out, int64_t n, int64_t cols, int64_t rows) { \
-        GRID_STRIDE(i, n * cols) { int64_t r = i / cols; int32_t k = idx[r]; out[i] = (k >= 0 && k < rows) ? table[(int64_t)k * cols + i % cols] : (E)0; } \
-    } \
+        E zero{}; \
+        GRID_STRIDE(i, n * cols) { int64_t r = i / cols; int32_t k = idx[r]; out[i] = (k >= 0 && k < rows) ? table[(int64_t)k * cols + i % cols] : zero; } \
+    }
+    #define TRANSPOSE_KERNEL(S, E) \
     extern "C" __global__ void transpose_##S(const E* x, E* out, int64_t m, int64_t n) { \
         __shared__ E tile[32][33]; \
         int64_t base = (int64_t)blockIdx.z * m * n; \
@@ -27,6 +30,11 @@ enum MovementKernels {
     MOVE_KERNELS(2, unsigned short)
     MOVE_KERNELS(4, unsigned int)
     MOVE_KERNELS(8, unsigned long long)
+    // 16 bytes a thread, where the row lengths, offsets and base addresses allow (the host checks).
+    MOVE_KERNELS(16, uint4)
+    TRANSPOSE_KERNEL(2, unsigned short)
+    TRANSPOSE_KERNEL(4, unsigned int)
+    TRANSPOSE_KERNEL(8, unsigned long long)
 
     __device__ __forceinline__ double load_as_double(const void* p, int64_t i, int dtype) {
         switch (dtype) {
