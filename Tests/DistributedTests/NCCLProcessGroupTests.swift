@@ -145,12 +145,18 @@ final class NCCLProcessGroupTests {
 
     /// A collective that cannot finish (its stream is blocked for good) with a 1-second timeout: the
     /// watchdog prints the op, the group, the rank and NCCL_DEBUG, and exits with status 1.
-    @Test(.disabled("On a one-GPU H200 (NCCL 2.28.3) the child never exits: the watchdog does not fire on a one-rank group; open bug"))
-    func watchdogStopsAStuckCollective() async {
+    ///
+    /// The tensor is made and one collective run before the stream is blocked: CUDA loads a module's
+    /// kernels lazily, and a load waits for the context's streams, so a first kernel launched after
+    /// the block would hang in the load itself, before any collective is enqueued for the watchdog to
+    /// time (which is how this test hung on the H200 until 2026-12-01).
+    @Test func watchdogStopsAStuckCollective() async {
         let result = await #expect(processExitsWith: .exitCode(1), observing: [\.standardErrorContent]) {
             let group = try NCCLProcessGroup(device: .cuda(0), name: "stuck", timeout: .seconds(1))
-            try blockForever(group.communicationStream)
             let x = Tensor.ones([16], device: .cuda(0))
+            group.allReduce(x, .sum)
+            _ = x.doubles()
+            try blockForever(group.communicationStream)
             group.allReduce(x, .sum)
             _ = x.doubles()   // waits on the compute stream, which waits on the collective: only the watchdog ends this
         }
