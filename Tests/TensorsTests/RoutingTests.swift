@@ -132,6 +132,16 @@ struct RoutingTests {
         }
     }
 
+    /// Combine's gradients by finite differences, with as many kept rows as columns (S == d == 4),
+    /// where a per-row score vector could be mistaken for a per-column one.
+    @Test func unpermuteGradientsMatchFiniteDifferencesWhenRowsEqualWidth() {
+        let plan = routingPlan(Tensor([0, -1, 1, 0, -1, 2] as [Int32], shape: [3, 2]), expertCount: 3)
+        let error = gradientCheckError([randn([4, 4], seed: 10), randn([3, 2], seed: 11)]) {
+            unpermuteTokens($0[0], by: plan, score: $0[1])
+        }
+        #expect(error < 1e-6)
+    }
+
     @Test func choiceMajorPriorityGivesFirstChoicesTheSeats() {
         // Token 0 picks (0, 1), token 1 picks (1, 0); one seat each. Token-major: token 0 takes both
         // seats. Choice-major: both first choices win.

@@ -120,7 +120,8 @@ public func unpermuteTokens(_ y: Tensor, by plan: RoutingPlan, score: Tensor) ->
     return out.recording("unpermuteTokens", [y, weights]) { g in
         var gy: Tensor?, gw: Tensor?
         if y.requiresGrad {
-            let scoreOfRow = weights.reshaped([t * k]).indexSelect(rows: plan.slotOfRow.rows(0..<s))
+            // [S, 1], not [S]: with S == d a vector would broadcast as a row (one score per column).
+            let scoreOfRow = weights.reshaped([t * k, 1]).indexSelect(rows: plan.slotOfRow.rows(0..<s))
             gy = g.indexSelect(rows: plan.tokenOfRow.rows(0..<s)) * scoreOfRow
         }
         if weights.requiresGrad {
