@@ -10,7 +10,7 @@ import Tensors
 /// data- or expert-parallel run; `moefy` leaves it nil = this rank's tokens, `--balance-statistics
 /// local`, GShard's and FastMoE's per-rank form). The trainer sets it with `setBalanceStatistics`.
 /// ```swift
-/// setBalanceStatistics(model, group: world)   // every GShard/Switch/top-k gate of the model
+/// setBalanceStatistics(model, group: world)   // every GShard/Switch/top-k/noisy gate of the model
 /// ```
 public protocol GlobalBalanceStatistics: AnyObject {
     var statisticsGroup: (any ProcessGroup)? { get set }
