@@ -152,6 +152,11 @@ struct GlobalBatchRoutingTests {
         #expect(offset(1, .choiceMajor) == [1, 1, 2, 2])
         #expect(offset(0, .tokenMajor) == [0, 0, 0, 0])
         #expect(offset(1, .tokenMajor) == [2, 2, 2, 2])
+        // Rank 1's counts from its table: tokens (0, 1) and (0, 1), then with its second slot masked away.
+        let rank1 = Tensor([0, 1, 0, 1] as [Int32], shape: [2, 2])
+        #expect(GlobalBatch.routedCountsPerChoice(rank1, expertCount: 2, slotMask: nil).int32s() == [2, 0, 0, 2])
+        let mask = Tensor([1, -1, 1, 1] as [Double], shape: [2, 2])
+        #expect(GlobalBatch.routedCountsPerChoice(rank1, expertCount: 2, slotMask: mask).int32s() == [2, 0, 0, 1])
     }
 
     /// The gate assumes every rank holds `T` tokens; the dispatcher's download checks it.

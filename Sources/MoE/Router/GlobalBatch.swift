@@ -68,18 +68,24 @@ struct GlobalBatch {
         let k = expert.lastDimension, device = expert.device
         // The offsets are float32 sums of counts: exact while every count stays below 2^24.
         guarantee(tokenCount * k < 1 << 24, "GlobalBatch: \(tokenCount) tokens × \(k) slots exceed the exact float32 counts of the capacity exchange")
-        // Routed counts per choice: the plan of each column alone (its routed row), mask applied.
-        let perChoice = (0..<k).map { j in
-            Tensors.routingPlan(expert.slice(lastAxis: j..<(j + 1)), expertCount: n,
-                                slotMask: slotMask?.slice(lastAxis: j..<(j + 1))).routedCounts
-        }
-        let mine = Tensor.concat(perChoice + [Tensor.full([1], Double(tokens), dtype: .int32, device: device)], axis: 0)
+        let mine = Tensor.concat([Self.routedCountsPerChoice(expert, expertCount: n, slotMask: slotMask).reshaped([k * n]),
+                                  Tensor.full([1], Double(tokens), dtype: .int32, device: device)], axis: 0)
         let all = group.allGather(mine.reshaped([1, k * n + 1]))
         let counts = all.slice(lastAxis: 0..<(k * n)).cast(to: .float32)
         let offset = Self.capacityOffset(counts, rank: group.rank, topK: k, priority: priority)
         let plan = Tensors.routingPlan(expert, expertCount: n, capacity: capacity, capacityOffset: offset, priority: priority,
                                        slotMask: slotMask)
         return (plan, all.slice(lastAxis: (k * n)..<(k * n + 1)).reshaped([group.size]))
+    }
+
+    /// `[k, N]` int32: the slots of each choice routed to each expert, after the mask. The plan of
+    /// each column alone gives them (its routed counts): k small plans on the device, no new primitive.
+    static func routedCountsPerChoice(_ expert: Tensor, expertCount n: Int, slotMask: Tensor?) -> Tensor {
+        let k = expert.lastDimension
+        return Tensor.concat((0..<k).map { j in
+            Tensors.routingPlan(expert.slice(lastAxis: j..<(j + 1)), expertCount: n,
+                                slotMask: slotMask?.slice(lastAxis: j..<(j + 1))).routedCounts
+        }, axis: 0).reshaped([k, n])
     }
 
     /// `[k, N]` int32 seats taken before rank `r`'s choice-`j` slots, from `counts` `[W, k·N]` float32
