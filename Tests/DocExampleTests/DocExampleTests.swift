@@ -38,7 +38,8 @@ private func shardingExamples(config: GPTConfig, expertParallelGroup: any Proces
     let model = GPT(config, generator: &g)
     moefy(model, expertCount: 8, topK: 2, generator: &g)
     shardExperts(model, over: expertParallelGroup)     // 4 ranks: experts 2r, 2r+1 on rank r
-    setBalanceStatistics(model, group: world)   // every GShard/Switch/top-k gate of the model
+    setBalanceStatistics(model, group: world)   // every GShard/Switch/top-k/noisy gate of the model
+    setGlobalBatch(model, group: world)   // every GShard/Switch/noisy gate of the model
 }
 
 private func expertExamples(rows: Tensor, groups: ExpertGroups) {

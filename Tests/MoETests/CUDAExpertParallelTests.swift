@@ -35,4 +35,24 @@ struct CUDAExpertParallelTests {
             #expect(a == b, "\(dtype): value \(i) differs between the NCCL exchange and the local one")
         }
     }
+
+    /// The device side of routing the global batch (`GlobalBatch`): per-choice routed counts (masked
+    /// column plans) and the capacity offsets summed from every rank's counts, on the GPU exactly as
+    /// on the CPU (the multi-rank exchange itself is covered by the thread-rank tests).
+    @Test func globalBatchCountsAndOffsetsMatchTheCPU() {
+        let gpu = Device.cuda(0), (w, k, n, t) = (3, 2, 6, 500)
+        var g = RandomGenerator(seed: 19)
+        let expert = Tensor((0..<(t * k)).map { _ in Int32(Double(g.nextUniform()) * Double(n + 1)) - 1 }, shape: [t, k])
+        let mask = Tensor((0..<(t * k)).map { _ in g.nextUniform() - 0.3 }, shape: [t, k])
+        let perChoice = GlobalBatch.routedCountsPerChoice(expert, expertCount: n, slotMask: mask)
+        #expect(GlobalBatch.routedCountsPerChoice(expert.to(gpu), expertCount: n, slotMask: mask.to(gpu)).int32s() == perChoice.int32s())
+        let counts = Tensor((0..<(w * k * n)).map { _ in Float(Int(g.nextUniform() * 300)) }, shape: [w, k * n])
+        for priority in [RoutingPriority.tokenMajor, .choiceMajor] {
+            for r in 0..<w {
+                let cpu = GlobalBatch.capacityOffset(counts, rank: r, topK: k, priority: priority).int32s()
+                let cuda = GlobalBatch.capacityOffset(counts.to(gpu), rank: r, topK: k, priority: priority).int32s()
+                #expect(cuda == cpu, "\(priority) rank \(r)")
+            }
+        }
+    }
 }

@@ -70,6 +70,13 @@ struct CUDAOpTests {
         let mc = Tensor.empty([4099])
         mc.backend.random(mc, .dropoutMask(p: 0.3), stream: RandomStream(seed: 5, offset: 9))
         #expect(m.scalars() == mc.scalars())
+        // From a first element (an expert-parallel rank's tokens): the CPU's values at the same positions.
+        let first = 3 * 4099 + 1
+        let uf = Tensor.randomUniform([4099], generator: &a, firstElement: first).scalars()
+        #expect(uf == Tensor.randomUniform([4099], device: gpu, generator: &b, firstElement: first).scalars())
+        let nf = Tensor.randomNormal([4099], generator: &a, firstElement: first).scalars()
+        let nfg = Tensor.randomNormal([4099], device: gpu, generator: &b, firstElement: first).scalars()
+        #expect(zip(nf, nfg).allSatisfy { Swift.abs($0 - $1) <= 1e-5 * max(1, Swift.abs($0)) })
     }
 
     @Test func castsAndCreationMatchTheCPU() {

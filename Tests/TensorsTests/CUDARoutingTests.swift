@@ -76,6 +76,38 @@ struct CUDARoutingTests {
         }
     }
 
+    /// The capacity offset (seats taken elsewhere, per choice and expert) on the GPU: bit for bit the
+    /// CPU plan, for random offsets around the capacity, both priorities, with and without a mask.
+    @Test(arguments: [tables[1], tables[2], tables[3], tables[4], tables[7]])
+    func capacityOffsetIsBitExact(_ table: RoutingTable) {
+        CUDABackend.poisonAllocations = true
+        defer { CUDABackend.poisonAllocations = false }
+        let (expertValues, maskValues) = table.values(seed: UInt64(table.tokens * 17 + table.experts))
+        let shape = [table.tokens, table.k], slots = table.tokens * table.k
+        let expert = Tensor(expertValues, shape: shape), mask = Tensor(maskValues, shape: shape)
+        let capacity = max(2, slots / table.experts)
+        var g = RandomGenerator(seed: UInt64(table.experts))
+        let offsetValues = (0..<(table.k * table.experts)).map { _ in Int32(Double(g.nextUniform()) * Double(capacity + 2)) }
+        let offset = Tensor(offsetValues, shape: [table.k, table.experts])
+        for priority in [RoutingPriority.tokenMajor, .choiceMajor] {
+            for useMask in [false, true] {
+                let cpu = routingPlan(expert, expertCount: table.experts, capacity: capacity, capacityOffset: offset, priority: priority,
+                                      slotMask: useMask ? mask : nil)
+                let cuda = routingPlan(expert.to(gpu), expertCount: table.experts, capacity: capacity, capacityOffset: offset.to(gpu),
+                                       priority: priority, slotMask: useMask ? mask.to(gpu) : nil)
+                let label = "\(table.testDescription) C=\(capacity) offset \(priority) mask=\(useMask)"
+                for (name, c, r) in [("kept", cuda.keptExpert, cpu.keptExpert), ("counts", cuda.counts, cpu.counts),
+                                     ("rowOfSlot", cuda.rowOfSlot, cpu.rowOfSlot), ("slotOfRow", cuda.slotOfRow, cpu.slotOfRow)] {
+                    let d = difference(c.int32s(), r.int32s())
+                    #expect(d.isEmpty, "\(label): \(name): \(d)")
+                }
+                // The offsets must bite: fewer slots kept than without them.
+                let plain = routingPlan(expert, expertCount: table.experts, capacity: capacity, priority: priority, slotMask: useMask ? mask : nil)
+                #expect(cpu.keptCounts.int32s().reduce(0, +) < plain.keptCounts.int32s().reduce(0, +), "\(label): the offsets drop nothing")
+            }
+        }
+    }
+
     @Test func choiceMajorAndMaskOnTheGPU() {
         // Token 0 picks (0, 1), token 1 picks (1, 0); one seat each: the first choices win.
         let expert = Tensor([0, 1, 1, 0] as [Int32], shape: [2, 2]).to(gpu)

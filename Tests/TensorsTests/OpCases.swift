@@ -53,6 +53,8 @@ let opCases: [OpCase] = {
     add("logsumexp", { [randn([2, 3, 5], seed: 45, scale: 2)] }) { $0[0].logSumExp(axis: -1) }
     // Shifted by 100: e^100 overflows float32, so the CPU-vs-CUDA check sees a lost max-shift.
     add("logsumexp of large logits", { [randn([4, 6], seed: 46, shift: 100)] }) { $0[0].logSumExp() }
+    // As many rows as columns: the per-row maximum must not broadcast as a row.
+    add("logsumexp of a square matrix", { [randn([4, 4], seed: 47, scale: 3)] }) { $0[0].logSumExp() }
     add("slice last axis", { [randn([2, 3, 5], seed: 47)] }) { $0[0].slice(lastAxis: 1..<4).exp() }
     add("slice first and last column", { [randn([3, 5], seed: 48)] }) { x in
         x[0].slice(lastAxis: 0..<1) * x[0].slice(lastAxis: 4..<5).squared()

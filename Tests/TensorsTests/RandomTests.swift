@@ -25,6 +25,22 @@ struct RandomTests {
         #expect(n == (0..<3).map { Philox.normal($0, seed: 42, offset: 1) })
     }
 
+    /// Rows 2..<4 of a [4, 5] draw, drawn alone from element 10, are that slice of the whole draw (how
+    /// an expert-parallel rank draws its tokens' noise); the generator advances by one draw either way.
+    @Test func aDrawFromAFirstElementIsThatSliceOfTheWholeDraw() {
+        for normal in [false, true] {
+            var a = RandomGenerator(seed: 9), b = a
+            func draw(_ shape: [Int], _ g: inout RandomGenerator, first: Int) -> [Float] {
+                (normal ? Tensor.randomNormal(shape, generator: &g, firstElement: first)
+                        : Tensor.randomUniform(shape, low: -1, high: 2, generator: &g, firstElement: first)).scalars()
+            }
+            let whole = draw([4, 5], &a, first: 0), slice = draw([2, 5], &b, first: 10)
+            #expect(slice == Array(whole[10..<20]), "normal=\(normal)")
+            #expect(slice != Array(whole[0..<10]), "normal=\(normal)")
+            #expect(a == b)
+        }
+    }
+
     @Test func uniformMoments() {
         var g = RandomGenerator(seed: 7)
         let u = Tensor.randomUniform([200_000], low: -1, high: 3, dtype: .float64, generator: &g).doubles()

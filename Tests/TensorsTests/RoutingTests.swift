@@ -59,6 +59,89 @@ struct RoutingTests {
         }
     }
 
+    /// Two ranks' tables, each token picking two of two experts; concatenated (rank 0 first) they are
+    /// t0 (0, 1), t1 (1, 0), t2 (0, 1), t3 (0, 1). With two seats, choice-major keeps t0 (0, 1),
+    /// t1 (1, -), t2 (0, -): expert 0 seats t0 and t2's first choices, expert 1 t1's first and t0's
+    /// second. Token-major keeps rank 0's four slots. The offsets are worked out by hand from the
+    /// formula in `MoEBackend.routingPlan` (rank 0's counts per choice: [1, 1] and [1, 1]; rank 1's:
+    /// [2, 0] and [0, 2]).
+    @Test func capacityOffsetDropsWhatTheConcatenatedBatchDrops() {
+        let rank0 = Tensor([0, 1, 1, 0] as [Int32], shape: [2, 2]), rank1 = Tensor([0, 1, 0, 1] as [Int32], shape: [2, 2])
+        func kept(_ table: Tensor, _ offset: [Int32], _ priority: RoutingPriority) -> [Int32] {
+            routingPlan(table, expertCount: 2, capacity: 2, capacityOffset: Tensor(offset, shape: [2, 2]), priority: priority).keptExpert.int32s()
+        }
+        // Choice-major, rank 0: choice 0 after nothing; choice 1 after rank 1's first choices.
+        #expect(kept(rank0, [0, 0, 2, 0], .choiceMajor) == [0, 1, 1, -1])
+        // Rank 1: choice 0 after rank 0's first choices; choice 1 after both ranks' first and rank 0's second.
+        #expect(kept(rank1, [1, 1, 2, 2], .choiceMajor) == [0, -1, -1, -1])
+        // Without the offsets rank 1 keeps more than the concatenated batch allows.
+        #expect(routingPlan(rank1, expertCount: 2, capacity: 2, priority: .choiceMajor).keptExpert.int32s() == [0, 1, 0, 1])
+        // Token-major: all of rank 0's slots come first.
+        #expect(kept(rank0, [0, 0, 0, 0], .tokenMajor) == [0, 1, 1, 0])
+        #expect(kept(rank1, [2, 2, 2, 2], .tokenMajor) == [-1, -1, -1, -1])
+        let plan = routingPlan(rank1, expertCount: 2, capacity: 2, capacityOffset: Tensor([1, 1, 2, 2] as [Int32], shape: [2, 2]),
+                               priority: .choiceMajor)
+        #expect(plan.counts.int32s() == [2, 2, 1, 0], "routed, then kept counts")
+        #expect(plan.slotOfRow.int32s() == [0, -1, -1, -1])
+    }
+
+    /// W ranks' random tables: with the offsets counted by brute force (the other ranks' slots of the
+    /// same expert whose global priority rank is below this rank's choice-j slots), each rank keeps
+    /// exactly its rows of the concatenated table's plan, for both priorities, with and without a mask.
+    @Test(arguments: [(2, 5, 2, 3), (3, 4, 2, 4), (4, 3, 1, 2), (2, 6, 3, 5)])
+    func capacityOffsetGivesEachRankItsShareOfTheConcatenatedPlan(_ shape: (Int, Int, Int, Int)) {
+        let (w, t, k, n) = shape
+        var g = RandomGenerator(seed: UInt64(w * 1000 + t * 100 + k * 10 + n))
+        // Expert 0 is popular, so capacities bind.
+        let expert = (0..<(w * t * k)).map { _ -> Int32 in
+            let u = Double(g.nextUniform())
+            return u < 0.4 ? 0 : Int32(Double(g.nextUniform()) * Double(n + 1)) - 1
+        }
+        let mask = (0..<(w * t * k)).map { _ in g.nextUniform() - 0.2 }
+        for capacity in [0, 1, 2, t * k / n + 1] {
+            for priority in [RoutingPriority.tokenMajor, .choiceMajor] {
+                for useMask in [false, true] {
+                    let whole = routingPlan(Tensor(expert, shape: [w * t, k]), expertCount: n, capacity: capacity, priority: priority,
+                                            slotMask: useMask ? Tensor(mask, shape: [w * t, k]) : nil).keptExpert.int32s()
+                    // Global priority rank of slot (rank r, token b, choice j).
+                    func globalRank(_ r: Int, _ b: Int, _ j: Int) -> Int {
+                        priority == .tokenMajor ? (r * t + b) * k + j : j * w * t + r * t + b
+                    }
+                    func routed(_ i: Int) -> Int32 { useMask && mask[i] < 0 ? -1 : expert[i] }
+                    for r in 0..<w {
+                        var offset = [Int32](repeating: 0, count: k * n)
+                        for j in 0..<k {
+                            for other in 0..<w where other != r {
+                                for b in 0..<t {
+                                    for j2 in 0..<k where globalRank(other, b, j2) < globalRank(r, 0, j) {
+                                        let e = routed((other * t + b) * k + j2)
+                                        if e >= 0 { offset[j * n + Int(e)] += 1 }
+                                    }
+                                }
+                            }
+                        }
+                        let slots = (r * t * k)..<((r + 1) * t * k)
+                        let plan = routingPlan(Tensor(Array(expert[slots]), shape: [t, k]), expertCount: n, capacity: capacity,
+                                               capacityOffset: Tensor(offset, shape: [k, n]), priority: priority,
+                                               slotMask: useMask ? Tensor(Array(mask[slots]), shape: [t, k]) : nil)
+                        #expect(plan.keptExpert.int32s() == Array(whole[slots]),
+                                "W=\(w) T=\(t) k=\(k) N=\(n) C=\(capacity) \(priority) mask=\(useMask) rank \(r)")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Combine's gradients by finite differences, with as many kept rows as columns (S == d == 4),
+    /// where a per-row score vector could be mistaken for a per-column one.
+    @Test func unpermuteGradientsMatchFiniteDifferencesWhenRowsEqualWidth() {
+        let plan = routingPlan(Tensor([0, -1, 1, 0, -1, 2] as [Int32], shape: [3, 2]), expertCount: 3)
+        let error = gradientCheckError([randn([4, 4], seed: 10), randn([3, 2], seed: 11)]) {
+            unpermuteTokens($0[0], by: plan, score: $0[1])
+        }
+        #expect(error < 1e-6)
+    }
+
     @Test func choiceMajorPriorityGivesFirstChoicesTheSeats() {
         // Token 0 picks (0, 1), token 1 picks (1, 0); one seat each. Token-major: token 0 takes both
         // seats. Choice-major: both first choices win.

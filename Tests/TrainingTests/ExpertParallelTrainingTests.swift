@@ -15,6 +15,7 @@ struct ExpertParallelTrainingTests {
 
     /// The tiny model with 4 experts, top-2 (no capacity, no noise), in every block. `balance`:
     /// `none` (FastMoE's gate) or `aux` (the Switch/Megatron loss, weighted high enough to matter).
+    /// Other gates come with their own top-k and capacity in `extra`.
     static func settings(out: String, batchSize: Int, balance: String, steps: Int = steps,
                          _ extra: [String: ConfigValue] = [:]) -> [String: ConfigValue] {
         var v = tinyRun(out: out, steps: steps, ["batch_size": .int(batchSize), "log_every": .int(1), "eval_batches": .int(1),
@@ -66,12 +67,12 @@ struct ExpertParallelTrainingTests {
         #expect(worst.0 <= 5e-5, "\(label): largest weight difference to one rank \(worst.0) in \(worst.1)")
     }
 
-    static func compare(worldSize: Int, expertParallel: Int, balance: String) throws {
+    static func compare(worldSize: Int, expertParallel: Int, balance: String, _ gate: [String: ConfigValue] = [:]) throws {
         let dir = TemporaryDirectory()
-        let reference = try train(try Trainer.prepare(overrides: settings(out: dir.file("one"), batchSize: 8, balance: balance)))
+        let reference = try train(try Trainer.prepare(overrides: settings(out: dir.file("one"), batchSize: 8, balance: balance, gate)))
         let ranks = try ThreadProcessGroup.run(worldSize: worldSize) { group in
             let trainer = try Trainer.prepare(overrides: settings(out: dir.file("ep"), batchSize: 8 / worldSize, balance: balance,
-                                                                  ["expert_parallel": .int(expertParallel)]),
+                                                                  gate.merging(["expert_parallel": .int(expertParallel)]) { $1 }),
                                               world: { _ in group })
             #expect(trainer.expertLayout?.size == expertParallel)
             // Each rank holds its share of the experts: [E, h, d] with E = N / W_ep.
@@ -79,7 +80,7 @@ struct ExpertParallelTrainingTests {
             #expect(fc1.shape[0] == 4 / expertParallel)
             return try train(trainer)
         }
-        let label = "W = \(worldSize), W_ep = \(expertParallel), balance \(balance)"
+        let label = "W = \(worldSize), W_ep = \(expertParallel), balance \(balance) \(gate)"
         try expectClose(ranks[0], gathered(ranks, expertParallel: expertParallel), to: reference, label)
         // The load in the metrics is the global batch's: every expert's count summed over the ranks,
         // as one rank counts them (the routing is the same, so the counts are, step by step).
@@ -109,6 +110,16 @@ struct ExpertParallelTrainingTests {
     /// Two expert-parallel groups of 2 on 4 ranks: experts replicated twice, averaged over replicas.
     @Test func twoGroupsOfTwoOnFourRanksMatchOneRank() throws {
         try Self.compare(worldSize: 4, expertParallel: 2, balance: "aux")
+    }
+
+    /// Gates with capacity drops (a small factor that binds) and random draws (GShard's random
+    /// routing, Switch's jitter, the noisy gate's noise and its cv² losses): the ranks route the global
+    /// batch as one rank does, so training matches it too.
+    @Test(arguments: [("gshard", 2, 0.8), ("switch", 1, 0.8), ("noisy", 2, nil)] as [(String, Int, Double?)])
+    func capacityAndNoiseGatesMatchOneRank(gate: String, topK: Int, capacityFactor: Double?) throws {
+        var options: [String: ConfigValue] = ["gate": .string(gate), "top_k": .int(topK)]
+        if let capacityFactor { options["capacity_factor"] = .double(capacityFactor) }
+        try Self.compare(worldSize: 4, expertParallel: 2, balance: "aux", options)
     }
 
     @Test func layoutsThatDoNotDivideAreRefused() throws {

@@ -54,10 +54,18 @@ public final class TokenDispatcher: @unchecked Sendable {
         let permuted = permuteTokens(x, by: plan)
         // 2. Count exchange: device work only.
         let received = exchange.exchangeCounts(plan.keptCounts)
-        // 3. The layer's one host sync: routed, kept and received counts in one download.
-        let all = received.map { Tensor.concat([plan.counts.reshaped([2 * n]), $0.reshaped([w * e])], axis: 0) } ?? plan.counts
-        let counts = all.int32s().map(Int.init)
+        // 3. The layer's one host sync: routed, kept and received counts (and the global batch's
+        // token counts, to check the gate's assumption) in one download.
+        let parts = [plan.counts.reshaped([2 * n])] + [received?.reshaped([w * e]), routing.batchTokenCounts].compactMap { $0 }
+        let counts = (parts.count == 1 ? parts[0] : Tensor.concat(parts, axis: 0)).int32s().map(Int.init)
         let routed = Array(counts[0..<n]), kept = Array(counts[n..<(2 * n)])
+        if let batch = routing.batchTokenCounts {
+            let ranks = Array(counts.suffix(batch.count))
+            guarantee(ranks.allSatisfy { $0 == plan.tokenCount },
+                      "MoE layer: the ranks of the global batch hold \(ranks.map(String.init).joined(separator: ", ")) tokens; a gate "
+                      + "that routes the global batch (capacity, random draws: GlobalBatchRouting.batchGroup) needs the same number "
+                      + "on every rank, as the trainer's equal slices give. Pass equal batches, or set batchGroup to nil to route each rank's tokens alone")
+        }
         let receivedPerExpert = received == nil
             ? [kept]
             : (0..<w).map { r in Array(counts[(2 * n + r * e)..<(2 * n + (r + 1) * e)]) }

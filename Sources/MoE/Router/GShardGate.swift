@@ -12,7 +12,9 @@ import Tensors
 /// where `2·score[t, 1] ≥ u_t`, `u_t ~ U[0, 1)` (before capacity, as GShard's algorithm: a second
 /// choice not sent takes no seat; eval keeps both, so evaluation is deterministic). Capacity
 /// `C = ceil(cf · T · 2 / N)` (cf 1.2 training, 2.4 eval); surplus slots are dropped in priority
-/// order: all first choices before second choices, token order within each.
+/// order: all first choices before second choices, token order within each. With a `batchGroup`
+/// (`GlobalBatchRouting`), `T` is the global batch's, the order runs over it, and `u_t` is drawn at
+/// the token's global index.
 /// ```swift
 /// let gate = GShardGate(dModel: 512, globalExpertCount: 8, generator: &g)
 /// ```
@@ -30,6 +32,8 @@ public final class GShardGate: Module, Gate, BiasBalancedGate, @unchecked Sendab
     public var biasUpdateRate: Double
     /// The ranks whose tokens the balance loss counts (`GlobalBalanceStatistics`); nil = this rank's.
     public var statisticsGroup: (any ProcessGroup)?
+    /// The ranks whose tokens capacity and random routing cover (`GlobalBatchRouting`); nil = this rank's.
+    public var batchGroup: (any ProcessGroup)?
     /// The source of the random-routing draws (found by reflection: checkpoints save its state).
     public let randomSource: RandomSource
     public var generator: RandomGenerator {
@@ -53,13 +57,13 @@ public final class GShardGate: Module, Gate, BiasBalancedGate, @unchecked Sendab
         randomSource = RandomSource(GateMath.childGenerator(&generator))
     }
 
-    /// The seats per expert for `tokens` tokens in the current mode.
+    /// The seats per expert for `tokens` tokens (of the global batch) in the current mode.
     public func capacity(tokens: Int) -> Int {
         capacityFactor.capacity(tokens: tokens, topK: 2, experts: globalExpertCount, training: isTraining)
     }
 
     public func route(_ x: Tensor) -> GateOutput {
-        let t = x.shape[0]
+        let t = x.shape[0], batch = GlobalBatch(group: batchGroup, tokens: t)
         let z = GateMath.routerPrecision(linear(x))
         let p = z.softmax()
         // With a bias, the choice is the top 2 of p + b and the scores stay the softmax of the chosen logits.
@@ -70,13 +74,15 @@ public final class GShardGate: Module, Gate, BiasBalancedGate, @unchecked Sendab
         var mask: Tensor?
         if isTraining && randomRouting {
             mask = withoutGradient { () -> Tensor in
-                let u = Tensor.randomUniform([t, 1], dtype: score.dtype, device: x.device, generator: &randomSource.generator)
+                let u = Tensor.randomUniform([t, 1], dtype: score.dtype, device: x.device, generator: &randomSource.generator,
+                                             firstElement: batch.firstToken)
                 let keepSecond = score.slice(lastAxis: 1..<2) * 2 - u
                 return Tensor.concat([Tensor.ones([t, 1], dtype: score.dtype, device: x.device), keepSecond], axis: -1)
             }
         }
-        let plan = routingPlan(expert, expertCount: globalExpertCount, capacity: capacity(tokens: t), priority: .choiceMajor, slotMask: mask)
+        let (plan, tokenCounts) = batch.routingPlan(expert, expertCount: globalExpertCount, capacity: capacity(tokens: batch.tokenCount),
+                                                    priority: .choiceMajor, slotMask: mask)
         return GateOutput(expert: plan.keptExpert, score: score, auxLoss: aux, zLoss: RouterZLoss.weighted(z, zLossWeight), plan: plan,
-                          probabilities: p)
+                          probabilities: p, batchTokenCounts: tokenCounts)
     }
 }

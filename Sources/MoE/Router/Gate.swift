@@ -44,9 +44,13 @@ public struct GateOutput: @unchecked Sendable {
     /// Expert choice in training: the fraction of the evaluation routing's slots (per-token top-k of
     /// the same scores) that this routing did not choose (0 = the two agree). Nil for other gates.
     public var routingDisagreement: Double?
+    /// `[W]` int32 on the device: the token counts of the ranks of the global batch, when the gate
+    /// routed by it assuming every rank holds `T` (`GlobalBatchRouting`). The dispatcher reads them
+    /// with its one download and stops if they differ. Nil when the gate routed this rank's tokens alone.
+    public var batchTokenCounts: Tensor?
 
     public init(expert: Tensor, score: Tensor, auxLoss: Tensor? = nil, zLoss: Tensor? = nil, plan: RoutingPlan? = nil,
-                probabilities: Tensor? = nil, routingDisagreement: Double? = nil) {
+                probabilities: Tensor? = nil, routingDisagreement: Double? = nil, batchTokenCounts: Tensor? = nil) {
         guarantee(expert.dtype == .int32 && expert.rank == 2 && score.shape == expert.shape,
                      "GateOutput: expert \(expert.shape) \(expert.dtype) and score \(score.shape) must both be [T, k], expert int32")
         self.expert = expert
@@ -56,5 +60,6 @@ public struct GateOutput: @unchecked Sendable {
         self.plan = plan
         self.probabilities = probabilities
         self.routingDisagreement = routingDisagreement
+        self.batchTokenCounts = batchTokenCounts
     }
 }

@@ -10,7 +10,7 @@ import Tensors
 /// data- or expert-parallel run; `moefy` leaves it nil = this rank's tokens, `--balance-statistics
 /// local`, GShard's and FastMoE's per-rank form). The trainer sets it with `setBalanceStatistics`.
 /// ```swift
-/// setBalanceStatistics(model, group: world)   // every GShard/Switch/top-k gate of the model
+/// setBalanceStatistics(model, group: world)   // every GShard/Switch/top-k/noisy gate of the model
 /// ```
 public protocol GlobalBalanceStatistics: AnyObject {
     var statisticsGroup: (any ProcessGroup)? { get set }
@@ -19,6 +19,7 @@ public protocol GlobalBalanceStatistics: AnyObject {
 extension TopKGate: GlobalBalanceStatistics {}
 extension GShardGate: GlobalBalanceStatistics {}
 extension SwitchGate: GlobalBalanceStatistics {}
+extension NoisyTopKGate: GlobalBalanceStatistics {}
 
 extension GateMath {
     /// The Switch/GShard balance loss `N · Σ_e f_e·P_e` of the global batch over `group`.
@@ -46,5 +47,28 @@ extension GateMath {
         }
         let pStraightThrough = pLocal.reshaped([n]) + (pGlobal - pLocal.reshaped([n]).detached())
         return (f * pStraightThrough).sum() * Double(n)
+    }
+
+    /// `Σ cv²(v)` over per-expert sums `v` `[N]` (the noisy gate's importance and load) of the global
+    /// batch over `group`: `cv²(v_global)` with `v_global = Σ_ranks v`, all sums in one all-reduce
+    /// (on the device, outside the graph). As for `balanceLoss`, the straight-through
+    /// `W·v + stopGradient(v_global − W·v)` makes the value global and the gradient `W·cv²'(v_global)·∂v`,
+    /// whose average over the W ranks (the data-parallel sync) is `cv²'(v_global)·Σ_ranks ∂v`: the
+    /// one-rank gradient of the concatenated batch (the ranks' counts need not be equal here).
+    static func cvSquared(_ sums: [Tensor], over group: (any ProcessGroup)?) -> Tensor {
+        guard let group, group.size > 1 else { return sums.dropFirst().reduce(cvSquared(sums[0])) { $0 + cvSquared($1) } }
+        let w = Double(group.size)
+        let global = withoutGradient { () -> Tensor in
+            let all = Tensor.concat(sums, axis: 0)
+            group.allReduce(all, .sum)
+            return all
+        }
+        var at = 0
+        let terms = sums.map { v -> Tensor in
+            defer { at += v.count }
+            let scaled = v * w
+            return cvSquared(scaled + (global.rows(at..<(at + v.count)) - scaled.detached()))
+        }
+        return terms.dropFirst().reduce(terms[0], +)
     }
 }

@@ -1,3 +1,4 @@
+import Distributed
 import NN
 import Tensors
 
@@ -10,6 +11,9 @@ import Tensors
 /// Aux loss: `cv²(importance) + cv²(load)`, `importance_e = Σ_b gates[b, e]`,
 /// `load_e = Σ_b Φ((clean − thr) / σ)` with `thr` the (k+1)-th largest noisy value where `e` is in the
 /// top k, else the k-th. The load term is skipped in eval (σ = 0) and when `k == N` (it is constant).
+/// The sums are taken in at least float32. With a `statisticsGroup` (`GlobalBalanceStatistics`) the
+/// sums are the global batch's; with a `batchGroup` (`GlobalBatchRouting`) `ε` is drawn at each
+/// token's global index.
 /// ```swift
 /// let gate = NoisyTopKGate(dModel: 512, globalExpertCount: 8, topK: 2, generator: &g)
 /// ```
@@ -26,6 +30,10 @@ public final class NoisyTopKGate: Module, Gate, BiasBalancedGate, @unchecked Sen
     /// `[N]`, with `balance: .bias`.
     public let expertBias: Buffer?
     public var biasUpdateRate: Double
+    /// The ranks whose tokens `importance` and `load` sum over (`GlobalBalanceStatistics`); nil = this rank's.
+    public var statisticsGroup: (any ProcessGroup)?
+    /// The ranks whose tokens `ε` is drawn for (`GlobalBatchRouting`); nil = this rank's.
+    public var batchGroup: (any ProcessGroup)?
     /// The source of `ε` (found by reflection: checkpoints save its state for an exact resume).
     public let randomSource: RandomSource
     public var generator: RandomGenerator {
@@ -53,12 +61,15 @@ public final class NoisyTopKGate: Module, Gate, BiasBalancedGate, @unchecked Sen
         let k = topK, n = globalExpertCount, b = x.shape[0]
         let clean = x.matmul(wGate.value.cast(to: x.dtype))
         var noisy = clean
-        var sigma: Tensor?
+        var sigma: Tensor?, batchTokenCounts: Tensor?
         if isTraining {
+            let batch = GlobalBatch(group: batchGroup, tokens: b)
             let s = x.matmul(wNoise.value.cast(to: x.dtype)).softplus() + 0.01
-            let epsilon = Tensor.randomNormal([b, n], dtype: x.dtype, device: x.device, generator: &randomSource.generator)
+            let epsilon = Tensor.randomNormal([b, n], dtype: x.dtype, device: x.device, generator: &randomSource.generator,
+                                              firstElement: batch.firstToken * n)
             noisy = clean + epsilon * s
             sigma = s
+            batchTokenCounts = batch.tokenCounts(device: x.device)
         }
         let m = min(k + 1, n)
         // With a bias, the k+1 are the largest of softmax(noisy) + b, in that order (the load
@@ -72,18 +83,20 @@ public final class NoisyTopKGate: Module, Gate, BiasBalancedGate, @unchecked Sen
         }
         let (values, expert) = m > k ? (top.slice(lastAxis: 0..<k), topIndex.slice(lastAxis: 0..<k)) : (top, topIndex)
         let score = values.softmax()
-        let importance = score.scattered(lastAxis: expert, width: n).sumRows()
-        var aux = GateMath.cvSquared(importance)
-        if let sigma, k < n, balance == .aux {
-            let thresholdIn = top.slice(lastAxis: k..<(k + 1))        // the (k+1)-th largest: the bar an expert in the top k must stay above
-            let thresholdOut = top.slice(lastAxis: (k - 1)..<k)   // the k-th largest: the bar an expert outside must pass
-            let isIn = withoutGradient { Tensor.ones([b, k], dtype: x.dtype, device: x.device).scattered(lastAxis: expert, width: n) }
-            let probIn = ((clean - thresholdIn) / sigma).normalCDF()
-            let probOut = ((clean - thresholdOut) / sigma).normalCDF()
-            let load = (isIn * probIn + (1 - isIn) * probOut).sumRows()
-            aux = aux + GateMath.cvSquared(load)
+        var aux: Tensor?
+        if balance == .aux {
+            var sums = [GateMath.routerPrecision(score.scattered(lastAxis: expert, width: n)).sumRows()]   // importance
+            if let sigma, k < n {
+                let thresholdIn = top.slice(lastAxis: k..<(k + 1))        // the (k+1)-th largest: the bar an expert in the top k must stay above
+                let thresholdOut = top.slice(lastAxis: (k - 1)..<k)   // the k-th largest: the bar an expert outside must pass
+                let isIn = withoutGradient { Tensor.ones([b, k], dtype: x.dtype, device: x.device).scattered(lastAxis: expert, width: n) }
+                let probIn = ((clean - thresholdIn) / sigma).normalCDF()
+                let probOut = ((clean - thresholdOut) / sigma).normalCDF()
+                sums.append(GateMath.routerPrecision(isIn * probIn + (1 - isIn) * probOut).sumRows())   // load
+            }
+            aux = GateMath.cvSquared(sums, over: statisticsGroup)
         }
-        return GateOutput(expert: expert, score: score, auxLoss: balance == .aux ? aux : nil, zLoss: RouterZLoss.weighted(clean, zLossWeight),
-                          probabilities: noisy.softmax())
+        return GateOutput(expert: expert, score: score, auxLoss: aux, zLoss: RouterZLoss.weighted(clean, zLossWeight),
+                          probabilities: noisy.softmax(), batchTokenCounts: batchTokenCounts)
     }
 }

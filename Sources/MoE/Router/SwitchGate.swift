@@ -19,7 +19,8 @@ public enum SwitchJitter: Sendable, Equatable {
 /// `p = softmax(z)` in float32; the expert is the arg-max and its score is `p` there (not
 /// renormalised). Capacity `C = ceil(cf · T / N)` (cf 1.2 training, 2.4 eval); surplus tokens are
 /// dropped in token order. Aux loss `N · Σ_e f_e·P_e`, `f_e` the fraction of tokens routed to `e`
-/// before drops, `P_e = mean_t p[t, e]`.
+/// before drops, `P_e = mean_t p[t, e]`. With a `batchGroup` (`GlobalBatchRouting`), `T` and the
+/// token order are the global batch's, and the jitter is drawn at each token's global index.
 /// ```swift
 /// let gate = SwitchGate(dModel: 512, globalExpertCount: 8, generator: &g)
 /// ```
@@ -37,6 +38,8 @@ public final class SwitchGate: Module, Gate, BiasBalancedGate, @unchecked Sendab
     public var biasUpdateRate: Double
     /// The ranks whose tokens the balance loss counts (`GlobalBalanceStatistics`); nil = this rank's.
     public var statisticsGroup: (any ProcessGroup)?
+    /// The ranks whose tokens capacity and jitter cover (`GlobalBatchRouting`); nil = this rank's.
+    public var batchGroup: (any ProcessGroup)?
     /// The source of the jitter (found by reflection: checkpoints save its state).
     public let randomSource: RandomSource
     public var generator: RandomGenerator {
@@ -59,30 +62,31 @@ public final class SwitchGate: Module, Gate, BiasBalancedGate, @unchecked Sendab
         randomSource = RandomSource(GateMath.childGenerator(&generator))
     }
 
-    /// The seats per expert for `tokens` tokens in the current mode.
+    /// The seats per expert for `tokens` tokens (of the global batch) in the current mode.
     public func capacity(tokens: Int) -> Int {
         capacityFactor.capacity(tokens: tokens, topK: 1, experts: globalExpertCount, training: isTraining)
     }
 
     public func route(_ x: Tensor) -> GateOutput {
-        let t = x.shape[0]
+        let batch = GlobalBatch(group: batchGroup, tokens: x.shape[0])
         var input = x
         if isTraining, case .input(let eps) = jitter {
             input = x * Tensor.randomUniform(x.shape, low: 1 - eps, high: 1 + eps, dtype: x.dtype, device: x.device,
-                                             generator: &randomSource.generator)
+                                             generator: &randomSource.generator, firstElement: batch.firstToken * x.lastDimension)
         }
         var z = linear(input)
         if isTraining, case .logits(let eps) = jitter {
             z = z + Tensor.randomUniform(z.shape, low: 1 - eps, high: 1 + eps, dtype: z.dtype, device: z.device,
-                                         generator: &randomSource.generator)
+                                         generator: &randomSource.generator, firstElement: batch.firstToken * z.lastDimension)
         }
         z = GateMath.routerPrecision(z)
         let p = z.softmax()
         let expert = GateMath.choose(p, k: 1, bias: expertBias)
         let score = p.gather(lastAxis: expert)
         let aux = balance == .aux ? GateMath.balanceLoss(probabilities: p, top1: expert, over: statisticsGroup) : nil
-        let plan = routingPlan(expert, expertCount: globalExpertCount, capacity: capacity(tokens: t), priority: .tokenMajor)
+        let (plan, tokenCounts) = batch.routingPlan(expert, expertCount: globalExpertCount, capacity: capacity(tokens: batch.tokenCount),
+                                                    priority: .tokenMajor, slotMask: nil)
         return GateOutput(expert: plan.keptExpert, score: score, auxLoss: aux, zLoss: RouterZLoss.weighted(z, zLossWeight), plan: plan,
-                          probabilities: p)
+                          probabilities: p, batchTokenCounts: tokenCounts)
     }
 }

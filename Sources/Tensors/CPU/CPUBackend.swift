@@ -48,17 +48,17 @@ public final class CPUBackend: Backend {
 
     public func random(_ out: Tensor, _ distribution: RandomDistribution, stream: RandomStream) {
         guarantee(out.dtype.isFloatingPoint, "random: \(out.dtype) is not a floating-point type")
-        let (seed, offset) = (stream.seed, stream.offset)
+        let (seed, offset, first) = (stream.seed, stream.offset, stream.firstElement)
         parallelFor(out.count, cost: 40) { range in
             for i in range {
-                let v: Double
+                let v: Double, at = first + i
                 switch distribution {
                 case .uniform(let lo, let hi):
-                    v = lo + (hi - lo) * Double(Philox.uniform(Philox.word(i, seed: seed, offset: offset)))
+                    v = lo + (hi - lo) * Double(Philox.uniform(Philox.word(at, seed: seed, offset: offset)))
                 case .normal(let mean, let std):
-                    v = mean + std * Double(Philox.normal(i, seed: seed, offset: offset))
+                    v = mean + std * Double(Philox.normal(at, seed: seed, offset: offset))
                 case .dropoutMask(let p):
-                    v = Double(Philox.uniform(Philox.word(i, seed: seed, offset: offset))) < p ? 0 : 1 / (1 - p)
+                    v = Double(Philox.uniform(Philox.word(at, seed: seed, offset: offset))) < p ? 0 : 1 / (1 - p)
                 }
                 self.store(out, i, v)
             }

@@ -3,7 +3,7 @@
 // as one CPU GEMM per expert over its block of rows (pointer offsets, never a loop over tokens).
 
 extension CPUBackend: MoEBackend {
-    public func routingPlan(expert: Tensor, slotMask: Tensor?, expertCount n: Int, capacity: Int?, priority: RoutingPriority,
+    public func routingPlan(expert: Tensor, slotMask: Tensor?, expertCount n: Int, capacity: Int?, capacityOffset: Tensor?, priority: RoutingPriority,
                             keptExpert: Tensor, counts: Tensor, rowOfSlot: Tensor, slotOfRow: Tensor,
                             tokenOfRow: Tensor, expertOfRow: Tensor) {
         let slots = expert.count, k = expert.lastDimension, tokens = expert.rowCount
@@ -30,14 +30,17 @@ extension CPUBackend: MoEBackend {
         for g in 0..<n { before[g] = 0 }
         for s in 0..<slots where routed[s] >= 0 { before[Int(routed[s])] += 1 }
 
-        // Step 2: capacity, visiting slots in priority order and counting seats per expert.
+        // Step 2: capacity, visiting slots in priority order and counting seats per expert; the
+        // offset adds the seats that slots elsewhere (other ranks) take first.
         if let capacity {
+            let offset = capacityOffset?.host(Int32.self)
             var seats = [Int](repeating: 0, count: n)
             for rank in 0..<slots {
                 let s = priority == .tokenMajor ? rank : (rank % tokens) * k + rank / tokens
                 let e = Int(routed[s])
                 if e < 0 { keptOut[s] = -1; continue }
-                keptOut[s] = seats[e] < capacity ? Int32(e) : -1
+                let taken = offset.map { Int($0[(s % k) * n + e]) } ?? 0
+                keptOut[s] = taken + seats[e] < capacity ? Int32(e) : -1
                 seats[e] += 1
             }
         } else {

@@ -212,7 +212,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         }
         launchElementwise("random_fill", out.dtype, count: out.count,
                           [out.arg, .int64(Int64(out.count)), .int64(Int64(bitPattern: stream.seed)),
-                           .int64(Int64(bitPattern: stream.offset)), .int32(code), .double(a), .double(b)])
+                           .int64(Int64(bitPattern: stream.offset)), .int64(Int64(stream.firstElement)), .int32(code), .double(a), .double(b)])
     }
 
     // MARK: Data movement

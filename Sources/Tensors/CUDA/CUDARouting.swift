@@ -21,11 +21,12 @@ extension CUDABackend: MoEBackend {
     /// Kernel plan (see `RoutingKernels` for the kernels and their cost):
     /// 1. `routing_prepare`: mask → `keptExpert` holds the routed expert of each slot; sorted outputs = -1.
     /// 2. With a capacity: rank every routed slot within its expert in priority order (chunked rank +
-    ///    column scan, whose totals are the routed counts), then drop the slots ranked ≥ C.
+    ///    column scan, whose totals are the routed counts), then drop the slots whose rank plus the
+    ///    capacity offset of their (choice, expert) is ≥ C.
     /// 3. Rank every kept slot within its expert in slot order (totals: the kept counts; without a
     ///    capacity also the routed counts), scan the kept counts into expert offsets, and place.
     /// About 8 launches; O(T*k) work and reads per pass, plus O(T*k/4) for the chunk scans.
-    public func routingPlan(expert: Tensor, slotMask: Tensor?, expertCount n: Int, capacity: Int?, priority: RoutingPriority,
+    public func routingPlan(expert: Tensor, slotMask: Tensor?, expertCount n: Int, capacity: Int?, capacityOffset: Tensor?, priority: RoutingPriority,
                             keptExpert: Tensor, counts: Tensor, rowOfSlot: Tensor, slotOfRow: Tensor,
                             tokenOfRow: Tensor, expertOfRow: Tensor) {
         let slots = expert.count
@@ -69,8 +70,8 @@ extension CUDABackend: MoEBackend {
             let choiceMajor = priority == .choiceMajor
             rank(choiceMajor: choiceMajor, total: before, total2: 0)
             launchElementwise("routing_apply_capacity", nil, count: slots,
-                              [keptExpert.arg, localRank.arg, chunkCount.arg, .int64(Int64(slots)), .int64(Int64(tokens)), .int64(Int64(k)),
-                               .int32(choiceMajor ? 1 : 0), .int32(Int32(n)), .int64(Int64(chunk)), .int64(Int64(capacity))])
+                              [keptExpert.arg, localRank.arg, chunkCount.arg, capacityOffset.arg, .int64(Int64(slots)), .int64(Int64(tokens)),
+                               .int64(Int64(k)), .int32(choiceMajor ? 1 : 0), .int32(Int32(n)), .int64(Int64(chunk)), .int64(Int64(capacity))])
             rank(choiceMajor: false, total: after, total2: 0)
         } else {
             rank(choiceMajor: false, total: before, total2: after)

@@ -23,12 +23,24 @@ public protocol MoEBackend: Backend {
     /// Inputs: `expert` `[T, k]` int32, each value in `[0, N)` or `-1` (routed nowhere);
     /// `slotMask`, when given, `[T, k]` float32 (or float64 on the CPU): a slot whose mask is `< 0`
     /// is treated as `-1` before anything is counted (GShard's random routing);
-    /// `capacity` `C` (nil = unlimited); `priority` as in `RoutingPriority`. Let `e(s)` be slot `s`'s
-    /// expert after the mask, `rank(s)` its priority rank (`s`, or `j*T + b`). Outputs, all int32:
+    /// `capacity` `C` (nil = unlimited); `priority` as in `RoutingPriority`; `capacityOffset`, only
+    /// with a capacity, `[k, N]` int32 (nil = zeros): `offset[j, g]` seats of expert `g` that slots
+    /// outside this table take before this table's choice-`j` slots (the other ranks' slots of higher
+    /// priority, when the table is one rank's share of a global batch; see below). Let `e(s)` be slot
+    /// `s`'s expert after the mask, `j(s) = s % k` its choice, `rank(s)` its priority rank (`s`, or
+    /// `j*T + b`) and `before(s) = #{s' : e(s') == e(s), rank(s') < rank(s)}`. Outputs, all int32:
     /// - `counts` `[2, N]`: row 0 `routedCounts[g] = #{s : e(s) == g}`; row 1
-    ///   `keptCounts[g] = #{s : keptExpert[s] == g} = min(routedCounts[g], C)`. One tensor so the host
-    ///   reads both with one download.
-    /// - `keptExpert` `[T, k]`: `e(s)` if `#{s' : e(s') == e(s), rank(s') < rank(s)} < C`, else `-1`.
+    ///   `keptCounts[g] = #{s : keptExpert[s] == g}` (`min(routedCounts[g], C)` without an offset).
+    ///   One tensor so the host reads both with one download.
+    /// - `keptExpert` `[T, k]`: `e(s)` if `offset[j(s), e(s)] + before(s) < C`, else `-1`.
+    ///
+    /// The offset that makes rank `r` of `W` (each with a `[T, k]` table, `cnt_w[j, g]` its routed slots of
+    /// choice `j` on expert `g`) keep exactly the slots one table of the `W·T` concatenated tokens (rank
+    /// order) would keep: `tokenMajor`, every slot of an earlier rank comes first,
+    /// `offset[j, g] = Σ_{w<r} Σ_{j'} cnt_w[j', g]`; `choiceMajor` (global rank `j·W·T + r·T + b`),
+    /// the other ranks' earlier choices and the earlier ranks' same choice come first,
+    /// `offset[j, g] = Σ_{w≠r} Σ_{j'<j} cnt_w[j', g] + Σ_{w<r} cnt_w[j, g]` (this rank's own earlier
+    /// choices are in `before(s)` already). With one rank both are zero.
     /// - `rowOfSlot` `[T*k]`: for a kept slot, `offset[keptExpert[s]] + #{s' < s : keptExpert[s'] == keptExpert[s]}`
     ///   with `offset = exclusive_scan(keptCounts)`; `-1` for a slot not kept. Within an expert the
     ///   order is `s` order (stable), whatever the priority: results are bit-reproducible.
@@ -38,10 +50,10 @@ public protocol MoEBackend: Backend {
     ///
     /// No general sort is needed (kernel plan): (1) a histogram of `e(s)` gives row 0 of `counts`;
     /// (2) with a capacity, a stable counting sort of the slots in priority order (histogram, exclusive
-    /// scan, stable placement) gives each slot's index within its expert, kept when `< C`; (3) a
+    /// scan, stable placement) gives each slot's index within its expert, kept when offset + index `< C`; (3) a
     /// histogram of `keptExpert`, an exclusive scan, and a stable placement in `s` order give
     /// `rowOfSlot`, and scattering `s`, `s / k` and the expert to that row gives the rest.
-    func routingPlan(expert: Tensor, slotMask: Tensor?, expertCount: Int, capacity: Int?, priority: RoutingPriority,
+    func routingPlan(expert: Tensor, slotMask: Tensor?, expertCount: Int, capacity: Int?, capacityOffset: Tensor?, priority: RoutingPriority,
                      keptExpert: Tensor, counts: Tensor, rowOfSlot: Tensor, slotOfRow: Tensor,
                      tokenOfRow: Tensor, expertOfRow: Tensor)
 

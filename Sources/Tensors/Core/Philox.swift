@@ -58,10 +58,14 @@ public enum Philox {
     }
 }
 
-/// One draw of random numbers: which stream of the generator it reads.
+/// One draw of random numbers: which stream of the generator it reads, and from where.
 public struct RandomStream: Sendable, Equatable {
     public var seed: UInt64
     public var offset: UInt64
+    /// The stream position of the draw's first element: element `i` takes the stream's element
+    /// `firstElement + i`. A draw of rows `a..<b` of a larger tensor thus gets exactly the values the
+    /// whole draw has there (an expert-parallel rank draws its tokens' noise at their global index).
+    public var firstElement: Int = 0
 }
 
 /// A seeded generator whose state is two integers, so a run can be checkpointed and resumed exactly.
@@ -80,9 +84,11 @@ public struct RandomGenerator: Sendable, Equatable {
         self.offset = offset
     }
 
-    public mutating func next() -> RandomStream {
+    /// The next draw's stream, read from element `firstElement` on.
+    public mutating func next(firstElement: Int = 0) -> RandomStream {
+        guarantee(firstElement >= 0, "RandomGenerator.next: firstElement \(firstElement) is negative")
         defer { offset &+= 1 }
-        return RandomStream(seed: seed, offset: offset)
+        return RandomStream(seed: seed, offset: offset, firstElement: firstElement)
     }
 
     /// A host-side uniform in [0, 1), e.g. for sampling decisions.

@@ -81,17 +81,21 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
         return t
     }
 
+    /// Normal values from the generator's next draw. `firstElement` is the draw's position in its
+    /// stream (`RandomStream.firstElement`): a slice starting at flat index `f` of a larger draw
+    /// passes `f` and gets the values the larger draw has there.
     public static func randomNormal(_ shape: [Int], mean: Double = 0, std: Double = 1, dtype: DType = .float32,
-                                    device: Device = .cpu, generator: inout RandomGenerator) -> Tensor {
+                                    device: Device = .cpu, generator: inout RandomGenerator, firstElement: Int = 0) -> Tensor {
         let t = empty(shape, dtype: dtype, device: device)
-        t.backend.random(t, .normal(mean: mean, std: std), stream: generator.next())
+        t.backend.random(t, .normal(mean: mean, std: std), stream: generator.next(firstElement: firstElement))
         return t
     }
 
+    /// Uniform values in `[low, high)` from the generator's next draw; `firstElement` as for `randomNormal`.
     public static func randomUniform(_ shape: [Int], low: Double = 0, high: Double = 1, dtype: DType = .float32,
-                                     device: Device = .cpu, generator: inout RandomGenerator) -> Tensor {
+                                     device: Device = .cpu, generator: inout RandomGenerator, firstElement: Int = 0) -> Tensor {
         let t = empty(shape, dtype: dtype, device: device)
-        t.backend.random(t, .uniform(low: low, high: high), stream: generator.next())
+        t.backend.random(t, .uniform(low: low, high: high), stream: generator.next(firstElement: firstElement))
         return t
     }
 

@@ -33,17 +33,25 @@ public struct RoutingPlan: @unchecked Sendable {
 
 /// Plans the dispatch of an `[T, k]` int32 routing table over `expertCount` experts: a counting sort
 /// of the slots by expert, stable in slot order, keeping at most `capacity` slots per expert in
-/// `priority` order; slots whose `slotMask` is negative are routed nowhere. Not differentiable.
-/// Device work only: nothing here waits for the device.
+/// `priority` order; slots whose `slotMask` is negative are routed nowhere. `capacityOffset`
+/// (`[k, N]` int32) counts seats taken before this table's slots of each choice, so one rank's share
+/// of a global batch keeps the slots the whole batch's plan would (`MoEBackend.routingPlan` gives the
+/// formula). Not differentiable. Device work only: nothing here waits for the device.
 /// ```swift
 /// let plan = routingPlan(expert, expertCount: 4, capacity: 3, priority: .choiceMajor)
 /// let xs = permuteTokens(x, by: plan)   // [T*k, d]: rows in expert order, zero rows past the kept ones
 /// ```
-public func routingPlan(_ expert: Tensor, expertCount: Int, capacity: Int? = nil,
+public func routingPlan(_ expert: Tensor, expertCount: Int, capacity: Int? = nil, capacityOffset: Tensor? = nil,
                         priority: RoutingPriority = .tokenMajor, slotMask: Tensor? = nil) -> RoutingPlan {
     guarantee(expert.dtype == .int32 && expert.rank == 2, "routingPlan: expert must be [T, k] int32, got \(expert.shape) \(expert.dtype)")
     guarantee(expertCount >= 1, "routingPlan: expertCount \(expertCount) must be at least 1")
     guarantee(capacity.map { $0 >= 0 } ?? true, "routingPlan: capacity \(capacity!) is negative")
+    if let offset = capacityOffset {
+        guarantee(capacity != nil, "routingPlan: a capacityOffset needs a capacity")
+        guarantee(offset.dtype == .int32 && offset.shape == [expert.lastDimension, expertCount] && offset.device == expert.device,
+                  "routingPlan: capacityOffset \(offset.shape) \(offset.dtype) on \(offset.device) must be [k, N] = "
+                  + "[\(expert.lastDimension), \(expertCount)] int32 on \(expert.device)")
+    }
     if let mask = slotMask {
         guarantee(mask.shape == expert.shape && mask.dtype.isFloatingPoint && mask.device == expert.device,
                      "routingPlan: slotMask \(mask.shape) \(mask.dtype) on \(mask.device) does not fit expert \(expert.shape) on \(expert.device)")
@@ -54,7 +62,8 @@ public func routingPlan(_ expert: Tensor, expertCount: Int, capacity: Int? = nil
                            slotOfRow: int32s([slots]), tokenOfRow: int32s([slots]), expertOfRow: int32s([slots]),
                            globalExpertCount: expertCount)
     expert.moeBackend("routingPlan").routingPlan(
-        expert: expert, slotMask: slotMask?.detached(), expertCount: expertCount, capacity: capacity, priority: priority,
+        expert: expert, slotMask: slotMask?.detached(), expertCount: expertCount, capacity: capacity,
+        capacityOffset: capacityOffset, priority: priority,
         keptExpert: plan.keptExpert, counts: plan.counts, rowOfSlot: plan.rowOfSlot, slotOfRow: plan.slotOfRow,
         tokenOfRow: plan.tokenOfRow, expertOfRow: plan.expertOfRow)
     return plan

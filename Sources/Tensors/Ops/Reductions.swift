@@ -48,12 +48,14 @@ extension Tensor {
     public func logSumExp(axis: Int = -1) -> Tensor {
         guarantee(axis == -1 || axis == rank - 1, "logSumExp(axis: \(axis)) on \(shape): only the last axis is supported")
         guarantee(rank >= 1, "logSumExp: needs at least one dimension, got a scalar")
+        // Per-row values as [..., 1] columns: a bare [R] would broadcast as a row over an [R, R] input.
+        let column = Array(shape.dropLast()) + [1]
         let value = withoutGradient { () -> Tensor in
-            let m = Tensor.empty(Array(shape.dropLast()), dtype: dtype, device: device)
+            let m = Tensor.empty(column, dtype: dtype, device: device)
             backend.reduceLastAxis(.max, self, m)
-            return (self - m).exp().sum(lastAxis: ()).log() + m
+            return ((self - m).exp().sum(lastAxis: ()).reshaped(column).log() + m).reshaped(Array(shape.dropLast()))
         }
-        return value.recording("logSumExp", [self]) { [self] g in [softmax() * g] }
+        return value.recording("logSumExp", [self]) { [self] g in [softmax() * g.reshaped(column)] }
     }
 
     /// [R, C] -> [C]: the sum of all rows (e.g. a bias gradient).

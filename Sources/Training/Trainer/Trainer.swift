@@ -80,8 +80,12 @@ public final class Trainer {
          world: any ProcessGroup, experts layout: ExpertLayout? = nil) {
         parallel = DataParallel(world: world, batchSize: config.batchSize, seqLen: config.seqLen)
         expertLayout = layout
-        // Balance losses of the global batch (layout-invariant), unless `--balance-statistics local`.
-        if world.size > 1 && config.balanceStatistics == "global" { setBalanceStatistics(model, group: world) }
+        // Capacity and gate noise of the global batch, and its balance losses unless
+        // `--balance-statistics local`: the one-rank run's routing, whatever the layout.
+        if world.size > 1 {
+            setGlobalBatch(model, group: world)
+            if config.balanceStatistics == "global" { setBalanceStatistics(model, group: world) }
+        }
         self.config = config
         self.model = model
         self.device = device

@@ -22,17 +22,19 @@ enum RandomKernels {
 
     __device__ __forceinline__ float philox_uniform(uint32_t w) { return (float)(w >> 8) * 5.9604644775390625e-08f; }
 
-    /// dist: 0 uniform(a, b), 1 normal(mean a, std b), 2 dropout mask with p = a.
-    extern "C" __global__ void random_fill(T* out, int64_t n, uint64_t seed, uint64_t offset, int dist, double a, double b) {
+    /// dist: 0 uniform(a, b), 1 normal(mean a, std b), 2 dropout mask with p = a. out[i] takes the
+    /// stream's element first + i (RandomStream.firstElement).
+    extern "C" __global__ void random_fill(T* out, int64_t n, uint64_t seed, uint64_t offset, int64_t first, int dist, double a, double b) {
         GRID_STRIDE(i, n) {
             double v;
+            int64_t at = first + i;
             if (dist == 1) {
-                float u1 = (float)((philox_word(2 * i, seed, offset) >> 8) + 1) * 5.9604644775390625e-08f;
-                float u2 = philox_uniform(philox_word(2 * i + 1, seed, offset));
+                float u1 = (float)((philox_word(2 * at, seed, offset) >> 8) + 1) * 5.9604644775390625e-08f;
+                float u2 = philox_uniform(philox_word(2 * at + 1, seed, offset));
                 float z = sqrtf(-2.0f * logf(u1)) * cosf(6.2831853071795864f * u2);
                 v = a + b * (double)z;
             } else {
-                double u = (double)philox_uniform(philox_word(i, seed, offset));
+                double u = (double)philox_uniform(philox_word(at, seed, offset));
                 v = dist == 0 ? a + (b - a) * u : (u < a ? 0.0 : 1.0 / (1.0 - a));
             }
             out[i] = ST((acc_t)v);

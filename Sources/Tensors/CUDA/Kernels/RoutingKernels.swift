@@ -125,15 +125,17 @@ enum RoutingKernels {
         }
     }
 
-    /// Capacity: a routed slot whose index within its expert, in priority order, is ≥ capacity is dropped.
+    /// Capacity: a routed slot whose index within its expert, in priority order, plus the seats
+    /// `seat_offset[j][e]` taken before its choice j elsewhere (null: none), is ≥ capacity is dropped.
     extern "C" __global__ void routing_apply_capacity(int32_t* kept, const int32_t* local_rank, const int32_t* chunk_offset,
-                                                      int64_t slots, int64_t tokens, int64_t k, int choice_major, int n,
-                                                      int64_t chunk, int64_t capacity) {
+                                                      const int32_t* seat_offset, int64_t slots, int64_t tokens, int64_t k,
+                                                      int choice_major, int n, int64_t chunk, int64_t capacity) {
         GRID_STRIDE(s, slots) {
             int32_t e = kept[s];
             if (e < 0) continue;
             int64_t r = routing_rank_of_slot(s, choice_major, tokens, k);
             int64_t index = (int64_t)chunk_offset[(r / chunk) * n + e] + local_rank[s];
+            if (seat_offset != 0) index += seat_offset[(s % k) * n + e];
             if (index >= capacity) kept[s] = -1;
         }
     }
