@@ -33,10 +33,10 @@ public final class CUBLASLt: @unchecked Sendable {
     private var fusedCallCount = 0
     private var reasons: [String] = []
 
-    static let workspaceBytes = 32 << 20
+    static let workspaceBytes = CUBLAS.workspaceBytes
 
-    let cublasLtCreate: @convention(c) (UnsafeMutablePointer<Handle?>?) -> Status
-    let cublasLtDestroy: @convention(c) (Handle?) -> Status
+    let cublasLtCreate: Create
+    let cublasLtDestroy: Destroy
     /// (descriptor out, `cublasComputeType_t`, scale `cudaDataType_t`).
     let cublasLtMatmulDescCreate: @convention(c) (UnsafeMutablePointer<OpaquePointer?>?, Int32, Int32) -> Status
     let cublasLtMatmulDescDestroy: Destroy
@@ -158,7 +158,7 @@ public final class CUBLASLt: @unchecked Sendable {
             if LtConstant.unsupportedStatuses.contains(status) {
                 destroy(plan)
                 plans[key] = .some(nil)
-                reasons.append("\(key): cublasLtMatmul returned \(CUBLAS.statusName(status, blas.cublasGetStatusName))")
+                reasons.append("\(key): cublasLtMatmul returned \(statusName(status))")
                 return false
             }
             require(status, "cublasLtMatmul(\(key))")
@@ -223,19 +223,11 @@ public final class CUBLASLt: @unchecked Sendable {
     struct PlanFailure: Error { let reason: String }
 
     /// Descriptors and algorithm of one problem, kept for the life of the handle.
-    final class Plan {
+    struct Plan {
         let descriptor: OpaquePointer
         let a: OpaquePointer, b: OpaquePointer, c: OpaquePointer
         /// The `cublasLtMatmulAlgo_t` the heuristic returned.
         let algorithm: [UInt8]
-
-        init(descriptor: OpaquePointer, a: OpaquePointer, b: OpaquePointer, c: OpaquePointer, algorithm: [UInt8]) {
-            self.descriptor = descriptor
-            self.a = a
-            self.b = b
-            self.c = c
-            self.algorithm = algorithm
-        }
     }
 
     /// The largest power of two (at most 256, the heuristic's default assumption) dividing `address`.
@@ -255,7 +247,7 @@ public final class CUBLASLt: @unchecked Sendable {
         var preference: OpaquePointer?
         var failure: String?
         func step(_ status: Status, _ what: String) {
-            if failure == nil && status != 0 { failure = "\(what): \(CUBLAS.statusName(status, blas.cublasGetStatusName))" }
+            if failure == nil && status != 0 { failure = "\(what): \(statusName(status))" }
         }
         defer { if let preference { _ = cublasLtMatmulPreferenceDestroy(preference) } }
 
@@ -271,9 +263,10 @@ public final class CUBLASLt: @unchecked Sendable {
             }
         }
         // Stored (not op()) shapes, column-major: A is m×k or k×m, B k×n or n×k, C m×n.
+        let plainA = key.transA == BLASOperation.none.rawValue, plainB = key.transB == BLASOperation.none.rawValue
         let shapes: [(type: Int32, rows: Int, cols: Int, ld: Int)] = [
-            (key.types[0], key.transA == BLASOperation.none.rawValue ? key.m : key.k, key.transA == BLASOperation.none.rawValue ? key.k : key.m, key.lda),
-            (key.types[1], key.transB == BLASOperation.none.rawValue ? key.k : key.n, key.transB == BLASOperation.none.rawValue ? key.n : key.k, key.ldb),
+            (key.types[0], plainA ? key.m : key.k, plainA ? key.k : key.m, key.lda),
+            (key.types[1], plainB ? key.k : key.n, plainB ? key.n : key.k, key.ldb),
             (key.types[2], key.m, key.n, key.ldc),
         ]
         for shape in shapes {
@@ -304,7 +297,7 @@ public final class CUBLASLt: @unchecked Sendable {
             step(status, "cublasLtMatmulAlgoGetHeuristic")
             let state = result.withUnsafeBytes { $0.load(fromByteOffset: LtConstant.heuristicStateOffset, as: Int32.self) }
             if failure == nil && returned < 1 { failure = "the heuristic found no algorithm" }
-            if failure == nil && state != 0 { failure = "the heuristic's algorithm has state \(CUBLAS.statusName(state, blas.cublasGetStatusName))" }
+            if failure == nil && state != 0 { failure = "the heuristic's algorithm has state \(statusName(state))" }
             algorithm = Array(result[0..<LtConstant.algorithmBytes])
         }
         if let failure {
@@ -333,4 +326,6 @@ public final class CUBLASLt: @unchecked Sendable {
     private func require(_ status: Status, _ call: @autoclosure () -> String) {
         blas.require(status, call())
     }
+
+    private func statusName(_ status: Status) -> String { CUBLAS.statusName(status, blas.cublasGetStatusName) }
 }
