@@ -12,8 +12,10 @@
 ///
 /// Float32 GEMMs follow the TF32 rule of the device's ``CUBLAS`` handle (``CUBLAS/allowTF32`` or
 /// ``CUBLAS/threadAllowsTF32`` pick `CUBLAS_COMPUTE_32F_FAST_TF32`); bfloat16 accumulates in float32.
-/// The handle has its own 32 MiB workspace, and every call names its stream. Thread-safe: one lock
-/// covers the cache and the call (the pointers are descriptor attributes, set per call).
+/// The handle has its own 32 MiB workspace, and every call names its stream: the workspace is shared
+/// by all calls, so calls on different streams must not overlap (today every call is on the
+/// device's stream). Thread-safe: one lock covers the cache and the call (the pointers are
+/// descriptor attributes, set per call).
 public final class CUBLASLt: @unchecked Sendable {
     typealias Handle = OpaquePointer
     typealias Status = Int32
