@@ -22,7 +22,7 @@ public struct ComputeCapability: Sendable, Hashable, Comparable, CustomStringCon
 /// One GPU, with its primary context, its default stream and its caching allocator.
 ///
 /// Devices are created once per process (``CUDA/device(_:)``) and live until it exits; the
-/// resources they hand out (stream, allocator, cuBLAS handle, kernel compiler) are created once too.
+/// resources they hand out (stream, allocator, cuBLAS and cuBLASLt handles, kernel compiler) are created once too.
 /// Every call into the device makes its primary context current on the calling thread first, so any
 /// thread may use any device.
 ///
@@ -60,6 +60,7 @@ public final class CUDADevice: @unchecked Sendable {
     private var blasHandle: CUBLAS?
     private var lanes: GemmLanes?
     private var kernelCompiler: KernelCompiler?
+    private var blasLtHandle: CUBLASLt?
 
     init(index: Int, driver: Driver) throws {
         self.index = index
@@ -146,6 +147,17 @@ public final class CUDADevice: @unchecked Sendable {
             let compiler = try KernelCompiler(device: self)
             kernelCompiler = compiler
             return compiler
+        }
+    }
+
+    /// This device's cuBLASLt handle (GEMMs with fused epilogues), beside ``blas()``'s; created on first use.
+    public func blasLt() throws -> CUBLASLt {
+        let blas = try blas()
+        return try lock.withLock {
+            if let blasLtHandle { return blasLtHandle }
+            let handle = try CUBLASLt(blas: blas)
+            blasLtHandle = handle
+            return handle
         }
     }
 }

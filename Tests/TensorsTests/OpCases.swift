@@ -69,6 +69,21 @@ let opCases: [OpCase] = {
     add("matmul batched Bᵀ", { [randn([2, 3, 5], seed: 14), randn([2, 4, 5], seed: 15)] }) { $0[0].matmul($0[1], transposeB: true) }
     add("matmul batched Aᵀ", { [randn([2, 5, 3], seed: 14), randn([2, 5, 4], seed: 15)] }) { $0[0].matmul($0[1], transposeA: true) }
     add("matmul 3-D × shared 2-D", { [randn([2, 3, 5], seed: 16), randn([4, 5], seed: 17)] }) { $0[0].matmul($0[1], transposeB: true) }
+    add("linear with bias", { [randn([4, 5], seed: 50), randn([3, 5], seed: 51), randn([3], seed: 52)] }) {
+        linear($0[0], weight: $0[1], bias: $0[2])
+    }
+    add("linear, GELU, bias, 3-D input", { [randn([2, 3, 5], seed: 53), randn([4, 5], seed: 54), randn([4], seed: 55)] }) {
+        linear($0[0], weight: $0[1], bias: $0[2], activation: .geluTanh)
+    }
+    add("linear, GELU, no bias", { [randn([4, 5], seed: 56), randn([3, 5], seed: 57)] }) {
+        linear($0[0], weight: $0[1], activation: .geluTanh)
+    }
+    add("GELU feed-forward", {
+        [randn([4, 5], seed: 58), randn([6, 5], seed: 59), randn([6], seed: 60), randn([5, 6], seed: 61), randn([5], seed: 62)]
+    }) { geluFeedForward($0[0], weight1: $0[1], bias1: $0[2], weight2: $0[3], bias2: $0[4]) }
+    add("GELU feed-forward, no biases, 3-D input", { [randn([2, 3, 4], seed: 63), randn([5, 4], seed: 64), randn([4, 5], seed: 65)] }) {
+        geluFeedForward($0[0], weight1: $0[1], bias1: nil, weight2: $0[2], bias2: nil)
+    }
     add("sum", { [a()] }) { $0[0].sum() }
     add("mean", { [a()] }) { $0[0].mean() }
     add("sum last axis", { [randn([2, 3, 4], seed: 18)] }) { $0[0].sum(axis: -1) }

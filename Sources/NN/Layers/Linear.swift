@@ -27,11 +27,15 @@ public final class Linear: Module, Layer, @unchecked Sendable {
         }
     }
 
+    /// `x Wᵀ + b` as one op, whose bias rides on the GEMM (a cuBLASLt epilogue on CUDA).
     public func callAsFunction(_ x: Tensor) -> Tensor {
         guarantee(x.lastDimension == inFeatures, "Linear(\(inFeatures)→\(outFeatures)): input \(x.shape) has last dimension \(x.lastDimension)")
-        let w = weight.value.cast(to: x.dtype)
-        let y = x.matmul(w, transposeB: true)
-        guard let b = bias?.value else { return y }
-        return y + b.cast(to: x.dtype)
+        let (w, b) = values(as: x.dtype)
+        return linear(x, weight: w, bias: b)
+    }
+
+    /// The weight and bias in `dtype`: a recorded cast, as mixed precision keeps float32 parameters.
+    func values(as dtype: DType) -> (weight: Tensor, bias: Tensor?) {
+        (weight.value.cast(to: dtype), bias?.value.cast(to: dtype))
     }
 }

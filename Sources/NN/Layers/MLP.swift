@@ -25,7 +25,13 @@ public final class MLP: Module, Layer, @unchecked Sendable {
         dropout = Dropout(p, generator: &generator)
     }
 
+    /// With GELU(tanh), the activation cuBLASLt's epilogues compute, both layers run as one
+    /// `geluFeedForward` (bias, GELU and their backward fused into the six GEMMs on CUDA); other
+    /// activations compose the layers.
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        dropout(fc2(activation(fc1(x))))
+        guard activation.kind == .gelu(approximate: true) else { return dropout(fc2(activation(fc1(x)))) }
+        guarantee(x.lastDimension == fc1.inFeatures, "MLP(\(fc1.inFeatures), hidden: \(fc1.outFeatures)): input \(x.shape) has last dimension \(x.lastDimension)")
+        let (w1, b1) = fc1.values(as: x.dtype), (w2, b2) = fc2.values(as: x.dtype)
+        return dropout(geluFeedForward(x, weight1: w1, bias1: b1, weight2: w2, bias2: b2))
     }
 }

@@ -4,6 +4,13 @@ import Glibc
 import Darwin
 #endif
 
+/// The CPU runs epilogues unfused: that form is the reference the fused GPU path is checked against.
+extension CPUBackend: EpilogueBackend {
+    public func matmul(_ a: Tensor, _ b: Tensor, _ out: Tensor, transposeA: Bool, transposeB: Bool, epilogue: MatmulEpilogue) {
+        unfusedMatmul(a, b, out, transposeA: transposeA, transposeB: transposeB, epilogue: epilogue)
+    }
+}
+
 extension CPUBackend {
     /// a `[B?, M, K]` (or `[B?, K, M]` transposed), b `[B?, K, N]` or shared 2-D, out `[B?, M, N]`.
     public func matmul(_ a: Tensor, _ b: Tensor, _ out: Tensor, transposeA: Bool, transposeB: Bool, alpha: Float, beta: Float) {
