@@ -154,9 +154,9 @@ struct CUDALinearTests {
     /// cuBLASLt's GELU is the tanh approximation, as `gelu(approximate: true)`: with an identity
     /// weight the epilogue's input is exactly a grid of values over [-6, 6) (multiples of 1/16, exact
     /// in bfloat16), so the output is GELU of known numbers. The tanh and erf forms differ by up to
-    /// 4.7e-4 there (4.1e-4 at x = −3, where GELU is −0.0036); float32 must be within 2e-6·max(1, |x|)
-    /// of the tanh form (float32's cancellation in 1 + tanh far left included), bfloat16 within that
-    /// plus its rounding (2⁻⁸ relative). The message gives the distance to both forms.
+    /// 4.7e-4 there (4.1e-4 at x = −3, where GELU is −0.0036); float32 must be within 1e-5·max(1, |x|)
+    /// of the tanh form (cuBLASLt's fast tanh was 4.3e-6 from it on an H200, cuBLAS 13.1), bfloat16
+    /// within that plus its rounding (2⁻⁸ relative). The message gives the distance to both forms.
     @Test(arguments: [DType.float32, .bfloat16])
     func epilogueGELUIsTheTanhForm(_ dtype: DType) {
         let width = 16, rows = 12
@@ -169,7 +169,7 @@ struct CUDALinearTests {
         #expect(lt().fusedCalls - before == 1, "the GELU epilogue did not run: \(lt().fallbackReasons)")
         let tanhForm = grid.map { 0.5 * $0 * (1 + Glibc.tanh((2 / Double.pi).squareRoot() * ($0 + 0.044715 * $0 * $0 * $0))) }
         let erfForm = grid.map { 0.5 * $0 * (1 + Glibc.erf($0 / 2.0.squareRoot())) }
-        let allowed = zip(grid, tanhForm).map { 2e-6 * max(1, Swift.abs($0)) + (dtype == .bfloat16 ? 0x1p-8 * Swift.abs($1) : 0) }
+        let allowed = zip(grid, tanhForm).map { 1e-5 * max(1, Swift.abs($0)) + (dtype == .bfloat16 ? 0x1p-8 * Swift.abs($1) : 0) }
         let excess = zip(zip(y, tanhForm), allowed).map { Swift.abs($0.0 - $0.1) / $1 }.max() ?? .infinity
         let toTanh = zip(y, tanhForm).map { Swift.abs($0 - $1) }.max() ?? .infinity
         let toErf = zip(y, erfForm).map { Swift.abs($0 - $1) }.max() ?? .infinity
