@@ -1,3 +1,16 @@
+/// Which size of a column-major problem changes from call to call (an expert's row count, which the
+/// routing decides each step). Its plan is made for the size's bucket (the next power of two) and
+/// serves every size in the bucket: on an H200 the bfloat16 heuristic cost ~0.15 ms of host time per
+/// new shape (`cublasGemmEx` runs it too, inside), 290 times a step for a small 8-expert model, which
+/// made the step 4.7× the dense one; per bucket it runs a handful of times per run.
+public enum LtVarying: Sendable, Equatable {
+    case fixed
+    /// n, the columns of B and C.
+    case columns
+    /// k, the inner size.
+    case inner
+}
+
 /// cuBLASLt (`libcublasLt`, loaded with libcublas), one handle per device (``CUDADevice/blasLt()``):
 /// GEMMs whose epilogue adds a bias, applies GELU keeping its input, applies GELU's derivative, or
 /// sums an operand into a bias gradient, so that a linear layer's bias, activation and their
@@ -13,8 +26,8 @@
 /// Float32 GEMMs follow the TF32 rule of the device's ``CUBLAS`` handle (``CUBLAS/allowTF32`` or
 /// ``CUBLAS/threadAllowsTF32`` pick `CUBLAS_COMPUTE_32F_FAST_TF32`); bfloat16 accumulates in float32.
 /// The handle has its own 32 MiB workspace, and every call names its stream: the workspace is shared
-/// by all calls, so calls on different streams must not overlap (today every call is on the
-/// device's stream). Thread-safe: one lock covers the cache and the call (the pointers are
+/// by all calls, so calls on different streams must not overlap (each of the device's GEMM lanes has
+/// a handle of its own). Thread-safe: one lock covers the cache and the call (the pointers are
 /// descriptor attributes, set per call).
 public final class CUBLASLt: @unchecked Sendable {
     typealias Handle = OpaquePointer
@@ -121,17 +134,21 @@ public final class CUBLASLt: @unchecked Sendable {
     public func matmul(transA: BLASOperation, transB: BLASOperation, m: Int, n: Int, k: Int,
                        a: CUdeviceptr, lda: Int, b: CUdeviceptr, ldb: Int, c: CUdeviceptr, ldc: Int,
                        dtypes: GemmDataTypes, epilogue: LtEpilogue, bias: CUdeviceptr = 0, aux: CUdeviceptr = 0,
-                       auxLd: Int = 0, stream: CUDAStream) -> Bool {
+                       auxLd: Int = 0, varying: LtVarying = .fixed, stream: CUDAStream) -> Bool {
         guarantee(m > 0 && n > 0 && k > 0, "CUBLASLt.matmul: sizes m \(m), n \(n), k \(k) must be positive (the caller handles empty products)")
         guarantee(lda >= (transA == .none ? m : k) && ldb >= (transB == .none ? k : n) && ldc >= m,
                   "CUBLASLt.matmul: leading dimensions lda \(lda), ldb \(ldb), ldc \(ldc) too small for m \(m), n \(n), k \(k)")
         guarantee(!epilogue.usesBias || bias != 0, "CUBLASLt.matmul: epilogue \(epilogue) needs a bias pointer")
         guarantee(!epilogue.usesAux || (aux != 0 && auxLd >= m), "CUBLASLt.matmul: epilogue \(epilogue) needs an aux matrix with leading dimension ≥ \(m), got \(auxLd)")
         guarantee(stream.deviceIndex == device.index, "CUBLASLt.matmul: a stream of device \(stream.deviceIndex) for the handle of device \(device.index)")
-        let key = PlanKey(transA: transA.rawValue, transB: transB.rawValue, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc,
+        // A varying size enters the key, and the heuristic, as its bucket: the next power of two
+        // (unless the bucket would make a stored matrix taller than its leading dimension).
+        var key = PlanKey(transA: transA.rawValue, transB: transB.rawValue, m: m, n: varying == .columns ? Self.bucket(n) : n,
+                          k: varying == .inner ? Self.bucket(k) : k, lda: lda, ldb: ldb, ldc: ldc,
                           types: [dtypes.a.rawValue, dtypes.b.rawValue, dtypes.c.rawValue], compute: blas.computeType(dtypes),
                           epilogue: epilogue.rawValue, auxLd: epilogue.usesAux ? auxLd : 0,
                           alignments: [a, b, c, epilogue.usesBias ? bias : 0, epilogue.usesAux ? aux : 0].map(Self.alignment))
+        if Self.layoutShapes(key).contains(where: { $0.rows > $0.ld }) { (key.n, key.k) = (n, k) }
         return lock.withLock {
             device.makeCurrent()
             let plan: Plan
@@ -152,10 +169,30 @@ public final class CUBLASLt: @unchecked Sendable {
             if epilogue.usesBias { require(setPointer(plan.descriptor, LtConstant.descBiasPointer, bias), "set BIAS_POINTER") }
             if epilogue.usesAux { require(setPointer(plan.descriptor, LtConstant.descAuxPointer, aux), "set EPILOGUE_AUX_POINTER") }
             var alpha: Float = 1, beta: Float = 0
+            // The bucket's plan runs this call's exact sizes through layouts made for it (host-only
+            // objects, cheap next to the heuristic they save).
+            var exact: [OpaquePointer] = []
+            if varying != .fixed {
+                var sized = key
+                (sized.n, sized.k) = (n, k)
+                for shape in Self.layoutShapes(sized) {
+                    var layout: OpaquePointer?
+                    require(cublasLtMatrixLayoutCreate(&layout, shape.type, UInt64(shape.rows), UInt64(shape.cols), Int64(shape.ld)),
+                            "cublasLtMatrixLayoutCreate")
+                    exact.append(layout!)
+                }
+            }
+            defer { for layout in exact { _ = cublasLtMatrixLayoutDestroy(layout) } }
+            let (layoutA, layoutB, layoutC) = exact.isEmpty ? (plan.a, plan.b, plan.c) : (exact[0], exact[1], exact[2])
             // C and D are the same matrix; beta = 0, so C is never read.
             let status = plan.algorithm.withUnsafeBytes { algorithm in
-                cublasLtMatmul(handle, plan.descriptor, &alpha, a, plan.a, b, plan.b, &beta, c, plan.c, c, plan.c,
+                cublasLtMatmul(handle, plan.descriptor, &alpha, a, layoutA, b, layoutB, &beta, c, layoutC, c, layoutC,
                                algorithm.baseAddress, workspace, Self.workspaceBytes, stream.handle)
+            }
+            if varying != .fixed && LtConstant.unsupportedStatuses.contains(status) {
+                // The bucket's algorithm does not take this size; the plan still serves the others.
+                reasons.append("\(key) at n \(n) k \(k): cublasLtMatmul returned \(statusName(status))")
+                return false
             }
             if LtConstant.unsupportedStatuses.contains(status) {
                 destroy(plan)
@@ -185,10 +222,13 @@ public final class CUBLASLt: @unchecked Sendable {
     ///   `.biasGradientB` the n sums of op(B) over k. Row-major A is cuBLASLt's B, so these map to
     ///   BGRADB and BGRADA respectively.
     /// - Returns: false, having enqueued nothing, when cuBLASLt cannot run it (see ``matmul(transA:transB:m:n:k:a:lda:b:ldb:c:ldc:dtypes:epilogue:bias:aux:auxLd:stream:)``).
+    /// - `varyingRows`: m changes call to call (an expert's rows; column-major n after the swap),
+    ///   `varyingInner`: k does (an expert's rows in a weight gradient). See ``LtVarying``.
     public func rowMajorMatmul(transA: Bool, transB: Bool, m: Int, n: Int, k: Int,
                                a: CUdeviceptr, lda: Int, b: CUdeviceptr, ldb: Int, c: CUdeviceptr, ldc: Int,
                                dtypes: GemmDataTypes, epilogue: LtEpilogue, bias: CUdeviceptr = 0, aux: CUdeviceptr = 0,
-                               auxLd: Int = 0, stream: CUDAStream) -> Bool {
+                               auxLd: Int = 0, varyingRows: Bool = false, varyingInner: Bool = false,
+                               stream: CUDAStream) -> Bool {
         let swapped: LtEpilogue = switch epilogue {
         case .biasGradientA: .biasGradientB
         case .biasGradientB: .biasGradientA
@@ -196,7 +236,8 @@ public final class CUBLASLt: @unchecked Sendable {
         }
         return matmul(transA: transB ? .transpose : .none, transB: transA ? .transpose : .none, m: n, n: m, k: k,
                       a: b, lda: ldb, b: a, ldb: lda, c: c, ldc: ldc, dtypes: GemmDataTypes(a: dtypes.b, b: dtypes.a, c: dtypes.c),
-                      epilogue: swapped, bias: bias, aux: aux, auxLd: auxLd, stream: stream)
+                      epilogue: swapped, bias: bias, aux: aux, auxLd: auxLd,
+                      varying: varyingRows ? .columns : varyingInner ? .inner : .fixed, stream: stream)
     }
 
     // MARK: Plans
@@ -264,14 +305,7 @@ public final class CUBLASLt: @unchecked Sendable {
                 step(setValue(descriptor, LtConstant.descAuxLeadingDimension, Int64(key.auxLd)), "set EPILOGUE_AUX_LD")
             }
         }
-        // Stored (not op()) shapes, column-major: A is m×k or k×m, B k×n or n×k, C m×n.
-        let plainA = key.transA == BLASOperation.none.rawValue, plainB = key.transB == BLASOperation.none.rawValue
-        let shapes: [(type: Int32, rows: Int, cols: Int, ld: Int)] = [
-            (key.types[0], plainA ? key.m : key.k, plainA ? key.k : key.m, key.lda),
-            (key.types[1], plainB ? key.k : key.n, plainB ? key.n : key.k, key.ldb),
-            (key.types[2], key.m, key.n, key.ldc),
-        ]
-        for shape in shapes {
+        for shape in Self.layoutShapes(key) {
             var layout: OpaquePointer?
             step(cublasLtMatrixLayoutCreate(&layout, shape.type, UInt64(shape.rows), UInt64(shape.cols), Int64(shape.ld)), "cublasLtMatrixLayoutCreate")
             if let layout { layouts.append(layout) }
@@ -308,6 +342,22 @@ public final class CUBLASLt: @unchecked Sendable {
             return .failure(PlanFailure(reason: failure))
         }
         return .success(Plan(descriptor: descriptor!, a: layouts[0], b: layouts[1], c: layouts[2], algorithm: algorithm))
+    }
+
+    /// The stored (not op()) shapes of A, B and C, column-major: A is m×k or k×m, B k×n or n×k, C m×n.
+    static func layoutShapes(_ key: PlanKey) -> [(type: Int32, rows: Int, cols: Int, ld: Int)] {
+        let plainA = key.transA == BLASOperation.none.rawValue, plainB = key.transB == BLASOperation.none.rawValue
+        return [
+            (key.types[0], plainA ? key.m : key.k, plainA ? key.k : key.m, key.lda),
+            (key.types[1], plainB ? key.k : key.n, plainB ? key.n : key.k, key.ldb),
+            (key.types[2], key.m, key.n, key.ldc),
+        ]
+    }
+
+    /// The bucket of a varying size: the next power of two. Only column counts of the stored
+    /// matrices vary (n, or k), so the leading dimensions stay valid for the bucket.
+    static func bucket(_ size: Int) -> Int {
+        size <= 1 ? 1 : 1 << (Int.bitWidth - (size - 1).leadingZeroBitCount)
     }
 
     private func destroy(_ plan: Plan) {

@@ -104,7 +104,8 @@ extension CUDABackend: MoEBackend {
             problems.append(GemmProblem(m: rows, n: outCols, k: inner, a: x.pointer + CUdeviceptr(row * inner * size),
                                         b: weight.pointer + CUdeviceptr(e * matrix * size), c: out.pointer + CUdeviceptr(row * outCols * size)))
         }
-        enqueueGemms(problems, transA: false, transB: transposeWeight, lda: inner, ldb: transposeWeight ? inner : outCols, ldc: outCols, types)
+        enqueueGemms(problems, transA: false, transB: transposeWeight, lda: inner, ldb: transposeWeight ? inner : outCols, ldc: outCols,
+                     varyingInner: false, types)
     }
 
     public func groupedMatmulWeightGradient(_ gy: Tensor, _ x: Tensor, groupSizes: [Int], _ out: Tensor) {
@@ -124,7 +125,7 @@ extension CUDABackend: MoEBackend {
             problems.append(GemmProblem(m: outRows, n: inCols, k: rows, a: gy.pointer + CUdeviceptr(row * outRows * size),
                                         b: x.pointer + CUdeviceptr(row * inCols * size), c: c))
         }
-        enqueueGemms(problems, transA: true, transB: false, lda: outRows, ldb: inCols, ldc: inCols, types)
+        enqueueGemms(problems, transA: true, transB: false, lda: outRows, ldb: inCols, ldc: inCols, varyingInner: true, types)
     }
 
     // MARK: Row kernels of the permutation (DispatchKernels)
@@ -156,10 +157,23 @@ extension CUDABackend: MoEBackend {
     }
 
     /// Enqueues `C_i = op(A_i) op(B_i)` (row-major, beta 0) for every problem, as the strategy picks.
-    private func enqueueGemms(_ problems: [GemmProblem], transA: Bool, transB: Bool, lda: Int, ldb: Int, ldc: Int, _ types: GemmDataTypes) {
+    /// An expert's row count is m (`varyingInner` false: the forward and data-gradient GEMMs) or k
+    /// (true: the weight gradient), and changes every step.
+    private func enqueueGemms(_ problems: [GemmProblem], transA: Bool, transB: Bool, lda: Int, ldb: Int, ldc: Int,
+                              varyingInner: Bool, _ types: GemmDataTypes) {
         guard !problems.isEmpty else { return }
-        let blas: CUBLAS
-        do { blas = try gpu.blas() } catch { fatalError("\(error)") }
+        let blas: CUBLAS, blasLt: CUBLASLt
+        do { (blas, blasLt) = (try gpu.blas(), try gpu.blasLt()) } catch { fatalError("\(error)") }
+        /// One expert's GEMM through cuBLASLt, whose plans serve a bucket of row counts (see `LtVarying`:
+        /// `cublasGemmEx` would run its heuristic for every new row count, ~0.15 ms of host time each in
+        /// bfloat16), or through `cublasGemmEx` where cuBLASLt cannot run it.
+        func gemm(_ p: GemmProblem, _ blas: CUBLAS, _ blasLt: CUBLASLt, _ stream: CUDAStream) {
+            if blasLt.rowMajorMatmul(transA: transA, transB: transB, m: p.m, n: p.n, k: p.k, a: p.a, lda: lda, b: p.b, ldb: ldb,
+                                     c: p.c, ldc: ldc, dtypes: types, epilogue: .none,
+                                     varyingRows: !varyingInner, varyingInner: varyingInner, stream: stream) { return }
+            blas.rowMajorGemm(transA: transA, transB: transB, m: p.m, n: p.n, k: p.k, a: p.a, lda: lda, b: p.b, ldb: ldb,
+                              c: p.c, ldc: ldc, dtypes: types)
+        }
         let grouped = problems.count > 1 && blas.supportsGroupedGemm
         switch Self.groupedGemmStrategy.resolved(groupedAvailable: grouped) {
         case .grouped:
@@ -170,15 +184,10 @@ extension CUDABackend: MoEBackend {
             // Largest first, so that the lanes' round robin balances their work.
             let order = problems.sorted { $0.m * $0.n * $0.k > $1.m * $1.n * $1.k }
             lanes.run(after: gpu.stream, items: order.count, allowTF32: blas.allowTF32) { lane, i in
-                let p = order[i]
-                lane.rowMajorGemm(transA: transA, transB: transB, m: p.m, n: p.n, k: p.k, a: p.a, lda: lda, b: p.b, ldb: ldb,
-                                  c: p.c, ldc: ldc, dtypes: types)
+                gemm(order[i], lane.blas, lane.blasLt, lane.stream)
             }
         default:
-            for p in problems {
-                blas.rowMajorGemm(transA: transA, transB: transB, m: p.m, n: p.n, k: p.k, a: p.a, lda: lda, b: p.b, ldb: ldb,
-                                  c: p.c, ldc: ldc, dtypes: types)
-            }
+            for p in problems { gemm(p, blas, blasLt, gpu.stream) }
         }
     }
 

@@ -30,7 +30,8 @@ struct MoELayerBench: ParsableCommand {
     @Option(help: ArgumentHelp(GateSpec.helpText)) var gate: String = "topk"
     @Option(help: "Timed iterations per measurement (the median is reported).") var iterations: Int = 20
     @Option(help: "Untimed iterations first.") var warmup: Int = 3
-    @Option(name: .customLong("input-sets"), help: "Random input sets cycled through the iterations.") var inputSets: Int = 3
+    @Option(name: .customLong("input-sets"), help: "Random input sets cycled through the MoE layer's iterations (default: one per iteration, so each expert's row count changes every iteration, as in training).")
+    var inputSets: Int?
     @Option(help: "cpu, cuda, cuda:N or auto (CUDA when available).") var device: String = "auto"
     @Option(name: .customLong("grouped-gemm"),
             help: "How the experts' GEMMs run on CUDA: auto (by shape), grouped (one cuBLAS grouped call), serial (one GEMM per expert) or lanes (one per expert, on side streams).")
@@ -54,7 +55,8 @@ struct MoELayerBench: ParsableCommand {
         for i in rows.indices {
             if let precision { rows[i].precision = precision }
             (rows[i].groupedGemm, rows[i].moeOnly) = (strategy, moeOnly)
-            (rows[i].gate, rows[i].iterations, rows[i].warmup, rows[i].inputSets) = (gate, iterations, warmup, inputSets)
+            (rows[i].gate, rows[i].iterations, rows[i].warmup) = (gate, iterations, warmup)
+            rows[i].inputSets = inputSets ?? warmup + iterations
         }
         return rows
     }
