@@ -24,25 +24,42 @@ public func shardExperts(_ model: Module, over group: any ProcessGroup) -> [Stri
     var sharded: [String] = []
     for (name, module) in model.namedModules() {
         guard let block = module as? TransformerBlock, let layer = block.mlp as? MoELayer else { continue }
-        guard let experts = layer.experts as? BatchedExperts else {
-            fatalError("shardExperts: \(name).mlp has \(type(of: layer.experts)) experts; only BatchedExperts can be sliced")
-        }
-        let n = experts.localExpertCount, w = group.size
+        guarantee(layer.experts is BatchedExperts,
+                  "shardExperts: \(name).mlp has \(type(of: layer.experts)) experts; only BatchedExperts can be sliced")
         guarantee(layer.dispatcher.exchange.rankCount == 1, "shardExperts: \(name).mlp is sharded already")
-        guarantee(n % w == 0, "shardExperts: \(n) experts do not split evenly over \(w) ranks")
-        let e = n / w, range = (group.rank * e)..<((group.rank + 1) * e)
-        let local = BatchedExperts(fc1: slice(experts.fc1, range), fc2: slice(experts.fc2, range), activation: experts.activation)
-        let replacement = MoELayer(dModel: layer.dModel, gate: layer.gate, experts: local,
-                                   exchange: AllToAllExchange(group: group, localExpertCount: e))
-        replacement.dropout = layer.dropout
-        replacement.balanceLossWeight = layer.balanceLossWeight
-        replacement.sequenceBalanceWeight = layer.sequenceBalanceWeight
-        replacement.sharedExperts = layer.sharedExperts
-        replacement.train(layer.isTraining)
-        block.mlp = replacement
+        block.mlp = layer.sharded(over: group)
         sharded.append(name.isEmpty ? "mlp" : "\(name).mlp")
     }
     return sharded
+}
+
+extension MoELayer {
+    /// This layer with only this rank's slice of its `BatchedExperts` (experts `r·E ..< (r+1)·E` of
+    /// `group`'s rank `r`) and an `AllToAllExchange` over `group`; gate, shared experts, dropout and
+    /// loss weights carry over. What `shardExperts` does to each MoE MLP of a model, for a layer alone
+    /// (`fastmoe bench moe-layer` under a launcher).
+    /// ```swift
+    /// let full = MoELayer.mlp(dModel: 64, hidden: 128, expertCount: 8, generator: &g)   // same seed on every rank
+    /// let layer = full.sharded(over: world)                                          // 4 ranks: 2 experts each
+    /// ```
+    public func sharded(over group: any ProcessGroup) -> MoELayer {
+        guard let experts = experts as? BatchedExperts else {
+            fatalError("MoELayer.sharded: \(type(of: self.experts)) experts cannot be sliced; only BatchedExperts can")
+        }
+        let n = experts.localExpertCount, w = group.size
+        guarantee(dispatcher.exchange.rankCount == 1, "MoELayer.sharded: the layer is sharded already")
+        guarantee(n % w == 0, "MoELayer.sharded: \(n) experts do not split evenly over \(w) ranks")
+        let e = n / w, range = (group.rank * e)..<((group.rank + 1) * e)
+        let local = BatchedExperts(fc1: slice(experts.fc1, range), fc2: slice(experts.fc2, range), activation: experts.activation)
+        let replacement = MoELayer(dModel: dModel, gate: gate, experts: local,
+                                   exchange: AllToAllExchange(group: group, localExpertCount: e))
+        replacement.dropout = dropout
+        replacement.balanceLossWeight = balanceLossWeight
+        replacement.sequenceBalanceWeight = sequenceBalanceWeight
+        replacement.sharedExperts = sharedExperts
+        replacement.train(isTraining)
+        return replacement
+    }
 }
 
 /// Experts `range` of `layer`, in storage of their own (the full tensors can then be freed).

@@ -40,6 +40,11 @@ private func shardingExamples(config: GPTConfig, expertParallelGroup: any Proces
     shardExperts(model, over: expertParallelGroup)     // 4 ranks: experts 2r, 2r+1 on rank r
     setBalanceStatistics(model, group: world)   // every GShard/Switch/top-k/noisy gate of the model
     setGlobalBatch(model, group: world)   // every GShard/Switch/noisy gate of the model
+    do {
+        let full = MoELayer.mlp(dModel: 64, hidden: 128, expertCount: 8, generator: &g)   // same seed on every rank
+        let layer = full.sharded(over: world)                                          // 4 ranks: 2 experts each
+        _ = layer
+    }
 }
 
 private func expertExamples(rows: Tensor, groups: ExpertGroups) {

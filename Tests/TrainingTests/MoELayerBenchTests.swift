@@ -1,4 +1,5 @@
 import Testing
+import Distributed
 import MoE
 import Tensors
 @testable import Training
@@ -62,6 +63,56 @@ import Tensors
         let parameters: Int = 16 * 4 + 4 * (16 * 24 + 24 + 24 * 16 + 16)
         let gradientBytes: Int = 4 * parameters + 4 * 37 * 16
         #expect(r.peakBytes >= gradientBytes, "peak \(r.peakBytes) < \(gradientBytes)")
+    }
+
+    /// Two thread ranks, 2 experts each: the expert-parallel fields, and the all-to-all bytes from a hand
+    /// count (topk keeps every slot: the ranks send T·K rows in all and receive as many, each row crosses
+    /// twice each way per fwd+bwd; gshard's capacity may drop some, never add).
+    @Test(arguments: ["topk", "gshard"])
+    func twoThreadRanksMeasureExpertParallelism(_ gate: String) throws {
+        var config = Self.tiny
+        (config.experts, config.gate) = (2, gate)
+        let results = try ThreadProcessGroup.run(worldSize: 2) { group in try MoELayerBenchmark.run(config, device: .cpu, group: group) }
+        let handCount = 4 * 37 * 2 * 16 * 4
+        for r in results {
+            let ep = try #require(r.expertParallel)
+            #expect(r.config.world == 2 && r.config.globalExperts == 4 && ep.world == 2)
+            for (name, ms) in [("fwd", r.forwardMs), ("fwd+bwd", r.forwardBackwardMs), ("1-rank fwd", ep.localForwardMs),
+                               ("1-rank fwd+bwd", ep.localForwardBackwardMs), ("a2a", ep.allToAllMs)] {
+                #expect(ms.isFinite && ms > 0, "\(name): \(ms) ms")
+            }
+            if gate == "topk" { #expect(ep.allToAllBytes == handCount) } else { #expect(ep.allToAllBytes > 0 && ep.allToAllBytes <= handCount) }
+            let efficiency = try #require(r.efficiency)
+            #expect(efficiency.isFinite && efficiency > 0)
+            #expect(ep.allToAllBusbw == ep.allToAllAlgbw / 2 && ep.allToAllAlgbw > 0)
+            // The gate routes over all 4 experts: its 2·T·D·4 FLOPs beside the experts'.
+            #expect(r.config.forwardFLOPs == 2.0 * 37 * 2 * 2 * 16 * 24 + 2.0 * 37 * 16 * 4)
+            #expect(r.loadMaxOverMean >= 1 && r.loadMaxOverMean <= 4)
+
+            let json = try JSONValue.parse(r.jsonLine)
+            for (key, value) in [("world", 2), ("experts_per_rank", 2), ("global_experts", 4), ("E", 2), ("a2a_bytes", ep.allToAllBytes)] {
+                #expect(json[key]?.intValue == value, "\(key)")
+            }
+            for key in ["fwd_bwd_ms", "tokens_per_s", "local_fwd_bwd_ms", "efficiency", "a2a_ms", "a2a_busbw_gbps"] {
+                let v = json[key]?.doubleValue ?? .nan
+                #expect(v.isFinite && v > 0, "\(key) = \(v)")
+            }
+            #expect(json["dense_fwd_ms"] == nil, "the dense line is not measured over several ranks")
+        }
+        // Every rank reports the slowest rank's times and the same mean bytes.
+        #expect(results[0].forwardBackwardMs == results[1].forwardBackwardMs)
+        #expect(results[0].expertParallel?.allToAllBytes == results[1].expertParallel?.allToAllBytes)
+    }
+
+    @Test func impossibleExpertParallelLayoutsSayWhy() throws {
+        var config = Self.tiny
+        (config.experts, config.topK) = (1, 2)
+        let topK = errorMessage { try config.validate(device: .cpu, world: 4) }
+        #expect(topK?.hasPrefix("--top-k is 2 but --experts is 1 per rank (under a launcher it counts each of the 4 ranks' experts)") == true, "\(topK ?? "")")
+        let messages = try ThreadProcessGroup.run(worldSize: 1) { group in
+            errorMessage { _ = try MoELayerBenchmark.run(Self.tiny, device: .cuda(0), group: group) }
+        }
+        #expect(messages[0]?.hasPrefix("the bench runs on cuda:0 but the process group 'world' moves tensors on cpu") == true, "\(messages)")
     }
 
     @Test func presetsAreTheRowsOfTheIssue() {

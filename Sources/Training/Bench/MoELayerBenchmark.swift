@@ -1,3 +1,4 @@
+import Distributed
 import MoE
 import NN
 import Tensors
@@ -5,7 +6,8 @@ import Tensors
 // Notation: T tokens, D model width, H each expert's hidden width, E experts, K experts per token,
 // N = T·K routed rows. The layer is `MoELayer.mlp` (gate Linear(D,E) → top-K → experts
 // Linear(D,H) → GELU(tanh) → Linear(H,D) with biases → weighted combine); the dense line is one
-// `MLP(D, H)` over N rows: the FLOPs of the experts with perfect balance.
+// `MLP(D, H)` over N rows: the FLOPs of the experts with perfect balance. Under a launcher with W > 1
+// ranks (ExpertParallelBenchmark.swift) E is the experts on each rank, E·W in all.
 
 /// One configuration of `fastmoe bench moe-layer`.
 public struct MoELayerBenchConfig: Sendable, Equatable {
@@ -15,7 +17,7 @@ public struct MoELayerBenchConfig: Sendable, Equatable {
     public var dModel: Int
     /// H, each expert's (and the dense line's) hidden width.
     public var hidden: Int
-    /// E.
+    /// E: the layer's experts, or each rank's when the bench runs over W > 1 ranks.
     public var experts: Int
     /// K.
     public var topK: Int
@@ -40,6 +42,8 @@ public struct MoELayerBenchConfig: Sendable, Equatable {
     /// Time only the MoE layer's forward + backward (no dense line, GEMMs or peak memory; those
     /// fields are NaN or 0): a short run to put under a kernel profiler such as `ncu`.
     public var moeOnly = false
+    /// W, the ranks the layer's experts are spread over (`MoELayerBenchmark.run` sets it from its group).
+    public internal(set) var world = 1
 
     public init(tokens: Int, dModel: Int, hidden: Int, experts: Int, topK: Int, precision: String = "fp32",
                 gate: String = "topk", iterations: Int = 20, warmup: Int = 3, inputSets: Int? = nil, seed: UInt64 = 1) {
@@ -59,14 +63,17 @@ public struct MoELayerBenchConfig: Sendable, Equatable {
     /// The element type of parameters and activations.
     public var dtype: DType { precision == "bf16" ? .bfloat16 : .float32 }
 
-    /// "fp32 T=4096 D=1024 H=4096 E=8 K=2 topk".
+    /// E·W: the experts of the layer in all.
+    public var globalExperts: Int { experts * world }
+
+    /// "fp32 T=4096 D=1024 H=4096 E=8 K=2 topk"; over W > 1 ranks "... E=8/rank×4 K=2 topk".
     public var label: String {
-        "\(precision) T=\(tokens) D=\(dModel) H=\(hidden) E=\(experts) K=\(topK) \(gate)"
+        "\(precision) T=\(tokens) D=\(dModel) H=\(hidden) E=\(experts)\(world > 1 ? "/rank×\(world)" : "") K=\(topK) \(gate)"
             + (groupedGemm == .automatic ? "" : " \(groupedGemm.name)")
     }
 
-    /// Expert FLOPs of one forward, `2·T·K·(2·D·H)`, plus the gate's `2·T·D·E`.
-    public var forwardFLOPs: Double { denseForwardFLOPs + 2 * Double(tokens) * Double(dModel) * Double(experts) }
+    /// Expert FLOPs of one forward, `2·T·K·(2·D·H)`, plus the gate's `2·T·D·(E·W)` (on each rank, on average).
+    public var forwardFLOPs: Double { denseForwardFLOPs + 2 * Double(tokens) * Double(dModel) * Double(globalExperts) }
     /// The dense line's forward FLOPs: `2·N·(2·D·H)`.
     public var denseForwardFLOPs: Double { 2 * Double(tokens * topK) * 2 * Double(dModel) * Double(hidden) }
 
@@ -89,8 +96,8 @@ public struct MoELayerBenchConfig: Sendable, Equatable {
 
     public static let presetNames = ["paper", "fine", "mixtral"]
 
-    /// Checks the sizes and names; the message names the flag and the fix.
-    public func validate(device: Device) throws {
+    /// Checks the sizes and names for a run over `world` ranks; the message names the flag and the fix.
+    public func validate(device: Device, world: Int = 1) throws {
         func fail(_ message: String) -> RunConfigError { RunConfigError(message) }
         for (flag, value) in [("--tokens", tokens), ("--d-model", dModel), ("--hidden", hidden), ("--experts", experts),
                               ("--iterations", iterations), ("--input-sets", inputSets)] where value < 1 {
@@ -107,7 +114,12 @@ public struct MoELayerBenchConfig: Sendable, Equatable {
             throw fail("--gate '\(gate)' is not one of \(GateSpec.all.map(\.name).joined(separator: ", "))")
         }
         guard topK >= 1 && topK <= experts else {
-            throw fail("--top-k is \(topK) but there are \(experts) experts; each token goes to 1 ... \(experts) of them")
+            guard world > 1 else {
+                throw fail("--top-k is \(topK) but there are \(experts) experts; each token goes to 1 ... \(experts) of them")
+            }
+            throw fail("--top-k is \(topK) but --experts is \(experts) per rank (under a launcher it counts each of the \(world) ranks' "
+                + "experts); the one-rank layer the efficiency compares against routes each token to \(topK) of those \(experts), "
+                + "so use a --top-k of at most \(experts), or more experts per rank")
         }
         if let k = spec.fixedTopK, k != topK {
             throw fail("--top-k is \(topK) but the \(gate) gate routes every token to \(k); use --top-k \(k) or --gate topk")
@@ -136,8 +148,12 @@ public struct MoELayerBenchResult: Sendable {
     /// The same two for the dense line.
     public var densePeakBytes: Int
     public var denseMustKeepBytes: Int
-    /// Max over mean of the tokens routed per expert by the gate on one of the inputs (1 = balanced).
+    /// Max over mean of the tokens routed per expert by the gate on one of the inputs (1 = balanced);
+    /// over W > 1 ranks, of the tokens of every rank.
     public var loadMaxOverMean: Double
+    /// Over W > 1 ranks: the one-rank baseline and the all-to-all; the times above are then the
+    /// expert-parallel layer's (the slowest rank's), and the dense line and peak memory are not measured.
+    public var expertParallel: ExpertParallelBenchResult? = nil
 
     /// The sum of `denseGemmMs`: the dense line's ceiling.
     public var denseGemmSumMs: Double { denseGemmMs.reduce(0, +) }
@@ -157,13 +173,26 @@ public struct MoELayerBenchResult: Sendable {
         func d(_ key: String, _ x: Double) -> JSONMember { JSONMember(key, .double(x)) }
         func i(_ key: String, _ x: Int) -> JSONMember { JSONMember(key, .int(x)) }
         func s(_ key: String, _ x: String) -> JSONMember { JSONMember(key, .string(x)) }
-        let members: [JSONMember] = [
+        var members: [JSONMember] = [
             s("bench", "moe-layer"), s("device", "\(device)"), s("precision", c.precision), s("gate", c.gate),
             s("grouped_gemm", c.groupedGemm.name),
             i("T", c.tokens), i("D", c.dModel), i("H", c.hidden), i("E", c.experts), i("K", c.topK),
             i("iterations", c.iterations), i("warmup", c.warmup), i("input_sets", c.inputSets),
             d("fwd_ms", forwardMs), d("fwd_bwd_ms", forwardBackwardMs),
             d("fwd_tflops", forwardTFLOPs), d("fwd_bwd_tflops", forwardBackwardTFLOPs),
+            d("load_max_over_mean", loadMaxOverMean),
+        ]
+        if let ep = expertParallel {
+            members += [
+                i("world", c.world), i("experts_per_rank", c.experts), i("global_experts", c.globalExperts),
+                d("tokens_per_s", tokensPerSecond), d("local_fwd_ms", ep.localForwardMs),
+                d("local_fwd_bwd_ms", ep.localForwardBackwardMs), d("efficiency", efficiency ?? .nan),
+                i("a2a_bytes", ep.allToAllBytes), d("a2a_ms", ep.allToAllMs),
+                d("a2a_algbw_gbps", ep.allToAllAlgbw), d("a2a_busbw_gbps", ep.allToAllBusbw),
+            ]
+            return JSONValue.object(members).serialized()
+        }
+        members += [
             d("dense_fwd_ms", denseForwardMs), d("dense_fwd_bwd_ms", denseForwardBackwardMs),
             d("dense_fwd_bwd_tflops", denseForwardBackwardTFLOPs),
             d("ratio_fwd", forwardRatio), d("ratio_fwd_bwd", ratio),
@@ -171,7 +200,6 @@ public struct MoELayerBenchResult: Sendable {
             d("dense_gemm_sum_ms", denseGemmSumMs), d("dense_over_gemm_sum", denseOverGemmSum),
             i("peak_bytes", peakBytes), i("must_keep_bytes", mustKeepBytes), d("peak_over_must_keep", peakOverMustKeep),
             i("dense_peak_bytes", densePeakBytes), i("dense_must_keep_bytes", denseMustKeepBytes),
-            d("load_max_over_mean", loadMaxOverMean),
         ]
         return JSONValue.object(members).serialized()
     }
@@ -187,12 +215,24 @@ public struct MoELayerBenchResult: Sendable {
 public enum MoELayerBenchmark {
     /// Builds the layer and the dense line, times both, then their GEMMs, then measures peak memory.
     /// TF32 (precision tf32) is switched on for the calling thread during the run only.
-    public static func run(_ config: MoELayerBenchConfig, device: Device) throws -> MoELayerBenchResult {
-        try config.validate(device: device)
+    ///
+    /// With a `group` of W > 1 ranks (every rank calls it, with the same config) it measures expert
+    /// parallelism instead: see `measureExpertParallel`. The result is the same on every rank.
+    public static func run(_ config: MoELayerBenchConfig, device: Device, group: (any ProcessGroup)? = nil) throws -> MoELayerBenchResult {
+        var config = config
+        config.world = group?.size ?? 1
+        try config.validate(device: device, world: config.world)
+        if let group, group.device != device {
+            throw RunConfigError("the bench runs on \(device) but the process group '\(group.name)' moves tensors on \(group.device); "
+                + "give the group's device (under a launcher each rank's is cuda:LOCAL_RANK, or cpu for MPI ranks)")
+        }
         let previous = CUDABackend.groupedGemmStrategy
         CUDABackend.groupedGemmStrategy = config.groupedGemm
         defer { CUDABackend.groupedGemmStrategy = previous }
-        return Backends.withTF32(config.precision == "tf32") { measure(config, device: device) }
+        return Backends.withTF32(config.precision == "tf32") {
+            if let group, group.size > 1 { return measureExpertParallel(config, device: device, group: group) }
+            return measure(config, device: device)
+        }
     }
 
     static func measure(_ c: MoELayerBenchConfig, device: Device) -> MoELayerBenchResult {
@@ -215,18 +255,7 @@ public enum MoELayerBenchmark {
 
         func timings(_ layer: (Tensor) -> Tensor, _ parameters: [Parameter], _ xs: [Tensor], _ dys: [Tensor])
             -> (forward: Double, forwardBackward: Double) {
-            var x = xs[0]
-            // Before each iteration, untimed: a fresh leaf for the input gradient, no parameter gradients
-            // (set to none, as a training step leaves them, so no accumulation is timed).
-            func prepare(_ i: Int) {
-                for p in parameters { p.grad = nil }
-                x = xs[i % xs.count].detached().requiringGradient()
-            }
-            // Forward + backward first: it is the number that must see every routing fresh.
-            let forwardBackward = medianMilliseconds(device, c, prepare) { i in layer(x).backward(dys[i % dys.count]) }
-            let forward = medianMilliseconds(device, c, prepare) { _ in _ = layer(x) }
-            for p in parameters { p.grad = nil }
-            return (forward, forwardBackward)
+            layerTimings(device, c, layer, parameters, xs, dys)
         }
         if c.moeOnly {
             let moeTimes = timings({ moe($0) }, moe.parameters(), moeInputs, moeUpstream)
@@ -249,6 +278,25 @@ public enum MoELayerBenchmark {
             peakBytes: moePeak, mustKeepBytes: mustKeepBytes(c, parameterBytes: moeParameterBytes),
             densePeakBytes: densePeak, denseMustKeepBytes: denseMustKeepBytes(c, parameterBytes: denseParameterBytes),
             loadMaxOverMean: loadMaxOverMean)
+    }
+
+    /// Median ms of `layer`'s forward and of its forward + backward over the rotated inputs `xs` and
+    /// upstream gradients `dys`. `before` runs untimed before every iteration (the ranks' barrier).
+    static func layerTimings(_ device: Device, _ c: MoELayerBenchConfig, _ layer: (Tensor) -> Tensor, _ parameters: [Parameter],
+                             _ xs: [Tensor], _ dys: [Tensor], before: () -> Void = {}) -> (forward: Double, forwardBackward: Double) {
+        var x = xs[0]
+        // Before each iteration, untimed: a fresh leaf for the input gradient, no parameter gradients
+        // (set to none, as a training step leaves them, so no accumulation is timed).
+        func prepare(_ i: Int) {
+            for p in parameters { p.grad = nil }
+            x = xs[i % xs.count].detached().requiringGradient()
+            before()
+        }
+        // Forward + backward first: it is the number that must see every routing fresh.
+        let forwardBackward = medianMilliseconds(device, c, prepare) { i in layer(x).backward(dys[i % dys.count]) }
+        let forward = medianMilliseconds(device, c, prepare) { _ in _ = layer(x) }
+        for p in parameters { p.grad = nil }
+        return (forward, forwardBackward)
     }
 
     /// What a forward + backward of the layer must allocate beyond its inputs `x`, `dy` and its

@@ -13,6 +13,13 @@ struct MoELayerBench: ParsableCommand {
         perfect balance). Times are medians after warm-up (CUDA events on a GPU), over rotated random inputs; \
         TFLOP/s count 2·T·K·2·D·H + 2·T·D·E per forward and three times that for fwd+bwd. docs/perf-notes.md \
         describes the method.
+
+        Under a launcher (`fastmoe launch --nproc-per-node 8 -- bench moe-layer ...`, mpirun, srun, torchrun) with \
+        W > 1 ranks it measures expert parallelism, weak scaling: --experts is E per rank (N = E·W in all), every \
+        rank routes its own T tokens over all N experts with the all-to-all exchange, and the times are the slowest \
+        rank's. It reports tokens/s per rank, the efficiency against the same layer with E experts on one rank \
+        (no exchange, same run) and the layer's all-to-all bytes and bandwidth, timed alone. The dense line, \
+        GEMMs and peak memory are not measured there. docs/distributed.md describes it.
         """)
 
     @Option(help: "Rows of the issue's table: paper (fp32, E = 2…128), fine (bf16 fine-grained), mixtral (bf16). Overrides the sizes.")
@@ -21,7 +28,7 @@ struct MoELayerBench: ParsableCommand {
     @Option(name: .customLong("tokens"), help: "T, tokens through the layer.") var tokens: Int = 4096
     @Option(name: .customLong("d-model"), help: "D, the model width.") var dModel: Int = 1024
     @Option(help: "H, each expert's hidden width (and the dense line's).") var hidden: Int = 4096
-    @Option(help: "E, experts.") var experts: Int = 8
+    @Option(help: "E, experts (per rank under a launcher: E·W in all).") var experts: Int = 8
     @Option(name: .customLong("top-k"), help: "K, experts per token.") var topK: Int = 2
 
     @Option(help: "fp32, bf16 (CUDA only; bfloat16 parameters and activations) or tf32 (fp32 with TF32 tensor-core GEMMs; plain fp32 on the CPU). Default: fp32, or the preset's.")
@@ -62,18 +69,44 @@ struct MoELayerBench: ParsableCommand {
     }
 
     func run() throws {
-        let dev = try DeviceChoice.resolve(device)
+        // The launcher's world (one rank without one); its device is the rank's (cuda:LOCAL_RANK).
+        let world = try ProcessGroups.fromEnvironment(device: DeviceChoice.resolve(device))
+        let dev = world.device, w = world.size
         let rows = try configurations()
         for row in rows {
-            do { try row.validate(device: dev) } catch { throw ValidationError("\(error)") }
+            do { try row.validate(device: dev, world: w) } catch { throw ValidationError("\(error)") }
+        }
+        let printing = world.rank == 0
+        if printing && w > 1 {
+            print("expert parallel over W = \(w) ranks: --experts is E per rank, N = E·W experts in all; each rank routes its own T tokens")
         }
         var results: [MoELayerBenchResult] = []
         for row in rows {
-            let result = try MoELayerBenchmark.run(row, device: dev)
-            print(result.jsonLine)   // as each row finishes: the large rows take a while
+            let result = try MoELayerBenchmark.run(row, device: dev, group: w > 1 ? world : nil)
+            if printing { print(result.jsonLine) }   // as each row finishes: the large rows take a while
             results.append(result)
         }
-        Self.printTable(results, title: "fastmoe bench moe-layer on \(dev) (\(DeviceChoice.describe(dev)))")
+        guard printing else { return }
+        let title = "fastmoe bench moe-layer on \(dev) (\(DeviceChoice.describe(dev)))"
+        if w > 1 { Self.printExpertParallelTable(results, title: title + ", rank 0 of \(w)") } else { Self.printTable(results, title: title) }
+    }
+
+    static func printExpertParallelTable(_ results: [MoELayerBenchResult], title: String) {
+        print(title)
+        let columns = [("config", 44), ("N", 6), ("fwd ms", 9), ("fwd+bwd ms", 11), ("tokens/s/rank", 14), ("1-rank ms", 10),
+                       ("efficiency", 11), ("a2a MiB", 9), ("a2a ms", 9), ("busbw GB/s", 11), ("load max/mean", 0)]
+        print(columns.map { BenchRow.pad($0.0, $0.1) }.joined())
+        for r in results {
+            guard let ep = r.expertParallel else { continue }
+            let cells = [r.config.label, "\(r.config.globalExperts)", Format.fixed(r.forwardMs, 3), Format.fixed(r.forwardBackwardMs, 3),
+                         Format.fixed(r.tokensPerSecond, 0), Format.fixed(ep.localForwardBackwardMs, 3),
+                         Format.fixed((r.efficiency ?? .nan) * 100, 1) + "%", Format.fixed(Double(ep.allToAllBytes) / 1_048_576, 2),
+                         Format.fixed(ep.allToAllMs, 3), Format.fixed(ep.allToAllBusbw, 2), Format.fixed(r.loadMaxOverMean, 2)]
+            print(zip(cells, columns).map { BenchRow.pad($0.0, $0.1.1) }.joined())
+        }
+        print("times: the slowest rank's median; 1-rank = the same layer with E experts and no exchange (fwd+bwd), "
+            + "efficiency = 1-rank / fwd+bwd; a2a = the layer's 4 all-to-alls of one fwd+bwd (bytes one rank sends), "
+            + "timed alone; busbw in GB/s as `bench collectives` (algbw·(W−1)/W); load over all N experts")
     }
 
     static func printTable(_ results: [MoELayerBenchResult], title: String) {
