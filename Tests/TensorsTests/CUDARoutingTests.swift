@@ -48,6 +48,16 @@ struct CUDARoutingTests {
         return "first difference at \(i): \(a[i]), expected \(b[i])"
     }
 
+    /// Every output of two routing plans is the same, int for int.
+    func expectSamePlan(_ cuda: RoutingPlan, _ cpu: RoutingPlan, _ label: String) {
+        for (name, c, r) in [("kept", cuda.keptExpert, cpu.keptExpert), ("counts", cuda.counts, cpu.counts),
+                             ("rowOfSlot", cuda.rowOfSlot, cpu.rowOfSlot), ("slotOfRow", cuda.slotOfRow, cpu.slotOfRow),
+                             ("tokenOfRow", cuda.tokenOfRow, cpu.tokenOfRow), ("expertOfRow", cuda.expertOfRow, cpu.expertOfRow)] {
+            let d = difference(c.int32s(), r.int32s())
+            #expect(d.isEmpty, "\(label): \(name): \(d)")
+        }
+    }
+
     @Test(arguments: tables)
     func routingPlanIsBitExact(_ table: RoutingTable) {
         CUDABackend.poisonAllocations = true
@@ -64,13 +74,7 @@ struct CUDARoutingTests {
                                           slotMask: useMask ? mask : nil)
                     let cuda = routingPlan(expertGPU, expertCount: table.experts, capacity: capacity, priority: priority,
                                            slotMask: useMask ? maskGPU : nil)
-                    let label = "\(table.testDescription) C=\(capacity.map(String.init) ?? "nil") \(priority) mask=\(useMask)"
-                    for (name, c, r) in [("kept", cuda.keptExpert, cpu.keptExpert), ("counts", cuda.counts, cpu.counts),
-                                         ("rowOfSlot", cuda.rowOfSlot, cpu.rowOfSlot), ("slotOfRow", cuda.slotOfRow, cpu.slotOfRow),
-                                         ("tokenOfRow", cuda.tokenOfRow, cpu.tokenOfRow), ("expertOfRow", cuda.expertOfRow, cpu.expertOfRow)] {
-                        let d = difference(c.int32s(), r.int32s())
-                        #expect(d.isEmpty, "\(label): \(name): \(d)")
-                    }
+                    expectSamePlan(cuda, cpu, "\(table.testDescription) C=\(capacity.map(String.init) ?? "nil") \(priority) mask=\(useMask)")
                 }
             }
         }
@@ -96,11 +100,7 @@ struct CUDARoutingTests {
                 let cuda = routingPlan(expert.to(gpu), expertCount: table.experts, capacity: capacity, capacityOffset: offset.to(gpu),
                                        priority: priority, slotMask: useMask ? mask.to(gpu) : nil)
                 let label = "\(table.testDescription) C=\(capacity) offset \(priority) mask=\(useMask)"
-                for (name, c, r) in [("kept", cuda.keptExpert, cpu.keptExpert), ("counts", cuda.counts, cpu.counts),
-                                     ("rowOfSlot", cuda.rowOfSlot, cpu.rowOfSlot), ("slotOfRow", cuda.slotOfRow, cpu.slotOfRow)] {
-                    let d = difference(c.int32s(), r.int32s())
-                    #expect(d.isEmpty, "\(label): \(name): \(d)")
-                }
+                expectSamePlan(cuda, cpu, label)
                 // The offsets must bite: fewer slots kept than without them.
                 let plain = routingPlan(expert, expertCount: table.experts, capacity: capacity, priority: priority, slotMask: useMask ? mask : nil)
                 #expect(cpu.keptCounts.int32s().reduce(0, +) < plain.keptCounts.int32s().reduce(0, +), "\(label): the offsets drop nothing")
