@@ -3,9 +3,9 @@ import Synchronization
 
 // The MoE primitives on CUDA: the routing plan as two stable counting sorts built from the
 // chunked rank / column scan / elementwise kernels of `RoutingKernels` (no general sort, no host loop,
-// no result that depends on the order of atomics), and grouped GEMMs as one cuBLAS grouped GEMM
-// (cuBLAS ≥ 12.5) or one cuBLAS GEMM per expert (in turn, or side by side on the device's GEMM lanes),
-// never per token: `GroupedGemmStrategy` picks.
+// no result that depends on the order of atomics), and grouped GEMMs as one GEMM per expert (side by
+// side on the device's GEMM lanes, or in turn) or one cuBLAS grouped GEMM (cuBLAS ≥ 12.5), never per
+// token: `GroupedGemmStrategy` picks.
 // Every call only enqueues work: the host never waits here (the MoE layer downloads the counts once).
 
 extension CUDABackend: MoEBackend {

@@ -8,9 +8,10 @@ public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
     case automatic
     /// One `cublasGemmGroupedBatchedEx` call (cuBLAS ≥ 12.5), one group per distinct shape.
     case grouped
-    /// One `cublasGemmEx` per expert, in turn on the device's stream.
+    /// One GEMM per expert, in turn on the device's stream: cuBLASLt with a plan per bucket of row
+    /// counts (`LtVarying`), `cublasGemmEx` where cuBLASLt cannot run the problem.
     case serial
-    /// One `cublasGemmEx` per expert, spread over the device's side streams (`GemmLanes`).
+    /// The same GEMMs spread over the device's side streams (`GemmLanes`).
     case lanes
 
     /// The names `--grouped-gemm` takes.
@@ -32,7 +33,7 @@ public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
     /// cuBLAS has it and there are ≥ 2 problems).
     ///
     /// `.automatic` is `.lanes` for every shape: on an H200 (cuBLAS 13.1, 2026-12-01,
-    /// `fastmoe bench moe-layer --grouped-gemm …`) one `cublasGemmEx` per expert on four lanes beat the
+    /// `fastmoe bench moe-layer --grouped-gemm …`) one GEMM per expert on four lanes beat the
     /// grouped call on every row of the table, by 45% fwd+bwd on Mixtral-like experts (each
     /// GEMM fills the GPU, and the grouped call runs Ampere-style MMA kernels at half the dense rate),
     /// 5% on E = 64 experts of 512 rows, 8% on fp32 E = 128 with 64 rows each. Revisit with a

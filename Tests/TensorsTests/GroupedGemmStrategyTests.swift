@@ -1,0 +1,47 @@
+import Testing
+@testable import CUDA
+@testable import Tensors
+
+/// The choice of how the experts' GEMMs run, and the bucketing that lets one cuBLASLt plan serve
+/// every row count of a bucket: rules checked without a GPU.
+@Suite("Grouped GEMM strategy and cuBLASLt buckets")
+struct GroupedGemmStrategyTests {
+    @Test func namesRoundTripAndUnknownNamesAreRefused() {
+        for strategy in GroupedGemmStrategy.allCases {
+            #expect(GroupedGemmStrategy(name: strategy.name) == strategy)
+        }
+        #expect(GroupedGemmStrategy(name: "cutlass") == nil)
+    }
+
+    @Test func automaticIsLanesAndGroupedNeedsTheLibraryCall() {
+        #expect(GroupedGemmStrategy.automatic.resolved(groupedAvailable: true) == .lanes)
+        #expect(GroupedGemmStrategy.grouped.resolved(groupedAvailable: true) == .grouped)
+        #expect(GroupedGemmStrategy.grouped.resolved(groupedAvailable: false) == .serial)
+        #expect(GroupedGemmStrategy.serial.resolved(groupedAvailable: true) == .serial)
+    }
+
+    @Test func bucketsAreTheNextPowerOfTwo() {
+        let expected = [(1, 1), (2, 2), (3, 4), (5, 8), (8, 8), (511, 512), (512, 512), (513, 1024), (16385, 32768)]
+        for (size, bucket) in expected {
+            #expect(CUBLASLt.bucket(size) == bucket, "size \(size)")
+        }
+    }
+
+    /// The experts' three GEMMs (forward, data gradient, weight gradient), as the row-major calls of
+    /// `CUDARouting` make them and the column-major problems cuBLASLt sees: bucketing the varying size
+    /// changes only column counts, so every stored matrix still fits its leading dimension.
+    @Test func bucketedExpertProblemsKeepValidLayouts() {
+        let rows = 300, inWidth = 1408, outWidth = 2048
+        // (transA, transB, m, n, k, lda, ldb, ldc) column-major, with the varying size bucketed.
+        let problems: [(Int32, Int32, Int, Int, Int, Int, Int, Int)] = [
+            (1, 0, outWidth, CUBLASLt.bucket(rows), inWidth, inWidth, inWidth, outWidth),   // forward: n = rows
+            (0, 0, inWidth, CUBLASLt.bucket(rows), outWidth, inWidth, outWidth, inWidth),   // data gradient: n = rows
+            (0, 1, inWidth, outWidth, CUBLASLt.bucket(rows), inWidth, outWidth, inWidth),   // weight gradient: k = rows
+        ]
+        for (transA, transB, m, n, k, lda, ldb, ldc) in problems {
+            let key = CUBLASLt.PlanKey(transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc,
+                                       types: [0, 0, 0], compute: 68, epilogue: LtEpilogue.none.rawValue, auxLd: 0, alignments: [])
+            #expect(CUBLASLt.layoutShapes(key).allSatisfy { $0.rows <= $0.ld }, "\(key)")
+        }
+    }
+}
