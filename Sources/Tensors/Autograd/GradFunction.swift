@@ -43,6 +43,17 @@ extension Tensor {
         withoutGradient { propagate(seed) }
     }
 
+    /// Pops the next node of the walk and detaches its rule, with the gradient that reached it (nil
+    /// if none did); nil for a tensor with no rule. The output tensor itself is not returned, so the
+    /// caller holds no reference to it while the rule runs. Its entry in `grads` is removed before it
+    /// can be freed: a later tensor may reuse its `ObjectIdentifier`.
+    private static func takeNextNode(_ order: inout [Tensor], _ grads: inout [ObjectIdentifier: Tensor]) -> (GradFunction, Tensor?)? {
+        let t = order.removeLast()
+        guard let fn = t.gradFunction else { return nil }
+        t.gradFunction = nil
+        return (fn, grads.removeValue(forKey: ObjectIdentifier(t)))
+    }
+
     private func propagate(_ seed: Tensor) {
         // Reverse topological order by iterative depth-first search (no recursion limit on deep graphs).
         var order: [Tensor] = []
@@ -59,11 +70,15 @@ extension Tensor {
         var grads: [ObjectIdentifier: Tensor] = [ObjectIdentifier(self): seed]
         // Only with a hook installed (data-parallel training): count the edges into each leaf.
         var leafUses = LeafGradientHook.current.map { LeafUses(nodes: order, hook: $0) }
-        for t in order.reversed() {
-            guard let fn = t.gradFunction else { continue }
+        // Popped, not iterated, and each node's output let go before its rule runs: nothing here
+        // then holds an activation once the nodes that read it are done, so it is freed while the
+        // rest of the backward runs (iterating `order` kept every activation of the graph alive to
+        // the end, and a node's own output, e.g. a GELU's, alive while its rule allocated).
+        while !order.isEmpty {
+            guard let (fn, gradient) = Self.takeNextNode(&order, &grads) else { continue }
             // Released after the node's contributions are added, also when no gradient reached it.
             defer { leafUses?.release(fn.inputs) }
-            guard let g = grads.removeValue(forKey: ObjectIdentifier(t)) else { continue }
+            guard let g = gradient else { continue }
             let inputGrads = fn.backward(g)
             guarantee(inputGrads.count == fn.inputs.count, "backward of \(fn.name) returned \(inputGrads.count) gradients for \(fn.inputs.count) inputs")
             for (input, ig) in zip(fn.inputs, inputGrads) {
@@ -76,7 +91,6 @@ extension Tensor {
                     grads[id] = grads[id].map { $0 + ig } ?? ig
                 }
             }
-            t.gradFunction = nil
         }
     }
 }
