@@ -94,4 +94,21 @@ struct ExpertListShardingTests {
         // Every expert computed something, so the gradients above are not all zeros.
         #expect((0..<Self.n).allSatisfy { reference.expertGradients[$0]!.contains { $0 != 0 } })
     }
+
+    /// The names `ExpertListNames` finds are those `Module` gives the list's experts, and renumbering
+    /// moves the expert index only (optimizer state included), nothing else.
+    @Test func namesRenumberTheExpertIndexOnly() {
+        let layer = Self.layer(), lists = ExpertListNames(layer)
+        #expect(lists.prefixes == ["experts.experts"])
+        let names = layer.namedParameters().map(\.name)
+        #expect(names.contains("experts.experts.7.fc2.bias") && names.allSatisfy { $0.hasPrefix("gate.") || lists.expert(in: $0) != nil }, "\(names)")
+
+        let model = ExpertListNames(prefixes: ["blocks.1.mlp.experts.experts"])
+        #expect(model.renumbered("blocks.1.mlp.experts.experts.3.fc1.weight", by: 4) == "blocks.1.mlp.experts.experts.7.fc1.weight")
+        #expect(model.renumbered("exp_avg.blocks.1.mlp.experts.experts.13.fc1.weight", by: -12) == "exp_avg.blocks.1.mlp.experts.experts.1.fc1.weight")
+        #expect(model.expert(in: "exp_avg_sq.blocks.1.mlp.experts.experts.5.scale")?.index == 5)
+        for other in ["blocks.0.mlp.experts.experts.3.fc1.weight", "blocks.1.mlp.gate.linear.weight", "blocks.1.mlp.experts.experts.x.w", "step"] {
+            #expect(model.expert(in: other) == nil && model.renumbered(other, by: 4) == other, "\(other)")
+        }
+    }
 }
