@@ -15,7 +15,7 @@ import Tensors
 /// experts along the first axis.
 /// ```swift
 /// let lists = ExpertListNames(model)     // rank 1 of 2 over 8 experts: experts 4 ..< 8 as 0 ..< 4
-/// lists.renumbered("blocks.0.mlp.experts.experts.3.fc1.weight", by: 4)   // "….experts.experts.7.fc1.weight"
+/// let saved = lists.renumbered("blocks.0.mlp.experts.experts.3.fc1.weight", by: 4)   // "blocks.0.mlp.experts.experts.7.fc1.weight"
 /// ```
 public struct ExpertListNames: Sendable, Equatable {
     /// The name prefix of each list's experts, which an expert index follows (`blocks.0.mlp.experts.experts`).
