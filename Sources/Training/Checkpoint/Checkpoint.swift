@@ -221,7 +221,7 @@ public enum Checkpoint {
         var bufferValues: [(Buffer, Tensor)] = []
         for (name, b) in buffers {
             guard let e = file[stored(name)] else {
-                throw CheckpointError("\(path): has no buffer '\(name)', which the model needs\(architecture.isEmpty ? "; the checkpoint is from a different model (or its routing has no bias: it was trained without --balance bias)" : architecture)")
+                throw CheckpointError("\(path): has no buffer '\(stored(name))', which the model needs\(architecture.isEmpty ? "; the checkpoint is from a different model (or its routing has no bias: it was trained without --balance bias)" : architecture)")
             }
             let expected = entry(name: name, b.value)
             guard e.shape == b.value.shape, e.dtype == expected.dtype else {
@@ -230,8 +230,11 @@ public enum Checkpoint {
             }
             bufferValues.append((b, Tensor(bytes: e.bytes, shape: e.shape, dtype: b.value.dtype, device: b.value.device)))
         }
-        // An expert-parallel rank's file holds the other ranks' experts too.
-        func elsewhere(_ name: String) -> Bool { slice.map { s in lists.expert(in: name).map { !s.range.contains($0.index) } ?? false } ?? false }
+        // An expert-parallel rank's file holds the other ranks' list experts too.
+        func elsewhere(_ name: String) -> Bool {
+            guard let slice, let g = lists.expert(in: name)?.index else { return false }
+            return !slice.range.contains(g)
+        }
         if let extra = file.names.first(where: { !names.contains($0) && !elsewhere($0) }) {
             throw CheckpointError("\(path): holds '\(extra)', which the model does not have\(architecture.isEmpty ? "; the checkpoint is from a different model" : architecture)")
         }
@@ -288,7 +291,7 @@ public enum Checkpoint {
         let expertParameters = experts.map { experts in
             Dictionary(uniqueKeysWithValues: experts.model.namedParameters().filter { $0.parameter.group == .expert }.map { ($0.name, $0.parameter) })
         } ?? [:]
-        let lists = ExpertListNames(experts?.model ?? Module())
+        let lists = experts.map { ExpertListNames($0.model) } ?? ExpertListNames(prefixes: [])
         var tensors: [(String, Tensor)] = []
         for saved in file.names {
             var e = file[saved]!, name = saved
