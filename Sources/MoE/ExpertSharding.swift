@@ -6,9 +6,9 @@ import Tensors
 // (global expert g lives on group rank g / E as local expert g % E).
 
 /// Spreads the experts of every MoE MLP in `model` (each `TransformerBlock` whose `mlp` is an
-/// `MoELayer` with `BatchedExperts`) over the ranks of `group`: this rank keeps experts
-/// `r·E ..< (r+1)·E` (`r = group.rank`) and the layer exchanges tokens with the others through an
-/// `AllToAllExchange`. Gate, shared experts, dropout and loss weights carry over unchanged.
+/// `MoELayer` with `BatchedExperts` or an `ExpertList`) over the ranks of `group`: this rank keeps
+/// experts `r·E ..< (r+1)·E` (`r = group.rank`) and the layer exchanges tokens with the others through
+/// an `AllToAllExchange`. Gate, shared experts, dropout and loss weights carry over unchanged.
 ///
 /// Slicing a model that was built whole is what makes a sharded run start from the weights of the
 /// one-rank run of the same seed, whatever the layout; the full experts exist only while building
@@ -24,8 +24,6 @@ public func shardExperts(_ model: Module, over group: any ProcessGroup) -> [Stri
     var sharded: [String] = []
     for (name, module) in model.namedModules() {
         guard let block = module as? TransformerBlock, let layer = block.mlp as? MoELayer else { continue }
-        guarantee(layer.experts is BatchedExperts,
-                  "shardExperts: \(name).mlp has \(type(of: layer.experts)) experts; only BatchedExperts can be sliced")
         guarantee(layer.dispatcher.exchange.rankCount == 1, "shardExperts: \(name).mlp is sharded already")
         block.mlp = layer.sharded(over: group)
         sharded.append(name.isEmpty ? "mlp" : "\(name).mlp")
@@ -34,23 +32,34 @@ public func shardExperts(_ model: Module, over group: any ProcessGroup) -> [Stri
 }
 
 extension MoELayer {
-    /// This layer with only this rank's slice of its `BatchedExperts` (experts `r·E ..< (r+1)·E` of
-    /// `group`'s rank `r`) and an `AllToAllExchange` over `group`; gate, shared experts, dropout and
-    /// loss weights carry over. What `shardExperts` does to each MoE MLP of a model, for a layer alone
+    /// This layer with only this rank's slice of its experts (experts `r·E ..< (r+1)·E` of `group`'s
+    /// rank `r`) and an `AllToAllExchange` over `group`; gate, shared experts, dropout and loss weights
+    /// carry over. What `shardExperts` does to each MoE MLP of a model, for a layer alone
     /// (`fastmoe bench moe-layer` under a launcher).
+    ///
+    /// `BatchedExperts` are sliced along their first axis into tensors of their own; an `ExpertList`
+    /// keeps its experts `r·E ..< (r+1)·E` themselves (the same modules, in order, their parameters
+    /// still `.expert`), numbered `0 ..< E` here (`ExpertListNames` maps them back to the global
+    /// numbers for checkpoints). Other `Experts` types cannot be sliced: put such experts in an `ExpertList`.
     /// ```swift
     /// let full = MoELayer.mlp(dModel: 64, hidden: 128, expertCount: 8, generator: &g)   // same seed on every rank
     /// let layer = full.sharded(over: world)                                          // 4 ranks: 2 experts each
     /// ```
     public func sharded(over group: any ProcessGroup) -> MoELayer {
-        guard let experts = experts as? BatchedExperts else {
-            fatalError("MoELayer.sharded: \(type(of: self.experts)) experts cannot be sliced; only BatchedExperts can")
-        }
         let n = experts.localExpertCount, w = group.size
         guarantee(dispatcher.exchange.rankCount == 1, "MoELayer.sharded: the layer is sharded already")
         guarantee(n % w == 0, "MoELayer.sharded: \(n) experts do not split evenly over \(w) ranks")
         let e = n / w, range = (group.rank * e)..<((group.rank + 1) * e)
-        let local = BatchedExperts(fc1: slice(experts.fc1, range), fc2: slice(experts.fc2, range), activation: experts.activation)
+        let local: any Experts
+        switch experts {
+        case let batched as BatchedExperts:
+            local = BatchedExperts(fc1: slice(batched.fc1, range), fc2: slice(batched.fc2, range), activation: batched.activation)
+        case let list as ExpertList:
+            local = ExpertList(Array(list.experts[range]))
+        default:
+            fatalError("MoELayer.sharded: \(type(of: experts)) experts cannot be sliced; only BatchedExperts and ExpertList can "
+                + "(an ExpertList holds experts of any type)")
+        }
         let replacement = MoELayer(dModel: dModel, gate: gate, experts: local,
                                    exchange: AllToAllExchange(group: group, localExpertCount: e))
         replacement.dropout = dropout

@@ -64,6 +64,12 @@ private func expertExamples(rows: Tensor, groups: ExpertGroups) {
     }
 }
 
+private func expertListNamesExample(model: Module) {
+    let lists = ExpertListNames(model)     // rank 1 of 2 over 8 experts: experts 4 ..< 8 as 0 ..< 4
+    let saved = lists.renumbered("blocks.0.mlp.experts.experts.3.fc1.weight", by: 4)   // "blocks.0.mlp.experts.experts.7.fc1.weight"
+    _ = saved
+}
+
 private func layerExamples(model: Module, x: Tensor, task: Tensor, balance: Tensor, moeOutput: Tensor) {
     var g = RandomGenerator(seed: 1)
     do {

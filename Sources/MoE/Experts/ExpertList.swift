@@ -7,7 +7,9 @@ import Tensors
 ///
 /// The generic path: each expert runs on its block of rows (a free view) and the results are
 /// concatenated. Use `BatchedExperts` for the fast path of identical MLP experts. The experts'
-/// parameters join the `.expert` group (`Parameter.group`) however they were made.
+/// parameters join the `.expert` group (`Parameter.group`) however they were made. Expert parallelism
+/// keeps a rank's slice of the list (`MoELayer.sharded(over:)`), and checkpoints save each expert
+/// under its global index (`ExpertListNames`).
 /// ```swift
 /// let experts = ExpertList((0..<4).map { _ in Linear(64, 64, generator: &g) })
 /// ```

@@ -1,3 +1,4 @@
+import MoE
 import NN
 import Tensors
 
@@ -180,7 +181,8 @@ public enum Checkpoint {
     /// messages). Every tensor must be finite: NaN or infinity is refused, naming the tensor.
     ///
     /// `experts`: the model holds only this slice of the global experts (an expert-parallel rank):
-    /// each expert parameter takes its rows of the file's tensor of all experts, whatever `W_ep` wrote it.
+    /// each stacked expert parameter takes its rows of the file's tensor of all experts, and each
+    /// expert of an `ExpertList` the tensors saved under its global index, whatever `W_ep` wrote them.
     public static func loadModel(_ model: Module, from file: SafeTensorsFile, path: String,
                                  savedConfig: RunConfig?, expectedConfig: RunConfig?, experts slice: ExpertSlice? = nil) throws {
         var architecture = ""
@@ -189,22 +191,18 @@ public enum Checkpoint {
         }
         let parameters = model.namedParameters()
         let buffers = model.namedBuffers()
-        let names = Set(parameters.map(\.name) + buffers.map(\.name))
+        // The file names an expert-list expert by its global index (`ExpertShards`).
+        let lists = ExpertListNames(model), first = slice?.range.lowerBound ?? 0
+        func stored(_ name: String) -> String { lists.renumbered(name, by: first) }
+        let names = Set((parameters.map(\.name) + buffers.map(\.name)).map(stored))
         // Another number of experts first: the gate's shape would otherwise be the first mismatch named.
-        for (name, p) in parameters where p.group == .expert {
-            guard let e = file[name], let saved = e.shape.first, Array(e.shape.dropFirst()) == Array(p.shape.dropFirst()) else { continue }
-            let expected = slice?.globalExpertCount ?? p.shape[0]
-            if saved != expected {
-                throw CheckpointError("\(path): \(name) holds \(saved) experts (shape \(e.shape)) but this model has \(expected) per layer; "
-                    + "a checkpoint loads under another --expert-parallel but not with another number of experts — use --experts \(saved)")
-            }
-        }
+        try checkExpertCount(parameters, lists, file: file, slice: slice, path: path)
         var values: [(Parameter, Tensor)] = []
         for (name, p) in parameters {
-            guard var e = file[name] else {
-                throw CheckpointError("\(path): has no tensor '\(name)', which the model needs\(architecture.isEmpty ? "; the checkpoint is from a different model" : architecture)")
+            guard var e = file[stored(name)] else {
+                throw CheckpointError("\(path): has no tensor '\(stored(name))', which the model needs\(architecture.isEmpty ? "; the checkpoint is from a different model" : architecture)")
             }
-            if let slice, p.group == .expert { e = try expertSlice(e, slice, parameter: p, path: path) }
+            if let slice, p.group == .expert, lists.expert(in: name) == nil { e = try expertSlice(e, slice, parameter: p, path: path) }
             guard e.shape == p.shape else {
                 throw CheckpointError("\(path): \(name) has shape \(e.shape) but the model expects \(p.shape)"
                     + (architecture.isEmpty ? "; the checkpoint is from a different architecture" : architecture))
@@ -222,8 +220,8 @@ public enum Checkpoint {
         // Buffers keep their own dtype (a float32 routing bias stays bit-exact through a resume).
         var bufferValues: [(Buffer, Tensor)] = []
         for (name, b) in buffers {
-            guard let e = file[name] else {
-                throw CheckpointError("\(path): has no buffer '\(name)', which the model needs\(architecture.isEmpty ? "; the checkpoint is from a different model (or its routing has no bias: it was trained without --balance bias)" : architecture)")
+            guard let e = file[stored(name)] else {
+                throw CheckpointError("\(path): has no buffer '\(stored(name))', which the model needs\(architecture.isEmpty ? "; the checkpoint is from a different model (or its routing has no bias: it was trained without --balance bias)" : architecture)")
             }
             let expected = entry(name: name, b.value)
             guard e.shape == b.value.shape, e.dtype == expected.dtype else {
@@ -232,35 +230,16 @@ public enum Checkpoint {
             }
             bufferValues.append((b, Tensor(bytes: e.bytes, shape: e.shape, dtype: b.value.dtype, device: b.value.device)))
         }
-        if let extra = file.names.first(where: { !names.contains($0) }) {
+        // An expert-parallel rank's file holds the other ranks' list experts too.
+        func elsewhere(_ name: String) -> Bool {
+            guard let slice, let g = lists.expert(in: name)?.index else { return false }
+            return !slice.range.contains(g)
+        }
+        if let extra = file.names.first(where: { !names.contains($0) && !elsewhere($0) }) {
             throw CheckpointError("\(path): holds '\(extra)', which the model does not have\(architecture.isEmpty ? "; the checkpoint is from a different model" : architecture)")
         }
         for (p, v) in values { p.value = v }
         for (b, v) in bufferValues { b.value = v }
-    }
-
-    /// This rank's rows of a tensor of all `N` experts, for a parameter of `slice.range.count` experts.
-    static func expertSlice(_ e: SafeTensorsEntry, _ slice: ExpertSlice, parameter p: Parameter, path: String) throws -> SafeTensorsEntry {
-        let saved = e.shape.first ?? 0, total = slice.globalExpertCount, range = slice.range
-        guard Array(e.shape.dropFirst()) == Array(p.shape.dropFirst()), saved == total, range.count == p.shape[0] else {
-            throw CheckpointError("\(path): \(e.name) holds \(saved) experts (shape \(e.shape)) but this run has \(total) "
-                + "(\(p.shape[0]) on each of its expert-parallel ranks, shape \(p.shape)); a checkpoint loads under another "
-                + "--expert-parallel but not with another number of experts — use --experts \(saved)")
-        }
-        var sliced = e
-        sliced.shape = [range.count] + e.shape.dropFirst()
-        sliced.bytes = ExpertShards.slice(e, range)
-        return sliced
-    }
-
-    /// Which of a layer's `N` experts a model holds: an expert-parallel rank's `E = N / W_ep`.
-    public struct ExpertSlice: Sendable, Equatable {
-        public let range: Range<Int>
-        public let globalExpertCount: Int
-        public init(range: Range<Int>, globalExpertCount: Int) {
-            self.range = range
-            self.globalExpertCount = globalExpertCount
-        }
     }
 
     /// The index of the first float32 in `bytes` (little-endian) that is NaN or infinite, or nil.
@@ -303,8 +282,8 @@ public enum Checkpoint {
     /// Loads `optimizer.safetensors` into `optimizer` (names and shapes checked by the optimizer),
     /// with the expert shards of an expert-parallel run concatenated in; `experts` (an expert-parallel
     /// rank: the model's expert parameters and its global expert range) takes this rank's rows of
-    /// each expert parameter's state, so a run resumes exactly under another `W_ep` (AdamW's state is
-    /// per element).
+    /// each stacked expert parameter's state and its expert lists' experts' state (renamed to this
+    /// rank's numbering), so a run resumes exactly under another `W_ep` (AdamW's state is per element).
     public static func loadOptimizer(_ optimizer: any Optimizer, from directory: String, device: Device,
                                      experts: (model: Module, slice: ExpertSlice)? = nil) throws {
         let path = directory + "/" + optimizerFile
@@ -312,11 +291,17 @@ public enum Checkpoint {
         let expertParameters = experts.map { experts in
             Dictionary(uniqueKeysWithValues: experts.model.namedParameters().filter { $0.parameter.group == .expert }.map { ($0.name, $0.parameter) })
         } ?? [:]
+        let lists = experts.map { ExpertListNames($0.model) } ?? ExpertListNames(prefixes: [])
         var tensors: [(String, Tensor)] = []
-        for name in file.names {
-            var e = file[name]!
-            if let slice = experts?.slice, let dot = name.firstIndex(of: "."), let p = expertParameters[String(name[name.index(after: dot)...])] {
-                e = try expertSlice(e, slice, parameter: p, path: path)
+        for saved in file.names {
+            var e = file[saved]!, name = saved
+            if let slice = experts?.slice {
+                if let g = lists.expert(in: saved)?.index {
+                    guard slice.range.contains(g) else { continue }   // another rank's expert
+                    name = lists.renumbered(saved, by: -slice.range.lowerBound)
+                } else if let dot = saved.firstIndex(of: "."), let p = expertParameters[String(saved[saved.index(after: dot)...])] {
+                    e = try expertSlice(e, slice, parameter: p, path: path)
+                }
             }
             let dtype: DType
             switch e.dtype {

@@ -1,3 +1,4 @@
+import MoE
 import NN
 import Tensors
 
@@ -12,12 +13,17 @@ import Tensors
 /// `optimizer-expert-rank-r.safetensors`: its experts' tensors under their global names
 /// (`blocks.0.mlp.experts.fc1.weight`, `exp_avg.blocks.0.mlp.experts.fc1.weight`), sliced along the
 /// first axis to experts `r·E ..< (r+1)·E`, which the metadata records (`experts: "2..<4"`,
-/// `global_experts: "8"`).
+/// `global_experts: "8"`). An `ExpertList`'s experts are tensors of their own, whose names hold the
+/// expert's index: a shard saves them under the global index (`ExpertListNames`; with `E = 2`, rank
+/// 1's local expert 0 as `blocks.0.mlp.experts.experts.2.fc1.weight`), and its metadata names the
+/// lists (`expert_lists: "blocks.0.mlp.experts.experts,…"`) so that readers without the model
+/// (`fastmoe checkpoint merge`) can tell them from stacked tensors.
 ///
 /// Reading concatenates the shards in expert order into the tensors a one-rank run saves
-/// (`consolidated`), so every reader (a one-rank eval, `fastmoe checkpoint merge`, a resume under
-/// another `W_ep`) sees one file and takes its slice. Every rank of a resume reads every shard: fine at
-/// our sizes, and what makes re-sharding (and so exact resume under another `W_ep`) simple.
+/// (`consolidated`; expert-list tensors are gathered as they are), so every reader (a one-rank eval,
+/// `fastmoe checkpoint merge`, a resume under another `W_ep`) sees one file and takes its slice.
+/// Every rank of a resume reads every shard: fine at our sizes, and what makes re-sharding (and so
+/// exact resume under another `W_ep`) simple.
 /// ```swift
 /// let model = try ExpertShards.consolidated(try SafeTensors.read(path: dir + "/model.safetensors"),
 ///                                           directory: dir, shardFile: ExpertShards.modelFile)
@@ -32,6 +38,8 @@ public enum ExpertShards {
     /// Metadata of a shard: its global expert range, `lo..<hi`.
     static let rangeKey = "experts"
     static let globalKey = "global_experts"
+    /// Metadata of a shard: the `ExpertListNames.prefixes` of the model, comma-separated.
+    static let listsKey = "expert_lists"
 
     /// Where the expert-parallel ranks put their shards until rank 0 moves them into the checkpoint
     /// it builds (a name every rank knows; in the run directory, so on the file system the run shares).
@@ -39,9 +47,12 @@ public enum ExpertShards {
         runDirectory + "/." + Checkpoint.directoryName(step: step) + ".shards"
     }
 
-    /// The names of `model`'s expert parameters (`ParameterGroup.expert`).
+    /// The names of `model`'s expert tensors: its `.expert` parameters (`ParameterGroup`), and the
+    /// buffers of its expert lists' experts.
     static func expertNames(_ model: Module) -> Set<String> {
-        Set(model.namedParameters().filter { $0.parameter.group == .expert }.map(\.name))
+        let lists = ExpertListNames(model)
+        return Set(model.namedParameters().filter { $0.parameter.group == .expert }.map(\.name)
+                   + model.namedBuffers().map(\.name).filter { lists.expert(in: $0) != nil })
     }
 
     /// Whether an optimizer entry (`step`, `exp_avg.<param>`, ...) belongs to an expert parameter.
@@ -54,11 +65,15 @@ public enum ExpertShards {
     static func write(model: Module, optimizer: any Optimizer, range: Range<Int>, globalExperts: Int, shards: Int, rank: Int,
                       step: Int, to directory: String) throws {
         try FileSystem.makeDirectories(directory)
-        let experts = expertNames(model)
-        let metadata = ["format": "pt", "fastmoe_version": FastMoEVersion.string, "step": String(step),
+        let experts = expertNames(model), lists = ExpertListNames(model)
+        var metadata = ["format": "pt", "fastmoe_version": FastMoEVersion.string, "step": String(step),
                         rangeKey: "\(range.lowerBound)..<\(range.upperBound)", globalKey: String(globalExperts), countKey: String(shards)]
-        let modelEntries = model.namedParameters().filter { experts.contains($0.name) }.map { Checkpoint.entry(name: $0.name, $0.parameter.value) }
-        let optimizerEntries = optimizer.stateTensors().filter { isExpertState($0.0, experts: experts) }.map { Checkpoint.entry(name: $0.0, $0.1) }
+        if !lists.prefixes.isEmpty { metadata[listsKey] = lists.prefixes.joined(separator: ",") }
+        func global(_ name: String) -> String { lists.renumbered(name, by: range.lowerBound) }
+        let modelEntries = Checkpoint.modelEntries(model).filter { experts.contains($0.name) }.map { e in
+            SafeTensorsEntry(name: global(e.name), dtype: e.dtype, shape: e.shape, bytes: e.bytes)
+        }
+        let optimizerEntries = optimizer.stateTensors().filter { isExpertState($0.0, experts: experts) }.map { Checkpoint.entry(name: global($0.0), $0.1) }
         try SafeTensors.write(modelEntries, metadata: metadata, to: directory + "/" + modelFile(rank))
         try SafeTensors.write(optimizerEntries, metadata: metadata, to: directory + "/" + optimizerFile(rank))
     }
@@ -72,7 +87,7 @@ public enum ExpertShards {
         guard let count = Int(text), count >= 1 else {
             throw CheckpointError("\(directory): the metadata says \(countKey) '\(text)', which is not a shard count; the checkpoint is damaged — use another one")
         }
-        var parts: [String: [SafeTensorsEntry]] = [:]
+        var parts: [String: [SafeTensorsEntry]] = [:], listed: [String: SafeTensorsEntry] = [:]
         var next = 0, total: Int?
         for r in 0..<count {
             let path = directory + "/" + shardFile(r)
@@ -88,8 +103,19 @@ public enum ExpertShards {
                     + "'\(shard.metadata[globalKey] ?? "?")', but shard \(r) must start at expert \(next); the shards come from different checkpoints — use another one")
             }
             (next, total) = (bounds[1], n)
+            let lists = ExpertListNames(prefixes: (shard.metadata[listsKey] ?? "").split(separator: ",").map(String.init))
             for name in shard.names {
                 let e = shard[name]!
+                if let g = lists.expert(in: name)?.index {
+                    // One expert of an ExpertList, already under its global name (the shards' ranges are
+                    // disjoint, so no other shard can hold it).
+                    guard (bounds[0]..<bounds[1]).contains(g) else {
+                        throw CheckpointError("\(path): \(name) is expert \(g), but the shard holds experts \(bounds[0])..<\(bounds[1]); "
+                            + "the shard is damaged — use another checkpoint")
+                    }
+                    listed[name] = e
+                    continue
+                }
                 guard e.shape.first == bounds[1] - bounds[0] else {
                     throw CheckpointError("\(path): \(name) has shape \(e.shape), not \(bounds[1] - bounds[0]) experts first; the shard is damaged")
                 }
@@ -100,6 +126,12 @@ public enum ExpertShards {
             throw CheckpointError("\(directory): the \(count) expert shards hold experts 0..<\(next) of \(total ?? 0); the checkpoint is incomplete")
         }
         var entries = base.entries
+        for (name, e) in listed {
+            guard entries[name] == nil else {
+                throw CheckpointError("\(directory): \(name) is in an expert shard and in the shared file; the shards come from different checkpoints — use another one")
+            }
+            entries[name] = e
+        }
         for (name, pieces) in parts {
             guard pieces.count == count, entries[name] == nil else {
                 throw CheckpointError("\(directory): \(name) is in \(pieces.count) of the \(count) expert shards\(entries[name] != nil ? " and in the shared file" : ""); "
