@@ -250,22 +250,16 @@ public enum MoELayerBenchmark {
             (0..<(sets ?? c.inputSets)).map { _ in Tensor.randomNormal([count, c.dModel], dtype: dtype, device: device, generator: &g) }
         }
         let moeInputs = inputs(c.tokens), moeUpstream = inputs(c.tokens)
-        let denseInputs = inputs(rows, sets: min(c.inputSets, 3)), denseUpstream = inputs(rows, sets: min(c.inputSets, 3))
         let loadMaxOverMean = withoutGradient { moe.forward(moeInputs[0]).load.maxOverMean }
-
-        func timings(_ layer: (Tensor) -> Tensor, _ parameters: [Parameter], _ xs: [Tensor], _ dys: [Tensor])
-            -> (forward: Double, forwardBackward: Double) {
-            layerTimings(device, c, layer, parameters, xs, dys)
-        }
+        let moeTimes = layerTimings(device, c, { moe($0) }, moe.parameters(), moeInputs, moeUpstream)
         if c.moeOnly {
-            let moeTimes = timings({ moe($0) }, moe.parameters(), moeInputs, moeUpstream)
             return MoELayerBenchResult(
                 config: c, device: device, forwardMs: moeTimes.forward, forwardBackwardMs: moeTimes.forwardBackward,
                 denseForwardMs: .nan, denseForwardBackwardMs: .nan, denseGemmMs: [], peakBytes: 0, mustKeepBytes: 0,
                 densePeakBytes: 0, denseMustKeepBytes: 0, loadMaxOverMean: loadMaxOverMean)
         }
-        let moeTimes = timings({ moe($0) }, moe.parameters(), moeInputs, moeUpstream)
-        let denseTimes = timings({ dense($0) }, dense.parameters(), denseInputs, denseUpstream)
+        let denseInputs = inputs(rows, sets: min(c.inputSets, 3)), denseUpstream = inputs(rows, sets: min(c.inputSets, 3))
+        let denseTimes = layerTimings(device, c, { dense($0) }, dense.parameters(), denseInputs, denseUpstream)
         let gemms = denseGemmMilliseconds(c, rows: rows, device: device, generator: &g)
 
         let moePeak = peakBytes(device, { moe($0) }, moe.parameters(), moeInputs[0], moeUpstream[0])
