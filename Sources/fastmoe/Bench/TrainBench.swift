@@ -30,8 +30,15 @@ struct TrainBench: ParsableCommand {
     @Option(parsing: .unconditional, help: "Timed training steps (the median is reported).")
     var repeats: Int = 10
 
+    @Option(name: .customLong("grouped-gemm"),
+            help: "How the experts' GEMMs run on CUDA: auto, lanes, serial or grouped (see bench moe-layer).")
+    var groupedGemm: String = "auto"
+
     func validate() throws {
         guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1") }
+        guard GroupedGemmStrategy(name: groupedGemm) != nil else {
+            throw ValidationError("--grouped-gemm '\(groupedGemm)' is not one of \(GroupedGemmStrategy.allCases.map(\.name).joined(separator: ", "))")
+        }
     }
 
     func run() throws {
@@ -47,6 +54,7 @@ struct TrainBench: ParsableCommand {
         let wanted = 4 * Double(config.batchSize) * (Double(config.seqLen) + 1)
         let corpusBytes = wanted < Double(1 << 52) ? max(1 << 18, Int(wanted)) : 1 << 52
         try MemoryEstimate(config, purpose: .training, dataBytes: corpusBytes, evalBatches: 0).check(on: dev)
+        CUDABackend.groupedGemmStrategy = GroupedGemmStrategy(name: groupedGemm)!
         // tf32: every float32 GEMM of this process's main thread (the steps and the ceiling) on TF32 tensor cores.
         Backends.threadAllowsTF32 = config.usesTF32
         let model = ModelFactory.build(config, device: dev)
