@@ -26,17 +26,23 @@ struct GradientSyncTests {
         return loss
     }
 
+    /// The reference: a plain backward, then one blocking average per gradient (zeros where this rank
+    /// has none); `local` says whether this rank had a gradient of its own.
+    static func plainAverages(_ group: any ProcessGroup) -> [String: (local: Bool, average: [Double])] {
+        let plain = parameters()
+        loss(plain, rank: group.rank).backward()
+        var averages: [String: (local: Bool, average: [Double])] = [:]
+        for (name, p) in plain {
+            let g = p.grad ?? Tensor.zeros(p.shape, dtype: .float64)
+            group.allReduce(g, .average)
+            averages[name] = (p.grad != nil, g.doubles())
+        }
+        return averages
+    }
+
     @Test(arguments: [1, 2, 3]) func bucketedAverageEqualsAPlainAllReduce(worldSize: Int) throws {
         let results = try ThreadProcessGroup.run(worldSize: worldSize) { group -> ([String: [Double]?], [String: [Double]?]) in
-            // Reference: plain backward, then one blocking average per gradient (zeros where a rank has none).
-            let plain = Self.parameters()
-            Self.loss(plain, rank: group.rank).backward()
-            var expected: [String: [Double]?] = [:]
-            for (name, p) in plain {
-                let g = p.grad ?? Tensor.zeros(p.shape, dtype: .float64)
-                group.allReduce(g, .average)
-                expected[name] = g.doubles()
-            }
+            let expected = Self.plainAverages(group).mapValues { Optional($0.average) }
             // Under test: 100-byte buckets (two 6-element float64 gradients at most).
             let synced = Self.parameters()
             let sync = try GradientSync(parameters: synced, world: group, bucketBytes: 100)
@@ -56,13 +62,9 @@ struct GradientSyncTests {
     /// divides expert gradients by W_ep) and leaves the other groups and the "no gradient" flags alone.
     @Test func placementScaleMultipliesTheAverage() throws {
         let results = try ThreadProcessGroup.run(worldSize: 2) { group -> ([String: [Double]?], [String: [Double]?]) in
-            let plain = Self.parameters()
-            Self.loss(plain, rank: group.rank).backward()
             var expected: [String: [Double]?] = [:]
-            for (name, p) in plain {
-                let g = p.grad ?? Tensor.zeros(p.shape, dtype: .float64)
-                group.allReduce(g, .average)
-                expected[name] = p.grad == nil && name == "d" ? nil : g.doubles().map { ["b", "c", "d"].contains(name) ? $0 * 0.25 : $0 }
+            for (name, plain) in Self.plainAverages(group) {
+                expected[name] = !plain.local && name == "d" ? nil : plain.average.map { ["b", "c", "d"].contains(name) ? $0 * 0.25 : $0 }
             }
             // b, c and d are experts (c used on rank 0 only, d nowhere).
             let synced = Self.parameters().map { entry -> (name: String, parameter: Parameter) in

@@ -124,22 +124,21 @@ struct ExpertParallelTrainingTests {
 
     @Test func layoutsThatDoNotDivideAreRefused() throws {
         let dir = TemporaryDirectory()
-        let errors = try ThreadProcessGroup.run(worldSize: 4) { group -> String in
-            do {
-                _ = try Trainer.prepare(overrides: Self.settings(out: dir.file("bad"), batchSize: 2, balance: "none", ["expert_parallel": .int(3)]),
-                                        world: { _ in group })
-                return ""
-            } catch { return "\(error)" }
+        /// Each rank's error from preparing a run with `--expert-parallel expertParallel` ("" if none).
+        func prepareErrors(worldSize: Int, expertParallel: Int, out: String) throws -> [String] {
+            try ThreadProcessGroup.run(worldSize: worldSize) { group -> String in
+                do {
+                    _ = try Trainer.prepare(overrides: Self.settings(out: dir.file(out), batchSize: 2, balance: "none",
+                                                                     ["expert_parallel": .int(expertParallel)]),
+                                            world: { _ in group })
+                    return ""
+                } catch { return "\(error)" }
+            }
         }
+        let errors = try prepareErrors(worldSize: 4, expertParallel: 3, out: "bad")
         // 3 does not divide the 4 experts: the config is refused before any rank splits the world.
         #expect(errors.allSatisfy { $0.contains("--expert-parallel is 3 but --experts 4 does not split evenly") }, "\(errors)")
-        let world = try ThreadProcessGroup.run(worldSize: 2) { group -> String in
-            do {
-                _ = try Trainer.prepare(overrides: Self.settings(out: dir.file("bad2"), batchSize: 2, balance: "none", ["expert_parallel": .int(4)]),
-                                        world: { _ in group })
-                return ""
-            } catch { return "\(error)" }
-        }
+        let world = try prepareErrors(worldSize: 2, expertParallel: 4, out: "bad2")
         #expect(world.allSatisfy { $0.contains("--expert-parallel 4 does not divide the 2 ranks") }, "\(world)")
     }
 }

@@ -35,7 +35,11 @@ public struct MoELayerBenchConfig: Sendable, Equatable {
     /// as in training (with 3 sets cycled, per-shape costs such as cuBLAS's heuristic were paid only
     /// in the warm-up and the bench hid a 4.7× slower bfloat16 training step). The dense line, whose
     /// shapes never change, cycles at most 3 (its inputs are K times larger).
-    public var inputSets: Int
+    public var inputSets: Int {
+        get { requestedInputSets ?? warmup + iterations }
+        set { requestedInputSets = newValue }
+    }
+    private var requestedInputSets: Int?
     public var seed: UInt64
     /// How the CUDA backend runs the experts' GEMMs (`.automatic` unless a comparison pins one).
     public var groupedGemm: GroupedGemmStrategy = .automatic
@@ -56,7 +60,7 @@ public struct MoELayerBenchConfig: Sendable, Equatable {
         self.gate = gate
         self.iterations = iterations
         self.warmup = warmup
-        self.inputSets = inputSets ?? warmup + iterations
+        requestedInputSets = inputSets
         self.seed = seed
     }
 

@@ -24,6 +24,14 @@ struct BenchRow {
         }
     }
 
+    /// A table of fixed-width columns (`(header, width)`; width 0 = unpadded last column), then a footer line.
+    static func printColumns(_ columns: [(header: String, width: Int)], rows: [[String]], title: String, footer: String) {
+        print(title)
+        print(columns.map { pad($0.header, $0.width) }.joined())
+        for cells in rows { print(zip(cells, columns).map { pad($0.0, $0.1.width) }.joined()) }
+        print(footer)
+    }
+
     static func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
 }
 

@@ -63,7 +63,7 @@ struct MoELayerBench: ParsableCommand {
             if let precision { rows[i].precision = precision }
             (rows[i].groupedGemm, rows[i].moeOnly) = (strategy, moeOnly)
             (rows[i].gate, rows[i].iterations, rows[i].warmup) = (gate, iterations, warmup)
-            rows[i].inputSets = inputSets ?? warmup + iterations
+            if let inputSets { rows[i].inputSets = inputSets }
         }
         return rows
     }
@@ -92,36 +92,32 @@ struct MoELayerBench: ParsableCommand {
     }
 
     static func printExpertParallelTable(_ results: [MoELayerBenchResult], title: String) {
-        print(title)
         let columns = [("config", 44), ("N", 6), ("fwd ms", 9), ("fwd+bwd ms", 11), ("tokens/s/rank", 14), ("1-rank ms", 10),
                        ("efficiency", 11), ("a2a MiB", 9), ("a2a ms", 9), ("busbw GB/s", 11), ("load max/mean", 0)]
-        print(columns.map { BenchRow.pad($0.0, $0.1) }.joined())
-        for r in results {
-            guard let ep = r.expertParallel else { continue }
-            let cells = [r.config.label, "\(r.config.globalExperts)", Format.fixed(r.forwardMs, 3), Format.fixed(r.forwardBackwardMs, 3),
-                         Format.fixed(r.tokensPerSecond, 0), Format.fixed(ep.localForwardBackwardMs, 3),
-                         Format.fixed((r.efficiency ?? .nan) * 100, 1) + "%", Format.fixed(Double(ep.allToAllBytes) / 1_048_576, 2),
-                         Format.fixed(ep.allToAllMs, 3), Format.fixed(ep.allToAllBusbw, 2), Format.fixed(r.loadMaxOverMean, 2)]
-            print(zip(cells, columns).map { BenchRow.pad($0.0, $0.1.1) }.joined())
+        let rows = results.compactMap { r -> [String]? in
+            guard let ep = r.expertParallel else { return nil }
+            return [r.config.label, "\(r.config.globalExperts)", Format.fixed(r.forwardMs, 3), Format.fixed(r.forwardBackwardMs, 3),
+                    Format.fixed(r.tokensPerSecond, 0), Format.fixed(ep.localForwardBackwardMs, 3),
+                    Format.fixed((r.efficiency ?? .nan) * 100, 1) + "%", Format.fixed(Double(ep.allToAllBytes) / 1_048_576, 2),
+                    Format.fixed(ep.allToAllMs, 3), Format.fixed(ep.allToAllBusbw, 2), Format.fixed(r.loadMaxOverMean, 2)]
         }
-        print("times: the slowest rank's median; 1-rank = the same layer with E experts and no exchange (fwd+bwd), "
+        BenchRow.printColumns(columns, rows: rows, title: title, footer:
+            "times: the slowest rank's median; 1-rank = the same layer with E experts and no exchange (fwd+bwd), "
             + "efficiency = 1-rank / fwd+bwd; a2a = the layer's 4 all-to-alls of one fwd+bwd (bytes one rank sends), "
             + "timed alone; busbw in GB/s as `bench collectives` (algbw·(W−1)/W); load over all N experts")
     }
 
     static func printTable(_ results: [MoELayerBenchResult], title: String) {
-        print(title)
         let columns = [("config", 44), ("fwd ms", 9), ("fwd+bwd ms", 11), ("TFLOP/s", 9), ("dense ms", 10), ("ratio", 7),
                        ("GEMMs ms", 10), ("dense/GEMMs", 12), ("peak MiB", 10), ("/must keep", 11), ("load max/mean", 0)]
-        print(columns.map { BenchRow.pad($0.0, $0.1) }.joined())
-        for r in results {
-            let cells = [r.config.label, Format.fixed(r.forwardMs, 3), Format.fixed(r.forwardBackwardMs, 3), Format.fixed(r.forwardBackwardTFLOPs, 2),
-                         Format.fixed(r.denseForwardBackwardMs, 3), Format.fixed(r.ratio, 2) + "×", Format.fixed(r.denseGemmSumMs, 3),
-                         Format.fixed(r.denseOverGemmSum, 3) + "×", Format.fixed(Double(r.peakBytes) / 1_048_576, 1),
-                         Format.fixed(r.peakOverMustKeep, 2) + "×", Format.fixed(r.loadMaxOverMean, 2)]
-            print(zip(cells, columns).map { BenchRow.pad($0.0, $0.1.1) }.joined())
+        let rows = results.map { r in
+            [r.config.label, Format.fixed(r.forwardMs, 3), Format.fixed(r.forwardBackwardMs, 3), Format.fixed(r.forwardBackwardTFLOPs, 2),
+             Format.fixed(r.denseForwardBackwardMs, 3), Format.fixed(r.ratio, 2) + "×", Format.fixed(r.denseGemmSumMs, 3),
+             Format.fixed(r.denseOverGemmSum, 3) + "×", Format.fixed(Double(r.peakBytes) / 1_048_576, 1),
+             Format.fixed(r.peakOverMustKeep, 2) + "×", Format.fixed(r.loadMaxOverMean, 2)]
         }
-        print("ratio = MoE fwd+bwd / dense fwd+bwd (the dense line: MLP(D,H) over T·K rows, same run); "
+        BenchRow.printColumns(columns, rows: rows, title: title, footer:
+            "ratio = MoE fwd+bwd / dense fwd+bwd (the dense line: MLP(D,H) over T·K rows, same run); "
             + "GEMMs = the dense line's 6 GEMMs timed alone (its ceiling); peak = allocator peak of one fwd+bwd beyond "
             + "parameters and inputs, over what it must keep")
     }
