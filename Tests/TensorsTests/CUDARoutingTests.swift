@@ -136,8 +136,8 @@ struct CUDARoutingTests {
 
     /// Output and the gradients of x, weight and bias of `groupedLinear` on `device` in `dtype`. Output
     /// width 40 takes the 16-byte vector path of the bias kernel, 21 the element one.
-    func groupedLinearRun(_ sizes: [Int], on device: Device, dtype: DType, rounded: Bool, outW: Int = 40) -> [[Double]] {
-        let e = sizes.count, rows = sizes.reduce(0, +), inW = 24
+    func groupedLinearRun(_ sizes: [Int], on device: Device, dtype: DType, rounded: Bool, outW: Int = 40, inW: Int = 24) -> [[Double]] {
+        let e = sizes.count, rows = sizes.reduce(0, +)
         var g = RandomGenerator(seed: UInt64(rows * 7 + e))
         func input(_ shape: [Int], std: Double = 1) -> Tensor {
             let t = Tensor.randomNormal(shape, std: std, generator: &g)
@@ -159,7 +159,7 @@ struct CUDARoutingTests {
 
     static let names = ["output", "input gradient", "weight gradient", "bias gradient"]
 
-    @Test(arguments: [GroupedGemmStrategy.grouped, .serial, .lanes])
+    @Test(arguments: [GroupedGemmStrategy.grouped, .serial, .lanes, .kernel])
     func groupedLinearFloat32MatchesCPU(groupedGemm: GroupedGemmStrategy) {
         CUDABackend.poisonAllocations = true
         CUDABackend.groupedGemmStrategy = groupedGemm
@@ -181,7 +181,7 @@ struct CUDARoutingTests {
         }
     }
 
-    @Test(arguments: [GroupedGemmStrategy.grouped, .serial, .lanes])
+    @Test(arguments: [GroupedGemmStrategy.grouped, .serial, .lanes, .kernel])
     func groupedLinearBFloat16MatchesCPUFloat32(groupedGemm: GroupedGemmStrategy) {
         CUDABackend.poisonAllocations = true
         CUDABackend.groupedGemmStrategy = groupedGemm
@@ -194,6 +194,33 @@ struct CUDARoutingTests {
                     let e = relativeError(c, r)
                     #expect(e <= 2e-2, "sizes \(sizes) width \(outW) \(groupedGemm.name) bf16: \(Self.names[i]) relative error \(e)")
                 }
+            }
+        }
+    }
+
+    /// Our grouped kernel at sizes that reach every edge of its tiles: experts of 0, 1, 129 and 300
+    /// rows (several row tiles, none a multiple of 64 or 128), one expert with every row, widths of
+    /// three column tiles with a partial last one (264) and a sum of 200 (a partial last K tile of
+    /// 32), on fresh random data, against the CPU; an empty expert's weight gradient exactly zero.
+    @Test(arguments: [DType.float32, .bfloat16])
+    func groupedKernelMatchesTheCPU(dtype: DType) {
+        CUDABackend.poisonAllocations = true
+        CUDABackend.groupedGemmStrategy = .kernel
+        defer { CUDABackend.poisonAllocations = false; CUDABackend.groupedGemmStrategy = .automatic }
+        let inW = 200, outW = 264, bf16 = dtype == .bfloat16
+        for sizes in [[0, 300, 1, 129, 0, 77], [0, 0, 517, 0]] {
+            // The shapes must take the kernel, not the lanes it falls back to.
+            let weight = Tensor.empty([sizes.count, outW, inW], dtype: dtype, device: gpu)
+            #expect(CUDABackend.groupedKernelFits(weight: weight, weight, weight))
+            let cpu = groupedLinearRun(sizes, on: .cpu, dtype: .float32, rounded: bf16, outW: outW, inW: inW)
+            let cuda = groupedLinearRun(sizes, on: gpu, dtype: dtype, rounded: bf16, outW: outW, inW: inW)
+            for (i, (c, r)) in zip(cuda, cpu).enumerated() {
+                let e = relativeError(c, r)
+                #expect(e <= (bf16 ? 2e-2 : 1e-4), "sizes \(sizes) \(dtype): \(Self.names[i]) relative error \(e)")
+            }
+            let perExpert = outW * inW
+            for (ex, n) in sizes.enumerated() where n == 0 {
+                #expect(cuda[2][(ex * perExpert)..<((ex + 1) * perExpert)].allSatisfy { $0 == 0 }, "sizes \(sizes): expert \(ex)")
             }
         }
     }

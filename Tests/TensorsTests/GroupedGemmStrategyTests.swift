@@ -18,6 +18,7 @@ struct GroupedGemmStrategyTests {
         #expect(GroupedGemmStrategy.grouped.resolved(groupedAvailable: true) == .grouped)
         #expect(GroupedGemmStrategy.grouped.resolved(groupedAvailable: false) == .serial)
         #expect(GroupedGemmStrategy.serial.resolved(groupedAvailable: true) == .serial)
+        #expect(GroupedGemmStrategy.kernel.resolved(groupedAvailable: false) == .kernel)
     }
 
     @Test func bucketsAreTheNextPowerOfTwo() {

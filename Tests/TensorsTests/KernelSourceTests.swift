@@ -67,25 +67,28 @@ struct KernelSourceTests {
     func everyLaunchedKernelExistsInItsModule() throws {
         let dir = try #require(SourceTree.root) + "/Sources/Tensors/CUDA"
         let movement = Set(KernelSource(Self.movement).kernels)
-        var launched: [(name: String, movementModule: Bool, site: String)] = []
+        // `typedModule`: the one typed module a launch site names with a dtype literal (nil: any dtype).
+        var launched: [(name: String, movementModule: Bool, typedModule: String?, site: String)] = []
         for file in SourceTree.swiftFiles(in: dir) {
             let text = try #require(SourceTree.read(dir + "/" + file))
             for call in LaunchSite.calls(in: text) {
                 let site = "\(file):\(call.line)"
                 let movementModule = call.arguments.count > 1 && call.arguments[1] == "nil"
+                let typedModule = call.arguments.count > 1 && call.arguments[1].hasPrefix(".") ? String(call.arguments[1].dropFirst()) : nil
                 switch LaunchSite.kernelNames(call) {
                 case .forwarded: continue
                 case .unresolved(let why):
                     Issue.record("\(site): \(why)")
                 case .names(let names):
-                    launched += names.map { ($0, movementModule, site) }
+                    launched += names.map { ($0, movementModule, typedModule, site) }
                 }
             }
         }
         #expect(launched.count > 40, "found only \(launched.count) launched kernels: is the launch-site scanner broken?")
         for (dtype, source) in Self.typed {
             let defined = Set(KernelSource(source).kernels)
-            let missing = launched.filter { !($0.movementModule ? movement : defined).contains($0.name) }
+            let missing = launched.filter { $0.typedModule == nil || $0.typedModule == "\(dtype)" }
+                .filter { !($0.movementModule ? movement : defined).contains($0.name) }
                 .map { "\($0.site) \($0.name) (\($0.movementModule ? "movement" : "\(dtype)") module)" }
             #expect(missing.isEmpty, "launch sites name kernels their module does not define: \(missing)")
             let unused = defined.subtracting(launched.filter { !$0.movementModule }.map(\.name)).sorted()
@@ -211,7 +214,7 @@ struct KernelSource {
             code.append(line)
         }
         func kernelNames(_ text: Substring) -> [String] {
-            text.matches(of: #/extern\s+"C"\s+__global__\s+void\s+([\w#]+)\s*\(/#).map { String($0.1) }
+            text.matches(of: #/extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?([\w#]+)\s*\(/#).map { String($0.1) }
         }
         for line in code {
             kernels += kernelNames(line)
@@ -223,7 +226,10 @@ struct KernelSource {
                 let arguments = call.2.split(separator: ",").map { $0.trimmingCharacters() }
                 for name in kernelNames(macro.body[...]) {
                     var expanded = name
-                    for (p, a) in zip(macro.parameters, arguments) { expanded = expanded.replacing("##" + p, with: a) }
+                    for (p, a) in zip(macro.parameters, arguments) {
+                        // A parameter pasted into the name, or the whole name.
+                        expanded = expanded == p ? a : expanded.replacing("##" + p, with: a)
+                    }
                     kernels.append(expanded)
                 }
             }

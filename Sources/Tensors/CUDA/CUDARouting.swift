@@ -95,6 +95,11 @@ extension CUDABackend: MoEBackend {
         let matrix = weight.shape[1] * weight.shape[2], size = x.dtype.byteSize
         guard outCols > 0, x.shape[0] > 0 else { return }
         if inner == 0 { return fill(out, value: 0) }
+        if usesGroupedKernel(weight: weight, x, out) {
+            return enqueueGroupedKernel(transposeWeight ? .forward : .dataGradient, a: x, b: weight, c: out, groupSizes: groupSizes,
+                                        m: x.shape[0], n: outCols, k: inner, lda: inner, ldb: transposeWeight ? inner : outCols,
+                                        ldc: outCols, bStride: matrix, cStride: 0)
+        }
         var problems: [GemmProblem] = []
         var row = 0
         for (e, rows) in groupSizes.enumerated() {
@@ -112,6 +117,10 @@ extension CUDABackend: MoEBackend {
         let types = Self.gemmTypes(gy.dtype, "groupedMatmulWeightGradient")
         let outRows = out.shape[1], inCols = out.shape[2], matrix = outRows * inCols, size = gy.dtype.byteSize
         guard matrix > 0 else { return }
+        if usesGroupedKernel(weight: out, gy, x) {
+            return enqueueGroupedKernel(.weightGradient, a: gy, b: x, c: out, groupSizes: groupSizes, m: outRows, n: inCols, k: 0,
+                                        lda: outRows, ldb: inCols, ldc: inCols, bStride: 0, cStride: matrix)
+        }
         var problems: [GemmProblem] = []
         var row = 0
         for (e, rows) in groupSizes.enumerated() {
@@ -145,6 +154,13 @@ extension CUDABackend: MoEBackend {
         launch(kernel("gathered_row_dots", x.dtype), grid: ((slots + 7) / 8, 1, 1), block: (256, 1, 1), stream: gpu.stream,
                arguments: [x.arg, indices.arg, g.arg, out.arg, .int64(Int64(slots)), .int64(Int64(indices.lastDimension)),
                            .int64(Int64(cols)), .int64(Int64(x.rowCount)), .int32(vector ? 1 : 0)])
+    }
+
+    /// Whether the strategy runs this grouped product on `GroupedGemmKernels` (`.kernel`, where the
+    /// shapes fit it; elsewhere the product runs one GEMM per expert on the lanes).
+    private func usesGroupedKernel(weight: Tensor, _ operands: Tensor...) -> Bool {
+        Self.groupedGemmStrategy.resolved(groupedAvailable: true) == .kernel
+            && Self.groupedKernelFits(weight: weight, operands[0], operands[1])
     }
 
     /// cuBLAS operand types for a float dtype on CUDA (float32 accumulation in both cases).

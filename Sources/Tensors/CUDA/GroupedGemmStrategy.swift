@@ -13,6 +13,9 @@ public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
     case serial
     /// The same GEMMs spread over the device's side streams (`GemmLanes`).
     case lanes
+    /// One launch of our own kernel over every expert's tiles (`GroupedGemmKernels`: tensor cores in
+    /// bfloat16, CUDA cores in float32), where the widths fit it; elsewhere `.lanes`.
+    case kernel
 
     /// The names `--grouped-gemm` takes.
     public var name: String {
@@ -21,6 +24,7 @@ public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
         case .grouped: return "grouped"
         case .serial: return "serial"
         case .lanes: return "lanes"
+        case .kernel: return "kernel"
         }
     }
 
@@ -41,7 +45,7 @@ public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
     public func resolved(groupedAvailable: Bool) -> GroupedGemmStrategy {
         switch self {
         case .grouped: return groupedAvailable ? .grouped : .serial
-        case .serial, .lanes: return self
+        case .serial, .lanes, .kernel: return self
         case .automatic: return .lanes
         }
     }

@@ -45,8 +45,9 @@ public func linear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, activation:
 /// Fusion boundary: one node spans both layers, so that GELU's backward rides on the GEMM that
 /// produces its input gradient. Forward: `h = x·W1ᵀ + b1` and `a = gelu(h)` from one GEMM (epilogue
 /// GELU_AUX_BIAS keeps `h`), `y = a·W2ᵀ + b2` from one (BIAS). Backward from `g`: `dW2 = gᵀ·a` with
-/// `db2 = Σ_rows g` (BGRADB), `dh = (g·W2) ⊙ gelu'(h)` with `db1 = Σ_rows dh` (DGELU_BGRAD),
-/// `dx = dh·W1`, `dW1 = dhᵀ·x`: six GEMMs and no other kernel. It keeps `x`, `h` and `a` for the
+/// `db2 = Σ_rows g` (BGRADB), `dh = (g·W2) ⊙ gelu'(h)` with `db1 = Σ_rows dh` (the epilogue
+/// `geluBackward`: on CUDA a plain GEMM, then the GELU backward in place and a column sum, faster
+/// than cuBLASLt's DGELU_BGRAD), `dx = dh·W1`, `dW1 = dhᵀ·x`. It keeps `x`, `h` and `a` for the
 /// backward; the layers composed also kept the two products before their biases.
 /// ```swift
 /// let y = geluFeedForward(x, weight1: w1, bias1: b1, weight2: w2, bias2: b2)   // x [T, D] -> [T, D]

@@ -1,0 +1,85 @@
+import CUDA
+import Synchronization
+
+// `GroupedGemmStrategy.kernel`: the experts' GEMMs of one grouped product in one launch of our own
+// kernel (`GroupedGemmKernels`), instead of one cuBLAS call per expert. The row ranges are read
+// from a small table uploaded with the launch (offsets, and for the row-varying products the row
+// tiles), so the launch count is the same for 8 experts as for 256.
+
+extension CUDABackend {
+    /// The three products of a grouped linear layer, as `GroupedGemmKernels` names them.
+    enum GroupedProduct {
+        /// `out_g = x_g W_gᵀ`: rows vary, both operands K-contiguous.
+        case forward
+        /// `out_g = gy_g W_g`: rows vary, `W` N-contiguous.
+        case dataGradient
+        /// `out_g = gy_gᵀ x_g`: the sum over the expert's rows varies.
+        case weightGradient
+    }
+
+    /// Block tile rows and columns of the kernel for `dtype` (see `GroupedGemmKernels`).
+    static func groupedKernelTile(_ dtype: DType) -> (rows: Int, cols: Int) { dtype == .bfloat16 ? (128, 128) : (64, 128) }
+
+    /// Whether the kernel can run a grouped product of `weight` `[E, out, in]`: bfloat16 or float32,
+    /// the widths multiples of one 16-byte vector, every operand 16-byte aligned.
+    static func groupedKernelFits(weight: Tensor, _ operands: Tensor...) -> Bool {
+        guard weight.dtype == .bfloat16 || weight.dtype == .float32 else { return false }
+        let vector = 16 / weight.dtype.byteSize
+        return weight.shape[1] % vector == 0 && weight.shape[2] % vector == 0
+            && ([weight] + operands).allSatisfy { $0.pointer % 16 == 0 }
+    }
+
+    /// Enqueues one grouped product: `C = A·B` per expert (`GroupedGemmKernels` gives the operand
+    /// layouts), `m × n` outputs per expert with a sum over `k` (for the weight gradient, `k` is each
+    /// expert's row count and the argument is unused).
+    func enqueueGroupedKernel(_ product: GroupedProduct, a: Tensor, b: Tensor, c: Tensor, groupSizes: [Int],
+                              m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int, bStride: Int, cStride: Int) {
+        let dtype = c.dtype
+        let (tileRows, tileCols) = Self.groupedKernelTile(dtype)
+        // The table: offsets[E+1], then (expert, first row) per row tile for the row-varying products.
+        var table = [Int32](repeating: 0, count: groupSizes.count + 1)
+        for (g, rows) in groupSizes.enumerated() { table[g + 1] = table[g] + Int32(rows) }
+        var rowTiles = 0
+        if product != .weightGradient {
+            for (g, rows) in groupSizes.enumerated() {
+                for start in stride(from: 0, to: rows, by: tileRows) {
+                    table += [Int32(g), table[g] + Int32(start)]
+                    rowTiles += 1
+                }
+            }
+            guard rowTiles > 0 else { return }
+        }
+        let buffer = allocate(byteCount: table.count * 4)
+        let base = CUdeviceptr(buffer.address)
+        gpu.stream.upload(table, to: base)
+        let offsets = base, tiles = base + CUdeviceptr((groupSizes.count + 1) * 4)
+        let grid = product == .weightGradient
+            ? ((m + tileRows - 1) / tileRows, (n + tileCols - 1) / tileCols, groupSizes.count)
+            : (rowTiles, (n + tileCols - 1) / tileCols, 1)
+        // bfloat16: three stages of two 128×40 tiles in dynamic shared memory (above the default 48 KiB).
+        let shared = dtype == .bfloat16 ? 3 * 2 * 5120 * 2 : 0
+        // Defined in the bfloat16 and float32 modules only.
+        let bf16 = dtype == .bfloat16, function: CUDAFunction
+        switch product {
+        case .forward: function = bf16 ? kernel("grouped_gemm_forward", .bfloat16) : kernel("grouped_gemm_forward", .float32)
+        case .dataGradient:
+            function = bf16 ? kernel("grouped_gemm_data_gradient", .bfloat16) : kernel("grouped_gemm_data_gradient", .float32)
+        case .weightGradient:
+            function = bf16 ? kernel("grouped_gemm_weight_gradient", .bfloat16) : kernel("grouped_gemm_weight_gradient", .float32)
+        }
+        if shared > 48 * 1024 { Self.allowSharedMemory(function, shared) }
+        launch(function, grid: grid, block: (256, 1, 1), sharedMemory: shared, stream: gpu.stream,
+               arguments: [a.arg, b.arg, c.arg, .pointer(offsets), .pointer(tiles),
+                           .int64(Int64(m)), .int64(Int64(n)), .int64(Int64(k)), .int64(Int64(lda)), .int64(Int64(ldb)),
+                           .int64(Int64(ldc)), .int64(Int64(bStride)), .int64(Int64(cStride))])
+        withExtendedLifetime(buffer) {}
+    }
+
+    /// Raises a function's dynamic shared memory limit, once per loaded function.
+    private static func allowSharedMemory(_ function: CUDAFunction, _ bytes: Int) {
+        let key = ObjectIdentifier(function)
+        guard sharedMemoryRaised.withLock({ $0.insert(key).inserted }) else { return }
+        do { try function.setMaxDynamicSharedMemory(bytes) } catch { fatalError("\(error)") }
+    }
+    private static let sharedMemoryRaised = Mutex<Set<ObjectIdentifier>>([])
+}
