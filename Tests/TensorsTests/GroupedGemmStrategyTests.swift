@@ -21,6 +21,17 @@ struct GroupedGemmStrategyTests {
         #expect(GroupedGemmStrategy.kernel.resolved(groupedAvailable: false) == .kernel)
     }
 
+    /// `.automatic` takes our kernel for the small experts where it won on the H200 (the small
+    /// training preset's layer: 1024 rows, 256 × 512, in both dtypes) and the lanes for the large
+    /// ones (the fine-grained bench's E = 8: 4096 rows, 2048 × 1408; fp32 2048 rows, 512 × 1024).
+    @Test func automaticTakesTheKernelOnlyForSmallExperts() {
+        for bf16 in [true, false] {
+            #expect(GroupedGemmStrategy.kernelPays(bfloat16: bf16, meanRows: 1024, outWidth: 512, inWidth: 256))
+            #expect(!GroupedGemmStrategy.kernelPays(bfloat16: bf16, meanRows: 4096, outWidth: 1408, inWidth: 2048))
+        }
+        #expect(!GroupedGemmStrategy.kernelPays(bfloat16: false, meanRows: 2048, outWidth: 1024, inWidth: 512))
+    }
+
     @Test func bucketsAreTheNextPowerOfTwo() {
         let expected = [(1, 1), (2, 2), (3, 4), (5, 8), (8, 8), (511, 512), (512, 512), (513, 1024), (16385, 32768)]
         for (size, bucket) in expected {

@@ -53,9 +53,11 @@ extension CUDABackend {
         let base = CUdeviceptr(buffer.address)
         gpu.stream.upload(table, to: base)
         let offsets = base, tiles = base + CUdeviceptr((groupSizes.count + 1) * 4)
+        // Column tiles along x (see `GroupedGemmKernels`), row tiles along y (at most 65535).
+        let columnTiles = (n + tileCols - 1) / tileCols
         let grid = product == .weightGradient
-            ? ((m + tileRows - 1) / tileRows, (n + tileCols - 1) / tileCols, groupSizes.count)
-            : (rowTiles, (n + tileCols - 1) / tileCols, 1)
+            ? (columnTiles, (m + tileRows - 1) / tileRows, groupSizes.count)
+            : (columnTiles, rowTiles, 1)
         // bfloat16: three stages of two 128×40 tiles in dynamic shared memory (above the default 48 KiB).
         let shared = dtype == .bfloat16 ? 3 * 2 * 5120 * 2 : 0
         // Defined in the bfloat16 and float32 modules only.
@@ -68,7 +70,7 @@ extension CUDABackend {
             function = bf16 ? kernel("grouped_gemm_weight_gradient", .bfloat16) : kernel("grouped_gemm_weight_gradient", .float32)
         }
         if shared > 48 * 1024 { Self.allowSharedMemory(function, shared) }
-        launch(function, grid: grid, block: (256, 1, 1), sharedMemory: shared, stream: gpu.stream,
+        launch(function, grid: grid, block: (dtype == .bfloat16 ? 256 : 128, 1, 1), sharedMemory: shared, stream: gpu.stream,
                arguments: [a.arg, b.arg, c.arg, .pointer(offsets), .pointer(tiles),
                            .int64(Int64(m)), .int64(Int64(n)), .int64(Int64(k)), .int64(Int64(lda)), .int64(Int64(ldb)),
                            .int64(Int64(ldc)), .int64(Int64(bStride)), .int64(Int64(cStride))])

@@ -95,7 +95,7 @@ extension CUDABackend: MoEBackend {
         let matrix = weight.shape[1] * weight.shape[2], size = x.dtype.byteSize
         guard outCols > 0, x.shape[0] > 0 else { return }
         if inner == 0 { return fill(out, value: 0) }
-        if usesGroupedKernel(weight: weight, x, out) {
+        if usesGroupedKernel(weight: weight, rows: x.shape[0], x, out) {
             return enqueueGroupedKernel(transposeWeight ? .forward : .dataGradient, a: x, b: weight, c: out, groupSizes: groupSizes,
                                         m: x.shape[0], n: outCols, k: inner, lda: inner, ldb: transposeWeight ? inner : outCols,
                                         ldc: outCols, bStride: matrix, cStride: 0)
@@ -117,7 +117,7 @@ extension CUDABackend: MoEBackend {
         let types = Self.gemmTypes(gy.dtype, "groupedMatmulWeightGradient")
         let outRows = out.shape[1], inCols = out.shape[2], matrix = outRows * inCols, size = gy.dtype.byteSize
         guard matrix > 0 else { return }
-        if usesGroupedKernel(weight: out, gy, x) {
+        if usesGroupedKernel(weight: out, rows: gy.shape[0], gy, x) {
             return enqueueGroupedKernel(.weightGradient, a: gy, b: x, c: out, groupSizes: groupSizes, m: outRows, n: inCols, k: 0,
                                         lda: outRows, ldb: inCols, ldc: inCols, bStride: 0, cStride: matrix)
         }
@@ -156,11 +156,21 @@ extension CUDABackend: MoEBackend {
                            .int64(Int64(cols)), .int64(Int64(x.rowCount)), .int32(vector ? 1 : 0)])
     }
 
-    /// Whether the strategy runs this grouped product on `GroupedGemmKernels` (`.kernel`, where the
-    /// shapes fit it; elsewhere the product runs one GEMM per expert on the lanes).
-    private func usesGroupedKernel(weight: Tensor, _ operands: Tensor...) -> Bool {
-        Self.groupedGemmStrategy.resolved(groupedAvailable: true) == .kernel
-            && Self.groupedKernelFits(weight: weight, operands[0], operands[1])
+    /// Whether this grouped product over `rows` rows runs on `GroupedGemmKernels`: with `.kernel`, or
+    /// with `.automatic` where the kernel pays (`GroupedGemmStrategy.kernelPays`), and only where the
+    /// shapes fit it; elsewhere one GEMM per expert.
+    private func usesGroupedKernel(weight: Tensor, rows: Int, _ a: Tensor, _ b: Tensor) -> Bool {
+        let experts = weight.shape[0]
+        switch Self.groupedGemmStrategy {
+        case .kernel: break
+        case .automatic:
+            guard GroupedGemmStrategy.kernelPays(bfloat16: weight.dtype == .bfloat16, meanRows: rows / max(experts, 1),
+                                                 outWidth: weight.shape[1], inWidth: weight.shape[2]) else { return false }
+        default: return false
+        }
+        // The row tiles of the row-varying products run along the grid's y (at most 65535 blocks).
+        let rowTiles = (rows + Self.groupedKernelTile(weight.dtype).rows - 1) / Self.groupedKernelTile(weight.dtype).rows + experts
+        return rowTiles <= 65535 && Self.groupedKernelFits(weight: weight, a, b)
     }
 
     /// cuBLAS operand types for a float dtype on CUDA (float32 accumulation in both cases).

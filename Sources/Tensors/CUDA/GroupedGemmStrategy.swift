@@ -4,7 +4,8 @@
 /// `.automatic` picks by the problems' shapes; the others pin one path, for tests that must cover
 /// each and for `fastmoe bench moe-layer --grouped-gemm` to compare them.
 public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
-    /// The fastest path measured: `.lanes` (see ``resolved(_:groupedAvailable:)``).
+    /// The fastest path measured for the shapes: `.kernel` for small experts (``kernelPays(bfloat16:meanRows:outWidth:inWidth:)``),
+    /// else `.lanes`.
     case automatic
     /// One `cublasGemmGroupedBatchedEx` call (cuBLAS ≥ 12.5), one group per distinct shape.
     case grouped
@@ -36,17 +37,34 @@ public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
     /// The concrete path: never `.automatic`, and `.grouped` only when `groupedAvailable` (the loaded
     /// cuBLAS has it and there are ≥ 2 problems).
     ///
-    /// `.automatic` is `.lanes` for every shape: on an H200 (cuBLAS 13.1, 2026-12-01,
+    /// `.automatic` resolves to `.lanes` here (our kernel takes over per product, by shape): on an H200 (cuBLAS 13.1, 2026-12-01,
     /// `fastmoe bench moe-layer --grouped-gemm …`) one GEMM per expert on four lanes beat the
     /// grouped call on every row of the table, by 45% fwd+bwd on Mixtral-like experts (each
     /// GEMM fills the GPU, and the grouped call runs Ampere-style MMA kernels at half the dense rate),
-    /// 5% on E = 64 experts of 512 rows, 8% on fp32 E = 128 with 64 rows each. Revisit with a
-    /// grouped kernel of our own, or where experts get smaller than that.
+    /// 5% on E = 64 experts of 512 rows, 8% on fp32 E = 128 with 64 rows each.
     public func resolved(groupedAvailable: Bool) -> GroupedGemmStrategy {
+        // `.automatic` may still take `.kernel` for one product, by its shape: `kernelPays`.
         switch self {
         case .grouped: return groupedAvailable ? .grouped : .serial
         case .serial, .lanes, .kernel: return self
         case .automatic: return .lanes
         }
     }
+
+    /// Whether `.automatic` runs a grouped product on our kernel rather than the lanes: where one
+    /// expert's GEMM (`2 · meanRows · outWidth · inWidth` FLOPs) is under `kernelFLOPLimit` (2
+    /// GFLOP in bfloat16, 1 in float32). There the lanes are bound by the host (a cuBLAS launch,
+    /// events and a plan lookup per expert cost more than the GEMM) and one launch for all experts
+    /// wins; on larger experts cuBLAS's Hopper kernels beat our `mma.sync` and CUDA-core kernels.
+    /// H200, 2026-12-01, `fastmoe bench moe-layer`, fwd+bwd lanes → kernel: bf16 0.27 GFLOP per
+    /// expert (T=4096 D=256 H=512 E=8) 0.73 → 0.49 ms, and (T=8192 D=512 H=1024 E=64) 5.03 → 0.91;
+    /// 2.1 GFLOP (same, E=8) 0.73 → 0.77; 23.6 GFLOP (the fine E=8 row) 2.73 → 4.67; fp32 0.27
+    /// GFLOP 1.14 → 0.71, 0.54 (the paper's E=128) 15.2 → 15.1, 2.1 GFLOP 2.89 → 3.21
+    /// (docs/perf-notes.md, change 9).
+    public static func kernelPays(bfloat16: Bool, meanRows: Int, outWidth: Int, inWidth: Int) -> Bool {
+        2 * Double(meanRows) * Double(outWidth) * Double(inWidth) < kernelFLOPLimit(bfloat16: bfloat16)
+    }
+
+    /// One expert's GEMM FLOPs below which `.automatic` takes our kernel.
+    public static func kernelFLOPLimit(bfloat16: Bool) -> Double { bfloat16 ? 2e9 : 1e9 }
 }

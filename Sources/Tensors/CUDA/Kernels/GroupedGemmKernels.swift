@@ -6,15 +6,19 @@
 /// dimension, each operand either K-contiguous or not (template flags `A_K`, `B_K`):
 /// - varying M (`VARY_K` false: the forward `x_g W_gᵀ` and the data gradient `gy_g W_g`): rows
 ///   `offsets[g] ..< offsets[g+1]` of `A` and `C`, `B_g = b + g·bStride`; `tiles[2t], tiles[2t+1]`
-///   give the expert and first row of the grid's row tile `t` (expert -1: past the last tile);
+///   give the expert and first row of the grid's row tile `t = blockIdx.y` (expert -1: past the
+///   last tile);
 /// - varying K (`VARY_K` true: the weight gradient `gy_gᵀ x_g`): the sum runs over rows
 ///   `offsets[g] ..< offsets[g+1]` of both operands, `C_g = c + g·cStride` (`blockIdx.z` = g), and an
 ///   expert without rows gets zeros.
+/// Column tiles are the grid's fastest index, so the blocks resident at once share a few row tiles
+/// of `A`, each read from memory once: with row tiles fastest, every column sweep re-read all of
+/// `A` from DRAM (ncu, H200, the E = 8 forward: 44% of DRAM bandwidth, 58% L2 hits, L2-bound).
 ///
 /// bfloat16: tensor cores through `mma.sync` m16n8k16 (float32 accumulation), 128×128×32 block tiles
-/// in 8 warps of 64×32, a three-stage `cp.async` pipeline and `ldmatrix` (transposed for an operand
+/// in 8 warps of 64×32 (two blocks per SM), a three-stage `cp.async` pipeline and `ldmatrix` (transposed for an operand
 /// that is not K-contiguous), rows padded by 16 bytes so `ldmatrix` meets no bank conflict.
-/// float32: CUDA cores, 64×128×16 block tiles, 4×8 outputs per thread, double-buffered shared memory.
+/// float32: CUDA cores, 64×128×16 block tiles, 128 threads of 8×8 outputs, double-buffered shared memory.
 /// Both need the dimensions read in 16-byte vectors to be multiples of 8 (bf16) or 4 (fp32)
 /// (`CUDABackend.groupedKernelFits`).
 enum GroupedGemmKernels {
@@ -58,46 +62,79 @@ enum GroupedGemmKernels {
         extern __shared__ __align__(16) bf16_t gg_tiles_bf16[];
         int g; int64_t m0, mEnd, k0, kEnd;
         if (VARY_K) {
-            g = blockIdx.z; m0 = (int64_t)blockIdx.x * GG_BM; mEnd = M; k0 = offsets[g]; kEnd = offsets[g + 1];
+            g = blockIdx.z; m0 = (int64_t)blockIdx.y * GG_BM; mEnd = M; k0 = offsets[g]; kEnd = offsets[g + 1];
             c += g * cStride;
         } else {
-            g = tiles[2 * blockIdx.x];
+            g = tiles[2 * blockIdx.y];
             if (g < 0) return;
-            m0 = tiles[2 * blockIdx.x + 1]; mEnd = offsets[g + 1]; k0 = 0; kEnd = K;
+            m0 = tiles[2 * blockIdx.y + 1]; mEnd = offsets[g + 1]; k0 = 0; kEnd = K;
             b += g * bStride;
         }
-        const int64_t n0 = (int64_t)blockIdx.y * GG_BN;
+        const int64_t n0 = (int64_t)blockIdx.x * GG_BN;
         const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 2, wn = warp & 3;
-        bf16_t* As = gg_tiles_bf16;
-        bf16_t* Bs = gg_tiles_bf16 + GG_STAGES * GG_TILE;
+        const uint32_t sA = gg_shared_address(gg_tiles_bf16), sB = sA + GG_STAGES * GG_TILE * 2;
         const int kTiles = (int)((kEnd - k0 + GG_BK - 1) / GG_BK);
 
-        // Two 16-byte chunks of each operand per thread and stage; chunks past the problem read zeros.
+        // Each thread copies two 16-byte chunks of each operand per stage. Everything but the K
+        // position is fixed for the whole loop, so the source pointers, their step per tile, the
+        // chunks' offsets in a stage and whether their row (or column) exists are set up once: the
+        // loop body is then mostly ldmatrix and mma (with the addressing inside it, the kernel was
+        // bound by instruction issue at ~200 TFLOP/s).
+        const bf16_t* srcA[2]; const bf16_t* srcB[2];
+        uint32_t dstA[2], dstB[2];
+        int kPosA[2], kPosB[2];
+        bool okA[2], okB[2];
+        #pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int id = tid + i * 256;
+            if (A_K) {
+                const int row = id >> 2, kc = (id & 3) * 8;
+                okA[i] = m0 + row < mEnd; kPosA[i] = kc; dstA[i] = (row * GG_KSTRIDE + kc) * 2;
+                srcA[i] = okA[i] ? a + (m0 + row) * lda + k0 + kc : a;
+            } else {
+                const int kr = id >> 4, mc = (id & 15) * 8;
+                okA[i] = m0 + mc < mEnd; kPosA[i] = kr; dstA[i] = (kr * GG_MSTRIDE + mc) * 2;
+                srcA[i] = okA[i] ? a + (k0 + kr) * lda + m0 + mc : a;
+            }
+            if (B_K) {
+                const int row = id >> 2, kc = (id & 3) * 8;
+                okB[i] = n0 + row < N; kPosB[i] = kc; dstB[i] = (row * GG_KSTRIDE + kc) * 2;
+                srcB[i] = okB[i] ? b + (n0 + row) * ldb + k0 + kc : b;
+            } else {
+                const int kr = id >> 4, nc = (id & 15) * 8;
+                okB[i] = n0 + nc < N; kPosB[i] = kr; dstB[i] = (kr * GG_MSTRIDE + nc) * 2;
+                srcB[i] = okB[i] ? b + (k0 + kr) * ldb + n0 + nc : b;
+            }
+        }
+        const int64_t stepA = A_K ? GG_BK : GG_BK * lda, stepB = B_K ? GG_BK : GG_BK * ldb;
+        // Chunks at or past the end of K read zeros (only the last tile has any).
         auto load = [&](int stage, int kt) {
-            const int64_t kb = k0 + (int64_t)kt * GG_BK;
+            const int kLeft = (int)(kEnd - k0) - kt * GG_BK;
             #pragma unroll
             for (int i = 0; i < 2; i++) {
-                const int id = tid + i * 256;
-                if (A_K) {
-                    const int row = id >> 2, kc = (id & 3) * 8;
-                    const bool ok = m0 + row < mEnd && kb + kc < kEnd;
-                    gg_copy16(gg_shared_address(As + stage * GG_TILE + row * GG_KSTRIDE + kc), ok ? a + (m0 + row) * lda + kb + kc : a, ok);
-                } else {
-                    const int kr = id >> 4, mc = (id & 15) * 8;
-                    const bool ok = kb + kr < kEnd && m0 + mc < mEnd;
-                    gg_copy16(gg_shared_address(As + stage * GG_TILE + kr * GG_MSTRIDE + mc), ok ? a + (kb + kr) * lda + m0 + mc : a, ok);
-                }
-                if (B_K) {
-                    const int row = id >> 2, kc = (id & 3) * 8;
-                    const bool ok = n0 + row < N && kb + kc < kEnd;
-                    gg_copy16(gg_shared_address(Bs + stage * GG_TILE + row * GG_KSTRIDE + kc), ok ? b + (n0 + row) * ldb + kb + kc : b, ok);
-                } else {
-                    const int kr = id >> 4, nc = (id & 15) * 8;
-                    const bool ok = kb + kr < kEnd && n0 + nc < N;
-                    gg_copy16(gg_shared_address(Bs + stage * GG_TILE + kr * GG_MSTRIDE + nc), ok ? b + (kb + kr) * ldb + n0 + nc : b, ok);
-                }
+                const bool va = okA[i] && kPosA[i] < kLeft, vb = okB[i] && kPosB[i] < kLeft;
+                gg_copy16(sA + stage * GG_TILE * 2 + dstA[i], va ? srcA[i] + kt * stepA : a, va);
+                gg_copy16(sB + stage * GG_TILE * 2 + dstB[i], vb ? srcB[i] + kt * stepB : b, vb);
             }
         };
+
+        // ldmatrix sources within a stage, in bytes: per 16-row block of A (mi) and 16-column pair of
+        // n-fragments of B (np), for k = 0 of the tile (kk adds its own offset).
+        uint32_t offA[4], offB[2];
+        #pragma unroll
+        for (int mi = 0; mi < 4; mi++) {
+            const int r0 = wm * 64 + mi * 16;
+            offA[mi] = A_K ? ((r0 + (lane & 15)) * GG_KSTRIDE + (lane >> 4) * 8) * 2
+                           : (((lane & 7) + (lane >> 4) * 8) * GG_MSTRIDE + r0 + ((lane >> 3) & 1) * 8) * 2;
+        }
+        #pragma unroll
+        for (int np = 0; np < 2; np++) {
+            const int c0 = wn * 32 + np * 16;
+            offB[np] = B_K ? ((c0 + (lane & 7) + (lane >> 4) * 8) * GG_KSTRIDE + ((lane >> 3) & 1) * 8) * 2
+                           : (((lane & 7) + ((lane >> 3) & 1) * 8) * GG_MSTRIDE + c0 + (lane >> 4) * 8) * 2;
+        }
+        // Moving kk by 16 moves a K-contiguous tile 32 bytes along its row, the other kind 16 rows down.
+        const uint32_t kkA = A_K ? 32 : 16 * GG_MSTRIDE * 2, kkB = B_K ? 32 : 16 * GG_MSTRIDE * 2;
 
         float acc[4][4][4];
         #pragma unroll
@@ -119,22 +156,17 @@ enum GroupedGemmKernels {
             const int next = kt + GG_STAGES - 1;
             if (next < kTiles) load(next % GG_STAGES, next);
             asm volatile("cp.async.commit_group;\n" ::);
-            const bf16_t* as = As + (kt % GG_STAGES) * GG_TILE;
-            const bf16_t* bs = Bs + (kt % GG_STAGES) * GG_TILE;
+            const uint32_t as = sA + (kt % GG_STAGES) * GG_TILE * 2, bs = sB + (kt % GG_STAGES) * GG_TILE * 2;
             #pragma unroll
-            for (int kk = 0; kk < GG_BK; kk += 16) {
+            for (int kk = 0; kk < GG_BK / 16; kk++) {
                 uint32_t af[4][4], bfr[2][4];
                 #pragma unroll
                 for (int mi = 0; mi < 4; mi++) {
-                    const int r0 = wm * 64 + mi * 16;
-                    if (A_K) gg_ldsm(gg_shared_address(as + (r0 + (lane & 15)) * GG_KSTRIDE + kk + (lane >> 4) * 8), af[mi]);
-                    else gg_ldsm_t(gg_shared_address(as + (kk + (lane & 7) + (lane >> 4) * 8) * GG_MSTRIDE + r0 + ((lane >> 3) & 1) * 8), af[mi]);
+                    if (A_K) gg_ldsm(as + offA[mi] + kk * kkA, af[mi]); else gg_ldsm_t(as + offA[mi] + kk * kkA, af[mi]);
                 }
                 #pragma unroll
                 for (int np = 0; np < 2; np++) {
-                    const int c0 = wn * 32 + np * 16;
-                    if (B_K) gg_ldsm(gg_shared_address(bs + (c0 + (lane & 7) + (lane >> 4) * 8) * GG_KSTRIDE + kk + ((lane >> 3) & 1) * 8), bfr[np]);
-                    else gg_ldsm_t(gg_shared_address(bs + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * GG_MSTRIDE + c0 + (lane >> 4) * 8), bfr[np]);
+                    if (B_K) gg_ldsm(bs + offB[np] + kk * kkB, bfr[np]); else gg_ldsm_t(bs + offB[np] + kk * kkB, bfr[np]);
                 }
                 #pragma unroll
                 for (int mi = 0; mi < 4; mi++)
@@ -162,7 +194,7 @@ enum GroupedGemmKernels {
         }
     }
     #define GG_ENTRY(NAME, AK, BK, VK) \
-    extern "C" __global__ void __launch_bounds__(256) NAME(const T* a, const T* b, T* c, const int* offsets, const int* tiles, \
+    extern "C" __global__ void __launch_bounds__(256, 2) NAME(const T* a, const T* b, T* c, const int* offsets, const int* tiles, \
         int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, int64_t bStride, int64_t cStride) { \
         grouped_gemm_mma<AK, BK, VK>(a, b, c, offsets, tiles, M, N, K, lda, ldb, ldc, bStride, cStride); }
     #endif
@@ -181,33 +213,39 @@ enum GroupedGemmKernels {
         __shared__ __align__(16) float Bs[2][GS_BK][GS_BN];
         int g; int64_t m0, mEnd, k0, kEnd;
         if (VARY_K) {
-            g = blockIdx.z; m0 = (int64_t)blockIdx.x * GS_BM; mEnd = M; k0 = offsets[g]; kEnd = offsets[g + 1];
+            g = blockIdx.z; m0 = (int64_t)blockIdx.y * GS_BM; mEnd = M; k0 = offsets[g]; kEnd = offsets[g + 1];
             c += g * cStride;
         } else {
-            g = tiles[2 * blockIdx.x];
+            g = tiles[2 * blockIdx.y];
             if (g < 0) return;
-            m0 = tiles[2 * blockIdx.x + 1]; mEnd = offsets[g + 1]; k0 = 0; kEnd = K;
+            m0 = tiles[2 * blockIdx.y + 1]; mEnd = offsets[g + 1]; k0 = 0; kEnd = K;
             b += g * bStride;
         }
-        const int64_t n0 = (int64_t)blockIdx.y * GS_BN;
+        const int64_t n0 = (int64_t)blockIdx.x * GS_BN;
+        // 128 threads of 8×8 outputs: rows ty·4 + {0..3} and 32 + ty·4 + {0..3}, columns tx·4 + {0..3}
+        // and 64 + tx·4 + {0..3}, so each k step reads four float4 of shared memory for 64 FMAs.
         const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
         const int kTiles = (int)((kEnd - k0 + GS_BK - 1) / GS_BK);
         const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
 
-        // Per thread and tile: one float4 of A, two of B, held in registers while the previous tile computes.
-        float4 ra, rb[2];
+        // Per thread and tile: two float4 of A, four of B, held in registers while the previous tile computes.
+        float4 ra[2], rb[4];
         auto fetch = [&](int kt) {
             const int64_t kb = k0 + (int64_t)kt * GS_BK;
-            if (A_K) {
-                const int row = tid >> 2, kc = (tid & 3) * 4;
-                ra = m0 + row < mEnd && kb + kc < kEnd ? *(const float4*)(a + (m0 + row) * lda + kb + kc) : zero;
-            } else {
-                const int kr = tid >> 4, mc = (tid & 15) * 4;
-                ra = kb + kr < kEnd && m0 + mc < mEnd ? *(const float4*)(a + (kb + kr) * lda + m0 + mc) : zero;
-            }
             #pragma unroll
             for (int i = 0; i < 2; i++) {
-                const int id = tid + i * 256;
+                const int id = tid + i * 128;
+                if (A_K) {
+                    const int row = id >> 2, kc = (id & 3) * 4;
+                    ra[i] = m0 + row < mEnd && kb + kc < kEnd ? *(const float4*)(a + (m0 + row) * lda + kb + kc) : zero;
+                } else {
+                    const int kr = id >> 4, mc = (id & 15) * 4;
+                    ra[i] = kb + kr < kEnd && m0 + mc < mEnd ? *(const float4*)(a + (kb + kr) * lda + m0 + mc) : zero;
+                }
+            }
+            #pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int id = tid + i * 128;
                 if (B_K) {
                     const int row = id >> 2, kc = (id & 3) * 4;
                     rb[i] = n0 + row < N && kb + kc < kEnd ? *(const float4*)(b + (n0 + row) * ldb + kb + kc) : zero;
@@ -218,15 +256,19 @@ enum GroupedGemmKernels {
             }
         };
         auto store = [&](int s) {
-            if (A_K) {
-                const int row = tid >> 2, kc = (tid & 3) * 4;
-                As[s][kc][row] = ra.x; As[s][kc + 1][row] = ra.y; As[s][kc + 2][row] = ra.z; As[s][kc + 3][row] = ra.w;
-            } else {
-                *(float4*)&As[s][tid >> 4][(tid & 15) * 4] = ra;
-            }
             #pragma unroll
             for (int i = 0; i < 2; i++) {
-                const int id = tid + i * 256;
+                const int id = tid + i * 128;
+                if (A_K) {
+                    const int row = id >> 2, kc = (id & 3) * 4;
+                    As[s][kc][row] = ra[i].x; As[s][kc + 1][row] = ra[i].y; As[s][kc + 2][row] = ra[i].z; As[s][kc + 3][row] = ra[i].w;
+                } else {
+                    *(float4*)&As[s][id >> 4][(id & 15) * 4] = ra[i];
+                }
+            }
+            #pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int id = tid + i * 128;
                 if (B_K) {
                     const int row = id >> 2, kc = (id & 3) * 4;
                     Bs[s][kc][row] = rb[i].x; Bs[s][kc + 1][row] = rb[i].y; Bs[s][kc + 2][row] = rb[i].z; Bs[s][kc + 3][row] = rb[i].w;
@@ -236,9 +278,9 @@ enum GroupedGemmKernels {
             }
         };
 
-        float acc[4][8];
+        float acc[8][8];
         #pragma unroll
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < 8; i++)
             #pragma unroll
             for (int j = 0; j < 8; j++) acc[i][j] = 0.f;
         if (kTiles > 0) { fetch(0); store(0); }
@@ -248,12 +290,12 @@ enum GroupedGemmKernels {
             if (kt + 1 < kTiles) fetch(kt + 1);
             #pragma unroll
             for (int k = 0; k < GS_BK; k++) {
-                const float4 av = *(const float4*)&As[s][k][ty * 4];
+                const float4 a0 = *(const float4*)&As[s][k][ty * 4], a1 = *(const float4*)&As[s][k][32 + ty * 4];
                 const float4 b0 = *(const float4*)&Bs[s][k][tx * 4], b1 = *(const float4*)&Bs[s][k][64 + tx * 4];
-                const float ar[4] = {av.x, av.y, av.z, av.w};
+                const float ar[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
                 const float br[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
                 #pragma unroll
-                for (int i = 0; i < 4; i++)
+                for (int i = 0; i < 8; i++)
                     #pragma unroll
                     for (int j = 0; j < 8; j++) acc[i][j] = fmaf(ar[i], br[j], acc[i][j]);
             }
@@ -262,8 +304,8 @@ enum GroupedGemmKernels {
             __syncthreads();
         }
         #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int64_t row = m0 + ty * 4 + i;
+        for (int i = 0; i < 8; i++) {
+            const int64_t row = m0 + (i >> 2) * 32 + ty * 4 + (i & 3);
             if (row >= mEnd) continue;
             #pragma unroll
             for (int h = 0; h < 2; h++) {
@@ -273,7 +315,7 @@ enum GroupedGemmKernels {
         }
     }
     #define GG_ENTRY(NAME, AK, BK, VK) \
-    extern "C" __global__ void __launch_bounds__(256) NAME(const T* a, const T* b, T* c, const int* offsets, const int* tiles, \
+    extern "C" __global__ void __launch_bounds__(128) NAME(const T* a, const T* b, T* c, const int* offsets, const int* tiles, \
         int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, int64_t bStride, int64_t cStride) { \
         grouped_gemm_simt<AK, BK, VK>(a, b, c, offsets, tiles, M, N, K, lda, ldb, ldc, bStride, cStride); }
     #endif
