@@ -9,4 +9,9 @@ struct FastMoECommand: ParsableCommand {
         version: FastMoEVersion.string,
         subcommands: [TrainCommand.self, GenerateCommand.self, EvalCommand.self, CheckpointCommand.self, ReportCommand.self, CompareCommand.self,
                       InfoCommand.self, BenchCommand.self, LaunchCommand.self, SelfTestCommand.self])
+
+    static func main() {
+        HostProfiler.startIfRequested()
+        main(nil)
+    }
 }
