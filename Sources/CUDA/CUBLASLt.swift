@@ -201,6 +201,7 @@ public final class CUBLASLt: @unchecked Sendable {
                 return false
             }
             require(status, "cublasLtMatmul(\(key))")
+            LaunchCount.add()
             fusedCallCount += 1
             return true
         }

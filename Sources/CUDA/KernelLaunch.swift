@@ -1,3 +1,14 @@
+import Synchronization
+
+/// Work enqueued on the GPU since the process started: our kernel launches and the GEMM calls of
+/// cuBLAS and cuBLASLt (one or two kernels each). `fastmoe bench train` reports it per step: on
+/// steps of small tensors the GPU's fixed cost per kernel, not the arithmetic, sets the pace.
+public enum LaunchCount {
+    public static var total: Int { counter.load(ordering: .relaxed) }
+    static let counter = Atomic<Int>(0)
+    static func add() { counter.wrappingAdd(1, ordering: .relaxed) }
+}
+
 /// One kernel parameter, passed by value as the kernel declares it.
 ///
 /// Device pointers are `.pointer` (a `T*` parameter); `int`, `unsigned`, `long long`, `float`, `double`
@@ -63,6 +74,7 @@ public func launch(
         }
     }
     driver.require(result, "cuLaunchKernel(\(function.name), grid \(grid), block \(block), shared \(sharedMemory))")
+    LaunchCount.add()
     #if DEBUG
     driver.require(driver.cuStreamSynchronize(stream.handle),
                    "cuStreamSynchronize after kernel \(function.name) (debug build: every launch is checked)")

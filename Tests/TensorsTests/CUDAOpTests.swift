@@ -109,6 +109,26 @@ struct CUDAOpTests {
         #expect(relativeError(xg.max(axis: -1).doubles(), x.max(axis: -1).doubles()) == 0)
     }
 
+    /// Few long rows split across blocks (`reduce_last_partials` and `_finish`): a whole-tensor sum
+    /// and max of a million values, and two rows of 300,001 (a partial last part), on fresh random
+    /// data against the CPU, in float32 and bfloat16.
+    @Test(arguments: [DType.float32, .bfloat16])
+    func longRowReductionsSplitAcrossBlocks(dtype: DType) {
+        CUDABackend.poisonAllocations = true
+        defer { CUDABackend.poisonAllocations = false }
+        var g = RandomGenerator(seed: 6)
+        for shape in [[1_000_000], [2, 300_001]] {
+            let x = Tensor.randomNormal(shape, generator: &g).cast(to: dtype).cast(to: .float32)
+            let xg = x.cast(to: dtype).to(gpu)
+            let tolerance = dtype == .bfloat16 ? 1e-2 : 1e-5
+            #expect(relativeError(xg.sum(axis: -1).doubles(), x.sum(axis: -1).doubles()) < tolerance, "sum \(shape) \(dtype)")
+            #expect(relativeError(xg.max(axis: -1).doubles(), x.max(axis: -1).doubles()) == 0, "max \(shape) \(dtype)")
+            if shape.count == 1 {
+                #expect(relativeError([xg.sum().item()], [x.sum().item()]) < tolerance, "sum() \(dtype)")
+            }
+        }
+    }
+
     /// Every row-kernel path: warp-per-row at each register width (cols up to 1024) and block-per-row beyond.
     @Test(arguments: [1, 31, 33, 100, 513, 1000, 1024, 1025, 3000])
     func rowKernelsAtEveryWidth(_ cols: Int) {

@@ -75,7 +75,10 @@ struct TrainBench: ParsableCommand {
             optimizer.zeroGrad()
         }
         step()   // first-use costs (kernel compilation, allocator growth) outside the timing
+        let launchesBefore = LaunchCount.total
         let ms = medianMilliseconds(repeats: repeats, sync: { backend.synchronize() }, step)
+        // medianMilliseconds runs one untimed step before the timed ones.
+        let launchesPerStep = (LaunchCount.total - launchesBefore) / (repeats + 1)
         let peak = backend.memoryStatistics.peak
         let tokens = Double(config.batchSize * config.seqLen)
         let tokensPerSecond = tokens / ms * 1e3
@@ -97,6 +100,10 @@ struct TrainBench: ParsableCommand {
         ]
         BenchRow.printTable(rows, title: "fastmoe bench train --preset \(preset) on \(dev) (\(DeviceChoice.describe(dev))): "
             + "batch \(config.batchSize)×\(config.seqLen), \(Format.fixed(model.flopsPerToken / 1e6, 2)) MFLOP/token, \(config.precision)")
+        if dev.isCUDA {
+            print("GPU launches per step: \(launchesPerStep) (our kernels and cuBLAS/cuBLASLt GEMM calls)")
+            print("{\"bench\":\"launches per step\",\"launches\":\(launchesPerStep),\"device\":\"\(dev)\"}")
+        }
         print("peak memory: \(Format.fixed(Double(peak) / 1_048_576, 1)) MiB (\(dev), since the process started)")
         print("{\"bench\":\"peak memory\",\"bytes\":\(peak),\"device\":\"\(dev)\"}")
     }

@@ -15,6 +15,32 @@ enum ReductionKernels {
         if (threadIdx.x == 0) out[blockIdx.x] = ST(v);
     }
 
+    /// A long row in two deterministic stages (`CUDABackend.reduceLastAxis` picks them for few long
+    /// rows, which one block per row would leave on a handful of SMs): block (part, row) reduces
+    /// columns [part·chunk, (part+1)·chunk) into partial[row·parts + part], kept in the accumulator
+    /// type; then one thread per row combines its parts in order.
+    extern "C" __global__ void reduce_last_partials(int op, const T* x, acc_t* partial, int64_t cols, int64_t chunk) {
+        __shared__ acc_t sh[32];
+        const int64_t row = blockIdx.y, begin = (int64_t)blockIdx.x * chunk;
+        const int64_t end = begin + chunk < cols ? begin + chunk : cols;
+        const T* p = x + row * cols;
+        acc_t v = op == 0 ? (acc_t)0 : (acc_t)FM_NEG_INF;
+        for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
+            acc_t e = LD(p[j]);
+            v = op == 0 ? v + e : fmax(v, e);
+        }
+        v = op == 0 ? block_sum(v, sh) : block_max(v, sh);
+        if (threadIdx.x == 0) partial[row * gridDim.x + blockIdx.x] = v;
+    }
+
+    extern "C" __global__ void reduce_last_finish(int op, const acc_t* partial, T* out, int64_t rows, int64_t parts) {
+        GRID_STRIDE(r, rows) {
+            acc_t v = partial[r * parts];
+            for (int64_t k = 1; k < parts; k++) v = op == 0 ? v + partial[r * parts + k] : fmax(v, partial[r * parts + k]);
+            out[r] = ST(v);
+        }
+    }
+
     /// Column sums in two deterministic stages: a [chunks, cols] partial-sum pass where block (32, 8)
     /// owns 32 columns × one chunk of rows, then one thread per column adds the chunks in order.
     /// `mode` 0: Σ x; 1: layer-norm parameter gradients Σ g·x̂ (into p0) and Σ g (into p1).
