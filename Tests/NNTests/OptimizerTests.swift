@@ -104,6 +104,33 @@ struct OptimizerTests {
         #expect(maxDifference(a.grad!.doubles(), [3 * factor, -4 * factor]) == 0)   // under the limit: unchanged
     }
 
+    /// The backward of `a + b` hands both parameters the same gradient tensor; clipping scales that
+    /// buffer once (in place), while the norm still counts both gradients.
+    @Test func clipGradNormScalesASharedGradientOnce() {
+        let a = Self.parameter([1, 2], [2]), b = Self.parameter([3, 4], [2])
+        (a.value + b.value).sum().backward()
+        #expect(a.grad!.address == b.grad!.address)
+        let norm = clipGradNorm([a, b], maxNorm: 1)
+        #expect(Swift.abs(norm - 2) < 1e-12)   // four ones
+        let factor = 1 / (2 + 1e-6)
+        #expect(maxDifference(a.grad!.doubles(), [factor, factor]) < 1e-12)
+        #expect(maxDifference(b.grad!.doubles(), [factor, factor]) < 1e-12)
+    }
+
+    /// `sumOfSquares` over tensors of several sizes (one empty) against the sum written out, and
+    /// `scaleInPlace` multiplying each element once.
+    @Test func sumOfSquaresAndScaleInPlaceOverManyTensors() {
+        var g = RandomGenerator(seed: 9)
+        let tensors = [Tensor.randomNormal([7], generator: &g), Tensor.empty([0]), Tensor.randomNormal([3, 5], generator: &g)]
+        let expected = tensors.flatMap { $0.doubles() }.map { $0 * $0 }.reduce(0, +)
+        let total = sumOfSquares(tensors)
+        #expect(total.dtype == .float32 && total.shape == [1])
+        #expect(Swift.abs(total.item() - expected) < 1e-5 * expected)
+        let before = tensors.map { $0.doubles() }
+        scaleInPlace(tensors, by: -0.5)
+        for (t, b) in zip(tensors, before) { #expect(maxDifference(t.doubles(), b.map { $0 * -0.5 }) < 1e-6) }
+    }
+
     @Test func scheduleWarmsUpLinearlyThenFollowsTheCosine() {
         let s = LearningRateSchedule(peakLR: 1, minLR: 0.1, warmupSteps: 10, totalSteps: 110)
         #expect(Swift.abs(s.lr(at: 0) - 0.1) < 1e-15)

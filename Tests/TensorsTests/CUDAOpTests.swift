@@ -129,6 +129,25 @@ struct CUDAOpTests {
         }
     }
 
+    /// The multi-tensor ops of gradient clipping over chunks of 65536 (tensors of 70,000 and 200,001
+    /// elements span several, a partial last one), a small and an empty tensor, on fresh random
+    /// data against the CPU, in float32 and bfloat16; every element of the scaled tensors written.
+    @Test(arguments: [DType.float32, .bfloat16])
+    func sumOfSquaresAndScaleInPlaceMatchTheCPU(dtype: DType) {
+        var g = RandomGenerator(seed: 7)
+        let cpu = [[70_000], [3, 5], [0], [200_001]].map { Tensor.randomNormal($0, generator: &g).cast(to: dtype).cast(to: .float32) }
+        let gpuTensors = cpu.map { $0.cast(to: dtype).to(gpu) }
+        let expected = sumOfSquares(cpu).item()
+        let total = sumOfSquares(gpuTensors)
+        #expect(total.dtype == .float32)
+        #expect(Swift.abs(total.item() - expected) < 1e-5 * expected, "\(dtype): \(total.item()) against \(expected)")
+        scaleInPlace(cpu, by: 0.375)
+        scaleInPlace(gpuTensors, by: 0.375)
+        for (c, x) in zip(cpu, gpuTensors) {
+            #expect(relativeError(x.doubles(), c.doubles()) < (dtype == .bfloat16 ? 1e-2 : 1e-6), "\(c.shape) \(dtype)")
+        }
+    }
+
     /// Every row-kernel path: warp-per-row at each register width (cols up to 1024) and block-per-row beyond.
     @Test(arguments: [1, 31, 33, 100, 513, 1000, 1024, 1025, 3000])
     func rowKernelsAtEveryWidth(_ cols: Int) {

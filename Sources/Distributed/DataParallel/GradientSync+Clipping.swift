@@ -25,8 +25,7 @@ extension GradientSync {
             for (index, placement) in placements.enumerated() {
                 let grads = zip(parameters, placementOfParameter).filter { $0.1 == index }.compactMap(\.0.parameter.grad)
                 let device = placement.shards?.device ?? grads.first?.device ?? placement.replicas.device
-                var partial = Tensor.zeros([1], dtype: type, device: device)
-                for g in grads { partial = partial + g.cast(to: type).squared().sum().reshaped([1]) }
+                let partial = grads.isEmpty ? Tensor.zeros([1], dtype: type, device: device) : sumOfSquares(grads).cast(to: type)
                 if let shards = placement.shards { shards.allReduce(partial, .sum) }
                 total = total.map { $0 + partial.cast(to: $0.dtype) } ?? partial
             }

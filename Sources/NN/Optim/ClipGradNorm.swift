@@ -4,9 +4,9 @@ import Tensors
 /// returns the norm before clipping.
 ///
 /// The norm is `√(Σ over all gradient elements g²)`, accumulated in float32 (float64 when every
-/// gradient is float64). When it exceeds `maxNorm` each gradient is replaced by
-/// `grad · maxNorm / (norm + 1e-6)` (PyTorch's factor). A norm that is not finite leaves the
-/// gradients unchanged: the caller should skip the step.
+/// gradient is float64), in a few launches for all gradients (`sumOfSquares`). When it exceeds
+/// `maxNorm` each gradient is multiplied in place by `maxNorm / (norm + 1e-6)` (PyTorch's factor).
+/// A norm that is not finite leaves the gradients unchanged: the caller should skip the step.
 ///
 /// This is a sync point: the norm is read back to the host once (one scalar for all parameters).
 /// ```swift
@@ -16,12 +16,7 @@ import Tensors
 public func clipGradNorm(_ parameters: [Parameter], maxNorm: Double) -> Double {
     let grads = parameters.compactMap(\.grad)
     guard !grads.isEmpty else { return 0 }
-    let type: DType = grads.allSatisfy { $0.dtype == .float64 } ? .float64 : .float32
-    let norm = withoutGradient { () -> Double in
-        let partials = grads.map { $0.cast(to: type).squared().sum().reshaped([1]) }
-        let total = partials.count == 1 ? partials[0] : Tensor.concat(partials, axis: 0).sum()
-        return total.item().squareRoot()
-    }
+    let norm = withoutGradient { sumOfSquares(grads).item().squareRoot() }
     scaleGradients(parameters, norm: norm, maxNorm: maxNorm)
     return norm
 }
@@ -32,7 +27,9 @@ public func clipGradNorm(_ parameters: [Parameter], maxNorm: Double) -> Double {
 public func scaleGradients(_ parameters: [Parameter], norm: Double, maxNorm: Double) {
     guard norm.isFinite, norm > maxNorm else { return }
     let factor = maxNorm / (norm + 1e-6)
-    withoutGradient {
-        for p in parameters { if let g = p.grad { p.grad = g * factor } }
-    }
+    // In place, each gradient buffer once: a backward can hand one tensor to two parameters (the
+    // inputs of an addition), which must not be scaled twice.
+    var seen = Set<[UInt]>()
+    let buffers = parameters.compactMap(\.grad).filter { seen.insert([$0.address, UInt($0.count)]).inserted }
+    scaleInPlace(buffers, by: factor)
 }

@@ -27,6 +27,16 @@ extension CPUBackend {
         dispatchFloat(a.dtype, "binaryScalar") { run(Float.self) } double: { run(Double.self) }
     }
 
+    public func scaleInPlace(_ tensors: [Tensor], by factor: Double) {
+        for x in tensors where x.count > 0 {
+            func run<T: CPUFloat>(_: T.Type) {
+                let p = x.host(T.self), c = T(factor)
+                parallelFor(x.count) { r in for i in r { p[i] *= c } }
+            }
+            dispatchFloat(x.dtype, "scaleInPlace") { run(Float.self) } double: { run(Double.self) }
+        }
+    }
+
     public func causalMask(_ x: Tensor, value: Double, _ out: Tensor) {
         let rows = x.shape[x.rank - 2], cols = x.shape[x.rank - 1], shift = cols - rows
         func run<T: CPUFloat>(_: T.Type) {

@@ -26,6 +26,19 @@ extension CPUBackend {
         dispatchFloat(x.dtype, "reduceLastAxis") { run(Float.self) } double: { run(Double.self) }
     }
 
+    public func sumOfSquares(_ tensors: [Tensor], _ out: Tensor) {
+        // Double accumulation, tensor by tensor in order: the reference for the GPU's float32 sums.
+        var acc = 0.0
+        for x in tensors where x.count > 0 {
+            func run<T: CPUFloat>(_: T.Type) {
+                let p = x.host(T.self)
+                for i in 0..<x.count { acc += Double(p[i]) * Double(p[i]) }
+            }
+            dispatchFloat(x.dtype, "sumOfSquares") { run(Float.self) } double: { run(Double.self) }
+        }
+        dispatchFloat(out.dtype, "sumOfSquares") { out.host(Float.self)[0] = Float(acc) } double: { out.host(Double.self)[0] = acc }
+    }
+
     public func sumRows(_ x: Tensor, _ out: Tensor) {
         let cols = x.lastDimension, rows = x.rowCount
         func run<T: CPUFloat>(_: T.Type) {

@@ -99,6 +99,13 @@ public protocol Backend: AnyObject, Sendable {
     func reduceLastAxis(_ op: ReduceOp, _ x: Tensor, _ out: Tensor)
     /// `[R, C] -> [C]`: the sum of the rows (bias gradients).
     func sumRows(_ x: Tensor, _ out: Tensor)
+    /// `out` `[1]` = `Σ x²` over every element of every tensor (one float dtype, contiguous),
+    /// accumulated in `out`'s dtype (float32, or float64 for float64 tensors) in a fixed order: the
+    /// squared norm of many tensors (a model's gradients) in a few launches, not several per tensor.
+    func sumOfSquares(_ tensors: [Tensor], _ out: Tensor)
+    /// `x *= factor` for every element of every tensor (one float dtype, contiguous), in place,
+    /// computed in the accumulation type: the gradient clipping's rescale in one launch.
+    func scaleInPlace(_ tensors: [Tensor], by factor: Double)
 
     // Linear algebra. 2-D, or batched 3-D; a 2-D `b` is shared by every batch.
     func matmul(_ a: Tensor, _ b: Tensor, _ out: Tensor, transposeA: Bool, transposeB: Bool, alpha: Float, beta: Float)

@@ -67,3 +67,40 @@ extension Tensor {
         }
     }
 }
+
+/// `Σ x²` over every element of `tensors` (float tensors on one device), as a `[1]` tensor in
+/// float32 (float64 when every tensor is float64); not recorded. The squared norm of a model's
+/// gradients in a few launches per dtype (`Backend.sumOfSquares`), not several per tensor.
+/// ```swift
+/// let norm = sumOfSquares(model.parameters().compactMap(\.grad)).item().squareRoot()
+/// ```
+public func sumOfSquares(_ tensors: [Tensor]) -> Tensor {
+    let present = tensors.filter { $0.count > 0 }
+    guard let first = present.first else { return Tensor.zeros([1], dtype: tensors.first?.dtype == .float64 ? .float64 : .float32) }
+    guarantee(present.allSatisfy { $0.device == first.device && $0.dtype.isFloatingPoint },
+              "sumOfSquares: every tensor must be a float tensor on \(first.device)")
+    let accumulation: DType = present.allSatisfy { $0.dtype == .float64 } ? .float64 : .float32
+    var total: Tensor?
+    // One backend call per dtype, in the order the dtypes first appear.
+    var dtypes: [DType] = []
+    for t in present where !dtypes.contains(t.dtype) { dtypes.append(t.dtype) }
+    for dtype in dtypes {
+        let out = Tensor.empty([1], dtype: dtype == .float64 ? .float64 : .float32, device: first.device)
+        first.backend.sumOfSquares(present.filter { $0.dtype == dtype }, out)
+        let part = out.cast(to: accumulation)
+        total = withoutGradient { total.map { $0 + part } ?? part }
+    }
+    return total!
+}
+
+/// Multiplies every element of every tensor by `factor`, in place (float tensors on one device;
+/// not recorded, so only for tensors outside the graph, such as gradients). One launch per dtype.
+public func scaleInPlace(_ tensors: [Tensor], by factor: Double) {
+    let present = tensors.filter { $0.count > 0 }
+    guard let first = present.first else { return }
+    guarantee(present.allSatisfy { $0.device == first.device && $0.dtype.isFloatingPoint },
+              "scaleInPlace: every tensor must be a float tensor on \(first.device)")
+    var dtypes: [DType] = []
+    for t in present where !dtypes.contains(t.dtype) { dtypes.append(t.dtype) }
+    for dtype in dtypes { first.backend.scaleInPlace(present.filter { $0.dtype == dtype }, by: factor) }
+}

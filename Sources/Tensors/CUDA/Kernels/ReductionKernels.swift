@@ -41,6 +41,34 @@ enum ReductionKernels {
         }
     }
 
+    /// Σ x² over many tensors (`CUDABackend.sumOfSquares`): `table` holds (address, count) of each
+    /// chunk of at most 65536 elements; block c writes partial[c]; then one block adds the partials
+    /// (each thread a strided run in order, then the fixed tree of `block_sum`): deterministic.
+    extern "C" __global__ void sum_squares_chunks(const int64_t* table, acc_t* partial) {
+        __shared__ acc_t sh[32];
+        const T* p = (const T*)table[2 * blockIdx.x];
+        const int64_t n = table[2 * blockIdx.x + 1];
+        acc_t v = 0;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) { acc_t e = LD(p[i]); v += e * e; }
+        v = block_sum(v, sh);
+        if (threadIdx.x == 0) partial[blockIdx.x] = v;
+    }
+
+    extern "C" __global__ void sum_squares_finish(const acc_t* partial, int64_t n, acc_t* out) {
+        __shared__ acc_t sh[32];
+        acc_t v = 0;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) v += partial[i];
+        v = block_sum(v, sh);
+        if (threadIdx.x == 0) out[0] = v;
+    }
+
+    /// x *= factor over the chunks of `table` (as `sum_squares_chunks`), in the accumulation type.
+    extern "C" __global__ void scale_chunks(const int64_t* table, double factor) {
+        T* p = (T*)table[2 * blockIdx.x];
+        const int64_t n = table[2 * blockIdx.x + 1];
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x) p[i] = ST(LD(p[i]) * (acc_t)factor);
+    }
+
     /// Column sums in two deterministic stages: a [chunks, cols] partial-sum pass where block (32, 8)
     /// owns 32 columns × one chunk of rows, then one thread per column adds the chunks in order.
     /// `mode` 0: Σ x; 1: layer-norm parameter gradients Σ g·x̂ (into p0) and Σ g (into p1).
