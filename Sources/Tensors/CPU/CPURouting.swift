@@ -119,6 +119,25 @@ extension CPUBackend: MoEBackend {
         dispatchFloat(out.dtype, "addIndexedRows") { run(Float.self) } double: { run(Double.self) }
     }
 
+    public func groupedColumnSums(_ x: Tensor, groupSizes: [Int], _ out: Tensor) {
+        let cols = x.lastDimension
+        var first = 0
+        let starts = groupSizes.map { n in defer { first += n }; return first }
+        func run<T: CPUFloat>(_: T.Type) {
+            let a = x.host(T.self), o = out.host(T.self)
+            parallelFor(groupSizes.count, cost: max(x.rowCount / max(groupSizes.count, 1), 1) * cols) { range in
+                for e in range {
+                    for c in 0..<cols {
+                        var acc = 0.0
+                        for r in starts[e]..<(starts[e] + groupSizes[e]) { acc += Double(a[r * cols + c]) }
+                        o[e * cols + c] = T(acc)
+                    }
+                }
+            }
+        }
+        dispatchFloat(out.dtype, "groupedColumnSums") { run(Float.self) } double: { run(Double.self) }
+    }
+
     public func gatheredRowDots(_ x: Tensor, indices: Tensor, _ g: Tensor, _ out: Tensor) {
         let cols = x.lastDimension, rows = x.rowCount, k = indices.lastDimension
         let idx = indices.host(Int32.self)

@@ -17,6 +17,18 @@ extension CUDABackend {
         case weightGradient
     }
 
+    /// One grouping of rows by expert on the device, as `GroupedGemmKernels` reads it: int32
+    /// `offsets[E+1]` (the exclusive scan of the sizes), then `(expert, first row)` for each row
+    /// tile of `tileRows` rows, expert by expert.
+    struct GroupTable: @unchecked Sendable {
+        struct Key: Equatable { let device: Device, sizes: [Int], tileRows: Int }
+        let key: Key
+        let storage: Storage
+        let rowTiles: Int
+        var offsets: CUdeviceptr { CUdeviceptr(storage.address) }
+        var tiles: CUdeviceptr { offsets + CUdeviceptr((key.sizes.count + 1) * 4) }
+    }
+
     /// Block tile rows and columns of the kernel for `dtype` (see `GroupedGemmKernels`).
     static func groupedKernelTile(_ dtype: DType) -> (rows: Int, cols: Int) { dtype == .bfloat16 ? (128, 128) : (64, 128) }
 
@@ -36,23 +48,9 @@ extension CUDABackend {
                               m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int, bStride: Int, cStride: Int) {
         let dtype = c.dtype
         let (tileRows, tileCols) = Self.groupedKernelTile(dtype)
-        // The table: offsets[E+1], then (expert, first row) per row tile for the row-varying products.
-        var table = [Int32](repeating: 0, count: groupSizes.count + 1)
-        for (g, rows) in groupSizes.enumerated() { table[g + 1] = table[g] + Int32(rows) }
-        var rowTiles = 0
-        if product != .weightGradient {
-            for (g, rows) in groupSizes.enumerated() {
-                for start in stride(from: 0, to: rows, by: tileRows) {
-                    table += [Int32(g), table[g] + Int32(start)]
-                    rowTiles += 1
-                }
-            }
-            guard rowTiles > 0 else { return }
-        }
-        let buffer = allocate(byteCount: table.count * 4)
-        let base = CUdeviceptr(buffer.address)
-        gpu.stream.upload(table, to: base)
-        let offsets = base, tiles = base + CUdeviceptr((groupSizes.count + 1) * 4)
+        let table = groupTable(groupSizes, tileRows: tileRows)
+        if product != .weightGradient && table.rowTiles == 0 { return }
+        let rowTiles = table.rowTiles, offsets = table.offsets, tiles = table.tiles
         // Column tiles along x (see `GroupedGemmKernels`), row tiles along y (at most 65535).
         let columnTiles = (n + tileCols - 1) / tileCols
         let grid = product == .weightGradient
@@ -74,8 +72,36 @@ extension CUDABackend {
                arguments: [a.arg, b.arg, c.arg, .pointer(offsets), .pointer(tiles),
                            .int64(Int64(m)), .int64(Int64(n)), .int64(Int64(k)), .int64(Int64(lda)), .int64(Int64(ldb)),
                            .int64(Int64(ldc)), .int64(Int64(bStride)), .int64(Int64(cStride))])
-        withExtendedLifetime(buffer) {}
+        withExtendedLifetime(table) {}
     }
+
+    /// The device table of one grouping (see `GroupTable`), from the cache of recent ones or
+    /// uploaded now. The products of one layer (forward, data and weight gradients, both layers of
+    /// the experts' MLP, the bias gradients) share a grouping: one upload serves them all.
+    func groupTable(_ sizes: [Int], tileRows: Int) -> GroupTable {
+        let key = GroupTable.Key(device: device, sizes: sizes, tileRows: tileRows)
+        if let hit = Self.groupTables.withLock({ cache in cache.first { $0.key == key } }) { return hit }
+        var values = [Int32](repeating: 0, count: sizes.count + 1)
+        for (g, rows) in sizes.enumerated() { values[g + 1] = values[g] + Int32(rows) }
+        var rowTiles = 0
+        for (g, rows) in sizes.enumerated() {
+            for start in stride(from: 0, to: rows, by: tileRows) {
+                values += [Int32(g), values[g] + Int32(start)]
+                rowTiles += 1
+            }
+        }
+        let storage = allocate(byteCount: values.count * 4)
+        gpu.stream.upload(values, to: CUdeviceptr(storage.address))
+        let table = GroupTable(key: key, storage: storage, rowTiles: rowTiles)
+        // A table is read only by work enqueued on this stream, so one dropped from the cache is
+        // freed in stream order, after its last reader.
+        Self.groupTables.withLock { cache in
+            cache.insert(table, at: 0)
+            if cache.count > 8 { cache.removeLast() }
+        }
+        return table
+    }
+    private static let groupTables = Mutex<[GroupTable]>([])
 
     /// Raises a function's dynamic shared memory limit, once per loaded function.
     private static func allowSharedMemory(_ function: CUDAFunction, _ bytes: Int) {

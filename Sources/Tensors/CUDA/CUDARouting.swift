@@ -146,6 +146,16 @@ extension CUDABackend: MoEBackend {
                           [table.arg, indices.arg, out.arg, .int64(Int64(out.rowCount)), .int64(Int64(cols)), .int64(Int64(table.rowCount))])
     }
 
+    public func groupedColumnSums(_ x: Tensor, groupSizes: [Int], _ out: Tensor) {
+        let cols = out.lastDimension
+        guard cols > 0, !groupSizes.isEmpty else { return }
+        // The offsets of the grouping the layer's GEMMs uploaded already (`groupTable`).
+        let table = groupTable(groupSizes, tileRows: Self.groupedKernelTile(x.dtype).rows)
+        launch(kernel("grouped_column_sums", x.dtype), grid: ((cols + 31) / 32, groupSizes.count, 1), block: (32, 8, 1),
+               stream: gpu.stream, arguments: [x.arg, .pointer(table.offsets), out.arg, .int64(Int64(cols))])
+        withExtendedLifetime(table) {}
+    }
+
     public func gatheredRowDots(_ x: Tensor, indices: Tensor, _ g: Tensor, _ out: Tensor) {
         let slots = indices.count, cols = x.lastDimension
         guard slots > 0 else { return }

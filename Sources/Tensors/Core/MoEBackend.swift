@@ -73,6 +73,12 @@ public protocol MoEBackend: Backend {
     /// One pass over `out` instead of materialising the gathered bias rows and adding them.
     func addIndexedRows(_ table: Tensor, indices: Tensor, into out: Tensor)
 
+    /// The grouped bias gradient: `out[e] = Σ x[r]` over expert `e`'s rows `r` (`x` `[S, c]` holding
+    /// `groupSizes[e]` rows for expert `e` in order, `out` `[E, c]`), summed in a fixed order in
+    /// float32 (float64 for float64); zeros for an expert without rows. One pass over `x` for every
+    /// expert, no atomics.
+    func groupedColumnSums(_ x: Tensor, groupSizes: [Int], _ out: Tensor)
+
     /// The combine's score gradient: `out[t, j] = Σ_c x[indices[t, j], c] · g[t, c]` with `indices`
     /// `[T, k]` int32 (`rowOfSlot`), `x` `[S, c]`, `g` `[T, c]`, `out` `[T, k]`, all of `x`'s dtype,
     /// summed in float32 (float64 for float64); 0 where the index is negative. Without materialising

@@ -1,6 +1,7 @@
 /// The MoE permutation's row kernels: the summing gather (`Backend.gatherSumRows`: the combine of the
 /// `k` expert outputs of each token, and the backward of the token permutation), the grouped bias
-/// (`MoEBackend.addIndexedRows`) and the combine's score gradient (`MoEBackend.gatheredRowDots`).
+/// (`MoEBackend.addIndexedRows`) and its gradient (`groupedColumnSums`), and the combine's score
+/// gradient (`MoEBackend.gatheredRowDots`).
 ///
 /// Every output element is summed by one thread (or, for the dots, one warp) in a fixed order with
 /// no atomics, so results are bit-reproducible for every `k`. They are bandwidth-bound: the `_vec`
@@ -51,6 +52,23 @@ enum DispatchKernels {
     }
 
     /// out[r] += table[idx[r]] in place; a negative index adds nothing.
+    /// Block (x, e) sums expert e's rows offsets[e] ..< offsets[e+1] over 32 columns: 8 rows of
+    /// threads take every 8th row in order, then thread row 0 adds the 8 partial sums in order.
+    extern "C" __global__ void grouped_column_sums(const T* x, const int32_t* offsets, T* out, int64_t cols) {
+        __shared__ acc_t part[8][33];
+        const int64_t e = blockIdx.y, c = (int64_t)blockIdx.x * 32 + threadIdx.x;
+        acc_t sum = (acc_t)0;
+        if (c < cols)
+            for (int64_t r = offsets[e] + threadIdx.y; r < offsets[e + 1]; r += 8) sum += LD(x[r * cols + c]);
+        part[threadIdx.y][threadIdx.x] = sum;
+        __syncthreads();
+        if (threadIdx.y == 0 && c < cols) {
+            acc_t total = (acc_t)0;
+            for (int k = 0; k < 8; k++) total += part[k][threadIdx.x];
+            out[e * cols + c] = ST(total);
+        }
+    }
+
     extern "C" __global__ void add_indexed_rows(const T* table, const int32_t* idx, T* out, int64_t n, int64_t cols, int64_t rows) {
         GRID_STRIDE(i, n * cols) {
             int32_t k = idx[i / cols];
