@@ -23,6 +23,23 @@
 /// (`CUDABackend.groupedKernelFits`).
 enum GroupedGemmKernels {
     static let source = #"""
+    #if defined(FM_BF16) || defined(FM_F32)
+    /// The problem of this block: its expert, its rows [m0, mEnd) and its sum over [k0, kEnd);
+    /// false for a block past the last row tile.
+    struct GroupedTile { int g; int64_t m0, mEnd, k0, kEnd; };
+    template <bool VARY_K>
+    __device__ __forceinline__ bool grouped_tile(int bm, const int* offsets, const int* tiles, int64_t M, int64_t K, GroupedTile& t) {
+        if (VARY_K) {
+            t.g = blockIdx.z; t.m0 = (int64_t)blockIdx.y * bm; t.mEnd = M; t.k0 = offsets[t.g]; t.kEnd = offsets[t.g + 1];
+            return true;
+        }
+        t.g = tiles[2 * blockIdx.y];
+        if (t.g < 0) return false;
+        t.m0 = tiles[2 * blockIdx.y + 1]; t.mEnd = offsets[t.g + 1]; t.k0 = 0; t.kEnd = K;
+        return true;
+    }
+    #endif
+
     #if defined(FM_BF16)
     #define GG_BM 128
     #define GG_BN 128
@@ -60,16 +77,10 @@ enum GroupedGemmKernels {
                                                      int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc,
                                                      int64_t bStride, int64_t cStride) {
         extern __shared__ __align__(16) bf16_t gg_tiles_bf16[];
-        int g; int64_t m0, mEnd, k0, kEnd;
-        if (VARY_K) {
-            g = blockIdx.z; m0 = (int64_t)blockIdx.y * GG_BM; mEnd = M; k0 = offsets[g]; kEnd = offsets[g + 1];
-            c += g * cStride;
-        } else {
-            g = tiles[2 * blockIdx.y];
-            if (g < 0) return;
-            m0 = tiles[2 * blockIdx.y + 1]; mEnd = offsets[g + 1]; k0 = 0; kEnd = K;
-            b += g * bStride;
-        }
+        GroupedTile t;
+        if (!grouped_tile<VARY_K>(GG_BM, offsets, tiles, M, K, t)) return;
+        if (VARY_K) c += t.g * cStride; else b += t.g * bStride;
+        const int64_t m0 = t.m0, mEnd = t.mEnd, k0 = t.k0, kEnd = t.kEnd;
         const int64_t n0 = (int64_t)blockIdx.x * GG_BN;
         const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 2, wn = warp & 3;
         const uint32_t sA = gg_shared_address(gg_tiles_bf16), sB = sA + GG_STAGES * GG_TILE * 2;
@@ -211,16 +222,10 @@ enum GroupedGemmKernels {
                                                       int64_t bStride, int64_t cStride) {
         __shared__ __align__(16) float As[2][GS_BK][GS_BM];
         __shared__ __align__(16) float Bs[2][GS_BK][GS_BN];
-        int g; int64_t m0, mEnd, k0, kEnd;
-        if (VARY_K) {
-            g = blockIdx.z; m0 = (int64_t)blockIdx.y * GS_BM; mEnd = M; k0 = offsets[g]; kEnd = offsets[g + 1];
-            c += g * cStride;
-        } else {
-            g = tiles[2 * blockIdx.y];
-            if (g < 0) return;
-            m0 = tiles[2 * blockIdx.y + 1]; mEnd = offsets[g + 1]; k0 = 0; kEnd = K;
-            b += g * bStride;
-        }
+        GroupedTile t;
+        if (!grouped_tile<VARY_K>(GS_BM, offsets, tiles, M, K, t)) return;
+        if (VARY_K) c += t.g * cStride; else b += t.g * bStride;
+        const int64_t m0 = t.m0, mEnd = t.mEnd, k0 = t.k0, kEnd = t.kEnd;
         const int64_t n0 = (int64_t)blockIdx.x * GS_BN;
         // 128 threads of 8×8 outputs: rows ty·4 + {0..3} and 32 + ty·4 + {0..3}, columns tx·4 + {0..3}
         // and 64 + tx·4 + {0..3}, so each k step reads four float4 of shared memory for 64 FMAs.
