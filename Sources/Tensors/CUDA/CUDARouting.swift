@@ -181,7 +181,8 @@ extension CUDABackend: MoEBackend {
         default: return false
         }
         // The row tiles of the row-varying products run along the grid's y (at most 65535 blocks).
-        let rowTiles = (rows + Self.groupedKernelTile(weight.dtype).rows - 1) / Self.groupedKernelTile(weight.dtype).rows + experts
+        let tile = Self.groupedKernelTile(weight.dtype).rows
+        let rowTiles = (rows + tile - 1) / tile + experts
         return rowTiles <= 65535 && Self.groupedKernelFits(weight: weight, a, b)
     }
 

@@ -37,8 +37,8 @@ public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
     /// The concrete path: never `.automatic`, and `.grouped` only when `groupedAvailable` (the loaded
     /// cuBLAS has it and there are ≥ 2 problems).
     ///
-    /// `.automatic` resolves to `.lanes` here (our kernel takes over per product, by shape): on an H200 (cuBLAS 13.1, 2026-12-01,
-    /// `fastmoe bench moe-layer --grouped-gemm …`) one GEMM per expert on four lanes beat the
+    /// `.automatic` resolves to `.lanes` here (our kernel takes over per product, by shape): on an
+    /// H200 (cuBLAS 13.1, 2026-12-01, `fastmoe bench moe-layer --grouped-gemm …`) one GEMM per expert on four lanes beat the
     /// grouped call on every row of the table, by 45% fwd+bwd on Mixtral-like experts (each
     /// GEMM fills the GPU, and the grouped call runs Ampere-style MMA kernels at half the dense rate),
     /// 5% on E = 64 experts of 512 rows, 8% on fp32 E = 128 with 64 rows each.
@@ -60,7 +60,7 @@ public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
     /// expert (T=4096 D=256 H=512 E=8) 0.73 → 0.49 ms, and (T=8192 D=512 H=1024 E=64) 5.03 → 0.91;
     /// 2.1 GFLOP (same, E=8) 0.73 → 0.77; 23.6 GFLOP (the fine E=8 row) 2.73 → 4.67; fp32 0.27
     /// GFLOP 1.14 → 0.71, 0.54 (the paper's E=128) 15.2 → 15.1, 2.1 GFLOP 2.89 → 3.21
-    /// (docs/perf-notes.md, change 9).
+    /// (docs/perf-notes.md, change 8).
     public static func kernelPays(bfloat16: Bool, meanRows: Int, outWidth: Int, inWidth: Int) -> Bool {
         2 * Double(meanRows) * Double(outWidth) * Double(inWidth) < kernelFLOPLimit(bfloat16: bfloat16)
     }

@@ -75,18 +75,13 @@ extension Tensor {
 /// let norm = sumOfSquares(model.parameters().compactMap(\.grad)).item().squareRoot()
 /// ```
 public func sumOfSquares(_ tensors: [Tensor]) -> Tensor {
-    let present = tensors.filter { $0.count > 0 }
-    guard let first = present.first else { return Tensor.zeros([1], dtype: tensors.first?.dtype == .float64 ? .float64 : .float32) }
-    guarantee(present.allSatisfy { $0.device == first.device && $0.dtype.isFloatingPoint },
-              "sumOfSquares: every tensor must be a float tensor on \(first.device)")
-    let accumulation: DType = present.allSatisfy { $0.dtype == .float64 } ? .float64 : .float32
+    let groups = groupedByDType(tensors, "sumOfSquares")
+    guard let first = groups.first?.first else { return Tensor.zeros([1], dtype: tensors.first?.dtype == .float64 ? .float64 : .float32) }
+    let accumulation: DType = groups.count == 1 && first.dtype == .float64 ? .float64 : .float32
     var total: Tensor?
-    // One backend call per dtype, in the order the dtypes first appear.
-    var dtypes: [DType] = []
-    for t in present where !dtypes.contains(t.dtype) { dtypes.append(t.dtype) }
-    for dtype in dtypes {
-        let out = Tensor.empty([1], dtype: dtype == .float64 ? .float64 : .float32, device: first.device)
-        first.backend.sumOfSquares(present.filter { $0.dtype == dtype }, out)
+    for group in groups {
+        let out = Tensor.empty([1], dtype: group[0].dtype == .float64 ? .float64 : .float32, device: first.device)
+        first.backend.sumOfSquares(group, out)
         let part = out.cast(to: accumulation)
         total = withoutGradient { total.map { $0 + part } ?? part }
     }
@@ -96,11 +91,19 @@ public func sumOfSquares(_ tensors: [Tensor]) -> Tensor {
 /// Multiplies every element of every tensor by `factor`, in place (float tensors on one device;
 /// not recorded, so only for tensors outside the graph, such as gradients). One launch per dtype.
 public func scaleInPlace(_ tensors: [Tensor], by factor: Double) {
+    for group in groupedByDType(tensors, "scaleInPlace") { group[0].backend.scaleInPlace(group, by: factor) }
+}
+
+/// The tensors with elements, grouped by dtype in the order the dtypes first appear (one backend
+/// call each); stops unless they are float tensors on one device.
+private func groupedByDType(_ tensors: [Tensor], _ op: String) -> [[Tensor]] {
     let present = tensors.filter { $0.count > 0 }
-    guard let first = present.first else { return }
+    guard let first = present.first else { return [] }
     guarantee(present.allSatisfy { $0.device == first.device && $0.dtype.isFloatingPoint },
-              "scaleInPlace: every tensor must be a float tensor on \(first.device)")
-    var dtypes: [DType] = []
-    for t in present where !dtypes.contains(t.dtype) { dtypes.append(t.dtype) }
-    for dtype in dtypes { first.backend.scaleInPlace(present.filter { $0.dtype == dtype }, by: factor) }
+              "\(op): every tensor must be a float tensor on \(first.device)")
+    var groups: [[Tensor]] = []
+    for t in present {
+        if let i = groups.firstIndex(where: { $0[0].dtype == t.dtype }) { groups[i].append(t) } else { groups.append([t]) }
+    }
+    return groups
 }
