@@ -216,9 +216,13 @@ public final class CUBLAS: @unchecked Sendable {
         require(cublasSetStream(handle, stream.handle), "cublasSetStream_v2")
     }
 
+    /// Whether float32 GEMMs on this handle, from the calling thread, run on TF32 tensor cores
+    /// (``allowTF32`` or ``threadAllowsTF32``).
+    public var usesTF32: Bool { tf32Enabled || Self.threadAllowsTF32 }
+
     func computeType(_ dtypes: GemmDataTypes) -> Int32 {
         let allFloat32 = dtypes.a == .float32 && dtypes.b == .float32 && dtypes.c == .float32
-        return allFloat32 && (tf32Enabled || Self.threadAllowsTF32) ? Self.computeFloat32FastTF32 : Self.computeFloat32
+        return allFloat32 && usesTF32 ? Self.computeFloat32FastTF32 : Self.computeFloat32
     }
 
     // MARK: Column-major (cuBLAS's own convention)

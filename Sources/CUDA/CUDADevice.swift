@@ -121,43 +121,27 @@ public final class CUDADevice: @unchecked Sendable {
     }
 
     /// This device's cuBLAS handle, bound to ``stream``; created (and libcublas loaded) on first use.
-    public func blas() throws -> CUBLAS {
-        try lock.withLock {
-            if let blasHandle { return blasHandle }
-            let handle = try CUBLAS(device: self, stream: stream)
-            blasHandle = handle
-            return handle
-        }
-    }
+    public func blas() throws -> CUBLAS { try lazily(\.blasHandle) { try CUBLAS(device: self, stream: stream) } }
 
     /// This device's side streams for independent GEMMs; created on first use.
-    public func gemmLanes() throws -> GemmLanes {
-        try lock.withLock {
-            if let lanes { return lanes }
-            let made = try GemmLanes(device: self)
-            lanes = made
-            return made
-        }
-    }
+    public func gemmLanes() throws -> GemmLanes { try lazily(\.lanes) { try GemmLanes(device: self) } }
 
     /// This device's NVRTC kernel compiler; created (and libnvrtc loaded) on first use.
-    public func compiler() throws -> KernelCompiler {
-        try lock.withLock {
-            if let kernelCompiler { return kernelCompiler }
-            let compiler = try KernelCompiler(device: self)
-            kernelCompiler = compiler
-            return compiler
-        }
-    }
+    public func compiler() throws -> KernelCompiler { try lazily(\.kernelCompiler) { try KernelCompiler(device: self) } }
 
     /// This device's cuBLASLt handle (GEMMs with fused epilogues), beside ``blas()``'s; created on first use.
     public func blasLt() throws -> CUBLASLt {
         let blas = try blas()
-        return try lock.withLock {
-            if let blasLtHandle { return blasLtHandle }
-            let handle = try CUBLASLt(blas: blas)
-            blasLtHandle = handle
-            return handle
+        return try lazily(\.blasLtHandle) { try CUBLASLt(blas: blas) }
+    }
+
+    /// The object in `slot`, made by `make` under the lock the first time it is asked for.
+    private func lazily<T>(_ slot: ReferenceWritableKeyPath<CUDADevice, T?>, _ make: () throws -> T) throws -> T {
+        try lock.withLock {
+            if let made = self[keyPath: slot] { return made }
+            let made = try make()
+            self[keyPath: slot] = made
+            return made
         }
     }
 }

@@ -175,7 +175,7 @@ extension CUDABackend: MoEBackend {
         case .kernel: break
         case .automatic:
             // With TF32 allowed, cuBLAS runs float32 on tensor cores, far past our CUDA-core kernel.
-            if weight.dtype == .float32 && (CUBLAS.threadAllowsTF32 || ((try? gpu.blas().allowTF32) ?? false)) { return false }
+            if weight.dtype == .float32 && ((try? gpu.blas().usesTF32) ?? false) { return false }
             guard GroupedGemmStrategy.kernelPays(bfloat16: weight.dtype == .bfloat16, meanRows: rows / max(experts, 1),
                                                  outWidth: weight.shape[1], inWidth: weight.shape[2]) else { return false }
         default: return false
