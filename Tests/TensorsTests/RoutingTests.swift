@@ -178,6 +178,41 @@ struct RoutingTests {
         #expect(error < 1e-6)
     }
 
+    @Test(arguments: [UnaryOp.geluTanh, .geluErf, .relu, .silu])
+    func groupedFeedForwardGradientsMatchFiniteDifferences(activation: UnaryOp) {
+        let sizes = [2, 0, 3], expertOfRow = Tensor([0, 0, 2, 2, 2] as [Int32])
+        let inputs = [randn([5, 4], seed: 11), randn([3, 6, 4], seed: 12), randn([3, 6], seed: 13), randn([3, 4, 6], seed: 14), randn([3, 4], seed: 15)]
+        let error = gradientCheckError(inputs) {
+            groupedFeedForward($0[0], weight1: $0[1], bias1: $0[2], weight2: $0[3], bias2: $0[4], activation: activation,
+                               groupSizes: sizes, expertOfRow: expertOfRow)
+        }
+        #expect(error < 1e-6, "\(activation)")
+    }
+
+    /// The one-node feed-forward runs, unfused, the primitives of the composed layers in their
+    /// order: the same output and gradients to the bit, with and without biases.
+    @Test(arguments: [true, false])
+    func groupedFeedForwardIsTheComposedLayers(biases: Bool) {
+        let sizes = [3, 0, 4, 1], expertOfRow = Tensor(sizes.enumerated().flatMap { Array(repeating: Int32($0.offset), count: $0.element) })
+        var g = RandomGenerator(seed: 21)
+        func input(_ shape: [Int]) -> Tensor { Tensor.randomNormal(shape, generator: &g) }
+        let x = input([8, 5]), w1 = input([4, 7, 5]), b1 = input([4, 7]), w2 = input([4, 5, 7]), b2 = input([4, 5]), upstream = input([8, 5])
+        func run(fused: Bool) -> [[Float]] {
+            let leaves = [x, w1, b1, w2, b2].map { $0.detached().requiringGradient() }
+            let (b1v, b2v) = biases ? (leaves[2], leaves[4]) : (nil, nil)
+            let y = fused
+                ? groupedFeedForward(leaves[0], weight1: leaves[1], bias1: b1v, weight2: leaves[3], bias2: b2v, activation: .geluTanh,
+                                     groupSizes: sizes, expertOfRow: expertOfRow)
+                : groupedLinear(groupedLinear(leaves[0], weight: leaves[1], bias: b1v, groupSizes: sizes, expertOfRow: expertOfRow).gelu(),
+                                weight: leaves[3], bias: b2v, groupSizes: sizes, expertOfRow: expertOfRow)
+            (y * upstream).sum().backward()
+            return [y.scalars()] + leaves.compactMap { $0.grad?.scalars() }
+        }
+        let fused = run(fused: true), composed = run(fused: false)
+        #expect(fused.count == (biases ? 6 : 4))
+        #expect(fused == composed)
+    }
+
     @Test func anExpertWithNoRowsGetsAZeroWeightGradient() {
         let w = randn([3, 2, 4], seed: 7).requiringGradient()
         // The gradient buffer starts uninitialised: the empty expert's slice must be written as zeros.

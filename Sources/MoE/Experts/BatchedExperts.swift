@@ -20,12 +20,13 @@ public enum ExpertActivation: Sendable, Equatable {
     case relu
     case silu
 
-    func callAsFunction(_ x: Tensor) -> Tensor {
+    /// The elementwise op it is.
+    var op: UnaryOp {
         switch self {
-        case .gelu: x.gelu(approximate: true)
-        case .geluExact: x.gelu(approximate: false)
-        case .relu: x.relu()
-        case .silu: x.silu()
+        case .gelu: .geluTanh
+        case .geluExact: .geluErf
+        case .relu: .relu
+        case .silu: .silu
         }
     }
 }
@@ -74,7 +75,12 @@ public final class BatchedExperts: Module, Experts, @unchecked Sendable {
 
     public var localExpertCount: Int { fc1.localExpertCount }
 
+    /// Both layers as one `groupedFeedForward` node: the biases and the activation ride on the
+    /// grouped products' epilogues.
     public func callAsFunction(_ rows: Tensor, groups: ExpertGroups) -> Tensor {
-        fc2(activation(fc1(rows, groups: groups)), groups: groups)
+        let dtype = rows.dtype
+        return groupedFeedForward(rows, weight1: fc1.weight.value.cast(to: dtype), bias1: fc1.bias?.value.cast(to: dtype),
+                                  weight2: fc2.weight.value.cast(to: dtype), bias2: fc2.bias?.value.cast(to: dtype),
+                                  activation: activation.op, groupSizes: groups.sizes, expertOfRow: groups.expertOfRow)
     }
 }

@@ -64,6 +64,11 @@ public protocol MoEBackend: Backend {
     /// Every row of `out` is written. Same float dtype throughout.
     func groupedMatmul(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool, _ out: Tensor)
 
+    /// `groupedMatmul` with `epilogue` applied to its result before it is written (one pass over
+    /// the rows instead of a product and then a bias and an activation pass). A backend without a
+    /// fused form runs the unfused one, `unfusedGroupedMatmul`: the reference for the semantics.
+    func groupedMatmul(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool, epilogue: GroupedEpilogue, _ out: Tensor)
+
     /// The weight gradient of a grouped GEMM: `out_e = gy_eᵀ · x_e` (`[out, in]` for each expert),
     /// `gy` `[S, out]`, `x` `[S, in]`, `out` `[E, out, in]` overwritten; an expert with no rows gets zeros.
     func groupedMatmulWeightGradient(_ gy: Tensor, _ x: Tensor, groupSizes: [Int], _ out: Tensor)
@@ -84,4 +89,44 @@ public protocol MoEBackend: Backend {
     /// summed in float32 (float64 for float64); 0 where the index is negative. Without materialising
     /// the `[T·k, c]` gathered rows.
     func gatheredRowDots(_ x: Tensor, indices: Tensor, _ g: Tensor, _ out: Tensor)
+}
+
+/// What a grouped product over expert-contiguous rows does to its result `P` (`[S, c]`) before
+/// writing it (cf. `MatmulEpilogue`): row `r` belongs to expert `e = expertOfRow[r]` (`[S]` int32).
+/// The activation is any `UnaryOp` (an expert's GELU, ReLU, SiLU); every tensor has `P`'s dtype.
+public enum GroupedEpilogue {
+    /// `out = P + bias[e]`, `bias` `[E, c]`.
+    case bias(Tensor, expertOfRow: Tensor)
+    /// `preactivation = P (+ bias[e])`, `out = activation(preactivation)`; `preactivation` `[S, c]`
+    /// is written for the backward.
+    case activation(UnaryOp, bias: Tensor?, expertOfRow: Tensor, preactivation: Tensor)
+    /// `out = P ⊙ activation'(preactivation)`: the gradient through the activation of the product
+    /// that gives its output's gradient.
+    case activationBackward(UnaryOp, preactivation: Tensor)
+}
+
+extension MoEBackend {
+    public func groupedMatmul(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool, epilogue: GroupedEpilogue, _ out: Tensor) {
+        unfusedGroupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, epilogue: epilogue, out)
+    }
+
+    /// The epilogue as the primitives the unfused ops run, in their order: the product (into the
+    /// pre-activation for `.activation`), `addIndexedRows` for the bias, then `unary` or
+    /// `unaryBackward`; each intermediate stored in the product's dtype, as the unfused ops store it.
+    public func unfusedGroupedMatmul(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool,
+                                     epilogue: GroupedEpilogue, _ out: Tensor) {
+        switch epilogue {
+        case .bias(let bias, let expertOfRow):
+            groupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, out)
+            addIndexedRows(bias, indices: expertOfRow, into: out)
+        case .activation(let op, let bias, let expertOfRow, let preactivation):
+            groupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, preactivation)
+            if let bias { addIndexedRows(bias, indices: expertOfRow, into: preactivation) }
+            unary(op, preactivation, out)
+        case .activationBackward(let op, let preactivation):
+            let product = Tensor.empty(out.shape, dtype: out.dtype, device: out.device)
+            groupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, product)
+            unaryBackward(op, x: preactivation, gradOut: product, out)
+        }
+    }
 }

@@ -11,19 +11,7 @@
 /// let h = groupedLinear(xs, weight: w1, bias: b1, groupSizes: [3, 0, 5], expertOfRow: rowsExpert)
 /// ```
 public func groupedLinear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, groupSizes: [Int], expertOfRow: Tensor? = nil) -> Tensor {
-    guarantee(weight.rank == 3 && x.rank == 2 && x.lastDimension == weight.shape[2],
-                 "groupedLinear: x \(x.shape) does not fit weight \(weight.shape) ([E, out, in])")
-    guarantee(groupSizes.count == weight.shape[0] && groupSizes.allSatisfy({ $0 >= 0 }) && groupSizes.reduce(0, +) == x.shape[0],
-                 "groupedLinear: group sizes \(groupSizes) must be \(weight.shape[0]) non-negative counts summing to \(x.shape[0]) rows")
-    guarantee(x.dtype == weight.dtype && x.device == weight.device,
-                 "groupedLinear: x is \(x.dtype) on \(x.device), weight \(weight.dtype) on \(weight.device)")
-    if let bias {
-        guarantee(bias.shape == [weight.shape[0], weight.shape[1]] && bias.dtype == x.dtype,
-                     "groupedLinear: bias \(bias.shape) \(bias.dtype) must be [\(weight.shape[0]), \(weight.shape[1])] \(x.dtype)")
-        guard let expertOfRow else { fatalError("groupedLinear: a bias needs expertOfRow, the expert of each row") }
-        guarantee(expertOfRow.shape == [x.shape[0]] && expertOfRow.dtype == .int32,
-                     "groupedLinear: expertOfRow must be [\(x.shape[0])] int32, got \(expertOfRow.shape) \(expertOfRow.dtype)")
-    }
+    checkGrouped("groupedLinear", x, weight, bias, groupSizes, expertOfRow)
     let backend = x.moeBackend("groupedLinear")
     let out = Tensor.empty([x.shape[0], weight.shape[1]], dtype: x.dtype, device: x.device)
     backend.groupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: true, out)
@@ -52,6 +40,86 @@ public func groupedLinear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, grou
             gb = g
         }
         return bias == nil ? [gx, gw] : [gx, gw, gb]
+    }
+}
+
+/// `activation(x_e W1_eᵀ + b1_e) W2_eᵀ + b2_e` over each expert's rows: the batched experts' MLP
+/// (FastMoE's `FMoETransformerMLP` experts) as one graph node. `x` `[S, D]`, `weight1` `[E, H, D]`,
+/// `bias1` `[E, H]`, `weight2` `[E, D, H]`, `bias2` `[E, D]` → `[S, D]`.
+///
+/// Fusion boundary, as `geluFeedForward`'s: the forward is two grouped products whose epilogues add
+/// the biases and apply the activation (`GroupedEpilogue`), keeping the pre-activation `h` and
+/// `a = activation(h)`. The backward from `g`: `dW2_e = g_eᵀ a_e`, `db2_e = Σ g_e`,
+/// `dh = (g W2) ⊙ activation'(h)` (the activation's backward in the data-gradient product's
+/// epilogue), `db1_e = Σ dh_e`, `dx = dh W1`, `dW1_e = dh_eᵀ x_e`. Without the fusion (the CPU) it
+/// runs the primitives the composed layers ran, in their order, so the results are the same.
+/// ```swift
+/// let y = groupedFeedForward(xs, weight1: w1, bias1: b1, weight2: w2, bias2: b2, activation: .geluTanh,
+///                            groupSizes: sizes, expertOfRow: groups.expertOfRow)
+/// ```
+public func groupedFeedForward(_ x: Tensor, weight1: Tensor, bias1: Tensor?, weight2: Tensor, bias2: Tensor?,
+                               activation: UnaryOp, groupSizes: [Int], expertOfRow: Tensor) -> Tensor {
+    checkGrouped("groupedFeedForward (first layer)", x, weight1, bias1, groupSizes, expertOfRow)
+    let backend = x.moeBackend("groupedFeedForward")
+    let rows = x.shape[0], hidden = weight1.shape[1]
+    let h = Tensor.empty([rows, hidden], dtype: x.dtype, device: x.device)
+    checkGrouped("groupedFeedForward (second layer)", h, weight2, bias2, groupSizes, expertOfRow)
+    let a = Tensor.empty([rows, hidden], dtype: x.dtype, device: x.device)
+    backend.groupedMatmul(x, weight: weight1, groupSizes: groupSizes, transposeWeight: true,
+                          epilogue: .activation(activation, bias: bias1, expertOfRow: expertOfRow, preactivation: h), a)
+    let y = Tensor.empty([rows, weight2.shape[1]], dtype: x.dtype, device: x.device)
+    if let bias2 {
+        backend.groupedMatmul(a, weight: weight2, groupSizes: groupSizes, transposeWeight: true, epilogue: .bias(bias2, expertOfRow: expertOfRow), y)
+    } else {
+        backend.groupedMatmul(a, weight: weight2, groupSizes: groupSizes, transposeWeight: true, y)
+    }
+    let inputs = [x, weight1, weight2] + [bias1, bias2].compactMap { $0 }
+    return y.recording("groupedFeedForward", inputs) { g in
+        func weightGradient(_ gy: Tensor, _ input: Tensor, _ weight: Tensor) -> Tensor {
+            let out = Tensor.empty(weight.shape, dtype: weight.dtype, device: weight.device)
+            backend.groupedMatmulWeightGradient(gy, input, groupSizes: groupSizes, out)
+            return out
+        }
+        func biasGradient(_ gy: Tensor, _ bias: Tensor?) -> Tensor? {
+            guard let bias, bias.requiresGrad else { return nil }
+            let out = Tensor.empty(bias.shape, dtype: bias.dtype, device: bias.device)
+            backend.groupedColumnSums(gy, groupSizes: groupSizes, out)
+            return out
+        }
+        let dW2 = weight2.requiresGrad ? weightGradient(g, a, weight2) : nil
+        let db2 = biasGradient(g, bias2)
+        var dx: Tensor?, dW1: Tensor?, db1: Tensor?
+        if x.requiresGrad || weight1.requiresGrad || bias1?.requiresGrad == true {
+            let dh = Tensor.empty(h.shape, dtype: h.dtype, device: h.device)
+            backend.groupedMatmul(g, weight: weight2, groupSizes: groupSizes, transposeWeight: false,
+                                  epilogue: .activationBackward(activation, preactivation: h), dh)
+            db1 = biasGradient(dh, bias1)
+            if x.requiresGrad {
+                let out = Tensor.empty(x.shape, dtype: x.dtype, device: x.device)
+                backend.groupedMatmul(dh, weight: weight1, groupSizes: groupSizes, transposeWeight: false, out)
+                dx = out
+            }
+            dW1 = weight1.requiresGrad ? weightGradient(dh, x, weight1) : nil
+        }
+        return [dx, dW1, dW2] + (bias1 == nil ? [] : [db1]) + (bias2 == nil ? [] : [db2])
+    }
+}
+
+/// The shared checks of the grouped layers: `x` `[S, in]` fits `weight` `[E, out, in]`, the group
+/// sizes cover the rows, and a bias `[E, out]` comes with the expert of each row.
+private func checkGrouped(_ op: String, _ x: Tensor, _ weight: Tensor, _ bias: Tensor?, _ groupSizes: [Int], _ expertOfRow: Tensor?) {
+    guarantee(weight.rank == 3 && x.rank == 2 && x.lastDimension == weight.shape[2],
+              "\(op): x \(x.shape) does not fit weight \(weight.shape) ([E, out, in])")
+    guarantee(groupSizes.count == weight.shape[0] && groupSizes.allSatisfy({ $0 >= 0 }) && groupSizes.reduce(0, +) == x.shape[0],
+              "\(op): group sizes \(groupSizes) must be \(weight.shape[0]) non-negative counts summing to \(x.shape[0]) rows")
+    guarantee(x.dtype == weight.dtype && x.device == weight.device,
+              "\(op): x is \(x.dtype) on \(x.device), weight \(weight.dtype) on \(weight.device)")
+    if let bias {
+        guarantee(bias.shape == [weight.shape[0], weight.shape[1]] && bias.dtype == x.dtype,
+                  "\(op): bias \(bias.shape) \(bias.dtype) must be [\(weight.shape[0]), \(weight.shape[1])] \(x.dtype)")
+        guard let expertOfRow else { fatalError("\(op): a bias needs expertOfRow, the expert of each row") }
+        guarantee(expertOfRow.shape == [x.shape[0]] && expertOfRow.dtype == .int32,
+                  "\(op): expertOfRow must be [\(x.shape[0])] int32, got \(expertOfRow.shape) \(expertOfRow.dtype)")
     }
 }
 
