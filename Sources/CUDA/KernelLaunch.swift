@@ -9,6 +9,15 @@ public enum LaunchCount {
     static func add() { counter.wrappingAdd(1, ordering: .relaxed) }
 }
 
+/// Times the host waited for a device (a stream, an event or the whole device synchronised; every
+/// read-back ends in one), process-wide: each drains the device's queue, so `fastmoe bench train`
+/// reports them per step next to the launches.
+public enum HostWaitCount {
+    public static var total: Int { counter.load(ordering: .relaxed) }
+    static let counter = Atomic<Int>(0)
+    static func add() { counter.wrappingAdd(1, ordering: .relaxed) }
+}
+
 /// One kernel parameter, passed by value as the kernel declares it.
 ///
 /// Device pointers are `.pointer` (a `T*` parameter); `int`, `unsigned`, `long long`, `float`, `double`

@@ -65,7 +65,10 @@ struct TrainBench: ParsableCommand {
         var sampler = BatchSampler(tokens: corpus, seed: config.seed)
         let parameters = model.parameters()
         let backend = Backends.backend(for: dev)
+        var hostWaits = 0   // in the steps themselves, not the timing's synchronisations around them
         func step() {
+            let waitsBefore = HostWaitCount.total
+            defer { hostWaits += HostWaitCount.total - waitsBefore }
             let batch = sampler.nextBatch(batchSize: config.batchSize, seqLen: config.seqLen)
             let x = Tensor(batch.inputs, shape: [config.batchSize, config.seqLen], device: dev)
             let y = Tensor(batch.targets, shape: [config.batchSize, config.seqLen], device: dev)
@@ -76,9 +79,11 @@ struct TrainBench: ParsableCommand {
         }
         step()   // first-use costs (kernel compilation, allocator growth) outside the timing
         let launchesBefore = LaunchCount.total
+        hostWaits = 0
         let ms = medianMilliseconds(repeats: repeats, sync: { backend.synchronize() }, step)
         // medianMilliseconds runs one untimed step before the timed ones.
         let launchesPerStep = (LaunchCount.total - launchesBefore) / (repeats + 1)
+        let hostWaitsPerStep = hostWaits / (repeats + 1)
         let peak = backend.memoryStatistics.peak
         let tokens = Double(config.batchSize * config.seqLen)
         let tokensPerSecond = tokens / ms * 1e3
@@ -103,6 +108,8 @@ struct TrainBench: ParsableCommand {
         if dev.isCUDA {
             print("GPU launches per step: \(launchesPerStep) (our kernels and cuBLAS/cuBLASLt GEMM calls)")
             print("{\"bench\":\"launches per step\",\"launches\":\(launchesPerStep),\"device\":\"\(dev)\"}")
+            print("host waits per step: \(hostWaitsPerStep) (read-backs and synchronisations, each draining the GPU's queue)")
+            print("{\"bench\":\"host waits per step\",\"waits\":\(hostWaitsPerStep),\"device\":\"\(dev)\"}")
         }
         print("peak memory: \(Format.fixed(Double(peak) / 1_048_576, 1)) MiB (\(dev), since the process started)")
         print("{\"bench\":\"peak memory\",\"bytes\":\(peak),\"device\":\"\(dev)\"}")
