@@ -239,7 +239,7 @@ public final class CUBLAS: @unchecked Sendable {
             &alpha, a, dtypes.a.rawValue, Int32(lda), b, dtypes.b.rawValue, Int32(ldb),
             &beta, c, dtypes.c.rawValue, Int32(ldc), computeType(dtypes), Self.gemmDefaultAlgorithm)
         require(status, "cublasGemmEx(\(transA), \(transB), m \(m), n \(n), k \(k), lda \(lda), ldb \(ldb), ldc \(ldc), \(dtypes))")
-        LaunchCount.add()
+        DeviceCounters.launches.add()
     }
 
     /// `batch` independent column-major GEMMs whose matrices are `strides` elements apart
@@ -258,7 +258,7 @@ public final class CUBLAS: @unchecked Sendable {
             &beta, c, dtypes.c.rawValue, Int32(ldc), Int64(strides.c),
             Int32(batch), computeType(dtypes), Self.gemmDefaultAlgorithm)
         require(status, "cublasGemmStridedBatchedEx(m \(m), n \(n), k \(k), batch \(batch), strides \(strides), \(dtypes))")
-        LaunchCount.add()
+        DeviceCounters.launches.add()
     }
 
     /// Grouped GEMM, column-major (`cublasGemmGroupedBatchedEx`, cuBLAS ≥ 12.5): group `g` holds
@@ -287,7 +287,7 @@ public final class CUBLAS: @unchecked Sendable {
             bPointers, dtypes.b.rawValue, ldb, beta, cPointers, dtypes.c.rawValue, ldc,
             Int32(groups), groupSizes, computeType(dtypes))
         require(status, "cublasGemmGroupedBatchedEx(\(groups) groups, \(dtypes))")
-        LaunchCount.add()
+        DeviceCounters.launches.add()
     }
 
     // MARK: Row-major (our tensors)

@@ -201,7 +201,7 @@ public final class CUBLASLt: @unchecked Sendable {
                 return false
             }
             require(status, "cublasLtMatmul(\(key))")
-            LaunchCount.add()
+            DeviceCounters.launches.add()
             fusedCallCount += 1
             return true
         }

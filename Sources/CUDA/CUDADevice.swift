@@ -108,7 +108,7 @@ public final class CUDADevice: @unchecked Sendable {
     /// Waits for all work on this device, on every stream.
     public func synchronize() {
         makeCurrent()
-        HostWaitCount.add()
+        DeviceCounters.hostWaits.add()
         driver.require(driver.cuCtxSynchronize(), "cuCtxSynchronize(device \(index))")
     }
 

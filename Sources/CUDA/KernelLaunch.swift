@@ -1,21 +1,21 @@
 import Synchronization
 
-/// Work enqueued on the GPU since the process started: our kernel launches and the GEMM calls of
-/// cuBLAS and cuBLASLt (one or two kernels each). `fastmoe bench train` reports it per step: on
-/// steps of small tensors the GPU's fixed cost per kernel, not the arithmetic, sets the pace.
-public enum LaunchCount {
-    public static var total: Int { counter.load(ordering: .relaxed) }
-    static let counter = Atomic<Int>(0)
-    static func add() { counter.wrappingAdd(1, ordering: .relaxed) }
+/// A count since the process started, bumped and read from any thread.
+public final class ProcessCounter: Sendable {
+    private let value = Atomic<Int>(0)
+    public var total: Int { value.load(ordering: .relaxed) }
+    func add() { value.wrappingAdd(1, ordering: .relaxed) }
 }
 
-/// Times the host waited for a device (a stream, an event or the whole device synchronised; every
-/// read-back ends in one), process-wide: each drains the device's queue, so `fastmoe bench train`
-/// reports them per step next to the launches.
-public enum HostWaitCount {
-    public static var total: Int { counter.load(ordering: .relaxed) }
-    static let counter = Atomic<Int>(0)
-    static func add() { counter.wrappingAdd(1, ordering: .relaxed) }
+/// What `fastmoe bench train` reports per step about the GPU's queue.
+public enum DeviceCounters {
+    /// Work enqueued: our kernel launches and the GEMM calls of cuBLAS and cuBLASLt (one or two
+    /// kernels each). On steps of small tensors the GPU's fixed cost per kernel, not the
+    /// arithmetic, sets the pace.
+    public static let launches = ProcessCounter()
+    /// Times the host waited for a device (a stream, an event or the whole device synchronised;
+    /// every read-back ends in one): each drains the device's queue.
+    public static let hostWaits = ProcessCounter()
 }
 
 /// One kernel parameter, passed by value as the kernel declares it.
@@ -83,7 +83,7 @@ public func launch(
         }
     }
     driver.require(result, "cuLaunchKernel(\(function.name), grid \(grid), block \(block), shared \(sharedMemory))")
-    LaunchCount.add()
+    DeviceCounters.launches.add()
     #if DEBUG
     driver.require(driver.cuStreamSynchronize(stream.handle),
                    "cuStreamSynchronize after kernel \(function.name) (debug build: every launch is checked)")

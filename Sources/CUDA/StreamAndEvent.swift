@@ -40,7 +40,7 @@ public final class CUDAStream: @unchecked Sendable {
     /// Blocks the calling thread until all work enqueued so far has finished.
     public func synchronize() {
         makeContextCurrent()
-        HostWaitCount.add()
+        DeviceCounters.hostWaits.add()
         driver.require(driver.cuStreamSynchronize(handle), "cuStreamSynchronize(device \(deviceIndex))")
     }
 
@@ -178,7 +178,7 @@ public final class CUDAEvent: @unchecked Sendable {
 
     /// Blocks until the event has completed.
     public func synchronize() {
-        HostWaitCount.add()
+        DeviceCounters.hostWaits.add()
         driver.require(driver.cuEventSynchronize(handle), "cuEventSynchronize")
     }
 

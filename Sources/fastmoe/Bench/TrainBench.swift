@@ -67,8 +67,8 @@ struct TrainBench: ParsableCommand {
         let backend = Backends.backend(for: dev)
         var hostWaits = 0   // in the steps themselves, not the timing's synchronisations around them
         func step() {
-            let waitsBefore = HostWaitCount.total
-            defer { hostWaits += HostWaitCount.total - waitsBefore }
+            let waitsBefore = DeviceCounters.hostWaits.total
+            defer { hostWaits += DeviceCounters.hostWaits.total - waitsBefore }
             let batch = sampler.nextBatch(batchSize: config.batchSize, seqLen: config.seqLen)
             let x = Tensor(batch.inputs, shape: [config.batchSize, config.seqLen], device: dev)
             let y = Tensor(batch.targets, shape: [config.batchSize, config.seqLen], device: dev)
@@ -78,11 +78,11 @@ struct TrainBench: ParsableCommand {
             optimizer.zeroGrad()
         }
         step()   // first-use costs (kernel compilation, allocator growth) outside the timing
-        let launchesBefore = LaunchCount.total
+        let launchesBefore = DeviceCounters.launches.total
         hostWaits = 0
         let ms = medianMilliseconds(repeats: repeats, sync: { backend.synchronize() }, step)
         // medianMilliseconds runs one untimed step before the timed ones.
-        let launchesPerStep = (LaunchCount.total - launchesBefore) / (repeats + 1)
+        let launchesPerStep = (DeviceCounters.launches.total - launchesBefore) / (repeats + 1)
         let hostWaitsPerStep = hostWaits / (repeats + 1)
         let peak = backend.memoryStatistics.peak
         let tokens = Double(config.batchSize * config.seqLen)
