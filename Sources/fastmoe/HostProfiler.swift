@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import FastMoE
 import Glibc
 import Synchronization
 
@@ -93,12 +94,11 @@ enum HostProfiler {
         }
         var text = "# \(samples) samples of 500 µs CPU time (\(taken.load(ordering: .relaxed)) taken)\n"
         for (stack, count) in stacks.sorted(by: { $0.value > $1.value }) { text += "\(count) \(stack)\n" }
-        guard let file = fopen(outputPath, "w") else {
-            fputs("FASTMOE_HOST_PROFILE: cannot write \(outputPath): \(String(cString: strerror(errno)))\n", stderr)
-            return
+        do {
+            try AtomicFile.write(bytes: Array(text.utf8), to: outputPath)
+        } catch {
+            fputs("FASTMOE_HOST_PROFILE: cannot write \(outputPath): \(error)\n", stderr)
         }
-        fputs(text, file)
-        fclose(file)
     }
 }
 #else
