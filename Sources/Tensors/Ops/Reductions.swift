@@ -76,7 +76,9 @@ extension Tensor {
 /// ```
 public func sumOfSquares(_ tensors: [Tensor]) -> Tensor {
     let groups = groupedByDType(tensors, "sumOfSquares")
-    guard let first = groups.first?.first else { return Tensor.zeros([1], dtype: tensors.first?.dtype == .float64 ? .float64 : .float32) }
+    guard let first = groups.first?.first else {
+        return Tensor.zeros([1], dtype: tensors.first?.dtype == .float64 ? .float64 : .float32, device: tensors.first?.device ?? .cpu)
+    }
     let accumulation: DType = groups.count == 1 && first.dtype == .float64 ? .float64 : .float32
     var total: Tensor?
     for group in groups {
