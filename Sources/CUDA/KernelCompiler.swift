@@ -88,6 +88,10 @@ public final class KernelCompiler: @unchecked Sendable {
         diskCache = cacheDirectory.map(KernelDiskCache.init(directory:))
     }
 
+    /// Whether modules compiled with ``KernelOptions/architectureSpecific`` get Hopper's `sm_90a`
+    /// target (wgmma): a compute capability 9.x device and an NVRTC that builds its CUBIN.
+    public var targetsHopperFeatures: Bool { producesCUBIN && device.computeCapability.major == 9 }
+
     /// The NVRTC options a module is compiled with.
     public func compileOptions(_ options: KernelOptions) -> [String] {
         var target = architecture

@@ -1,4 +1,5 @@
 import TestSupport
+import CUDA
 import Testing
 @testable import Tensors
 
@@ -181,7 +182,7 @@ struct CUDARoutingTests {
         }
     }
 
-    @Test(arguments: [GroupedGemmStrategy.grouped, .serial, .lanes, .kernel])
+    @Test(arguments: [GroupedGemmStrategy.grouped, .serial, .lanes, .kernel, .wgmma])
     func groupedLinearBFloat16MatchesCPUFloat32(groupedGemm: GroupedGemmStrategy) {
         CUDABackend.poisonAllocations = true
         CUDABackend.groupedGemmStrategy = groupedGemm
@@ -198,15 +199,21 @@ struct CUDARoutingTests {
         }
     }
 
-    /// Our grouped kernel at sizes that reach every edge of its tiles: experts of 0, 1, 129 and 300
-    /// rows (several row tiles, none a multiple of 64 or 128), one expert with every row, widths of
-    /// three column tiles with a partial last one (264) and a sum of 200 (a partial last K tile of
-    /// 32), on fresh random data, against the CPU; an empty expert's weight gradient exactly zero.
-    @Test(arguments: [DType.float32, .bfloat16])
-    func groupedKernelMatchesTheCPU(dtype: DType) {
+    /// Our grouped kernels at sizes that reach every edge of their tiles: experts of 0, 1, 129 and
+    /// 300 rows (several row tiles, none a multiple of 64 or 128), one expert with every row, widths
+    /// of three column tiles with a partial last one (264) and a sum of 200 (a partial last K tile
+    /// of 32 or 64), on fresh random data, against the CPU; an empty expert's weight gradient
+    /// exactly zero. `.wgmma` runs the Hopper kernel in bfloat16 on a compute capability 9.x device
+    /// (the test checks that it is the one that ran there), the CUDA-core kernel in float32.
+    @Test(arguments: [(DType.float32, GroupedGemmStrategy.kernel), (.bfloat16, .kernel), (.bfloat16, .wgmma)])
+    func groupedKernelMatchesTheCPU(dtype: DType, strategy: GroupedGemmStrategy) throws {
         CUDABackend.poisonAllocations = true
-        CUDABackend.groupedGemmStrategy = .kernel
+        CUDABackend.groupedGemmStrategy = strategy
         defer { CUDABackend.poisonAllocations = false; CUDABackend.groupedGemmStrategy = .automatic }
+        if strategy == .wgmma, try CUDA.device(0).computeCapability.major == 9 {
+            let backend = try #require(Backends.backend(for: gpu) as? CUDABackend)
+            #expect(backend.hopperKernel("grouped_gemm_forward_wgmma") != nil, "a Hopper GPU must run the wgmma kernel")
+        }
         let inW = 200, outW = 264, bf16 = dtype == .bfloat16
         for sizes in [[0, 300, 1, 129, 0, 77], [0, 0, 517, 0]] {
             // The shapes must take the kernel, not the lanes it falls back to.
@@ -216,7 +223,7 @@ struct CUDARoutingTests {
             let cuda = groupedLinearRun(sizes, on: gpu, dtype: dtype, rounded: bf16, outW: outW, inW: inW)
             for (i, (c, r)) in zip(cuda, cpu).enumerated() {
                 let e = relativeError(c, r)
-                #expect(e <= (bf16 ? 2e-2 : 1e-4), "sizes \(sizes) \(dtype): \(Self.names[i]) relative error \(e)")
+                #expect(e <= (bf16 ? 2e-2 : 1e-4), "sizes \(sizes) \(dtype) \(strategy.name): \(Self.names[i]) relative error \(e)")
             }
             let perExpert = outW * inW
             for (ex, n) in sizes.enumerated() where n == 0 {

@@ -12,9 +12,10 @@ import Glibc
 struct KernelSourceTests {
     static let movement = CUDABackend.moduleSource(nil)
     static let typed: [(DType, String)] = [DType.float32, .float64, .bfloat16].map { dtype in (dtype, CUDABackend.moduleSource(dtype)) }
+    static let hopper = CUDABackend.hopperModuleSource
 
     @Test func noModuleDefinesAKernelMacroOrHelperTwice() {
-        for (name, source) in [("movement", Self.movement)] + Self.typed.map({ ("\($0.0)", $0.1) }) {
+        for (name, source) in [("movement", Self.movement), ("hopper", Self.hopper)] + Self.typed.map({ ("\($0.0)", $0.1) }) {
             let parsed = KernelSource(source)
             #expect(!parsed.kernels.isEmpty)
             for (what, names) in [("kernel", parsed.kernels), ("macro", parsed.macroNames), ("device function", parsed.deviceFunctions)] {
@@ -50,6 +51,7 @@ struct KernelSourceTests {
     func everyKernelFileIsInAModule() throws {
         let dir = try #require(SourceTree.root) + "/Sources/Tensors/CUDA/Kernels"
         let compiled = Set(KernelSource(Self.movement).kernels).union(KernelSource(Self.typed[0].1).kernels)
+            .union(KernelSource(Self.hopper).kernels)
         let files = SourceTree.swiftFiles(in: dir)
         #expect(files.count >= 10, "found only \(files) in \(dir)")
         for file in files {
@@ -74,7 +76,8 @@ struct KernelSourceTests {
             for call in LaunchSite.calls(in: text) {
                 let site = "\(file):\(call.line)"
                 let movementModule = call.arguments.count > 1 && call.arguments[1] == "nil"
-                let typedModule = call.arguments.count > 1 && call.arguments[1].hasPrefix(".") ? String(call.arguments[1].dropFirst()) : nil
+                let typedModule = call.function == "hopperKernel" ? "hopper"
+                    : call.arguments.count > 1 && call.arguments[1].hasPrefix(".") ? String(call.arguments[1].dropFirst()) : nil
                 switch LaunchSite.kernelNames(call) {
                 case .forwarded: continue
                 case .unresolved(let why):
@@ -94,6 +97,11 @@ struct KernelSourceTests {
             let unused = defined.subtracting(launched.filter { !$0.movementModule }.map(\.name)).sorted()
             #expect(unused.isEmpty, "the \(dtype) module defines kernels no launch site uses: \(unused)")
         }
+        let hopperLaunches = launched.filter { $0.typedModule == "hopper" }, hopper = Set(KernelSource(Self.hopper).kernels)
+        let missingHopper = hopperLaunches.filter { !hopper.contains($0.name) }.map { "\($0.site) \($0.name)" }
+        #expect(missingHopper.isEmpty, "launch sites name kernels the hopper module does not define: \(missingHopper)")
+        let unusedHopper = hopper.subtracting(hopperLaunches.map(\.name)).sorted()
+        #expect(unusedHopper.isEmpty, "the hopper module defines kernels no launch site uses: \(unusedHopper)")
         let unusedMovement = movement.subtracting(launched.filter(\.movementModule).map(\.name)).sorted()
         #expect(unusedMovement.isEmpty, "the movement module defines kernels no launch site uses: \(unusedMovement)")
     }
@@ -110,6 +118,11 @@ struct KernelSourceTests {
                 _ = try nvrtc.compile(source: CUDABackend.moduleSource(dtype), name: name,
                                       options: ["--gpu-architecture=sm_90", "-std=c++17", "-default-device"], wantCUBIN: false)
             }
+        }
+        // wgmma exists only on the architecture-specific target.
+        #expect(throws: Never.self, "fastmoe_hopper_bf16") {
+            _ = try nvrtc.compile(source: Self.hopper, name: "fastmoe_hopper_bf16",
+                                  options: ["--gpu-architecture=sm_90a", "-std=c++17", "-default-device"], wantCUBIN: true)
         }
     }
 
@@ -238,11 +251,11 @@ struct KernelSource {
 }
 
 /// Calls that name a kernel in the CUDA backend's Swift source: `kernel(NAME, DTYPE)`,
-/// `launchElementwise(NAME, DTYPE, ...)`, `launchRows(...)`, `launchRowwise(...)`.
+/// `hopperKernel(NAME)` (the `sm_90a` module), `launchElementwise(NAME, DTYPE, ...)`, `launchRows(...)`, `launchRowwise(...)`.
 enum LaunchSite {
     struct Call { let function: String; let arguments: [String]; let line: Int }
 
-    static let functions = ["kernel", "launchElementwise", "launchRows", "launchRowwise"]
+    static let functions = ["kernel", "hopperKernel", "launchElementwise", "launchRows", "launchRowwise"]
 
     static func calls(in text: String) -> [Call] {
         let chars = Array(text)

@@ -60,10 +60,22 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     /// The function `name` from the module for `dtype` (nil: the dtype-independent movement module).
     func kernel(_ name: String, _ dtype: DType?) -> CUDAFunction {
         let key = dtype == nil || dtype == .int32 ? "movement" : "ops_" + dtype!.rawValue
+        return function(name, module: key, options: KernelOptions()) { CUDABackend.moduleSource(dtype) }
+    }
+
+    /// The function `name` of `GroupedGemmHopperKernels`, or nil where the device cannot run them
+    /// (they need the `sm_90a` target: a compute capability 9.x device and a CUBIN-building NVRTC).
+    func hopperKernel(_ name: String) -> CUDAFunction? {
+        guard (try? gpu.compiler().targetsHopperFeatures) == true else { return nil }
+        return function(name, module: "hopper_bf16", options: KernelOptions(architectureSpecific: true)) { CUDABackend.hopperModuleSource }
+    }
+
+    /// The function `name` of module `key`, compiled from `source` on first use.
+    private func function(_ name: String, module key: String, options: KernelOptions, source: () -> String) -> CUDAFunction {
         let module = modules.withLock { cache -> CUDAModule in
             if let m = cache[key] { return m }
             do {
-                let m = try gpu.compiler().module(source: CUDABackend.moduleSource(dtype), name: "fastmoe_\(key)")
+                let m = try gpu.compiler().module(source: source(), name: "fastmoe_\(key)", options: options)
                 cache[key] = m
                 return m
             } catch {
@@ -85,6 +97,11 @@ public final class CUDABackend: Backend, @unchecked Sendable {
                     SoftmaxKernels.source, LayerNormKernels.source, CrossEntropyKernels.source, IndexingKernels.source,
                     DispatchKernels.source, GroupedGemmKernels.source, RandomKernels.source, OptimizerKernels.source].joined(separator: "\n")
         }
+    }
+
+    /// The source of the bfloat16 module compiled for `sm_90a` (`hopperKernel`).
+    static var hopperModuleSource: String {
+        ["#define FM_BF16", KernelPrelude.source, GroupedGemmKernels.common, GroupedGemmHopperKernels.source].joined(separator: "\n")
     }
 
     /// Grid-stride launch over `n` elements.

@@ -56,8 +56,28 @@ extension CUDABackend {
         let grid = product == .weightGradient
             ? (columnTiles, (m + tileRows - 1) / tileRows, groupSizes.count)
             : (columnTiles, rowTiles, 1)
-        // bfloat16: three stages of two 128×40 tiles in dynamic shared memory (above the default 48 KiB).
-        let shared = dtype == .bfloat16 ? 3 * 2 * 5120 * 2 : 0
+        let (function, shared) = groupedKernel(product, dtype)
+        if shared > 48 * 1024 { Self.allowSharedMemory(function, shared) }
+        launch(function, grid: grid, block: (dtype == .bfloat16 ? 256 : 128, 1, 1), sharedMemory: shared, stream: gpu.stream,
+               arguments: [a.arg, b.arg, c.arg, .pointer(offsets), .pointer(tiles),
+                           .int64(Int64(m)), .int64(Int64(n)), .int64(Int64(k)), .int64(Int64(lda)), .int64(Int64(ldb)),
+                           .int64(Int64(ldc)), .int64(Int64(bStride)), .int64(Int64(cStride))])
+        withExtendedLifetime(table) {}
+    }
+
+    /// The kernel of `product` for `dtype` and its dynamic shared memory: the Hopper one in
+    /// bfloat16 under `.wgmma` where the device runs it, else `GroupedGemmKernels`' (bfloat16: three
+    /// stages of two 128×40 tiles, above the default 48 KiB; float32: static shared memory only).
+    private func groupedKernel(_ product: GroupedProduct, _ dtype: DType) -> (CUDAFunction, sharedBytes: Int) {
+        if dtype == .bfloat16 && Self.groupedGemmStrategy == .wgmma {
+            let hopper: CUDAFunction?
+            switch product {
+            case .forward: hopper = hopperKernel("grouped_gemm_forward_wgmma")
+            case .dataGradient: hopper = hopperKernel("grouped_gemm_data_gradient_wgmma")
+            case .weightGradient: hopper = hopperKernel("grouped_gemm_weight_gradient_wgmma")
+            }
+            if let hopper { return (hopper, GroupedGemmHopperKernels.sharedMemoryBytes) }
+        }
         // Defined in the bfloat16 and float32 modules only.
         let bf16 = dtype == .bfloat16, function: CUDAFunction
         switch product {
@@ -67,12 +87,7 @@ extension CUDABackend {
         case .weightGradient:
             function = bf16 ? kernel("grouped_gemm_weight_gradient", .bfloat16) : kernel("grouped_gemm_weight_gradient", .float32)
         }
-        if shared > 48 * 1024 { Self.allowSharedMemory(function, shared) }
-        launch(function, grid: grid, block: (dtype == .bfloat16 ? 256 : 128, 1, 1), sharedMemory: shared, stream: gpu.stream,
-               arguments: [a.arg, b.arg, c.arg, .pointer(offsets), .pointer(tiles),
-                           .int64(Int64(m)), .int64(Int64(n)), .int64(Int64(k)), .int64(Int64(lda)), .int64(Int64(ldb)),
-                           .int64(Int64(ldc)), .int64(Int64(bStride)), .int64(Int64(cStride))])
-        withExtendedLifetime(table) {}
+        return (function, bf16 ? 3 * 2 * 5120 * 2 : 0)
     }
 
     /// The device table of one grouping (see `GroupTable`), from the cache of recent ones or

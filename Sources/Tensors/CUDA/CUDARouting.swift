@@ -166,13 +166,13 @@ extension CUDABackend: MoEBackend {
                            .int64(Int64(cols)), .int64(Int64(x.rowCount)), .int32(vector ? 1 : 0)])
     }
 
-    /// Whether this grouped product over `rows` rows runs on `GroupedGemmKernels`: with `.kernel`, or
+    /// Whether this grouped product over `rows` rows runs on `GroupedGemmKernels`: with `.kernel` (or `.wgmma`), or
     /// with `.automatic` where the kernel pays (`GroupedGemmStrategy.kernelPays`), and only where the
     /// shapes fit it; elsewhere one GEMM per expert.
     private func usesGroupedKernel(weight: Tensor, rows: Int, _ a: Tensor, _ b: Tensor) -> Bool {
         let experts = weight.shape[0]
         switch Self.groupedGemmStrategy {
-        case .kernel: break
+        case .kernel, .wgmma: break
         case .automatic:
             // With TF32 allowed, cuBLAS runs float32 on tensor cores, far past our CUDA-core kernel.
             if weight.dtype == .float32 && ((try? gpu.blas().usesTF32) ?? false) { return false }

@@ -17,6 +17,9 @@ public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
     /// One launch of our own kernel over every expert's tiles (`GroupedGemmKernels`: tensor cores in
     /// bfloat16, CUDA cores in float32), where the widths fit it; elsewhere `.lanes`.
     case kernel
+    /// `.kernel` with its bfloat16 products on Hopper's warpgroup MMA (`GroupedGemmHopperKernels`)
+    /// on a compute capability 9.x device; elsewhere exactly `.kernel`.
+    case wgmma
 
     /// The names `--grouped-gemm` takes.
     public var name: String {
@@ -26,6 +29,7 @@ public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
         case .serial: return "serial"
         case .lanes: return "lanes"
         case .kernel: return "kernel"
+        case .wgmma: return "wgmma"
         }
     }
 
@@ -46,7 +50,7 @@ public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
         // `.automatic` may still take `.kernel` for one product, by its shape: `kernelPays`.
         switch self {
         case .grouped: return groupedAvailable ? .grouped : .serial
-        case .serial, .lanes, .kernel: return self
+        case .serial, .lanes, .kernel, .wgmma: return self
         case .automatic: return .lanes
         }
     }

@@ -31,7 +31,7 @@ struct TrainBench: ParsableCommand {
     var repeats: Int = 10
 
     @Option(name: .customLong("grouped-gemm"),
-            help: "How the experts' GEMMs run on CUDA: auto, lanes, serial, grouped or kernel (see bench moe-layer).")
+            help: "How the experts' GEMMs run on CUDA: auto, lanes, serial, grouped, kernel or wgmma (see bench moe-layer).")
     var groupedGemm: String = "auto"
 
     func validate() throws {

@@ -22,7 +22,9 @@
 /// Both need the dimensions read in 16-byte vectors to be multiples of 8 (bf16) or 4 (fp32)
 /// (`CUDABackend.groupedKernelFits`).
 enum GroupedGemmKernels {
-    static let source = #"""
+    /// Shared with `GroupedGemmHopperKernels`: the block's problem, and (bfloat16) shared-memory
+    /// addresses and 16-byte asynchronous copies.
+    static let common = #"""
     #if defined(FM_BF16) || defined(FM_F32)
     /// The problem of this block: its expert, its rows [m0, mEnd) and its sum over [k0, kEnd);
     /// false for a block past the last row tile.
@@ -41,14 +43,6 @@ enum GroupedGemmKernels {
     #endif
 
     #if defined(FM_BF16)
-    #define GG_BM 128
-    #define GG_BN 128
-    #define GG_BK 32
-    #define GG_STAGES 3
-    #define GG_KSTRIDE (GG_BK + 8)     // a K-contiguous tile row: 32 values + 16 bytes of padding
-    #define GG_MSTRIDE (GG_BM + 8)     // a tile row of 128 M (or N) values + padding
-    #define GG_TILE 5120               // max(128 * GG_KSTRIDE, 32 * GG_MSTRIDE) values per operand and stage
-
     __device__ __forceinline__ uint32_t gg_shared_address(const void* p) {
         uint32_t r;
         asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
@@ -57,6 +51,21 @@ enum GroupedGemmKernels {
     __device__ __forceinline__ void gg_copy16(uint32_t dst, const void* src, bool valid) {
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(dst), "l"(src), "r"(valid ? 16 : 0));
     }
+    #endif
+    """#
+
+    static let source = common + "\n" + kernels
+
+    static let kernels = #"""
+    #if defined(FM_BF16)
+    #define GG_BM 128
+    #define GG_BN 128
+    #define GG_BK 32
+    #define GG_STAGES 3
+    #define GG_KSTRIDE (GG_BK + 8)     // a K-contiguous tile row: 32 values + 16 bytes of padding
+    #define GG_MSTRIDE (GG_BM + 8)     // a tile row of 128 M (or N) values + padding
+    #define GG_TILE 5120               // max(128 * GG_KSTRIDE, 32 * GG_MSTRIDE) values per operand and stage
+
     __device__ __forceinline__ void gg_ldsm(uint32_t addr, uint32_t* r) {
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
