@@ -232,6 +232,42 @@ struct CUDARoutingTests {
         }
     }
 
+    /// `groupedFeedForward` (both products' epilogues: bias, activation, the activation's backward)
+    /// on the GPU against the CPU float32 reference, on fresh random data at sizes that reach every
+    /// tile edge: on our kernels (fused) for each activation, and on the lanes (unfused).
+    @Test(arguments: [(DType.float32, GroupedGemmStrategy.kernel), (.bfloat16, .kernel), (.bfloat16, .wgmma),
+                      (.float32, .lanes), (.bfloat16, .lanes)])
+    func groupedFeedForwardMatchesTheCPU(dtype: DType, strategy: GroupedGemmStrategy) {
+        CUDABackend.poisonAllocations = true
+        CUDABackend.groupedGemmStrategy = strategy
+        defer { CUDABackend.poisonAllocations = false; CUDABackend.groupedGemmStrategy = .automatic }
+        let sizes = [0, 300, 1, 129, 0, 77], e = sizes.count, rows = sizes.reduce(0, +), d = 200, h = 264, bf16 = dtype == .bfloat16
+        let activations: [UnaryOp] = strategy == .lanes ? [.geluTanh] : [.geluTanh, .geluErf, .relu, .silu]
+        for activation in activations {
+            func run(on device: Device, _ dtype: DType) -> [[Double]] {
+                var g = RandomGenerator(seed: 31)
+                func input(_ shape: [Int], std: Double = 1) -> Tensor {
+                    let t = Tensor.randomNormal(shape, std: std, generator: &g)
+                    return (bf16 ? t.cast(to: .bfloat16).cast(to: .float32) : t).cast(to: dtype).to(device)
+                }
+                let x = input([rows, d]), w1 = input([e, h, d], std: 0.1), b1 = input([e, h]), w2 = input([e, d, h], std: 0.1), b2 = input([e, d])
+                let upstream = input([rows, d])
+                let leaves = [x, w1, b1, w2, b2].map { $0.requiringGradient() }
+                let expertOfRow = Tensor(sizes.enumerated().flatMap { Array(repeating: Int32($0.offset), count: $0.element) }).to(device)
+                let y = groupedFeedForward(leaves[0], weight1: leaves[1], bias1: leaves[2], weight2: leaves[3], bias2: leaves[4],
+                                           activation: activation, groupSizes: sizes, expertOfRow: expertOfRow)
+                (y * upstream).sum().backward()
+                return [y.doubles()] + leaves.map { $0.grad!.doubles() }
+            }
+            let cpu = run(on: .cpu, .float32), cuda = run(on: gpu, dtype)
+            for (i, (c, r)) in zip(cuda, cpu).enumerated() {
+                let error = relativeError(c, r)
+                #expect(error <= (bf16 ? 3e-2 : 1e-4),
+                        "\(dtype) \(strategy.name) \(activation): \(["output", "x", "W1", "b1", "W2", "b2"][i]) relative error \(error)")
+            }
+        }
+    }
+
     @Test func weightGradientWithNoRowsIsZero() {
         CUDABackend.poisonAllocations = true
         defer { CUDABackend.poisonAllocations = false }

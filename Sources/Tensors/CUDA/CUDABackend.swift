@@ -101,7 +101,8 @@ public final class CUDABackend: Backend, @unchecked Sendable {
 
     /// The source of the bfloat16 module compiled for `sm_90a` (`hopperKernel`).
     static var hopperModuleSource: String {
-        ["#define FM_BF16", KernelPrelude.source, GroupedGemmKernels.common, GroupedGemmHopperKernels.source].joined(separator: "\n")
+        ["#define FM_BF16", KernelPrelude.source, ElementwiseKernels.unaryFunctions, GroupedGemmKernels.common,
+         GroupedGemmHopperKernels.source].joined(separator: "\n")
     }
 
     /// Grid-stride launch over `n` elements.

@@ -29,6 +29,27 @@ extension CUDABackend {
         var tiles: CUdeviceptr { offsets + CUdeviceptr((key.sizes.count + 1) * 4) }
     }
 
+    /// A `GroupedEpilogue` as the kernels take it (`gg_epilogue`): mode 0 none, 1 bias, 2
+    /// activation, 3 activation backward; the `UnaryOp` code; the bias and pre-activation addresses.
+    struct KernelEpilogue {
+        var mode: Int32 = 0, activation: Int32 = 0
+        var bias: CUdeviceptr = 0, preactivation: CUdeviceptr = 0
+
+        static let none = KernelEpilogue()
+        private init() {}
+
+        init(_ epilogue: GroupedEpilogue) {
+            switch epilogue {
+            case .bias(let bias, _):
+                (mode, self.bias) = (1, bias.pointer)
+            case .activation(let op, let bias, _, let h):
+                (mode, activation, self.bias, preactivation) = (2, op.code, bias?.pointer ?? 0, h.pointer)
+            case .activationBackward(let op, let h):
+                (mode, activation, preactivation) = (3, op.code, h.pointer)
+            }
+        }
+    }
+
     /// Block tile rows and columns of the kernel for `dtype` (see `GroupedGemmKernels`).
     static func groupedKernelTile(_ dtype: DType) -> (rows: Int, cols: Int) { dtype == .bfloat16 ? (128, 128) : (64, 128) }
 
@@ -43,9 +64,10 @@ extension CUDABackend {
 
     /// Enqueues one grouped product: `C = A·B` per expert (`GroupedGemmKernels` gives the operand
     /// layouts), `m × n` outputs per expert with a sum over `k` (for the weight gradient, `k` is each
-    /// expert's row count and the argument is unused).
+    /// expert's row count and the argument is unused), with `epilogue` on the row-varying products.
     func enqueueGroupedKernel(_ product: GroupedProduct, a: Tensor, b: Tensor, c: Tensor, groupSizes: [Int],
-                              m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int, bStride: Int, cStride: Int) {
+                              m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int, bStride: Int, cStride: Int,
+                              epilogue: KernelEpilogue = .none) {
         let dtype = c.dtype
         let (tileRows, tileCols) = Self.groupedKernelTile(dtype)
         let table = groupTable(groupSizes, tileRows: tileRows)
@@ -61,7 +83,8 @@ extension CUDABackend {
         launch(function, grid: grid, block: (dtype == .bfloat16 ? 256 : 128, 1, 1), sharedMemory: shared, stream: gpu.stream,
                arguments: [a.arg, b.arg, c.arg, .pointer(offsets), .pointer(tiles),
                            .int64(Int64(m)), .int64(Int64(n)), .int64(Int64(k)), .int64(Int64(lda)), .int64(Int64(ldb)),
-                           .int64(Int64(ldc)), .int64(Int64(bStride)), .int64(Int64(cStride))])
+                           .int64(Int64(ldc)), .int64(Int64(bStride)), .int64(Int64(cStride)),
+                           .pointer(epilogue.bias), .pointer(epilogue.preactivation), .int32(epilogue.mode), .int32(epilogue.activation)])
         withExtendedLifetime(table) {}
     }
 

@@ -96,9 +96,7 @@ extension CUDABackend: MoEBackend {
         guard outCols > 0, x.shape[0] > 0 else { return }
         if inner == 0 { return fill(out, value: 0) }
         if usesGroupedKernel(weight: weight, rows: x.shape[0], x, out) {
-            return enqueueGroupedKernel(transposeWeight ? .forward : .dataGradient, a: x, b: weight, c: out, groupSizes: groupSizes,
-                                        m: x.shape[0], n: outCols, k: inner, lda: inner, ldb: transposeWeight ? inner : outCols,
-                                        ldc: outCols, bStride: matrix, cStride: 0)
+            return enqueueRowVaryingKernel(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, out, .none)
         }
         var problems: [GemmProblem] = []
         var row = 0
@@ -111,6 +109,27 @@ extension CUDABackend: MoEBackend {
         }
         enqueueGemms(problems, transA: false, transB: transposeWeight, lda: inner, ldb: transposeWeight ? inner : outCols, ldc: outCols,
                      varyingInner: false, types)
+    }
+
+    /// On our grouped kernel the epilogue runs on the tile before it is stored; on the per-expert
+    /// cuBLAS paths, after the product (`unfusedGroupedMatmul`).
+    public func groupedMatmul(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool, epilogue: GroupedEpilogue, _ out: Tensor) {
+        let outCols = transposeWeight ? weight.shape[1] : weight.shape[2]
+        let inner = transposeWeight ? weight.shape[2] : weight.shape[1]
+        guard outCols > 0, x.shape[0] > 0, inner > 0, usesGroupedKernel(weight: weight, rows: x.shape[0], x, out) else {
+            return unfusedGroupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, epilogue: epilogue, out)
+        }
+        enqueueRowVaryingKernel(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, out, KernelEpilogue(epilogue))
+    }
+
+    /// The forward (`transposeWeight`) or data-gradient product on our grouped kernel.
+    private func enqueueRowVaryingKernel(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool, _ out: Tensor,
+                                         _ epilogue: KernelEpilogue) {
+        let outCols = transposeWeight ? weight.shape[1] : weight.shape[2]
+        let inner = transposeWeight ? weight.shape[2] : weight.shape[1]
+        enqueueGroupedKernel(transposeWeight ? .forward : .dataGradient, a: x, b: weight, c: out, groupSizes: groupSizes,
+                             m: x.shape[0], n: outCols, k: inner, lda: inner, ldb: transposeWeight ? inner : outCols,
+                             ldc: outCols, bStride: weight.shape[1] * weight.shape[2], cStride: 0, epilogue: epilogue)
     }
 
     public func groupedMatmulWeightGradient(_ gy: Tensor, _ x: Tensor, groupSizes: [Int], _ out: Tensor) {

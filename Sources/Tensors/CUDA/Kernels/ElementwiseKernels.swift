@@ -3,7 +3,9 @@
 /// ops, the causal mask, fill and arange. Op codes are the case order of
 /// `UnaryOp` / `BinaryOp`.
 enum ElementwiseKernels {
-    static let source = #"""
+    /// The unary ops' values and derivatives by op code, also read by the grouped GEMMs' epilogues
+    /// (`GroupedGemmKernels.common`).
+    static let unaryFunctions = #"""
     // Each case ends with the `UnaryOp` case it implements: KernelSourceTests checks the codes
     // against `UnaryOp.allCases`, so the CPU and CUDA numbering cannot drift apart.
     __device__ __forceinline__ acc_t unary_value(int op, acc_t x) {
@@ -51,7 +53,11 @@ enum ElementwiseKernels {
         default: return (acc_t)__int_as_float(0x7fc00000);   // no such op: NaN
         }
     }
+    """#
 
+    static let source = unaryFunctions + "\n" + kernels
+
+    static let kernels = #"""
     __device__ __forceinline__ acc_t binary_value(int op, acc_t a, acc_t b) {
         switch (op) {
         case 0: return a + b;

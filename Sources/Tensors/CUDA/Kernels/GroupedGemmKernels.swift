@@ -40,6 +40,21 @@ enum GroupedGemmKernels {
         t.m0 = tiles[2 * blockIdx.y + 1]; t.mEnd = offsets[t.g + 1]; t.k0 = 0; t.kEnd = K;
         return true;
     }
+
+    /// The epilogue of a row-varying product (`GroupedEpilogue`; `mode` 0 none, 1 bias, 2
+    /// activation, 3 activation backward, `act` the `UnaryOp` code) on the float32 result `v` at
+    /// `at = row·ldc + col` of expert `g` (`bias` `[E, n]`): what `c` gets; mode 2 also writes the
+    /// pre-activation to `aux[at]`. Intermediates are rounded to T where the unfused primitives
+    /// store them, so the fused result is theirs.
+    __device__ __forceinline__ float gg_epilogue(int mode, int act, float v, const T* bias, T* aux, int g, int64_t n, int64_t at, int64_t col) {
+        if (mode == 0) return v;
+        const acc_t p = LD(ST(v));
+        if (mode == 3) return p * unary_derivative(act, LD(aux[at]));
+        const acc_t h = bias ? LD(ST(p + LD(bias[g * n + col]))) : p;
+        if (mode == 1) return h;
+        aux[at] = ST(h);
+        return unary_value(act, h);
+    }
     #endif
 
     #if defined(FM_BF16)
@@ -84,11 +99,12 @@ enum GroupedGemmKernels {
     __device__ __forceinline__ void grouped_gemm_mma(const bf16_t* __restrict__ a, const bf16_t* __restrict__ b, bf16_t* __restrict__ c,
                                                      const int* __restrict__ offsets, const int* __restrict__ tiles,
                                                      int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc,
-                                                     int64_t bStride, int64_t cStride) {
+                                                     int64_t bStride, int64_t cStride, const T* bias, T* aux, int mode, int act) {
         extern __shared__ __align__(16) bf16_t gg_tiles_bf16[];
         GroupedTile t;
         if (!grouped_tile<VARY_K>(GG_BM, offsets, tiles, M, K, t)) return;
         if (VARY_K) c += t.g * cStride; else b += t.g * bStride;
+        if (VARY_K) mode = 0;   // the weight gradient has no epilogue: compiled out
         const int64_t m0 = t.m0, mEnd = t.mEnd, k0 = t.k0, kEnd = t.kEnd;
         const int64_t n0 = (int64_t)blockIdx.x * GG_BN;
         const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 2, wn = warp & 3;
@@ -205,18 +221,20 @@ enum GroupedGemmKernels {
                 if (row >= mEnd) continue;
                 #pragma unroll
                 for (int ni = 0; ni < 4; ni++) {
-                    const int64_t col = n0 + wn * 32 + ni * 8 + (lane & 3) * 2;
+                    const int64_t col = n0 + wn * 32 + ni * 8 + (lane & 3) * 2, at = row * ldc + col;
                     if (col >= N) continue;
-                    const uint32_t lo = float_to_bf16(acc[mi][ni][half * 2]), hi = float_to_bf16(acc[mi][ni][half * 2 + 1]);
-                    *(uint32_t*)(c + row * ldc + col) = lo | (hi << 16);
+                    const float v0 = gg_epilogue(mode, act, acc[mi][ni][half * 2], bias, aux, t.g, N, at, col);
+                    const float v1 = gg_epilogue(mode, act, acc[mi][ni][half * 2 + 1], bias, aux, t.g, N, at + 1, col + 1);
+                    *(uint32_t*)(c + at) = (uint32_t)float_to_bf16(v0) | ((uint32_t)float_to_bf16(v1) << 16);
                 }
             }
         }
     }
     #define GG_ENTRY(NAME, AK, BK, VK) \
     extern "C" __global__ void __launch_bounds__(256, 2) NAME(const T* a, const T* b, T* c, const int* offsets, const int* tiles, \
-        int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, int64_t bStride, int64_t cStride) { \
-        grouped_gemm_mma<AK, BK, VK>(a, b, c, offsets, tiles, M, N, K, lda, ldb, ldc, bStride, cStride); }
+        int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, int64_t bStride, int64_t cStride, \
+        const T* bias, T* aux, int mode, int act) { \
+        grouped_gemm_mma<AK, BK, VK>(a, b, c, offsets, tiles, M, N, K, lda, ldb, ldc, bStride, cStride, bias, aux, mode, act); }
     #endif
 
     #if defined(FM_F32)
@@ -228,12 +246,13 @@ enum GroupedGemmKernels {
     __device__ __forceinline__ void grouped_gemm_simt(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c,
                                                       const int* __restrict__ offsets, const int* __restrict__ tiles,
                                                       int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc,
-                                                      int64_t bStride, int64_t cStride) {
+                                                      int64_t bStride, int64_t cStride, const T* bias, T* aux, int mode, int act) {
         __shared__ __align__(16) float As[2][GS_BK][GS_BM];
         __shared__ __align__(16) float Bs[2][GS_BK][GS_BN];
         GroupedTile t;
         if (!grouped_tile<VARY_K>(GS_BM, offsets, tiles, M, K, t)) return;
         if (VARY_K) c += t.g * cStride; else b += t.g * bStride;
+        if (VARY_K) mode = 0;   // the weight gradient has no epilogue: compiled out
         const int64_t m0 = t.m0, mEnd = t.mEnd, k0 = t.k0, kEnd = t.kEnd;
         const int64_t n0 = (int64_t)blockIdx.x * GS_BN;
         // 128 threads of 8×8 outputs: rows ty·4 + {0..3} and 32 + ty·4 + {0..3}, columns tx·4 + {0..3}
@@ -323,20 +342,26 @@ enum GroupedGemmKernels {
             if (row >= mEnd) continue;
             #pragma unroll
             for (int h = 0; h < 2; h++) {
-                const int64_t col = n0 + h * 64 + tx * 4;
-                if (col < N) *(float4*)(c + row * ldc + col) = make_float4(acc[i][h * 4], acc[i][h * 4 + 1], acc[i][h * 4 + 2], acc[i][h * 4 + 3]);
+                const int64_t col = n0 + h * 64 + tx * 4, at = row * ldc + col;
+                if (col >= N) continue;
+                float v[4];
+                #pragma unroll
+                for (int e = 0; e < 4; e++) v[e] = gg_epilogue(mode, act, acc[i][h * 4 + e], bias, aux, t.g, N, at + e, col + e);
+                *(float4*)(c + at) = make_float4(v[0], v[1], v[2], v[3]);
             }
         }
     }
     #define GG_ENTRY(NAME, AK, BK, VK) \
     extern "C" __global__ void __launch_bounds__(128) NAME(const T* a, const T* b, T* c, const int* offsets, const int* tiles, \
-        int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, int64_t bStride, int64_t cStride) { \
-        grouped_gemm_simt<AK, BK, VK>(a, b, c, offsets, tiles, M, N, K, lda, ldb, ldc, bStride, cStride); }
+        int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, int64_t bStride, int64_t cStride, \
+        const T* bias, T* aux, int mode, int act) { \
+        grouped_gemm_simt<AK, BK, VK>(a, b, c, offsets, tiles, M, N, K, lda, ldb, ldc, bStride, cStride, bias, aux, mode, act); }
     #endif
 
     #if defined(FM_BF16) || defined(FM_F32)
     // The forward x_g W_gᵀ (both operands K-contiguous), the data gradient gy_g W_g (B N-contiguous),
-    // the weight gradient gy_gᵀ x_g (A M-contiguous, B N-contiguous, summed over the expert's rows).
+    // the weight gradient gy_gᵀ x_g (A M-contiguous, B N-contiguous, summed over the expert's rows;
+    // no epilogue: mode 0).
     GG_ENTRY(grouped_gemm_forward, true, true, false)
     GG_ENTRY(grouped_gemm_data_gradient, true, false, false)
     GG_ENTRY(grouped_gemm_weight_gradient, false, false, true)
