@@ -89,37 +89,92 @@ extension CUDABackend: MoEBackend {
     // MARK: Grouped GEMMs
 
     public func groupedMatmul(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool, _ out: Tensor) {
-        let types = Self.gemmTypes(x.dtype, "groupedMatmul")
         let outCols = transposeWeight ? weight.shape[1] : weight.shape[2]
         let inner = transposeWeight ? weight.shape[2] : weight.shape[1]
-        let matrix = weight.shape[1] * weight.shape[2], size = x.dtype.byteSize
         guard outCols > 0, x.shape[0] > 0 else { return }
         if inner == 0 { return fill(out, value: 0) }
         if usesGroupedKernel(weight: weight, rows: x.shape[0], x, out) {
             return enqueueRowVaryingKernel(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, out, .none)
         }
+        _ = enqueueExpertGemms(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, out, epilogue: nil)
+    }
+
+    /// On our grouped kernel the epilogue runs on the tile before it is stored. On the per-expert
+    /// GEMMs, the bias and the GELU (tanh) ride on cuBLASLt's epilogues (`BIAS`, `GELU_AUX(_BIAS)`)
+    /// per expert; other activations, and an expert cuBLASLt cannot run, take the unfused primitives
+    /// on its rows; the activation's backward runs in place after a plain product, as the dense
+    /// GELU backward does (`CUDAEpilogues`).
+    public func groupedMatmul(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool, epilogue: GroupedEpilogue, _ out: Tensor) {
+        let outCols = transposeWeight ? weight.shape[1] : weight.shape[2]
+        let inner = transposeWeight ? weight.shape[2] : weight.shape[1]
+        guard outCols > 0, x.shape[0] > 0, inner > 0 else {
+            return unfusedGroupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, epilogue: epilogue, out)
+        }
+        if usesGroupedKernel(weight: weight, rows: x.shape[0], x, out) {
+            return enqueueRowVaryingKernel(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, out,
+                                           KernelEpilogue(epilogue))
+        }
+        if case .activationBackward(let op, let preactivation) = epilogue {
+            groupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, out)
+            return unaryBackward(op, x: preactivation, gradOut: out, out)
+        }
+        guard Self.fusesEpilogues, let fused = ExpertGemmEpilogue(epilogue) else {
+            return unfusedGroupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, epilogue: epilogue, out)
+        }
+        let unfused = enqueueExpertGemms(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, out, epilogue: fused)
+        for rows in unfused {
+            let expertOfRow = fused.expertOfRow.rows(rows)
+            if let preactivation = fused.preactivation {
+                if let bias = fused.bias { addIndexedRows(bias, indices: expertOfRow, into: preactivation.rows(rows)) }
+                unary(.geluTanh, preactivation.rows(rows), out.rows(rows))
+            } else if let bias = fused.bias {
+                addIndexedRows(bias, indices: expertOfRow, into: out.rows(rows))
+            }
+        }
+    }
+
+    /// A `GroupedEpilogue` that cuBLASLt's epilogues compute: a bias, or GELU (tanh) with the
+    /// pre-activation kept and an optional bias before it.
+    private struct ExpertGemmEpilogue {
+        let mode: LtEpilogue, bias: Tensor?, preactivation: Tensor?, expertOfRow: Tensor
+
+        init?(_ epilogue: GroupedEpilogue) {
+            switch epilogue {
+            case .bias(let bias, let expertOfRow):
+                (mode, self.bias, preactivation, self.expertOfRow) = (.bias, bias, nil, expertOfRow)
+            case .activation(.geluTanh, let bias, let expertOfRow, let h):
+                (mode, self.bias, preactivation, self.expertOfRow) = (bias == nil ? .geluAux : .geluAuxBias, bias, h, expertOfRow)
+            default:
+                return nil
+            }
+        }
+    }
+
+    /// The forward or data-gradient product as one GEMM per expert with rows (`enqueueGemms`), each
+    /// with `epilogue` on its slice of the bias and pre-activation. Returns the row ranges whose
+    /// experts ran without it (cuBLASLt could not take them): their product is in the pre-activation
+    /// (with GELU) or in `out`, and the caller finishes them.
+    private func enqueueExpertGemms(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool, _ out: Tensor,
+                                    epilogue: ExpertGemmEpilogue?) -> [Range<Int>] {
+        let types = Self.gemmTypes(x.dtype, "groupedMatmul")
+        let outCols = transposeWeight ? weight.shape[1] : weight.shape[2]
+        let inner = transposeWeight ? weight.shape[2] : weight.shape[1]
+        let matrix = weight.shape[1] * weight.shape[2], size = x.dtype.byteSize
         var problems: [GemmProblem] = []
         var row = 0
         for (e, rows) in groupSizes.enumerated() {
             defer { row += rows }
             // An empty expert has no rows of `out` to write.
             if rows == 0 { continue }
+            let bias = epilogue?.bias.map { $0.pointer + CUdeviceptr(e * outCols * size) } ?? 0
+            let aux = epilogue?.preactivation.map { $0.pointer + CUdeviceptr(row * outCols * size) } ?? 0
             problems.append(GemmProblem(m: rows, n: outCols, k: inner, a: x.pointer + CUdeviceptr(row * inner * size),
-                                        b: weight.pointer + CUdeviceptr(e * matrix * size), c: out.pointer + CUdeviceptr(row * outCols * size)))
+                                        b: weight.pointer + CUdeviceptr(e * matrix * size), c: out.pointer + CUdeviceptr(row * outCols * size),
+                                        bias: bias, aux: aux, firstRow: row))
         }
-        enqueueGemms(problems, transA: false, transB: transposeWeight, lda: inner, ldb: transposeWeight ? inner : outCols, ldc: outCols,
-                     varyingInner: false, types)
-    }
-
-    /// On our grouped kernel the epilogue runs on the tile before it is stored; on the per-expert
-    /// cuBLAS paths, after the product (`unfusedGroupedMatmul`).
-    public func groupedMatmul(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool, epilogue: GroupedEpilogue, _ out: Tensor) {
-        let outCols = transposeWeight ? weight.shape[1] : weight.shape[2]
-        let inner = transposeWeight ? weight.shape[2] : weight.shape[1]
-        guard outCols > 0, x.shape[0] > 0, inner > 0, usesGroupedKernel(weight: weight, rows: x.shape[0], x, out) else {
-            return unfusedGroupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, epilogue: epilogue, out)
-        }
-        enqueueRowVaryingKernel(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, out, KernelEpilogue(epilogue))
+        return enqueueGemms(problems, transA: false, transB: transposeWeight, lda: inner, ldb: transposeWeight ? inner : outCols, ldc: outCols,
+                            varyingInner: false, types, epilogue: epilogue?.mode ?? .none)
+            .map { $0.firstRow..<($0.firstRow + $0.m) }
     }
 
     /// The forward (`transposeWeight`) or data-gradient product on our grouped kernel.
@@ -214,25 +269,33 @@ extension CUDABackend: MoEBackend {
         }
     }
 
-    /// Enqueues `C_i = op(A_i) op(B_i)` (row-major, beta 0) for every problem, as the strategy picks.
-    /// An expert's row count is m (`varyingInner` false: the forward and data-gradient GEMMs) or k
-    /// (true: the weight gradient), and changes every step.
+    /// Enqueues `C_i = op(A_i) op(B_i)` (row-major, beta 0) for every problem, as the strategy picks,
+    /// with a cuBLASLt `epilogue` on each (its bias and aux addresses in the problem; the grouped
+    /// cuBLAS call has no epilogues, so with one the strategy `.grouped` runs as `.serial`). An
+    /// expert's row count is m (`varyingInner` false: the forward and data-gradient GEMMs) or k (true:
+    /// the weight gradient), and changes every step. Returns the problems that ran without their
+    /// epilogue, on `cublasGemmEx` where cuBLASLt could not: their product is in the aux matrix for
+    /// a GELU epilogue, in C otherwise.
+    @discardableResult
     private func enqueueGemms(_ problems: [GemmProblem], transA: Bool, transB: Bool, lda: Int, ldb: Int, ldc: Int,
-                              varyingInner: Bool, _ types: GemmDataTypes) {
-        guard !problems.isEmpty else { return }
+                              varyingInner: Bool, _ types: GemmDataTypes, epilogue: LtEpilogue = .none) -> [GemmProblem] {
+        guard !problems.isEmpty else { return [] }
         let blas: CUBLAS, blasLt: CUBLASLt
         do { (blas, blasLt) = (try gpu.blas(), try gpu.blasLt()) } catch { fatalError("\(error)") }
+        let intoAux = epilogue == .geluAux || epilogue == .geluAuxBias
+        var withoutEpilogue: [GemmProblem] = []
         /// One expert's GEMM through cuBLASLt, whose plans serve a bucket of row counts (see `LtVarying`:
         /// `cublasGemmEx` would run its heuristic for every new row count, ~0.15 ms of host time each in
         /// bfloat16), or through `cublasGemmEx` where cuBLASLt cannot run it.
         func gemm(_ p: GemmProblem, _ blas: CUBLAS, _ blasLt: CUBLASLt, _ stream: CUDAStream) {
             if blasLt.rowMajorMatmul(transA: transA, transB: transB, m: p.m, n: p.n, k: p.k, a: p.a, lda: lda, b: p.b, ldb: ldb,
-                                     c: p.c, ldc: ldc, dtypes: types, epilogue: .none,
-                                     varyingRows: !varyingInner, varyingInner: varyingInner, stream: stream) { return }
+                                     c: p.c, ldc: ldc, dtypes: types, epilogue: epilogue, bias: p.bias, aux: p.aux,
+                                     auxLd: intoAux ? ldc : 0, varyingRows: !varyingInner, varyingInner: varyingInner, stream: stream) { return }
             blas.rowMajorGemm(transA: transA, transB: transB, m: p.m, n: p.n, k: p.k, a: p.a, lda: lda, b: p.b, ldb: ldb,
-                              c: p.c, ldc: ldc, dtypes: types)
+                              c: intoAux ? p.aux : p.c, ldc: ldc, dtypes: types)
+            if epilogue != .none { withoutEpilogue.append(p) }
         }
-        let grouped = problems.count > 1 && blas.supportsGroupedGemm
+        let grouped = epilogue == .none && problems.count > 1 && blas.supportsGroupedGemm
         switch Self.groupedGemmStrategy.resolved(groupedAvailable: grouped) {
         case .grouped:
             enqueueGroupedGemm(problems, blas: blas, transA: transA, transB: transB, lda: lda, ldb: ldb, ldc: ldc, types)
@@ -247,6 +310,7 @@ extension CUDABackend: MoEBackend {
         default:
             for p in problems { gemm(p, blas, blasLt, gpu.stream) }
         }
+        return withoutEpilogue
     }
 
     /// One `cublasGemmGroupedBatchedEx` call with a group per distinct (m, n, k).
@@ -282,8 +346,10 @@ extension CUDABackend: MoEBackend {
     }
 }
 
-/// One GEMM of a grouped product: row-major sizes (op(A) m×k, op(B) k×n) and device addresses.
+/// One GEMM of a grouped product: row-major sizes (op(A) m×k, op(B) k×n) and device addresses;
+/// for an epilogue, its slice of the bias and of the aux matrix (0 without) and the first row of C.
 private struct GemmProblem {
     var m: Int, n: Int, k: Int
     var a: CUdeviceptr, b: CUdeviceptr, c: CUdeviceptr
+    var bias: CUdeviceptr = 0, aux: CUdeviceptr = 0, firstRow = 0
 }
