@@ -40,6 +40,24 @@ enum GroupedGemmHopperKernels {
         return (uint64_t)((address & 0x3FFFF) >> 4) | ((uint64_t)(leading >> 4) << 16) | ((uint64_t)(stride >> 4) << 32);
     }
     \#(wgmmaHelper)
+    /// Chunk `id` of an operand's stage tile (16 bytes, stored at `id·16`), the operand's rows (M or
+    /// N) `r0 ..< rEnd` from `base` with leading dimension `ld`: its source at K = 0 of the tile, whether
+    /// its row (or column) exists, and its K position in the tile. K-contiguous (`KC`): row
+    /// (id/64)·8 + id%8, K values ((id/8)%8)·8 ...+8. Otherwise: K row (id/128)·8 + id%8, values
+    /// ((id/8)%16)·8 ...+8 along M or N.
+    template <bool KC>
+    __device__ __forceinline__ void gh_chunk(int id, const bf16_t* base, int64_t r0, int64_t rEnd, int64_t k0, int64_t ld,
+                                             const bf16_t*& src, bool& ok, int& kPos) {
+        if (KC) {
+            const int row = (id >> 6) * 8 + (id & 7), kc = ((id >> 3) & 7) * 8;
+            ok = r0 + row < rEnd; kPos = kc;
+            src = ok ? base + (r0 + row) * ld + k0 + kc : base;
+        } else {
+            const int kr = (id >> 7) * 8 + (id & 7), rc = ((id >> 3) & 15) * 8;
+            ok = r0 + rc < rEnd; kPos = kr;
+            src = ok ? base + (k0 + kr) * ld + r0 + rc : base;
+        }
+    }
     /// Keeps the compiler from moving reads of an accumulator above the wait for the MMAs writing it.
     __device__ __forceinline__ void gh_fence_accumulator(float& r) { asm volatile("" : "+f"(r) :: "memory"); }
 
@@ -59,34 +77,15 @@ enum GroupedGemmHopperKernels {
         const uint32_t sA = gg_shared_address(gh_tiles), sB = sA + GH_STAGES * GH_TILE_BYTES;
         const int kTiles = (int)((kEnd - k0 + GH_BK - 1) / GH_BK);
 
-        // Each thread copies four chunks of each operand per stage: chunk id = tid + 256·i, stored
-        // at id·16. K-contiguous: row (id/64)·8 + id%8, K values ((id/8)%8)·8 ...+8. Otherwise: K
-        // row (id/128)·8 + id%8, M (or N) values ((id/8)%16)·8 ...+8. As in `GroupedGemmKernels`,
-        // all but the K position is fixed for the loop and set up once.
+        // Each thread copies four chunks of each operand per stage (`gh_chunk`); as in
+        // `GroupedGemmKernels`, all but the K position is fixed for the loop and set up once.
         const bf16_t* srcA[4]; const bf16_t* srcB[4];
         int kPosA[4], kPosB[4];
         bool okA[4], okB[4];
         #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const int id = tid + i * 256;
-            if (A_K) {
-                const int row = (id >> 6) * 8 + (id & 7), kc = ((id >> 3) & 7) * 8;
-                okA[i] = m0 + row < mEnd; kPosA[i] = kc;
-                srcA[i] = okA[i] ? a + (m0 + row) * lda + k0 + kc : a;
-            } else {
-                const int kr = (id >> 7) * 8 + (id & 7), mc = ((id >> 3) & 15) * 8;
-                okA[i] = m0 + mc < mEnd; kPosA[i] = kr;
-                srcA[i] = okA[i] ? a + (k0 + kr) * lda + m0 + mc : a;
-            }
-            if (B_K) {
-                const int row = (id >> 6) * 8 + (id & 7), kc = ((id >> 3) & 7) * 8;
-                okB[i] = n0 + row < N; kPosB[i] = kc;
-                srcB[i] = okB[i] ? b + (n0 + row) * ldb + k0 + kc : b;
-            } else {
-                const int kr = (id >> 7) * 8 + (id & 7), nc = ((id >> 3) & 15) * 8;
-                okB[i] = n0 + nc < N; kPosB[i] = kr;
-                srcB[i] = okB[i] ? b + (k0 + kr) * ldb + n0 + nc : b;
-            }
+            gh_chunk<A_K>(tid + i * 256, a, m0, mEnd, k0, lda, srcA[i], okA[i], kPosA[i]);
+            gh_chunk<B_K>(tid + i * 256, b, n0, N, k0, ldb, srcB[i], okB[i], kPosB[i]);
         }
         const int64_t stepA = A_K ? GH_BK : GH_BK * lda, stepB = B_K ? GH_BK : GH_BK * ldb;
         // Chunks at or past the end of K read zeros (only the last tile has any).
