@@ -1,0 +1,396 @@
+#!/usr/bin/env python3
+"""Runs the grouped GEMM kernels (`GroupedGemmKernels`, `GroupedGemmHopperKernels`) on the CPU and
+checks them against a float64 reference: every product (forward, data gradient, weight gradient),
+every epilogue, tile edges, empty experts.
+
+    python3 scripts/emulate-grouped-gemm.py [--family mma|simt|wgmma ...] [--keep DIR]
+
+For machines without a GPU: the kernels' CUDA C++ is compiled as C++ (clang++ or g++), each CUDA
+thread a host thread, `__syncthreads` a barrier. The inline PTX they use is emulated from the PTX
+ISA's definitions: `cp.async` as an immediate copy (zero-filled past its source size), `ldmatrix`
+and `mma.sync` as warp-collective exchanges of the documented fragments, `wgmma` as each thread
+computing its accumulators from shared memory through the descriptors' canonical layouts (no
+swizzle). So a pass says the kernels' own indexing, pipelining and epilogues are right under that
+reading of the ISA; the hardware has the last word (`CUDARoutingTests` on a GPU). The `mma.sync`
+family has passed on an H200, which checks the emulation of `ldmatrix` and `mma.sync` themselves.
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KERNELS = os.path.join(ROOT, "Sources/Tensors/CUDA/Kernels")
+
+
+def raw_strings(name):
+    text = open(os.path.join(KERNELS, name)).read()
+    return re.findall(r'#"""\n(.*?)"""#', text, re.S)
+
+
+def strip_function(source, name):
+    """Removes the definition of device function `name` (its signature line to its closing brace)."""
+    match = re.search(r'(template <[^>]*>\s*)?__device__ __forceinline__ [^\n]*\b' + name + r'\(', source)
+    if not match:
+        return source
+    depth, i = 0, source.index("{", match.end())
+    while True:
+        if source[i] == "{":
+            depth += 1
+        elif source[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return source[:match.start()] + source[i + 1:]
+        i += 1
+
+
+def kernel_source(family):
+    prelude = raw_strings("KernelPrelude.swift")[0]
+    unary = raw_strings("ElementwiseKernels.swift")[0]
+    common, kernels = raw_strings("GroupedGemmKernels.swift")[:2]
+    if family == "wgmma":
+        kernels = raw_strings("GroupedGemmHopperKernels.swift")[0].replace("\\#(wgmmaHelper)", "")
+    body = common + "\n" + kernels
+    for helper in ["gg_shared_address", "gg_copy16", "gg_ldsm_t", "gg_ldsm", "gg_mma", "gh_fence_accumulator"]:
+        body = strip_function(body, helper)
+    # The remaining inline PTX orders asynchronous work (commit, wait, fences): the emulation's copies
+    # and MMAs complete when issued, so these are no-ops.
+    body = re.sub(r'asm volatile\(.*?\);', ';', body, flags=re.S)
+    body = re.sub(r'extern __shared__ __align__\((\d+)\) (\w+) (\w+)\[\];', r'\2* \3 = (\2*)emu_smem;', body)
+    macro = "FM_F32" if family == "simt" else "FM_BF16"
+    return f"#define {macro}\n{prelude}\n{unary}\n{EMULATED_PTX}\n{body}\n"
+
+
+SHIM = r"""
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <thread>
+#include <vector>
+
+struct Dim { unsigned x = 1, y = 1, z = 1; };
+thread_local Dim threadIdx, blockIdx;
+Dim blockDim, gridDim;
+alignas(128) unsigned char emu_smem[256 * 1024];
+std::barrier<>* emu_block_barrier;
+std::vector<std::barrier<>*> emu_warp_barriers, emu_group_barriers;
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+#define __shared__ static
+
+namespace emu {
+inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
+inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+inline float __int_as_float(int u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline double __longlong_as_double(long long u) { double f; std::memcpy(&f, &u, 8); return f; }
+template <class V> V __shfl_xor_sync(unsigned, V, int) { std::abort(); }
+template <class P> P atomicCAS(P*, P, P) { std::abort(); }
+template <class P, class V> void atomicAdd(P*, V) { std::abort(); }
+struct alignas(16) float4 { float x, y, z, w; };
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+"""
+
+EMULATED_PTX = r"""
+// --- PTX emulated (see the script's docstring) ---
+inline uint32_t gg_shared_address(const void* p) { return (uint32_t)((const unsigned char*)p - emu_smem); }
+inline void gg_copy16(uint32_t dst, const void* src, bool valid) {
+    if (valid) std::memcpy(emu_smem + dst, src, 16); else std::memset(emu_smem + dst, 0, 16);
+}
+struct WarpScratch { uint32_t address[32]; uint32_t a[32][4]; uint32_t b[32][2]; };
+static WarpScratch emu_warp_scratch[32];
+inline void emu_warp_sync() { emu_warp_barriers[threadIdx.x >> 5]->arrive_and_wait(); }
+inline uint16_t emu_b16(uint32_t address) { uint16_t v; std::memcpy(&v, emu_smem + address, 2); return v; }
+// ldmatrix .x4: lane L names row L%8 of matrix L/8; register j of lane t holds matrix j's row t/4,
+// columns 2(t%4), 2(t%4)+1 (transposed: rows 2(t%4), 2(t%4)+1 of column t/4).
+inline void emu_ldsm(uint32_t address, uint32_t* r, bool transposed) {
+    int lane = threadIdx.x & 31;
+    WarpScratch& s = emu_warp_scratch[threadIdx.x >> 5];
+    s.address[lane] = address;
+    emu_warp_sync();
+    for (int j = 0; j < 4; j++) {
+        uint16_t lo, hi;
+        if (!transposed) {
+            uint32_t row = s.address[j * 8 + lane / 4];
+            lo = emu_b16(row + (lane % 4) * 4); hi = emu_b16(row + (lane % 4) * 4 + 2);
+        } else {
+            lo = emu_b16(s.address[j * 8 + 2 * (lane % 4)] + (lane / 4) * 2);
+            hi = emu_b16(s.address[j * 8 + 2 * (lane % 4) + 1] + (lane / 4) * 2);
+        }
+        r[j] = (uint32_t)lo | ((uint32_t)hi << 16);
+    }
+    emu_warp_sync();
+}
+inline void gg_ldsm(uint32_t address, uint32_t* r) { emu_ldsm(address, r, false); }
+inline void gg_ldsm_t(uint32_t address, uint32_t* r) { emu_ldsm(address, r, true); }
+inline float emu_lo(uint32_t v) { return bf16_to_float((bf16_t)(v & 0xffff)); }
+inline float emu_hi(uint32_t v) { return bf16_to_float((bf16_t)(v >> 16)); }
+// mma.sync m16n8k16 row.col: group g = lane/4, c = lane%4. A: a0 (g, 2c..), a1 (g+8, 2c..),
+// a2 (g, 2c+8..), a3 (g+8, 2c+8..); B: b0 (k 2c, 2c+1; n g), b1 (k 2c+8, 2c+9; n g);
+// C: c0, c1 (g, 2c, 2c+1), c2, c3 (g+8, 2c, 2c+1).
+inline void gg_mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    int lane = threadIdx.x & 31;
+    WarpScratch& s = emu_warp_scratch[threadIdx.x >> 5];
+    for (int i = 0; i < 4; i++) s.a[lane][i] = a[i];
+    s.b[lane][0] = b0; s.b[lane][1] = b1;
+    emu_warp_sync();
+    float A[16][16], B[16][8];
+    for (int t = 0; t < 32; t++) {
+        int g = t / 4, q = t % 4;
+        const uint32_t* f = s.a[t];
+        A[g][2 * q] = emu_lo(f[0]); A[g][2 * q + 1] = emu_hi(f[0]);
+        A[g + 8][2 * q] = emu_lo(f[1]); A[g + 8][2 * q + 1] = emu_hi(f[1]);
+        A[g][2 * q + 8] = emu_lo(f[2]); A[g][2 * q + 9] = emu_hi(f[2]);
+        A[g + 8][2 * q + 8] = emu_lo(f[3]); A[g + 8][2 * q + 9] = emu_hi(f[3]);
+        B[2 * q][g] = emu_lo(s.b[t][0]); B[2 * q + 1][g] = emu_hi(s.b[t][0]);
+        B[2 * q + 8][g] = emu_lo(s.b[t][1]); B[2 * q + 9][g] = emu_hi(s.b[t][1]);
+    }
+    emu_warp_sync();
+    int g = lane / 4, q = lane % 4;
+    for (int i = 0; i < 4; i++) {
+        int row = g + (i >= 2 ? 8 : 0), col = 2 * q + (i & 1);
+        float sum = c[i];
+        for (int k = 0; k < 16; k++) sum += A[row][k] * B[k][col];
+        c[i] = sum;
+    }
+}
+// wgmma m64n128k16, both operands from shared memory: descriptor = start >> 4 (bits 0-13), leading
+// byte offset >> 4 (16-29: between core matrices along K), stride byte offset >> 4 (32-45: along M
+// or N); no swizzle: a core matrix is 8 rows of 16 bytes. K-major (trans 0): row = M (or N) index,
+// 8 K values a row; MN-major (trans 1): row = K index, 8 M (or N) values a row.
+inline uint32_t emu_operand(uint64_t desc, int trans, int mn, int k) {
+    uint32_t start = (uint32_t)(desc & 0x3fff) << 4, lead = (uint32_t)((desc >> 16) & 0x3fff) << 4,
+             stride = (uint32_t)((desc >> 32) & 0x3fff) << 4;
+    return trans == 0 ? start + (mn % 8) * 16 + (mn / 8) * stride + (k % 8) * 2 + (k / 8) * lead
+                      : start + (mn % 8) * 2 + (mn / 8) * stride + (k % 8) * 16 + (k / 8) * lead;
+}
+// Thread t of the warpgroup: d[4j + 2h + e] at row 16·(t/32) + (t%32)/4 + 8h, column 8j + 2(t%4) + e.
+template <int TA, int TB>
+inline void gh_wgmma(float* d, uint64_t descA, uint64_t descB) {
+    int t = threadIdx.x & 127, warp = t / 32, lane = t % 32;
+    for (int j = 0; j < 16; j++)
+        for (int h = 0; h < 2; h++)
+            for (int e = 0; e < 2; e++) {
+                int row = 16 * warp + lane / 4 + 8 * h, col = 8 * j + 2 * (lane % 4) + e;
+                float sum = 0;
+                for (int k = 0; k < 16; k++)
+                    sum += bf16_to_float(emu_b16(emu_operand(descA, TA, row, k))) * bf16_to_float(emu_b16(emu_operand(descB, TB, col, k)));
+                d[4 * j + 2 * h + e] += sum;
+            }
+}
+inline void gh_fence_accumulator(float&) {}
+"""
+
+HARNESS = r"""
+
+typedef void (*Kernel)(const T*, const T*, T*, const int*, const int*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                       int64_t, int64_t, const T*, T*, int, int);
+
+static void launch(Kernel kernel, Dim grid, int threads, std::function<void(Kernel)> call) {
+    blockDim = {(unsigned)threads, 1, 1};
+    gridDim = grid;
+    std::barrier<> block(threads);
+    emu_block_barrier = &block;
+    std::vector<std::barrier<>*> warps, groups;
+    for (int w = 0; w < threads / 32; w++) warps.push_back(new std::barrier<>(32));
+    for (int g = 0; g < threads / 128; g++) groups.push_back(new std::barrier<>(128));
+    emu_warp_barriers = warps;
+    emu_group_barriers = groups;
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) {
+                std::memset(emu_smem, 0xff, sizeof(emu_smem));   // shared memory starts as garbage (NaN bf16)
+                std::vector<std::thread> pool;
+                for (int i = 0; i < threads; i++)
+                    pool.emplace_back([&, i] { threadIdx = {(unsigned)i, 0, 0}; blockIdx = {x, y, z}; call(kernel); });
+                for (auto& th : pool) th.join();
+            }
+    for (auto* b : warps) delete b;
+    for (auto* b : groups) delete b;
+}
+
+static std::mt19937_64 rng(7);
+static std::vector<T> randoms(size_t n, double scale) {
+    std::normal_distribution<double> d(0, scale);
+    std::vector<T> v(n);
+    for (auto& x : v) x = ST((acc_t)d(rng));
+    return v;
+}
+static double value(T v) { return (double)LD(v); }
+static T poison() { return ST((acc_t)NAN); }
+// The host side of CUDAGroupedKernel.groupTable: offsets, then (expert, first row) per row tile.
+static std::vector<int> table(const std::vector<int>& sizes, int tileRows, int& rowTiles) {
+    std::vector<int> v(sizes.size() + 1, 0);
+    for (size_t g = 0; g < sizes.size(); g++) v[g + 1] = v[g] + sizes[g];
+    rowTiles = 0;
+    for (size_t g = 0; g < sizes.size(); g++)
+        for (int s = 0; s < sizes[g]; s += tileRows) { v.push_back((int)g); v.push_back(v[g] + s); rowTiles++; }
+    return v;
+}
+static double activation(int act, double x) {
+    switch (act) {
+    case 5: return x > 0 ? x : 0;                                                       // relu
+    case 8: return 0.5 * x * (1 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));   // geluTanh
+    default: std::abort();
+    }
+}
+static double derivative(int act, double x) {
+    switch (act) {
+    case 5: return x > 0 ? 1 : 0;
+    case 8: { double u = 0.7978845608028654 * (x + 0.044715 * x * x * x), t = std::tanh(u);
+              return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * 0.7978845608028654 * (1 + 3 * 0.044715 * x * x); }
+    default: std::abort();
+    }
+}
+
+static int failures = 0;
+static void check(const char* what, const std::vector<double>& want, const std::vector<T>& got, double tolerance) {
+    double scale = 1e-6, worst = 0;
+    for (double w : want) scale = std::fmax(scale, std::fabs(w));
+    for (size_t i = 0; i < want.size(); i++) {
+        double e = std::fabs(value(got[i]) - want[i]);
+        if (!(e <= worst)) worst = std::isnan(e) ? INFINITY : e;
+    }
+    bool ok = worst / scale <= tolerance;
+    if (!ok) failures++;
+    std::printf("%s %-58s relative error %.2e\n", ok ? "ok  " : "FAIL", what, worst / scale);
+}
+
+int run_all() {
+    const double tolerance = sizeof(T) == 2 ? 1.5e-2 : 1e-5;
+    const std::vector<std::vector<int>> groupings = {{0, 150, 1, 70, 0}, {0, 0, 200}};
+    const int inW = 200, outW = 136;     // partial last K and column tiles; four K tiles wrap the three-stage ring
+    for (const auto& sizes : groupings) {
+        const int E = (int)sizes.size();
+        int S = 0; for (int s : sizes) S += s;
+        int rowTiles = 0;
+        std::vector<int> tab = table(sizes, TILE_ROWS, rowTiles);
+        const int* offsets = tab.data(); const int* tiles = tab.data() + E + 1;
+        std::vector<int> expertOfRow; for (int g = 0; g < E; g++) expertOfRow.insert(expertOfRow.end(), sizes[g], g);
+        std::vector<T> x = randoms((size_t)S * inW, 1), w = randoms((size_t)E * outW * inW, 0.2), bias = randoms((size_t)E * outW, 1);
+        std::vector<T> gy = randoms((size_t)S * outW, 1), h = randoms((size_t)S * outW, 1);
+        char label[160];
+
+        // Forward y = x W_gᵀ with each epilogue.
+        for (int mode = 0; mode <= 2; mode++)
+            for (int act : mode == 2 ? std::vector<int>{8, 5} : std::vector<int>{0}) {
+                std::vector<T> y((size_t)S * outW, poison()), pre((size_t)S * outW, poison());
+                launch(FORWARD, Dim{(unsigned)((outW + TILE_COLS - 1) / TILE_COLS), (unsigned)rowTiles, 1}, THREADS, [&](Kernel k) {
+                    k(x.data(), w.data(), y.data(), offsets, tiles, S, outW, inW, inW, inW, outW, (int64_t)outW * inW, 0,
+                      mode ? bias.data() : nullptr, pre.data(), mode, act);
+                });
+                std::vector<double> want((size_t)S * outW), wantPre((size_t)S * outW);
+                for (int r = 0; r < S; r++)
+                    for (int o = 0; o < outW; o++) {
+                        int g = expertOfRow[r];
+                        double sum = 0;
+                        for (int i = 0; i < inW; i++) sum += value(x[(size_t)r * inW + i]) * value(w[((size_t)g * outW + o) * inW + i]);
+                        if (mode >= 1) sum += value(bias[(size_t)g * outW + o]);
+                        wantPre[(size_t)r * outW + o] = sum;
+                        want[(size_t)r * outW + o] = mode == 2 ? activation(act, sum) : sum;
+                    }
+                std::snprintf(label, sizeof label, "%s S=%d E=%d forward mode %d act %d", FAMILY, S, E, mode, act);
+                check(label, want, y, tolerance);
+                if (mode == 2) { std::strcat(label, " (pre-activation)"); check(label, wantPre, pre, tolerance); }
+            }
+
+        // Data gradient gx = gy W_g, plain and through an activation's backward (aux = h).
+        for (int mode : {0, 3})
+            for (int act : mode == 3 ? std::vector<int>{8, 5} : std::vector<int>{0}) {
+                // Here the product is [S, inW] and the aux matrix (pre-activation) is laid out like it.
+                std::vector<T> gx((size_t)S * inW, poison()), aux = randoms((size_t)S * inW, 1);
+                launch(DATA_GRADIENT, Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)rowTiles, 1}, THREADS, [&](Kernel k) {
+                    k(gy.data(), w.data(), gx.data(), offsets, tiles, S, inW, outW, outW, inW, inW, (int64_t)outW * inW, 0,
+                      nullptr, aux.data(), mode, act);
+                });
+                std::vector<double> want((size_t)S * inW);
+                for (int r = 0; r < S; r++)
+                    for (int i = 0; i < inW; i++) {
+                        int g = expertOfRow[r];
+                        double sum = 0;
+                        for (int o = 0; o < outW; o++) sum += value(gy[(size_t)r * outW + o]) * value(w[((size_t)g * outW + o) * inW + i]);
+                        want[(size_t)r * inW + i] = mode == 3 ? sum * derivative(act, value(aux[(size_t)r * inW + i])) : sum;
+                    }
+                std::snprintf(label, sizeof label, "%s S=%d E=%d data gradient mode %d act %d", FAMILY, S, E, mode, act);
+                check(label, want, gx, tolerance);
+            }
+
+        // Weight gradient gW_g = gy_gᵀ x_g (zeros for an expert without rows).
+        {
+            std::vector<T> gw((size_t)E * outW * inW, poison());
+            launch(WEIGHT_GRADIENT, Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)((outW + TILE_ROWS - 1) / TILE_ROWS), (unsigned)E},
+                   THREADS, [&](Kernel k) {
+                k(gy.data(), x.data(), gw.data(), offsets, tiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, nullptr, 0, 0);
+            });
+            std::vector<double> want((size_t)E * outW * inW, 0);
+            for (int r = 0; r < S; r++) {
+                int g = expertOfRow[r];
+                for (int o = 0; o < outW; o++)
+                    for (int i = 0; i < inW; i++)
+                        want[((size_t)g * outW + o) * inW + i] += value(gy[(size_t)r * outW + o]) * value(x[(size_t)r * inW + i]);
+            }
+            std::snprintf(label, sizeof label, "%s S=%d E=%d weight gradient", FAMILY, S, E);
+            check(label, want, gw, tolerance);
+        }
+    }
+    std::printf(failures ? "%d FAILED\n" : "all passed\n", failures);
+    return failures ? 1 : 0;
+}
+} // namespace emu
+
+int main() { return emu::run_all(); }
+"""
+
+FAMILIES = {
+    # name: (entry suffix, tile rows, tile columns, threads)
+    "mma": ("", 128, 128, 256),
+    "simt": ("", 64, 128, 128),
+    "wgmma": ("_wgmma", 128, 128, 256),
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", action="append", choices=sorted(FAMILIES), help="kernel family (default: all)")
+    parser.add_argument("--keep", help="write the generated C++ and binaries here")
+    args = parser.parse_args()
+    compiler = next((c for c in ["clang++", "g++"] if subprocess.run(["which", c], capture_output=True).returncode == 0), None)
+    if compiler is None:
+        sys.exit("needs clang++ or g++")
+    directory = args.keep or tempfile.mkdtemp(prefix="grouped-gemm-")
+    os.makedirs(directory, exist_ok=True)
+    failed = []
+    for family in args.family or sorted(FAMILIES):
+        suffix, rows, cols, threads = FAMILIES[family]
+        defines = (f"#define FAMILY \"{family}\"\n#define TILE_ROWS {rows}\n#define TILE_COLS {cols}\n#define THREADS {threads}\n"
+                   f"#define FORWARD grouped_gemm_forward{suffix}\n#define DATA_GRADIENT grouped_gemm_data_gradient{suffix}\n"
+                   f"#define WEIGHT_GRADIENT grouped_gemm_weight_gradient{suffix}\n")
+        source = os.path.join(directory, f"{family}.cpp")
+        with open(source, "w") as f:
+            f.write(SHIM + kernel_source(family) + defines + HARNESS)
+        binary = os.path.join(directory, family)
+        build = subprocess.run([compiler, "-std=c++20", "-O2", "-pthread", "-w", source, "-o", binary], capture_output=True, text=True)
+        if build.returncode != 0:
+            print(build.stderr[-4000:])
+            failed.append(family)
+            continue
+        if subprocess.run([binary]).returncode != 0:
+            failed.append(family)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
