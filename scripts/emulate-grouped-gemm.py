@@ -46,8 +46,22 @@ def strip_function(source, name):
         i += 1
 
 
+def function_text(source, name):
+    """The definition of kernel `name` (`extern "C" __global__ void name(...) {...}`)."""
+    start = source.index('extern "C" __global__ void ' + name + "(")
+    depth, i = 0, source.index("{", start)
+    while True:
+        depth += {"{": 1, "}": -1}.get(source[i], 0)
+        if depth == 0:
+            return source[start:i + 1]
+        i += 1
+
+
 def kernel_source(family):
     prelude = raw_strings("KernelPrelude.swift")[0]
+    # The table the grouped kernels read, built on the device (RoutingKernels, dtype-independent).
+    table = function_text(raw_strings("RoutingKernels.swift")[0], "grouped_tile_table")
+    table = re.sub(r'extern __shared__ (\w+) (\w+)\[\];', r'\1* \2 = (\1*)emu_smem;', table)
     unary = raw_strings("ElementwiseKernels.swift")[0]
     common, kernels = raw_strings("GroupedGemmKernels.swift")[:2]
     if family == "wgmma":
@@ -60,7 +74,7 @@ def kernel_source(family):
     body = re.sub(r'asm volatile\(.*?\);', ';', body, flags=re.S)
     body = re.sub(r'extern __shared__ __align__\((\d+)\) (\w+) (\w+)\[\];', r'\2* \3 = (\2*)emu_smem;', body)
     macro = "FM_F32" if family == "simt" else "FM_BF16"
-    return f"#define {macro}\n{prelude}\n{unary}\n{EMULATED_PTX}\n{body}\n"
+    return f"#define {macro}\n{prelude}\n{unary}\n{EMULATED_PTX}\n{body}\n{table}\n"
 
 
 SHIM = r"""
@@ -270,18 +284,39 @@ static void check(const char* what, const std::vector<double>& want, const std::
 
 int run_all() {
     const double tolerance = sizeof(T) == 2 ? 1.5e-2 : 1e-5;
-    const std::vector<std::vector<int>> groupings = {{0, 150, 1, 70, 0}, {0, 0, 200}};
+    const std::vector<std::vector<int>> groupings = {{0, 150, 1, 70, 0}, {0, 0, 200}, {129, 0, 0, 1, 128, 0}};
     const int inW = 200, outW = 136;     // partial last K and column tiles; four K tiles wrap the three-stage ring
     for (const auto& sizes : groupings) {
         const int E = (int)sizes.size();
         int S = 0; for (int s : sizes) S += s;
+        char label[160];
         int rowTiles = 0;
         std::vector<int> tab = table(sizes, TILE_ROWS, rowTiles);
         const int* offsets = tab.data(); const int* tiles = tab.data() + E + 1;
+        // The same table built by `grouped_tile_table`, with room for the most tiles S rows can need.
+        const int maxTiles = (S + TILE_ROWS - 1) / TILE_ROWS + E;
+        std::vector<int> built(E + 1 + 2 * maxTiles, 12345);
+        {
+            std::vector<int> counts(sizes.begin(), sizes.end());
+            blockDim = {1024, 1, 1};
+            std::barrier<> block(1024);
+            emu_block_barrier = &block;
+            std::vector<std::thread> pool;
+            for (int i = 0; i < 1024; i++)
+                pool.emplace_back([&, i] { threadIdx = {(unsigned)i, 0, 0}; blockIdx = {0, 0, 0};
+                                           grouped_tile_table(counts.data(), E, TILE_ROWS, maxTiles, built.data()); });
+            for (auto& th : pool) th.join();
+            bool same = true;
+            for (int i = 0; i < (int)built.size(); i++) {
+                int want = i < (int)tab.size() ? tab[i] : ((i - (E + 1)) % 2 == 0 ? -1 : 0);
+                same = same && built[i] == want;
+            }
+            if (!same) failures++;
+            std::printf("%s %s S=%d E=%d tile table built on the device\n", same ? "ok  " : "FAIL", FAMILY, S, E);
+        }
         std::vector<int> expertOfRow; for (int g = 0; g < E; g++) expertOfRow.insert(expertOfRow.end(), sizes[g], g);
         std::vector<T> x = randoms((size_t)S * inW, 1), w = randoms((size_t)E * outW * inW, 0.2), bias = randoms((size_t)E * outW, 1);
         std::vector<T> gy = randoms((size_t)S * outW, 1), h = randoms((size_t)S * outW, 1);
-        char label[160];
 
         // Forward y = x W_gᵀ with each epilogue.
         for (int mode = 0; mode <= 2; mode++)
@@ -305,6 +340,25 @@ int run_all() {
                 check(label, want, y, tolerance);
                 if (mode == 2) { std::strcat(label, " (pre-activation)"); check(label, wantPre, pre, tolerance); }
             }
+
+        // The forward again over the device-built table: its grid has room for every tile S rows
+        // can need, and the blocks past the last tile return.
+        {
+            std::vector<T> y((size_t)S * outW, poison());
+            launch(FORWARD, Dim{(unsigned)((outW + TILE_COLS - 1) / TILE_COLS), (unsigned)maxTiles, 1}, THREADS, [&](Kernel k) {
+                k(x.data(), w.data(), y.data(), built.data(), built.data() + E + 1, S, outW, inW, inW, inW, outW, (int64_t)outW * inW, 0,
+                  nullptr, nullptr, 0, 0);
+            });
+            std::vector<double> want((size_t)S * outW);
+            for (int r = 0; r < S; r++)
+                for (int o = 0; o < outW; o++) {
+                    double sum = 0;
+                    for (int i = 0; i < inW; i++) sum += value(x[(size_t)r * inW + i]) * value(w[((size_t)expertOfRow[r] * outW + o) * inW + i]);
+                    want[(size_t)r * outW + o] = sum;
+                }
+            std::snprintf(label, sizeof label, "%s S=%d E=%d forward over the device-built table", FAMILY, S, E);
+            check(label, want, y, tolerance);
+        }
 
         // Data gradient gx = gy W_g, plain and through an activation's backward (aux = h).
         for (int mode : {0, 3})

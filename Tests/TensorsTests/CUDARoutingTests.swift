@@ -269,12 +269,53 @@ struct CUDARoutingTests {
         }
     }
 
+    /// The tile table built on the device from the counts (`grouped_tile_table`) is the uploaded
+    /// one, then `(-1, 0)` up to the most tiles the rows can need; and a grouped feed-forward over
+    /// device counts (no host sizes: our kernels read that table; the lanes download the sizes)
+    /// equals the one over host sizes, to the bit.
+    @Test(arguments: [GroupedGemmStrategy.kernel, .lanes])
+    func deviceCountsGiveTheHostSizesResults(strategy: GroupedGemmStrategy) throws {
+        CUDABackend.poisonAllocations = true
+        CUDABackend.groupedGemmStrategy = strategy
+        defer { CUDABackend.poisonAllocations = false; CUDABackend.groupedGemmStrategy = .automatic }
+        let backend = try #require(Backends.backend(for: gpu) as? CUDABackend)
+        for sizes in [[0, 300, 1, 129, 0, 77], [0, 0, 517, 0], [128, 0, 256, 1]] {
+            let rows = sizes.reduce(0, +) + 40   // room past the groups, as a layer's T·k rows with drops
+            let counts = Tensor(sizes.map(Int32.init)).to(gpu)
+            let device = backend.groupTable(RowGroups(counts: counts), rows: rows, tileRows: 128)
+            let host = backend.groupTable(RowGroups(sizes: sizes), rows: rows, tileRows: 128)
+            func values(_ table: CUDABackend.GroupTable, _ count: Int) -> [Int32] {
+                Tensor(storage: table.storage, shape: [count], dtype: .int32, byteOffset: 0).int32s()
+            }
+            let entries = sizes.count + 1 + 2 * host.rowTiles
+            #expect(device.rowTiles == (rows + 127) / 128 + sizes.count)
+            let built = values(device, sizes.count + 1 + 2 * device.rowTiles)
+            #expect(Array(built[0..<entries]) == values(host, entries), "sizes \(sizes)")
+            #expect(built[entries...].enumerated().allSatisfy { $0.element == ($0.offset % 2 == 0 ? -1 : 0) }, "sizes \(sizes)")
+        }
+        let sizes = [0, 300, 1, 129, 0, 77], d = 200, h = 264, e = sizes.count, rows = sizes.reduce(0, +)
+        var g = RandomGenerator(seed: 41)
+        func input(_ shape: [Int], std: Double = 1) -> Tensor {
+            Tensor.randomNormal(shape, std: std, generator: &g).cast(to: .bfloat16).to(gpu).requiringGradient()
+        }
+        let x = input([rows, d]), w1 = input([e, h, d], std: 0.1), b1 = input([e, h]), w2 = input([e, d, h], std: 0.1), b2 = input([e, d])
+        let expertOfRow = Tensor(sizes.enumerated().flatMap { Array(repeating: Int32($0.offset), count: $0.element) }).to(gpu)
+        func run(_ groups: RowGroups) -> [[Double]] {
+            for p in [x, w1, b1, w2, b2] { p.grad = nil }
+            let y = groupedFeedForward(x, weight1: w1, bias1: b1, weight2: w2, bias2: b2, activation: .geluTanh, groups: groups, expertOfRow: expertOfRow)
+            y.sum().backward()
+            return [y.doubles()] + [x, w1, b1, w2, b2].map { $0.grad!.doubles() }
+        }
+        let onDevice = run(RowGroups(counts: Tensor(sizes.map(Int32.init)).to(gpu))), onHost = run(RowGroups(sizes: sizes))
+        #expect(onDevice == onHost, "\(strategy.name)")
+    }
+
     @Test func weightGradientWithNoRowsIsZero() {
         CUDABackend.poisonAllocations = true
         defer { CUDABackend.poisonAllocations = false }
         let gy = Tensor.empty([0, 3], device: gpu), x = Tensor.empty([0, 5], device: gpu)
         let out = Tensor.empty([4, 3, 5], device: gpu)
-        out.moeBackend("test").groupedMatmulWeightGradient(gy, x, groupSizes: [0, 0, 0, 0], out)
+        out.moeBackend("test").groupedMatmulWeightGradient(gy, x, groups: RowGroups(sizes: [0, 0, 0, 0]), out)
         #expect(out.scalars() == [Float](repeating: 0, count: 60))
     }
 

@@ -11,10 +11,13 @@ public struct DispatchedTokens: @unchecked Sendable {
     public let groups: ExpertGroups
     /// The routing plan the rows were permuted by.
     public let plan: RoutingPlan
-    /// The message sizes of the exchange.
-    public let layout: ExchangeLayout
-    /// This rank's routed and kept counts, from the layer's one download (the load monitor's input).
-    public let load: LoadStatistics
+    /// The message sizes of the exchange; nil when nothing crosses ranks.
+    public let layout: ExchangeLayout?
+    /// This rank's routed and kept counts (the load monitor's input), read from the device when asked.
+    public let pendingLoad: PendingLoad
+
+    /// This rank's routed and kept counts (a host sync on a GPU if the layer made none).
+    public var load: LoadStatistics { pendingLoad.statistics }
 }
 
 /// Moves tokens to the experts and back (MOE_SEMANTICS §2, §3), in named stages:
@@ -22,8 +25,14 @@ public struct DispatchedTokens: @unchecked Sendable {
 /// `dispatch`: 1. **permute** (device only): the routing plan and the gather of token rows into
 /// expert order; 2. **count exchange** (device only, `TokenExchange.exchangeCounts`); 3. **the one
 /// host download** of the layer: routed `[N]`, kept `[N]` and received `[W, E]` counts in one copy
-/// (the grouped GEMM's problem sizes and the all-to-all's message sizes must be known on the host);
-/// 4. **row exchange** (`TokenExchange.dispatch`) and **grouping** by local expert.
+/// (the all-to-all's message sizes must be known on the host); 4. **row exchange**
+/// (`TokenExchange.dispatch`) and **grouping** by local expert.
+///
+/// When nothing crosses ranks (and the gate did not route a global batch, whose token counts step 3
+/// checks), there is no download: the experts get all `T·k` permuted rows, grouped by the kept
+/// counts where the plan left them on the device (`RowGroups`), and the load is read when someone
+/// asks (`PendingLoad`). Then a GPU runs the layer without waiting for it, wherever the experts'
+/// GEMMs run on our grouped kernel; one cuBLAS GEMM per expert needs the sizes and reads them.
 ///
 /// `combine` mirrors it: **row exchange back** (`TokenExchange.combine`), then **unpermute**: the
 /// weighted sum of each token's `k` expert outputs (`unpermuteTokens`).
@@ -54,6 +63,12 @@ public final class TokenDispatcher: @unchecked Sendable {
         let permuted = permuteTokens(x, by: plan)
         // 2. Count exchange: device work only.
         let received = exchange.exchangeCounts(plan.keptCounts)
+        if received == nil && routing.batchTokenCounts == nil {
+            // Nothing to exchange or check: no download (see above).
+            let groups = ExpertGroups(grouping: RowGroups(counts: plan.keptCounts), expertOfRow: plan.expertOfRow)
+            return DispatchedTokens(rows: permuted, groups: groups, plan: plan, layout: nil,
+                                    pendingLoad: PendingLoad(counts: plan.counts, tokenCount: plan.tokenCount, topK: plan.topK))
+        }
         // 3. The layer's one host sync: routed, kept and received counts (and the global batch's
         // token counts, to check the gate's assumption) in one download.
         let parts = [plan.counts.reshaped([2 * n])] + [received?.reshaped([w * e]), routing.batchTokenCounts].compactMap { $0 }
@@ -78,11 +93,12 @@ public final class TokenDispatcher: @unchecked Sendable {
             ? plan.expertOfRow.rows(0..<layout.rowsSent)
             : Tensor(sizes.enumerated().flatMap { expert, rows in [Int32](repeating: Int32(expert), count: rows) }, device: x.device)
         return DispatchedTokens(rows: rows, groups: ExpertGroups(sizes: sizes, expertOfRow: expertOfRow), plan: plan, layout: layout,
-                                load: LoadStatistics(routedCounts: routed, keptCounts: kept, tokenCount: plan.tokenCount, topK: plan.topK))
+                                pendingLoad: PendingLoad(LoadStatistics(routedCounts: routed, keptCounts: kept, tokenCount: plan.tokenCount,
+                                                                        topK: plan.topK)))
     }
 
     /// `out[t] = Σ_j score[t, j] · y[slot (t, j)]` for expert outputs `y [S, d]` in dispatch order.
     public func combine(_ y: Tensor, score: Tensor, _ dispatched: DispatchedTokens) -> Tensor {
-        unpermuteTokens(exchange.combine(y, dispatched.layout), by: dispatched.plan, score: score)
+        unpermuteTokens(dispatched.layout.map { exchange.combine(y, $0) } ?? y, by: dispatched.plan, score: score)
     }
 }

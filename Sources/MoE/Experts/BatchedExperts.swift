@@ -81,6 +81,6 @@ public final class BatchedExperts: Module, Experts, @unchecked Sendable {
         let dtype = rows.dtype
         return groupedFeedForward(rows, weight1: fc1.weight.value.cast(to: dtype), bias1: fc1.bias?.value.cast(to: dtype),
                                   weight2: fc2.weight.value.cast(to: dtype), bias2: fc2.bias?.value.cast(to: dtype),
-                                  activation: activation.op, groupSizes: groups.sizes, expertOfRow: groups.expertOfRow)
+                                  activation: activation.op, groups: groups.grouping, expertOfRow: groups.expertOfRow)
     }
 }

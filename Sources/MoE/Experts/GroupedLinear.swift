@@ -30,6 +30,6 @@ public final class GroupedLinear: Module, @unchecked Sendable {
     public func callAsFunction(_ x: Tensor, groups: ExpertGroups) -> Tensor {
         let w = weight.value.cast(to: x.dtype)
         let b = bias?.value.cast(to: x.dtype)
-        return groupedLinear(x, weight: w, bias: b, groupSizes: groups.sizes, expertOfRow: groups.expertOfRow)
+        return groupedLinear(x, weight: w, bias: b, groups: groups.grouping, expertOfRow: groups.expertOfRow)
     }
 }

@@ -20,8 +20,9 @@ public struct LayerRouting: Sendable {
 /// the one tracker the layers report to, so nothing walks the module tree per step.
 ///
 /// `install(in:)` walks the model once and hands the monitor to every `MoELayer`; each training-mode
-/// forward then adds its counts (from the layer's one download); the trainer reads `interval()` at
-/// each logging step and `reset()`s. Evaluation-mode forwards are not counted.
+/// forward then adds its counts; the trainer reads `interval()` at each logging step and
+/// `reset()`s. Evaluation-mode forwards are not counted. Counts a layer left on the device
+/// (`PendingLoad`) are read when the monitor is: all the layers' of a step in one download.
 ///
 /// It also keeps the counts of the current optimizer step, separately: `finishStep()` (after the
 /// optimizer's step) moves each bias-balanced gate's bias towards balance with them
@@ -43,6 +44,20 @@ public final class LoadMonitor: @unchecked Sendable {
         var interval: [LoadStatistics?]
         var step: [LoadStatistics?]
         var disagreement: [(sum: Double, forwards: Int)]
+        /// Loads recorded and not yet added to `interval` and `step`, by layer.
+        var pending: [(index: Int, load: PendingLoad)] = []
+
+        /// Adds the pending loads, downloading those still on the device together.
+        mutating func settle() {
+            guard !pending.isEmpty else { return }
+            PendingLoad.resolveAll(pending.map(\.load))
+            for (index, pendingLoad) in pending {
+                let load = pendingLoad.statistics
+                interval[index] = interval[index].map { $0.adding(load) } ?? load
+                step[index] = step[index].map { $0.adding(load) } ?? load
+            }
+            pending = []
+        }
     }
     private let sums: Mutex<Sums>
 
@@ -66,10 +81,9 @@ public final class LoadMonitor: @unchecked Sendable {
         return monitor
     }
 
-    func record(layer index: Int, _ load: LoadStatistics, routingDisagreement: Double? = nil) {
+    func record(layer index: Int, _ load: PendingLoad, routingDisagreement: Double? = nil) {
         sums.withLock { s in
-            s.interval[index] = s.interval[index].map { $0.adding(load) } ?? load
-            s.step[index] = s.step[index].map { $0.adding(load) } ?? load
+            s.pending.append((index, load))
             if let d = routingDisagreement { s.disagreement[index] = (s.disagreement[index].sum + d, s.disagreement[index].forwards + 1) }
         }
     }
@@ -77,13 +91,19 @@ public final class LoadMonitor: @unchecked Sendable {
     /// Each layer's counts summed since the last `reset`, by module name (layers that ran no
     /// training forward are left out).
     public func interval() -> [(name: String, load: LoadStatistics)] {
-        sums.withLock { sums in zip(layerNames, sums.interval).compactMap { name, s in s.map { (name, $0) } } }
+        sums.withLock { sums in
+            sums.settle()
+            return zip(layerNames, sums.interval).compactMap { name, s in s.map { (name, $0) } }
+        }
     }
 
     /// `interval()` with each layer's routing bias (read from the device: call it at logging steps)
     /// and expert choice's train/eval routing disagreement.
     public func intervalRouting() -> [LayerRouting] {
-        let (loads, disagreement) = sums.withLock { ($0.interval, $0.disagreement) }
+        let (loads, disagreement) = sums.withLock { sums in
+            sums.settle()
+            return (sums.interval, sums.disagreement)
+        }
         return layerNames.indices.compactMap { i in
             guard let load = loads[i] else { return nil }
             let d = disagreement[i]
@@ -103,6 +123,7 @@ public final class LoadMonitor: @unchecked Sendable {
     public func finishStep(updateBias: Bool = true,
                            summing: ([(name: String, load: LoadStatistics)]) -> [(name: String, load: LoadStatistics)] = { $0 }) {
         let step = sums.withLock { s -> [LoadStatistics?] in
+            s.settle()
             let step = s.step
             s.step = Array(repeating: nil, count: layerNames.count)
             return step
@@ -118,6 +139,7 @@ public final class LoadMonitor: @unchecked Sendable {
     /// Starts a new interval.
     public func reset() {
         sums.withLock { s in
+            s.settle()   // the current step's loads still move the routing biases
             s.interval = Array(repeating: nil, count: layerNames.count)
             s.disagreement = Array(repeating: (0, 0), count: layerNames.count)
         }

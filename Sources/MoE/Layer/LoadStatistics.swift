@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 import Tensors
 
 // Notation: T tokens, N experts in all, k slots per token.
@@ -74,6 +75,62 @@ public struct LoadStatistics: Sendable, Equatable {
             guard c > 0 else { return h }
             let p = Double(c) / total
             return h - p * Glibc.log(p)
+        }
+    }
+}
+
+/// One forward's load, read from the device only when someone asks: the layer's routed and kept
+/// counts stay where the routing plan put them, so a forward need not wait for them, and the
+/// `LoadMonitor` reads all the layers' of a step in one download.
+public final class PendingLoad: @unchecked Sendable {
+    /// `[2, N]` int32: routed counts, then kept counts (`RoutingPlan.counts`); nil once known.
+    let counts: Tensor?
+    let tokenCount: Int, topK: Int
+    private let known: Mutex<LoadStatistics?>
+
+    /// A load the host knows already.
+    public init(_ statistics: LoadStatistics) {
+        (counts, tokenCount, topK) = (nil, statistics.tokenCount, statistics.topK)
+        known = Mutex(statistics)
+    }
+
+    /// A load still on the device: `counts` `[2, N]` int32.
+    public init(counts: Tensor, tokenCount: Int, topK: Int) {
+        guarantee(counts.dtype == .int32 && counts.rank == 2 && counts.shape[0] == 2, "PendingLoad: counts must be [2, N] int32, got \(counts.shape) \(counts.dtype)")
+        (self.counts, self.tokenCount, self.topK) = (counts, tokenCount, topK)
+        known = Mutex(nil)
+    }
+
+    /// The statistics, downloaded on first use.
+    public var statistics: LoadStatistics {
+        if let hit = known.withLock({ $0 }) { return hit }
+        return resolve(counts!.int32s().map(Int.init))
+    }
+
+    /// Whether `statistics` would wait for the device.
+    var isPending: Bool { known.withLock { $0 == nil } }
+
+    /// Sets the statistics from the downloaded `[2·N]` counts.
+    @discardableResult
+    func resolve(_ values: [Int]) -> LoadStatistics {
+        let n = values.count / 2
+        let statistics = LoadStatistics(routedCounts: Array(values[0..<n]), keptCounts: Array(values[n...]), tokenCount: tokenCount, topK: topK)
+        known.withLock { $0 = statistics }
+        return statistics
+    }
+
+    /// Resolves every pending load of `loads` with one download per device.
+    static func resolveAll(_ loads: [PendingLoad]) {
+        let pending = loads.filter(\.isPending)
+        for device in Set(pending.map { $0.counts!.device }) {
+            let group = pending.filter { $0.counts!.device == device }
+            let values = Tensor.concat(group.map { $0.counts!.reshaped([-1]) }, axis: 0).int32s().map(Int.init)
+            var at = 0
+            for load in group {
+                let n = load.counts!.count
+                load.resolve(Array(values[at..<(at + n)]))
+                at += n
+            }
         }
     }
 }

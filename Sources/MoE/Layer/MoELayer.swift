@@ -12,12 +12,15 @@ public struct MoEOutput: @unchecked Sendable {
     public let auxLoss: Tensor?
     /// The router z-loss, already weighted by the gate's `zLossWeight`, if on.
     public let zLoss: Tensor?
-    /// This rank's routed and kept counts.
-    public let load: LoadStatistics
+    /// This rank's routed and kept counts, read from the device when asked.
+    public let pendingLoad: PendingLoad
     /// DeepSeek-V3's sequence-wise balance loss, unweighted, when `sequenceBalanceWeight > 0`.
     public let sequenceBalanceLoss: Tensor?
     /// Expert choice in training: the fraction of evaluation slots its routing did not choose.
     public let routingDisagreement: Double?
+
+    /// This rank's routed and kept counts (a host sync on a GPU if the layer made none).
+    public var load: LoadStatistics { pendingLoad.statistics }
 }
 
 /// A Mixture-of-Experts layer (FastMoE's `FMoE`): route → dispatch → experts → combine, a thin
@@ -87,14 +90,14 @@ public final class MoELayer: Module, Layer, @unchecked Sendable {
             sequenceLoss = GateMath.sequenceBalanceLoss(probabilities: p, expert: routing.expert,
                                                         sequenceLength: x.rank >= 3 ? x.shape[x.rank - 2] : tokens.shape[0])
         }
-        return MoEOutput(output: out, auxLoss: routing.auxLoss, zLoss: routing.zLoss, load: dispatched.load,
+        return MoEOutput(output: out, auxLoss: routing.auxLoss, zLoss: routing.zLoss, pendingLoad: dispatched.pendingLoad,
                          sequenceBalanceLoss: sequenceLoss, routingDisagreement: routing.routingDisagreement)
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
         let result = forward(x)
         if isTraining, let (monitor, index) = loadMonitor {
-            monitor.record(layer: index, result.load, routingDisagreement: result.routingDisagreement)
+            monitor.record(layer: index, result.pendingLoad, routingDisagreement: result.routingDisagreement)
         }
         var objective = result.zLoss
         for (loss, weight) in [(result.auxLoss, balanceLossWeight), (result.sequenceBalanceLoss, sequenceBalanceWeight)] {

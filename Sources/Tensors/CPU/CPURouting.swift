@@ -68,14 +68,14 @@ extension CPUBackend: MoEBackend {
         }
     }
 
-    public func groupedMatmul(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool, _ out: Tensor) {
+    public func groupedMatmul(_ x: Tensor, weight: Tensor, groups: RowGroups, transposeWeight: Bool, _ out: Tensor) {
         let outCols = transposeWeight ? weight.shape[1] : weight.shape[2]
         let inner = transposeWeight ? weight.shape[2] : weight.shape[1]
         let matrix = weight.shape[1] * weight.shape[2]
         func run<T: CPUGEMMScalar>(_: T.Type) {
             let a = x.host(T.self), w = weight.host(T.self), c = out.host(T.self)
             var row = 0
-            for (e, rows) in groupSizes.enumerated() {
+            for (e, rows) in groups.sizes.enumerated() {
                 defer { row += rows }
                 if rows == 0 { continue }
                 CPUGEMM.product(transA: false, transB: transposeWeight, m: rows, n: outCols, k: inner, alpha: 1,
@@ -86,12 +86,12 @@ extension CPUBackend: MoEBackend {
         dispatchFloat(x.dtype, "groupedMatmul") { run(Float.self) } double: { run(Double.self) }
     }
 
-    public func groupedMatmulWeightGradient(_ gy: Tensor, _ x: Tensor, groupSizes: [Int], _ out: Tensor) {
+    public func groupedMatmulWeightGradient(_ gy: Tensor, _ x: Tensor, groups: RowGroups, _ out: Tensor) {
         let outRows = out.shape[1], inCols = out.shape[2], matrix = outRows * inCols
         func run<T: CPUGEMMScalar>(_: T.Type) {
             let g = gy.host(T.self), a = x.host(T.self), c = out.host(T.self)
             var row = 0
-            for (e, rows) in groupSizes.enumerated() {
+            for (e, rows) in groups.sizes.enumerated() {
                 defer { row += rows }
                 // k == 0 makes the product write beta·C = 0: an expert with no rows gets a zero gradient.
                 CPUGEMM.product(transA: true, transB: false, m: outRows, n: inCols, k: rows, alpha: 1,
@@ -119,17 +119,18 @@ extension CPUBackend: MoEBackend {
         dispatchFloat(out.dtype, "addIndexedRows") { run(Float.self) } double: { run(Double.self) }
     }
 
-    public func groupedColumnSums(_ x: Tensor, groupSizes: [Int], _ out: Tensor) {
+    public func groupedColumnSums(_ x: Tensor, groups: RowGroups, _ out: Tensor) {
         let cols = x.lastDimension
+        let sizes = groups.sizes
         var first = 0
-        let starts = groupSizes.map { n in defer { first += n }; return first }
+        let starts = sizes.map { n in defer { first += n }; return first }
         func run<T: CPUFloat>(_: T.Type) {
             let a = x.host(T.self), o = out.host(T.self)
-            parallelFor(groupSizes.count, cost: max(x.rowCount / max(groupSizes.count, 1), 1) * cols) { range in
+            parallelFor(sizes.count, cost: max(x.rowCount / max(sizes.count, 1), 1) * cols) { range in
                 for e in range {
                     for c in 0..<cols {
                         var acc = 0.0
-                        for r in starts[e]..<(starts[e] + groupSizes[e]) { acc += Double(a[r * cols + c]) }
+                        for r in starts[e]..<(starts[e] + sizes[e]) { acc += Double(a[r * cols + c]) }
                         o[e * cols + c] = T(acc)
                     }
                 }

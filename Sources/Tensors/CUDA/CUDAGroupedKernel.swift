@@ -3,8 +3,10 @@ import Synchronization
 
 // `GroupedGemmStrategy.kernel`: the experts' GEMMs of one grouped product in one launch of our own
 // kernel (`GroupedGemmKernels`), instead of one cuBLAS call per expert. The row ranges are read
-// from a small table uploaded with the launch (offsets, and for the row-varying products the row
-// tiles), so the launch count is the same for 8 experts as for 256.
+// from a small table on the device (offsets, and for the row-varying products the row tiles), so
+// the launch count is the same for 8 experts as for 256. The table is uploaded when the host knows
+// the group sizes, and built on the device from the counts when only the device does, so the MoE
+// layer need not wait for them (`RowGroups`).
 
 extension CUDABackend {
     /// The three products of a grouped linear layer, as `GroupedGemmKernels` names them.
@@ -18,15 +20,19 @@ extension CUDABackend {
     }
 
     /// One grouping of rows by expert on the device, as `GroupedGemmKernels` reads it: int32
-    /// `offsets[E+1]` (the exclusive scan of the sizes), then `(expert, first row)` for each row
-    /// tile of `tileRows` rows, expert by expert.
-    struct GroupTable: @unchecked Sendable {
-        struct Key: Equatable { let device: Device, sizes: [Int], tileRows: Int }
-        let key: Key
+    /// `offsets[E+1]` (the exclusive scan of the sizes), then `(expert, first row)` for each of
+    /// `rowTiles` row tiles of `tileRows` rows, expert by expert; a table built on the device has
+    /// room for the most tiles the rows can need, and `(-1, 0)` past the last.
+    final class GroupTable: @unchecked Sendable {
         let storage: Storage
+        let experts: Int
         let rowTiles: Int
         var offsets: CUdeviceptr { CUdeviceptr(storage.address) }
-        var tiles: CUdeviceptr { offsets + CUdeviceptr((key.sizes.count + 1) * 4) }
+        var tiles: CUdeviceptr { offsets + CUdeviceptr((experts + 1) * 4) }
+
+        init(storage: Storage, experts: Int, rowTiles: Int) {
+            (self.storage, self.experts, self.rowTiles) = (storage, experts, rowTiles)
+        }
     }
 
     /// A `GroupedEpilogue` as the kernels take it (`gg_epilogue`): mode 0 none, 1 bias, 2
@@ -65,18 +71,18 @@ extension CUDABackend {
     /// Enqueues one grouped product: `C = A·B` per expert (`GroupedGemmKernels` gives the operand
     /// layouts), `m × n` outputs per expert with a sum over `k` (for the weight gradient, `k` is each
     /// expert's row count and the argument is unused), with `epilogue` on the row-varying products.
-    func enqueueGroupedKernel(_ product: GroupedProduct, a: Tensor, b: Tensor, c: Tensor, groupSizes: [Int],
+    func enqueueGroupedKernel(_ product: GroupedProduct, a: Tensor, b: Tensor, c: Tensor, groups: RowGroups,
                               m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int, bStride: Int, cStride: Int,
                               epilogue: KernelEpilogue = .none) {
         let dtype = c.dtype
         let (tileRows, tileCols) = Self.groupedKernelTile(dtype)
-        let table = groupTable(groupSizes, tileRows: tileRows)
+        let table = groupTable(groups, rows: a.shape[0], tileRows: tileRows)
         if product != .weightGradient && table.rowTiles == 0 { return }
         let rowTiles = table.rowTiles, offsets = table.offsets, tiles = table.tiles
         // Column tiles along x (see `GroupedGemmKernels`), row tiles along y (at most 65535).
         let columnTiles = (n + tileCols - 1) / tileCols
         let grid = product == .weightGradient
-            ? (columnTiles, (m + tileRows - 1) / tileRows, groupSizes.count)
+            ? (columnTiles, (m + tileRows - 1) / tileRows, groups.count)
             : (columnTiles, rowTiles, 1)
         let (function, shared) = groupedKernel(product, dtype)
         if shared > 48 * 1024 { Self.allowSharedMemory(function, shared) }
@@ -113,12 +119,26 @@ extension CUDABackend {
         return (function, bf16 ? 3 * 2 * 5120 * 2 : 0)
     }
 
-    /// The device table of one grouping (see `GroupTable`), from the cache of recent ones or
-    /// uploaded now. The products of one layer (forward, data and weight gradients, both layers of
-    /// the experts' MLP, the bias gradients) share a grouping: one upload serves them all.
-    func groupTable(_ sizes: [Int], tileRows: Int) -> GroupTable {
-        let key = GroupTable.Key(device: device, sizes: sizes, tileRows: tileRows)
-        if let hit = Self.groupTables.withLock({ cache in cache.first { $0.key == key } }) { return hit }
+    /// The device table of a grouping of `rows` rows (see `GroupTable`). Host sizes: from the cache
+    /// of recent ones or uploaded now (the products of one layer, forward, data and weight
+    /// gradients of both layers and the bias gradients, share a grouping: one upload serves them
+    /// all). Device counts only: built on the device by `grouped_tile_table`, once per grouping,
+    /// with no wait for the device (past 4096 experts, which its shared memory cannot hold, the
+    /// sizes are downloaded).
+    func groupTable(_ groups: RowGroups, rows: Int, tileRows: Int) -> GroupTable {
+        if groups.knownSizes == nil, let counts = groups.deviceCounts, groups.count <= 4096 {
+            return groups.derived("cuda.groupTable.\(rows).\(tileRows)") {
+                let experts = groups.count, maxTiles = (rows + tileRows - 1) / tileRows + experts
+                let storage = allocate(byteCount: (experts + 1 + 2 * maxTiles) * 4)
+                launch(kernel("grouped_tile_table", nil), grid: (1, 1, 1), block: (1024, 1, 1), sharedMemory: 2 * (experts + 1) * 4,
+                       stream: gpu.stream, arguments: [counts.arg, .int32(Int32(experts)), .int32(Int32(tileRows)), .int32(Int32(maxTiles)),
+                                                       .pointer(CUdeviceptr(storage.address))])
+                return GroupTable(storage: storage, experts: experts, rowTiles: maxTiles)
+            }
+        }
+        let sizes = groups.sizes
+        let key = HostTableKey(device: device, sizes: sizes, tileRows: tileRows)
+        if let hit = Self.groupTables.withLock({ cache in cache.first { $0.key == key }?.table }) { return hit }
         var values = [Int32](repeating: 0, count: sizes.count + 1)
         for (g, rows) in sizes.enumerated() { values[g + 1] = values[g] + Int32(rows) }
         var rowTiles = 0
@@ -130,16 +150,17 @@ extension CUDABackend {
         }
         let storage = allocate(byteCount: values.count * 4)
         gpu.stream.upload(values, to: CUdeviceptr(storage.address))
-        let table = GroupTable(key: key, storage: storage, rowTiles: rowTiles)
+        let table = GroupTable(storage: storage, experts: sizes.count, rowTiles: rowTiles)
         // A table is read only by work enqueued on this stream, so one dropped from the cache is
         // freed in stream order, after its last reader.
         Self.groupTables.withLock { cache in
-            cache.insert(table, at: 0)
+            cache.insert((key, table), at: 0)
             if cache.count > 8 { cache.removeLast() }
         }
         return table
     }
-    private static let groupTables = Mutex<[GroupTable]>([])
+    private struct HostTableKey: Equatable { let device: Device, sizes: [Int], tileRows: Int }
+    private static let groupTables = Mutex<[(key: HostTableKey, table: GroupTable)]>([])
 
     /// Raises a function's dynamic shared memory limit, once per loaded function.
     private static func allowSharedMemory(_ function: CUDAFunction, _ bytes: Int) {

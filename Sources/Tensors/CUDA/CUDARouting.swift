@@ -88,15 +88,15 @@ extension CUDABackend: MoEBackend {
 
     // MARK: Grouped GEMMs
 
-    public func groupedMatmul(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool, _ out: Tensor) {
+    public func groupedMatmul(_ x: Tensor, weight: Tensor, groups: RowGroups, transposeWeight: Bool, _ out: Tensor) {
         let outCols = transposeWeight ? weight.shape[1] : weight.shape[2]
         let inner = transposeWeight ? weight.shape[2] : weight.shape[1]
         guard outCols > 0, x.shape[0] > 0 else { return }
         if inner == 0 { return fill(out, value: 0) }
         if usesGroupedKernel(weight: weight, rows: x.shape[0], x, out) {
-            return enqueueRowVaryingKernel(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, out, .none)
+            return enqueueRowVaryingKernel(x, weight: weight, groups: groups, transposeWeight: transposeWeight, out, .none)
         }
-        _ = enqueueExpertGemms(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, out, epilogue: nil)
+        _ = enqueueExpertGemms(x, weight: weight, groups: groups, transposeWeight: transposeWeight, out, epilogue: nil)
     }
 
     /// On our grouped kernel the epilogue runs on the tile before it is stored. On the per-expert
@@ -104,24 +104,24 @@ extension CUDABackend: MoEBackend {
     /// per expert; other activations, and an expert cuBLASLt cannot run, take the unfused primitives
     /// on its rows; the activation's backward runs in place after a plain product, as the dense
     /// GELU backward does (`CUDAEpilogues`).
-    public func groupedMatmul(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool, epilogue: GroupedEpilogue, _ out: Tensor) {
+    public func groupedMatmul(_ x: Tensor, weight: Tensor, groups: RowGroups, transposeWeight: Bool, epilogue: GroupedEpilogue, _ out: Tensor) {
         let outCols = transposeWeight ? weight.shape[1] : weight.shape[2]
         let inner = transposeWeight ? weight.shape[2] : weight.shape[1]
         guard outCols > 0, x.shape[0] > 0, inner > 0 else {
-            return unfusedGroupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, epilogue: epilogue, out)
+            return unfusedGroupedMatmul(x, weight: weight, groups: groups, transposeWeight: transposeWeight, epilogue: epilogue, out)
         }
         if usesGroupedKernel(weight: weight, rows: x.shape[0], x, out) {
-            return enqueueRowVaryingKernel(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, out,
+            return enqueueRowVaryingKernel(x, weight: weight, groups: groups, transposeWeight: transposeWeight, out,
                                            KernelEpilogue(epilogue))
         }
         if case .activationBackward(let op, let preactivation) = epilogue {
-            groupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, out)
+            groupedMatmul(x, weight: weight, groups: groups, transposeWeight: transposeWeight, out)
             return unaryBackward(op, x: preactivation, gradOut: out, out)
         }
         guard Self.fusesEpilogues, let fused = ExpertGemmEpilogue(epilogue) else {
-            return unfusedGroupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, epilogue: epilogue, out)
+            return unfusedGroupedMatmul(x, weight: weight, groups: groups, transposeWeight: transposeWeight, epilogue: epilogue, out)
         }
-        let unfused = enqueueExpertGemms(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, out, epilogue: fused)
+        let unfused = enqueueExpertGemms(x, weight: weight, groups: groups, transposeWeight: transposeWeight, out, epilogue: fused)
         for rows in unfused {
             let expertOfRow = fused.expertOfRow.rows(rows)
             if let preactivation = fused.preactivation {
@@ -154,7 +154,7 @@ extension CUDABackend: MoEBackend {
     /// with `epilogue` on its slice of the bias and pre-activation. Returns the row ranges whose
     /// experts ran without it (cuBLASLt could not take them): their product is in the pre-activation
     /// (with GELU) or in `out`, and the caller finishes them.
-    private func enqueueExpertGemms(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool, _ out: Tensor,
+    private func enqueueExpertGemms(_ x: Tensor, weight: Tensor, groups: RowGroups, transposeWeight: Bool, _ out: Tensor,
                                     epilogue: ExpertGemmEpilogue?) -> [Range<Int>] {
         let types = Self.gemmTypes(x.dtype, "groupedMatmul")
         let outCols = transposeWeight ? weight.shape[1] : weight.shape[2]
@@ -162,7 +162,7 @@ extension CUDABackend: MoEBackend {
         let matrix = weight.shape[1] * weight.shape[2], size = x.dtype.byteSize
         var problems: [GemmProblem] = []
         var row = 0
-        for (e, rows) in groupSizes.enumerated() {
+        for (e, rows) in groups.sizes.enumerated() {
             defer { row += rows }
             // An empty expert has no rows of `out` to write.
             if rows == 0 { continue }
@@ -178,26 +178,26 @@ extension CUDABackend: MoEBackend {
     }
 
     /// The forward (`transposeWeight`) or data-gradient product on our grouped kernel.
-    private func enqueueRowVaryingKernel(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool, _ out: Tensor,
+    private func enqueueRowVaryingKernel(_ x: Tensor, weight: Tensor, groups: RowGroups, transposeWeight: Bool, _ out: Tensor,
                                          _ epilogue: KernelEpilogue) {
         let outCols = transposeWeight ? weight.shape[1] : weight.shape[2]
         let inner = transposeWeight ? weight.shape[2] : weight.shape[1]
-        enqueueGroupedKernel(transposeWeight ? .forward : .dataGradient, a: x, b: weight, c: out, groupSizes: groupSizes,
+        enqueueGroupedKernel(transposeWeight ? .forward : .dataGradient, a: x, b: weight, c: out, groups: groups,
                              m: x.shape[0], n: outCols, k: inner, lda: inner, ldb: transposeWeight ? inner : outCols,
                              ldc: outCols, bStride: weight.shape[1] * weight.shape[2], cStride: 0, epilogue: epilogue)
     }
 
-    public func groupedMatmulWeightGradient(_ gy: Tensor, _ x: Tensor, groupSizes: [Int], _ out: Tensor) {
+    public func groupedMatmulWeightGradient(_ gy: Tensor, _ x: Tensor, groups: RowGroups, _ out: Tensor) {
         let types = Self.gemmTypes(gy.dtype, "groupedMatmulWeightGradient")
         let outRows = out.shape[1], inCols = out.shape[2], matrix = outRows * inCols, size = gy.dtype.byteSize
         guard matrix > 0 else { return }
         if usesGroupedKernel(weight: out, rows: gy.shape[0], gy, x) {
-            return enqueueGroupedKernel(.weightGradient, a: gy, b: x, c: out, groupSizes: groupSizes, m: outRows, n: inCols, k: 0,
+            return enqueueGroupedKernel(.weightGradient, a: gy, b: x, c: out, groups: groups, m: outRows, n: inCols, k: 0,
                                         lda: outRows, ldb: inCols, ldc: inCols, bStride: 0, cStride: matrix)
         }
         var problems: [GemmProblem] = []
         var row = 0
-        for (e, rows) in groupSizes.enumerated() {
+        for (e, rows) in groups.sizes.enumerated() {
             defer { row += rows }
             let c = out.pointer + CUdeviceptr(e * matrix * size)
             // An expert with no rows gets a zero gradient (the buffer is uninitialised).
@@ -220,12 +220,12 @@ extension CUDABackend: MoEBackend {
                           [table.arg, indices.arg, out.arg, .int64(Int64(out.rowCount)), .int64(Int64(cols)), .int64(Int64(table.rowCount))])
     }
 
-    public func groupedColumnSums(_ x: Tensor, groupSizes: [Int], _ out: Tensor) {
+    public func groupedColumnSums(_ x: Tensor, groups: RowGroups, _ out: Tensor) {
         let cols = out.lastDimension
-        guard cols > 0, !groupSizes.isEmpty else { return }
+        guard cols > 0, groups.count > 0 else { return }
         // The offsets of the grouping the layer's GEMMs uploaded already (`groupTable`).
-        let table = groupTable(groupSizes, tileRows: Self.groupedKernelTile(x.dtype).rows)
-        launch(kernel("grouped_column_sums", x.dtype), grid: ((cols + 31) / 32, groupSizes.count, 1), block: (32, 8, 1),
+        let table = groupTable(groups, rows: x.shape[0], tileRows: Self.groupedKernelTile(x.dtype).rows)
+        launch(kernel("grouped_column_sums", x.dtype), grid: ((cols + 31) / 32, groups.count, 1), block: (32, 8, 1),
                stream: gpu.stream, arguments: [x.arg, .pointer(table.offsets), out.arg, .int64(Int64(cols))])
         withExtendedLifetime(table) {}
     }

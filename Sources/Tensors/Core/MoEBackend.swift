@@ -62,16 +62,16 @@ public protocol MoEBackend: Backend {
     /// `out_e = x_e · W_eᵀ` (`a = in`, `out` `[S, out]`: the forward) when `transposeWeight`, else
     /// `out_e = x_e · W_e` (`a = out`, `out` `[S, in]`: the data gradient `gx_e = gy_e W_e`).
     /// Every row of `out` is written. Same float dtype throughout.
-    func groupedMatmul(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool, _ out: Tensor)
+    func groupedMatmul(_ x: Tensor, weight: Tensor, groups: RowGroups, transposeWeight: Bool, _ out: Tensor)
 
     /// `groupedMatmul` with `epilogue` applied to its result before it is written (one pass over
     /// the rows instead of a product and then a bias and an activation pass). A backend without a
     /// fused form runs the unfused one, `unfusedGroupedMatmul`: the reference for the semantics.
-    func groupedMatmul(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool, epilogue: GroupedEpilogue, _ out: Tensor)
+    func groupedMatmul(_ x: Tensor, weight: Tensor, groups: RowGroups, transposeWeight: Bool, epilogue: GroupedEpilogue, _ out: Tensor)
 
     /// The weight gradient of a grouped GEMM: `out_e = gy_eᵀ · x_e` (`[out, in]` for each expert),
     /// `gy` `[S, out]`, `x` `[S, in]`, `out` `[E, out, in]` overwritten; an expert with no rows gets zeros.
-    func groupedMatmulWeightGradient(_ gy: Tensor, _ x: Tensor, groupSizes: [Int], _ out: Tensor)
+    func groupedMatmulWeightGradient(_ gy: Tensor, _ x: Tensor, groups: RowGroups, _ out: Tensor)
 
     /// The grouped bias, in place: `out[r] += table[indices[r]]` for every row `r` of `out` (`[S, c]`),
     /// `indices` `[S]` int32 (the expert of each row), `table` `[E, c]`; a negative index adds nothing.
@@ -82,7 +82,7 @@ public protocol MoEBackend: Backend {
     /// `groupSizes[e]` rows for expert `e` in order, `out` `[E, c]`), summed in a fixed order in
     /// float32 (float64 for float64); zeros for an expert without rows. One pass over `x` for every
     /// expert, no atomics.
-    func groupedColumnSums(_ x: Tensor, groupSizes: [Int], _ out: Tensor)
+    func groupedColumnSums(_ x: Tensor, groups: RowGroups, _ out: Tensor)
 
     /// The combine's score gradient: `out[t, j] = Σ_c x[indices[t, j], c] · g[t, c]` with `indices`
     /// `[T, k]` int32 (`rowOfSlot`), `x` `[S, c]`, `g` `[T, c]`, `out` `[T, k]`, all of `x`'s dtype,
@@ -106,26 +106,26 @@ public enum GroupedEpilogue {
 }
 
 extension MoEBackend {
-    public func groupedMatmul(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool, epilogue: GroupedEpilogue, _ out: Tensor) {
-        unfusedGroupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, epilogue: epilogue, out)
+    public func groupedMatmul(_ x: Tensor, weight: Tensor, groups: RowGroups, transposeWeight: Bool, epilogue: GroupedEpilogue, _ out: Tensor) {
+        unfusedGroupedMatmul(x, weight: weight, groups: groups, transposeWeight: transposeWeight, epilogue: epilogue, out)
     }
 
     /// The epilogue as the primitives the unfused ops run, in their order: the product (into the
     /// pre-activation for `.activation`), `addIndexedRows` for the bias, then `unary` or
     /// `unaryBackward`; each intermediate stored in the product's dtype, as the unfused ops store it.
-    public func unfusedGroupedMatmul(_ x: Tensor, weight: Tensor, groupSizes: [Int], transposeWeight: Bool,
+    public func unfusedGroupedMatmul(_ x: Tensor, weight: Tensor, groups: RowGroups, transposeWeight: Bool,
                                      epilogue: GroupedEpilogue, _ out: Tensor) {
         switch epilogue {
         case .bias(let bias, let expertOfRow):
-            groupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, out)
+            groupedMatmul(x, weight: weight, groups: groups, transposeWeight: transposeWeight, out)
             addIndexedRows(bias, indices: expertOfRow, into: out)
         case .activation(let op, let bias, let expertOfRow, let preactivation):
-            groupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, preactivation)
+            groupedMatmul(x, weight: weight, groups: groups, transposeWeight: transposeWeight, preactivation)
             if let bias { addIndexedRows(bias, indices: expertOfRow, into: preactivation) }
             unary(op, preactivation, out)
         case .activationBackward(let op, let preactivation):
             let product = Tensor.empty(out.shape, dtype: out.dtype, device: out.device)
-            groupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: transposeWeight, product)
+            groupedMatmul(x, weight: weight, groups: groups, transposeWeight: transposeWeight, product)
             unaryBackward(op, x: preactivation, gradOut: product, out)
         }
     }

@@ -1,20 +1,18 @@
 // The grouped linear layer of batched experts. Shapes: S rows in expert order, E experts here,
 // `in`/`out` the layer's widths.
 
-/// Grouped product over expert-contiguous rows: `x` `[S, in]`, `weight` `[E, out, in]`, `groupSizes`
-/// (host, `E` entries summing to `S`) → `[S, out]` with `y_e = x_e W_eᵀ`; plus `bias[E, out]`
-/// picked per row by `expertOfRow` (`[S]` int32) when given. Differentiable in `x`, `weight`, `bias`.
-///
-/// The group sizes are host integers because the GEMM problem sizes must be known on the host
-/// (cuBLAS takes them as arguments); the MoE layer downloads them once per layer.
+/// Grouped product over expert-contiguous rows: `x` `[S, in]`, `weight` `[E, out, in]`, `groups`
+/// (`E` groups of consecutive rows, `RowGroups`) → `[S, out]` with `y_e = x_e W_eᵀ`; plus
+/// `bias[E, out]` picked per row by `expertOfRow` (`[S]` int32) when given. Differentiable in `x`,
+/// `weight`, `bias`. Rows past the groups are not computed (their values are unspecified).
 /// ```swift
 /// let h = groupedLinear(xs, weight: w1, bias: b1, groupSizes: [3, 0, 5], expertOfRow: rowsExpert)
 /// ```
-public func groupedLinear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, groupSizes: [Int], expertOfRow: Tensor? = nil) -> Tensor {
-    checkGrouped("groupedLinear", x, weight, bias, groupSizes, expertOfRow)
+public func groupedLinear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, groups: RowGroups, expertOfRow: Tensor? = nil) -> Tensor {
+    checkGrouped("groupedLinear", x, weight, bias, groups, expertOfRow)
     let backend = x.moeBackend("groupedLinear")
     let out = Tensor.empty([x.shape[0], weight.shape[1]], dtype: x.dtype, device: x.device)
-    backend.groupedMatmul(x, weight: weight, groupSizes: groupSizes, transposeWeight: true, out)
+    backend.groupedMatmul(x, weight: weight, groups: groups, transposeWeight: true, out)
     // The bias goes into the GEMM's output in place, before `out` is in the graph: one pass, no
     // gathered copy of the bias rows.
     if let bias, let expertOfRow { backend.addIndexedRows(bias, indices: expertOfRow, into: out) }
@@ -26,17 +24,17 @@ public func groupedLinear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, grou
         var gx: Tensor?, gw: Tensor?, gb: Tensor?
         if x.requiresGrad {
             let g = Tensor.empty(x.shape, dtype: x.dtype, device: x.device)
-            backend.groupedMatmul(gy, weight: weight, groupSizes: groupSizes, transposeWeight: false, g)
+            backend.groupedMatmul(gy, weight: weight, groups: groups, transposeWeight: false, g)
             gx = g
         }
         if weight.requiresGrad {
             let g = Tensor.empty(weight.shape, dtype: weight.dtype, device: weight.device)
-            backend.groupedMatmulWeightGradient(gy, x, groupSizes: groupSizes, g)
+            backend.groupedMatmulWeightGradient(gy, x, groups: groups, g)
             gw = g
         }
         if let bias, bias.requiresGrad {
             let g = Tensor.empty(bias.shape, dtype: bias.dtype, device: bias.device)
-            backend.groupedColumnSums(gy, groupSizes: groupSizes, g)
+            backend.groupedColumnSums(gy, groups: groups, g)
             gb = g
         }
         return bias == nil ? [gx, gw] : [gx, gw, gb]
@@ -55,35 +53,35 @@ public func groupedLinear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, grou
 /// runs the primitives the composed layers ran, in their order, so the results are the same.
 /// ```swift
 /// let y = groupedFeedForward(xs, weight1: w1, bias1: b1, weight2: w2, bias2: b2, activation: .geluTanh,
-///                            groupSizes: sizes, expertOfRow: groups.expertOfRow)
+///                            groups: groups.grouping, expertOfRow: groups.expertOfRow)
 /// ```
 public func groupedFeedForward(_ x: Tensor, weight1: Tensor, bias1: Tensor?, weight2: Tensor, bias2: Tensor?,
-                               activation: UnaryOp, groupSizes: [Int], expertOfRow: Tensor) -> Tensor {
-    checkGrouped("groupedFeedForward (first layer)", x, weight1, bias1, groupSizes, expertOfRow)
+                               activation: UnaryOp, groups: RowGroups, expertOfRow: Tensor) -> Tensor {
+    checkGrouped("groupedFeedForward (first layer)", x, weight1, bias1, groups, expertOfRow)
     let backend = x.moeBackend("groupedFeedForward")
     let rows = x.shape[0], hidden = weight1.shape[1]
     let h = Tensor.empty([rows, hidden], dtype: x.dtype, device: x.device)
-    checkGrouped("groupedFeedForward (second layer)", h, weight2, bias2, groupSizes, expertOfRow)
+    checkGrouped("groupedFeedForward (second layer)", h, weight2, bias2, groups, expertOfRow)
     let a = Tensor.empty([rows, hidden], dtype: x.dtype, device: x.device)
-    backend.groupedMatmul(x, weight: weight1, groupSizes: groupSizes, transposeWeight: true,
+    backend.groupedMatmul(x, weight: weight1, groups: groups, transposeWeight: true,
                           epilogue: .activation(activation, bias: bias1, expertOfRow: expertOfRow, preactivation: h), a)
     let y = Tensor.empty([rows, weight2.shape[1]], dtype: x.dtype, device: x.device)
     if let bias2 {
-        backend.groupedMatmul(a, weight: weight2, groupSizes: groupSizes, transposeWeight: true, epilogue: .bias(bias2, expertOfRow: expertOfRow), y)
+        backend.groupedMatmul(a, weight: weight2, groups: groups, transposeWeight: true, epilogue: .bias(bias2, expertOfRow: expertOfRow), y)
     } else {
-        backend.groupedMatmul(a, weight: weight2, groupSizes: groupSizes, transposeWeight: true, y)
+        backend.groupedMatmul(a, weight: weight2, groups: groups, transposeWeight: true, y)
     }
     let inputs = [x, weight1, weight2] + [bias1, bias2].compactMap { $0 }
     return y.recording("groupedFeedForward", inputs) { g in
         func weightGradient(_ gy: Tensor, _ input: Tensor, _ weight: Tensor) -> Tensor {
             let out = Tensor.empty(weight.shape, dtype: weight.dtype, device: weight.device)
-            backend.groupedMatmulWeightGradient(gy, input, groupSizes: groupSizes, out)
+            backend.groupedMatmulWeightGradient(gy, input, groups: groups, out)
             return out
         }
         func biasGradient(_ gy: Tensor, _ bias: Tensor?) -> Tensor? {
             guard let bias, bias.requiresGrad else { return nil }
             let out = Tensor.empty(bias.shape, dtype: bias.dtype, device: bias.device)
-            backend.groupedColumnSums(gy, groupSizes: groupSizes, out)
+            backend.groupedColumnSums(gy, groups: groups, out)
             return out
         }
         let dW2 = weight2.requiresGrad ? weightGradient(g, a, weight2) : nil
@@ -91,12 +89,12 @@ public func groupedFeedForward(_ x: Tensor, weight1: Tensor, bias1: Tensor?, wei
         var dx: Tensor?, dW1: Tensor?, db1: Tensor?
         if x.requiresGrad || weight1.requiresGrad || bias1?.requiresGrad == true {
             let dh = Tensor.empty(h.shape, dtype: h.dtype, device: h.device)
-            backend.groupedMatmul(g, weight: weight2, groupSizes: groupSizes, transposeWeight: false,
+            backend.groupedMatmul(g, weight: weight2, groups: groups, transposeWeight: false,
                                   epilogue: .activationBackward(activation, preactivation: h), dh)
             db1 = biasGradient(dh, bias1)
             if x.requiresGrad {
                 let out = Tensor.empty(x.shape, dtype: x.dtype, device: x.device)
-                backend.groupedMatmul(dh, weight: weight1, groupSizes: groupSizes, transposeWeight: false, out)
+                backend.groupedMatmul(dh, weight: weight1, groups: groups, transposeWeight: false, out)
                 dx = out
             }
             dW1 = weight1.requiresGrad ? weightGradient(dh, x, weight1) : nil
@@ -105,13 +103,30 @@ public func groupedFeedForward(_ x: Tensor, weight1: Tensor, bias1: Tensor?, wei
     }
 }
 
-/// The shared checks of the grouped layers: `x` `[S, in]` fits `weight` `[E, out, in]`, the group
-/// sizes cover the rows, and a bias `[E, out]` comes with the expert of each row.
-private func checkGrouped(_ op: String, _ x: Tensor, _ weight: Tensor, _ bias: Tensor?, _ groupSizes: [Int], _ expertOfRow: Tensor?) {
+/// `groupedLinear` over groups known on the host.
+public func groupedLinear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, groupSizes: [Int], expertOfRow: Tensor? = nil) -> Tensor {
+    groupedLinear(x, weight: weight, bias: bias, groups: RowGroups(sizes: groupSizes), expertOfRow: expertOfRow)
+}
+
+/// `groupedFeedForward` over groups known on the host.
+public func groupedFeedForward(_ x: Tensor, weight1: Tensor, bias1: Tensor?, weight2: Tensor, bias2: Tensor?,
+                               activation: UnaryOp, groupSizes: [Int], expertOfRow: Tensor) -> Tensor {
+    groupedFeedForward(x, weight1: weight1, bias1: bias1, weight2: weight2, bias2: bias2, activation: activation,
+                       groups: RowGroups(sizes: groupSizes), expertOfRow: expertOfRow)
+}
+
+/// The shared checks of the grouped layers: `x` `[S, in]` fits `weight` `[E, out, in]`, there is a
+/// group per expert (covering at most the rows, when the host knows the sizes), and a bias
+/// `[E, out]` comes with the expert of each row.
+private func checkGrouped(_ op: String, _ x: Tensor, _ weight: Tensor, _ bias: Tensor?, _ groups: RowGroups, _ expertOfRow: Tensor?) {
     guarantee(weight.rank == 3 && x.rank == 2 && x.lastDimension == weight.shape[2],
               "\(op): x \(x.shape) does not fit weight \(weight.shape) ([E, out, in])")
-    guarantee(groupSizes.count == weight.shape[0] && groupSizes.allSatisfy({ $0 >= 0 }) && groupSizes.reduce(0, +) == x.shape[0],
-              "\(op): group sizes \(groupSizes) must be \(weight.shape[0]) non-negative counts summing to \(x.shape[0]) rows")
+    guarantee(groups.count == weight.shape[0], "\(op): \(groups.count) groups for \(weight.shape[0]) experts")
+    if let sizes = groups.knownSizes {
+        guarantee(sizes.reduce(0, +) <= x.shape[0], "\(op): group sizes \(sizes) add up to more than the \(x.shape[0]) rows")
+    }
+    guarantee(groups.deviceCounts.map { $0.device == x.device } ?? true,
+              "\(op): the group counts are on \(groups.deviceCounts!.device), the rows on \(x.device)")
     guarantee(x.dtype == weight.dtype && x.device == weight.device,
               "\(op): x is \(x.dtype) on \(x.device), weight \(weight.dtype) on \(weight.device)")
     if let bias {

@@ -154,5 +154,39 @@ enum RoutingKernels {
             sorted_expert[p] = e;
         }
     }
+
+    /// The grouped GEMM kernels' table (`CUDAGroupedKernel.GroupTable`) from the group sizes on the
+    /// device, so that no one waits for them: `table[0..E]` the offsets (the exclusive scan of
+    /// `counts`, then their sum), then `(expert, first row)` for each of `max_tiles` row tiles of
+    /// `tile_rows` rows, expert by expert, and `(-1, 0)` past the last. One block; the offsets and
+    /// each expert's first tile in `2·(E + 1)` ints of dynamic shared memory.
+    extern "C" __global__ void grouped_tile_table(const int32_t* counts, int experts, int tile_rows, int max_tiles, int32_t* table) {
+        extern __shared__ int32_t gt_shared[];
+        int32_t* offset = gt_shared;
+        int32_t* first_tile = gt_shared + experts + 1;
+        if (threadIdx.x == 0) {
+            int32_t rows = 0, tiles = 0;
+            for (int g = 0; g < experts; g++) {
+                offset[g] = rows; first_tile[g] = tiles;
+                rows += counts[g]; tiles += (counts[g] + tile_rows - 1) / tile_rows;
+            }
+            offset[experts] = rows; first_tile[experts] = tiles;
+        }
+        __syncthreads();
+        for (int g = threadIdx.x; g <= experts; g += blockDim.x) table[g] = offset[g];
+        int32_t* tile = table + experts + 1;
+        for (int t = threadIdx.x; t < max_tiles; t += blockDim.x) {
+            if (t >= first_tile[experts]) { tile[2 * t] = -1; tile[2 * t + 1] = 0; continue; }
+            // The last expert whose tiles start at or before t: it holds t (an expert without rows
+            // starts where the next one does, so it is never the last).
+            int lo = 0, hi = experts - 1;
+            while (lo < hi) {
+                int mid = (lo + hi + 1) / 2;
+                if (first_tile[mid] <= t) lo = mid; else hi = mid - 1;
+            }
+            tile[2 * t] = lo;
+            tile[2 * t + 1] = offset[lo] + (t - first_tile[lo]) * tile_rows;
+        }
+    }
     """#
 }
