@@ -57,11 +57,12 @@ public protocol MoEBackend: Backend {
                      keptExpert: Tensor, counts: Tensor, rowOfSlot: Tensor, slotOfRow: Tensor,
                      tokenOfRow: Tensor, expertOfRow: Tensor)
 
-    /// Grouped GEMM over expert-contiguous rows: `x` `[S, a]` holds `groupSizes[e]` rows for expert
-    /// `e` in order (`Σ groupSizes == S`, `groupSizes.count == E`); `weight` `[E, out, in]`.
-    /// `out_e = x_e · W_eᵀ` (`a = in`, `out` `[S, out]`: the forward) when `transposeWeight`, else
-    /// `out_e = x_e · W_e` (`a = out`, `out` `[S, in]`: the data gradient `gx_e = gy_e W_e`).
-    /// Every row of `out` is written. Same float dtype throughout.
+    /// Grouped GEMM over expert-contiguous rows: `x` `[S, a]` holds `sizes[e]` rows for expert `e`
+    /// in order from the top (`groups`: `E` sizes, `Σ sizes ≤ S`, on the host or the device);
+    /// `weight` `[E, out, in]`. `out_e = x_e · W_eᵀ` (`a = in`, `out` `[S, out]`: the forward) when
+    /// `transposeWeight`, else `out_e = x_e · W_e` (`a = out`, `out` `[S, in]`: the data gradient
+    /// `gx_e = gy_e W_e`). Every row of a group is written; rows past the groups are not. Same float
+    /// dtype throughout.
     func groupedMatmul(_ x: Tensor, weight: Tensor, groups: RowGroups, transposeWeight: Bool, _ out: Tensor)
 
     /// `groupedMatmul` with `epilogue` applied to its result before it is written (one pass over
@@ -79,7 +80,7 @@ public protocol MoEBackend: Backend {
     func addIndexedRows(_ table: Tensor, indices: Tensor, into out: Tensor)
 
     /// The grouped bias gradient: `out[e] = Σ x[r]` over expert `e`'s rows `r` (`x` `[S, c]` holding
-    /// `groupSizes[e]` rows for expert `e` in order, `out` `[E, c]`), summed in a fixed order in
+    /// `sizes[e]` rows for expert `e` in order, `out` `[E, c]`), summed in a fixed order in
     /// float32 (float64 for float64); zeros for an expert without rows. One pass over `x` for every
     /// expert, no atomics.
     func groupedColumnSums(_ x: Tensor, groups: RowGroups, _ out: Tensor)
