@@ -213,6 +213,31 @@ struct RoutingTests {
         #expect(fused == composed)
     }
 
+    /// Groups given as counts in a tensor (as the MoE layer gives them, with more rows than the
+    /// groups hold: the slots the routing dropped) compute what host sizes compute on the grouped
+    /// rows, read the sizes only when asked, and every gradient of a grouped row is the same.
+    @Test func groupsFromACountsTensorMatchHostSizes() {
+        let sizes = [3, 0, 4, 1], extra = 5, rows = sizes.reduce(0, +)
+        let counts = Tensor(sizes.map(Int32.init))
+        let fromCounts = RowGroups(counts: counts)
+        #expect(fromCounts.knownSizes == nil && fromCounts.count == 4)
+        var g = RandomGenerator(seed: 51)
+        let x = Tensor.randomNormal([rows + extra, 6], generator: &g), w1 = Tensor.randomNormal([4, 7, 6], generator: &g)
+        let b1 = Tensor.randomNormal([4, 7], generator: &g), w2 = Tensor.randomNormal([4, 6, 7], generator: &g)
+        let b2 = Tensor.randomNormal([4, 6], generator: &g)
+        let labels = sizes.enumerated().flatMap { Array(repeating: Int32($0.offset), count: $0.element) }
+        func run(_ groups: RowGroups, rows count: Int) -> [[Float]] {
+            let leaves = [x.rows(0..<count), w1, b1, w2, b2].map { $0.detached().requiringGradient() }
+            let expertOfRow = Tensor(labels + [Int32](repeating: -1, count: count - rows))
+            let y = groupedFeedForward(leaves[0], weight1: leaves[1], bias1: leaves[2], weight2: leaves[3], bias2: leaves[4],
+                                       activation: .geluTanh, groups: groups, expertOfRow: expertOfRow)
+            (y.rows(0..<rows) * 1.5).sum().backward()
+            return [y.rows(0..<rows).scalars(), leaves[0].grad!.rows(0..<rows).scalars()] + leaves.dropFirst().map { $0.grad!.scalars() }
+        }
+        #expect(run(fromCounts, rows: rows + extra) == run(RowGroups(sizes: sizes), rows: rows))
+        #expect(fromCounts.knownSizes == sizes)   // the CPU loops read them
+    }
+
     @Test func anExpertWithNoRowsGetsAZeroWeightGradient() {
         let w = randn([3, 2, 4], seed: 7).requiringGradient()
         // The gradient buffer starts uninitialised: the empty expert's slice must be written as zeros.
