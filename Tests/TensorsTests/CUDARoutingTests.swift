@@ -310,6 +310,34 @@ struct CUDARoutingTests {
         #expect(onDevice == onHost, "\(strategy.name)")
     }
 
+    /// The router's fused choice on the GPU (`router_topk`, one thread a row) against the CPU's
+    /// composed ops, in float32 as the gates run it: the same experts, scores and logit gradients,
+    /// for both choices, with and without a routing bias, at 8, 13 and 64 experts.
+    @Test(arguments: [RouterChoice.logits, .probabilities])
+    func routerTopKMatchesTheCPU(choice: RouterChoice) {
+        CUDABackend.poisonAllocations = true
+        defer { CUDABackend.poisonAllocations = false }
+        for (tokens, experts, k) in [(300, 8, 2), (5, 13, 3), (130, 64, 8)] {
+            for biased in [false, true] {
+                func run(on device: Device) -> (expert: [Int32], values: [[Double]]) {
+                    var g = RandomGenerator(seed: UInt64(tokens + experts + k))
+                    let z = Tensor.randomNormal([tokens, experts], generator: &g).to(device).requiringGradient()
+                    let bias = Tensor.randomNormal([experts], std: 0.1, generator: &g).to(device)
+                    let upstream = Tensor.randomNormal([tokens, k], generator: &g).to(device)
+                    let (expert, score) = z.routerTopK(k, by: choice, bias: biased ? bias : nil)
+                    (score * upstream).sum().backward()
+                    return (expert.int32s(), [score.doubles(), z.grad!.doubles()])
+                }
+                let cpu = run(on: .cpu), cuda = run(on: gpu)
+                let label = "\(choice) T=\(tokens) N=\(experts) k=\(k) bias \(biased)"
+                #expect(cuda.expert == cpu.expert, "\(label): experts")
+                for (name, (c, r)) in zip(["score", "logit gradient"], zip(cuda.values, cpu.values)) {
+                    #expect(relativeError(c, r) <= 1e-5, "\(label): \(name) relative error \(relativeError(c, r))")
+                }
+            }
+        }
+    }
+
     @Test func weightGradientWithNoRowsIsZero() {
         CUDABackend.poisonAllocations = true
         defer { CUDABackend.poisonAllocations = false }

@@ -238,6 +238,34 @@ struct RoutingTests {
         #expect(fromCounts.knownSizes == sizes)   // the CPU loops read them
     }
 
+    /// The router's fused choice is the composed ops' (`topK` of the logits or of `softmax + bias`,
+    /// `gather`, `softmax`), to the bit, forward and backward; ties go to the lower expert.
+    @Test(arguments: [RouterChoice.logits, .probabilities])
+    func routerTopKIsTheComposedOps(choice: RouterChoice) {
+        var g = RandomGenerator(seed: 61)
+        let logits = Tensor.randomNormal([9, 6], generator: &g), upstream = Tensor.randomNormal([9, 2], generator: &g)
+        for bias in [nil, Tensor.randomNormal([6], std: 0.1, generator: &g)] as [Tensor?] {
+            let z1 = logits.detached().requiringGradient(), z2 = logits.detached().requiringGradient()
+            let (expert, score) = z1.routerTopK(2, by: choice, bias: bias)
+            var keys = choice == .logits ? z2.detached() : z2.detached().softmax()
+            if let bias { keys = keys + bias }
+            let reference = keys.topK(2).indices
+            let referenceScore = z2.gather(lastAxis: reference).softmax()
+            (score * upstream).sum().backward()
+            (referenceScore * upstream).sum().backward()
+            #expect(expert.int32s() == reference.int32s(), "\(choice) bias \(bias != nil)")
+            #expect(score.scalars() == referenceScore.scalars() && z1.grad!.scalars() == z2.grad!.scalars(), "\(choice) bias \(bias != nil)")
+        }
+        let tie = Tensor([1, 3, 3, 0] as [Float], shape: [1, 4]).routerTopK(2, by: choice).expert
+        #expect(tie.int32s() == [1, 2])
+    }
+
+    @Test(arguments: [RouterChoice.logits, .probabilities])
+    func routerTopKGradientMatchesFiniteDifferences(choice: RouterChoice) {
+        let error = gradientCheckError([randn([7, 5], seed: 62)]) { $0[0].routerTopK(3, by: choice, bias: randn([5], seed: 63, scale: 0.1)).score }
+        #expect(error < 1e-6, "\(choice)")
+    }
+
     @Test func anExpertWithNoRowsGetsAZeroWeightGradient() {
         let w = randn([3, 2, 4], seed: 7).requiringGradient()
         // The gradient buffer starts uninitialised: the empty expert's slice must be written as zeros.

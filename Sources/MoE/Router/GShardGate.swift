@@ -67,8 +67,7 @@ public final class GShardGate: Module, Gate, BiasBalancedGate, @unchecked Sendab
         let z = GateMath.routerPrecision(linear(x))
         let p = z.softmax()
         // With a bias, the choice is the top 2 of p + b and the scores stay the softmax of the chosen logits.
-        let expert = GateMath.choose(expertBias == nil ? z : p, k: 2, bias: expertBias)
-        let score = z.gather(lastAxis: expert).softmax()
+        let (expert, score) = z.routerTopK(2, by: expertBias == nil ? .logits : .probabilities, bias: expertBias?.value.cast(to: z.dtype))
         // The choice's first column is the arg-max (of p + b with a bias).
         let aux = balance == .aux ? GateMath.balanceLoss(probabilities: p, top1: expert.slice(lastAxis: 0..<1), over: statisticsGroup) : nil
         var mask: Tensor?

@@ -51,17 +51,16 @@ public final class TopKGate: Module, Gate, BiasBalancedGate, @unchecked Sendable
         let z = linear(x)
         let zLoss = RouterZLoss.weighted(z, zLossWeight)
         if balance == .none && scoreFunction == .softmax {
-            // FastMoE's gate, op for op.
-            let (values, expert) = z.topK(topK)
-            return GateOutput(expert: expert, score: values.softmax(), zLoss: zLoss, probabilities: z.softmax())
+            // FastMoE's gate: the top k logits, the softmax over them.
+            let (expert, score) = z.routerTopK(topK, by: .logits)
+            return GateOutput(expert: expert, score: score, zLoss: zLoss, probabilities: z.softmax())
         }
         let zr = GateMath.routerPrecision(z)
         let expert: Tensor, score: Tensor, p: Tensor
         switch scoreFunction {
         case .softmax:
             p = zr.softmax()
-            expert = GateMath.choose(p, k: topK, bias: expertBias)
-            score = zr.gather(lastAxis: expert).softmax()
+            (expert, score) = zr.routerTopK(topK, by: .probabilities, bias: expertBias?.value.cast(to: zr.dtype))
         case .sigmoid:
             let s = zr.sigmoid()
             p = s / s.sum(lastAxis: ()).reshaped([-1, 1])

@@ -95,7 +95,8 @@ public final class CUDABackend: Backend, @unchecked Sendable {
             let macro = dtype == .float64 ? "FM_F64" : dtype == .bfloat16 ? "FM_BF16" : "FM_F32"
             return ["#define \(macro)", KernelPrelude.source, ElementwiseKernels.source, ReductionKernels.source,
                     SoftmaxKernels.source, LayerNormKernels.source, CrossEntropyKernels.source, IndexingKernels.source,
-                    DispatchKernels.source, GroupedGemmKernels.source, RandomKernels.source, OptimizerKernels.source].joined(separator: "\n")
+                    DispatchKernels.source, RouterKernels.source, GroupedGemmKernels.source, RandomKernels.source,
+                    OptimizerKernels.source].joined(separator: "\n")
         }
     }
 

@@ -86,6 +86,25 @@ extension CUDABackend: MoEBackend {
                            .int32(Int32(n)), .int64(Int64(chunk)), rowOfSlot.arg, slotOfRow.arg, tokenOfRow.arg, expertOfRow.arg])
     }
 
+    // MARK: Router
+
+    public func routerTopK(_ z: Tensor, k: Int, by choice: RouterChoice, bias: Tensor?, expert: Tensor, score: Tensor) {
+        guarantee(k <= 32, "routerTopK(\(k)) on CUDA supports k ≤ 32")
+        let rows = z.rowCount
+        guard rows > 0 else { return }
+        launch(kernel("router_topk", z.dtype), grid: ((rows + 127) / 128, 1, 1), block: (128, 1, 1), stream: gpu.stream,
+               arguments: [z.arg, bias.arg, expert.arg, score.arg, .int64(Int64(rows)), .int64(Int64(z.lastDimension)), .int32(Int32(k)),
+                           .int32(choice == .probabilities ? 1 : 0)])
+    }
+
+    public func routerTopKBackward(score: Tensor, expert: Tensor, gradScore: Tensor, _ gradLogits: Tensor) {
+        let rows = score.rowCount
+        guard rows > 0 else { return }
+        launch(kernel("router_topk_backward", score.dtype), grid: ((rows + 127) / 128, 1, 1), block: (128, 1, 1), stream: gpu.stream,
+               arguments: [score.arg, expert.arg, gradScore.arg, gradLogits.arg, .int64(Int64(rows)), .int64(Int64(gradLogits.lastDimension)),
+                           .int32(Int32(score.lastDimension))])
+    }
+
     // MARK: Grouped GEMMs
 
     public func groupedMatmul(_ x: Tensor, weight: Tensor, groups: RowGroups, transposeWeight: Bool, _ out: Tensor) {

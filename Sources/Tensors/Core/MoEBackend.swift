@@ -85,6 +85,13 @@ public protocol MoEBackend: Backend {
     /// expert, no atomics.
     func groupedColumnSums(_ x: Tensor, groups: RowGroups, _ out: Tensor)
 
+    /// A router's choice and combine weights in one pass over the logits (`RouterChoice`); the
+    /// default (the reference) runs the composed primitives.
+    func routerTopK(_ z: Tensor, k: Int, by choice: RouterChoice, bias: Tensor?, expert: Tensor, score: Tensor)
+
+    /// `routerTopK`'s backward in one pass; the default runs the composed primitives.
+    func routerTopKBackward(score: Tensor, expert: Tensor, gradScore: Tensor, _ gradLogits: Tensor)
+
     /// The combine's score gradient: `out[t, j] = Σ_c x[indices[t, j], c] · g[t, c]` with `indices`
     /// `[T, k]` int32 (`rowOfSlot`), `x` `[S, c]`, `g` `[T, c]`, `out` `[T, k]`, all of `x`'s dtype,
     /// summed in float32 (float64 for float64); 0 where the index is negative. Without materialising
@@ -129,5 +136,46 @@ extension MoEBackend {
             groupedMatmul(x, weight: weight, groups: groups, transposeWeight: transposeWeight, product)
             unaryBackward(op, x: preactivation, gradOut: product, out)
         }
+    }
+}
+
+/// What a router ranks the experts by to choose its `k` (`Tensor.routerTopK`).
+public enum RouterChoice: Sendable, Equatable {
+    /// The logits themselves (FastMoE's gate; GShard without a routing bias).
+    case logits
+    /// `softmax(logits)`, plus the routing bias when there is one (bias-balanced gates).
+    case probabilities
+}
+
+extension MoEBackend {
+    /// A router's choice and combine weights (`Tensor.routerTopK`): `expert` `[T, k]` int32, the
+    /// `k` largest of the logits `z` `[T, N]` or of `softmax(z) (+ bias [N])`, ties to the lower
+    /// expert; `score` `[T, k]` the softmax over the chosen logits. This default runs the primitives
+    /// the composed ops ran (softmax, add, `topK`, `gatherLastAxis`, softmax), the reference.
+    public func routerTopK(_ z: Tensor, k: Int, by choice: RouterChoice, bias: Tensor?, expert: Tensor, score: Tensor) {
+        func output(_ shape: [Int]) -> Tensor { Tensor.empty(shape, dtype: z.dtype, device: z.device) }
+        var keys = z
+        if choice == .probabilities {
+            keys = output(z.shape)
+            softmax(z, keys, log: false)
+        }
+        if let bias {
+            let biased = output(z.shape)
+            binary(.add, keys, bias, .row, biased)
+            keys = biased
+        }
+        topK(keys, k: k, values: output(expert.shape), indices: expert)
+        let chosen = output(expert.shape)
+        gatherLastAxis(z, indices: expert, chosen)
+        softmax(chosen, score, log: false)
+    }
+
+    /// The gradient of `routerTopK`'s logits from that of its scores: `gradLogits[t, e_j] =
+    /// s_j·(g_j − Σ_i s_i·g_i)`, 0 elsewhere. The default: softmax backward, then a scatter into zeros.
+    public func routerTopKBackward(score: Tensor, expert: Tensor, gradScore: Tensor, _ gradLogits: Tensor) {
+        let gradChosen = Tensor.empty(score.shape, dtype: score.dtype, device: score.device)
+        softmaxBackward(y: score, gradOut: gradScore, gradChosen, log: false)
+        fill(gradLogits, value: 0)
+        scatterAddLastAxis(gradChosen, indices: expert, gradLogits)
     }
 }
