@@ -94,7 +94,7 @@ thread_local Dim threadIdx, blockIdx;
 Dim blockDim, gridDim;
 alignas(128) unsigned char emu_smem[256 * 1024];
 std::barrier<>* emu_block_barrier;
-std::vector<std::barrier<>*> emu_warp_barriers, emu_group_barriers;
+std::vector<std::barrier<>*> emu_warp_barriers;
 
 #define __global__
 #define __device__
@@ -217,11 +217,9 @@ static void launch(Kernel kernel, Dim grid, int threads, std::function<void(Kern
     gridDim = grid;
     std::barrier<> block(threads);
     emu_block_barrier = &block;
-    std::vector<std::barrier<>*> warps, groups;
+    std::vector<std::barrier<>*> warps;
     for (int w = 0; w < threads / 32; w++) warps.push_back(new std::barrier<>(32));
-    for (int g = 0; g < threads / 128; g++) groups.push_back(new std::barrier<>(128));
     emu_warp_barriers = warps;
-    emu_group_barriers = groups;
     for (unsigned z = 0; z < grid.z; z++)
         for (unsigned y = 0; y < grid.y; y++)
             for (unsigned x = 0; x < grid.x; x++) {
@@ -232,7 +230,6 @@ static void launch(Kernel kernel, Dim grid, int threads, std::function<void(Kern
                 for (auto& th : pool) th.join();
             }
     for (auto* b : warps) delete b;
-    for (auto* b : groups) delete b;
 }
 
 static std::mt19937_64 rng(7);
