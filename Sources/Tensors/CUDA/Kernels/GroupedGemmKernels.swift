@@ -242,6 +242,32 @@ enum GroupedGemmKernels {
     #define GS_BN 128
     #define GS_BK 16
 
+    /// Vector `id` (4 values) of an operand's tile of GS_BK K values by `R` rows (M or N) `r0 ..< rEnd`
+    /// from `base` (leading dimension `ld`), at K offset `kb` (zeros past `kEnd` or the rows):
+    /// K-contiguous (`KC`), row id/4 and K values (id%4)·4 ...+4; otherwise K row id/(R/4) and rows
+    /// (id%(R/4))·4 ...+4.
+    template <bool KC, int R>
+    __device__ __forceinline__ float4 gs_fetch(int id, const float* base, int64_t r0, int64_t rEnd, int64_t kb, int64_t kEnd, int64_t ld) {
+        const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (KC) {
+            const int row = id >> 2, kc = (id & 3) * 4;
+            return r0 + row < rEnd && kb + kc < kEnd ? *(const float4*)(base + (r0 + row) * ld + kb + kc) : zero;
+        }
+        const int kr = (unsigned)id / (R / 4), rc = ((unsigned)id % (R / 4)) * 4;
+        return kb + kr < kEnd && r0 + rc < rEnd ? *(const float4*)(base + (kb + kr) * ld + r0 + rc) : zero;
+    }
+    /// Stores what `gs_fetch` read for vector `id` into the stage tile `[GS_BK][R]` (K-major rows,
+    /// so the compute loop reads 4 rows of one K as a float4; a K-contiguous vector is transposed).
+    template <bool KC, int R>
+    __device__ __forceinline__ void gs_store(int id, float4 v, float (*tile)[R]) {
+        if (KC) {
+            const int row = id >> 2, kc = (id & 3) * 4;
+            tile[kc][row] = v.x; tile[kc + 1][row] = v.y; tile[kc + 2][row] = v.z; tile[kc + 3][row] = v.w;
+        } else {
+            *(float4*)&tile[(unsigned)id / (R / 4)][((unsigned)id % (R / 4)) * 4] = v;
+        }
+    }
+
     template <bool A_K, bool B_K, bool VARY_K>
     __device__ __forceinline__ void grouped_gemm_simt(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c,
                                                       const int* __restrict__ offsets, const int* __restrict__ tiles,
@@ -259,56 +285,20 @@ enum GroupedGemmKernels {
         // and 64 + tx·4 + {0..3}, so each k step reads four float4 of shared memory for 64 FMAs.
         const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
         const int kTiles = (int)((kEnd - k0 + GS_BK - 1) / GS_BK);
-        const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-
         // Per thread and tile: two float4 of A, four of B, held in registers while the previous tile computes.
         float4 ra[2], rb[4];
         auto fetch = [&](int kt) {
             const int64_t kb = k0 + (int64_t)kt * GS_BK;
             #pragma unroll
-            for (int i = 0; i < 2; i++) {
-                const int id = tid + i * 128;
-                if (A_K) {
-                    const int row = id >> 2, kc = (id & 3) * 4;
-                    ra[i] = m0 + row < mEnd && kb + kc < kEnd ? *(const float4*)(a + (m0 + row) * lda + kb + kc) : zero;
-                } else {
-                    const int kr = id >> 4, mc = (id & 15) * 4;
-                    ra[i] = kb + kr < kEnd && m0 + mc < mEnd ? *(const float4*)(a + (kb + kr) * lda + m0 + mc) : zero;
-                }
-            }
+            for (int i = 0; i < 2; i++) ra[i] = gs_fetch<A_K, GS_BM>(tid + i * 128, a, m0, mEnd, kb, kEnd, lda);
             #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int id = tid + i * 128;
-                if (B_K) {
-                    const int row = id >> 2, kc = (id & 3) * 4;
-                    rb[i] = n0 + row < N && kb + kc < kEnd ? *(const float4*)(b + (n0 + row) * ldb + kb + kc) : zero;
-                } else {
-                    const int kr = id >> 5, nc = (id & 31) * 4;
-                    rb[i] = kb + kr < kEnd && n0 + nc < N ? *(const float4*)(b + (kb + kr) * ldb + n0 + nc) : zero;
-                }
-            }
+            for (int i = 0; i < 4; i++) rb[i] = gs_fetch<B_K, GS_BN>(tid + i * 128, b, n0, N, kb, kEnd, ldb);
         };
         auto store = [&](int s) {
             #pragma unroll
-            for (int i = 0; i < 2; i++) {
-                const int id = tid + i * 128;
-                if (A_K) {
-                    const int row = id >> 2, kc = (id & 3) * 4;
-                    As[s][kc][row] = ra[i].x; As[s][kc + 1][row] = ra[i].y; As[s][kc + 2][row] = ra[i].z; As[s][kc + 3][row] = ra[i].w;
-                } else {
-                    *(float4*)&As[s][id >> 4][(id & 15) * 4] = ra[i];
-                }
-            }
+            for (int i = 0; i < 2; i++) gs_store<A_K, GS_BM>(tid + i * 128, ra[i], As[s]);
             #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int id = tid + i * 128;
-                if (B_K) {
-                    const int row = id >> 2, kc = (id & 3) * 4;
-                    Bs[s][kc][row] = rb[i].x; Bs[s][kc + 1][row] = rb[i].y; Bs[s][kc + 2][row] = rb[i].z; Bs[s][kc + 3][row] = rb[i].w;
-                } else {
-                    *(float4*)&Bs[s][id >> 5][(id & 31) * 4] = rb[i];
-                }
-            }
+            for (int i = 0; i < 4; i++) gs_store<B_K, GS_BN>(tid + i * 128, rb[i], Bs[s]);
         };
 
         float acc[8][8];
