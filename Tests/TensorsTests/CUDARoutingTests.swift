@@ -233,9 +233,12 @@ struct CUDARoutingTests {
     }
 
     /// `groupedFeedForward` (both products' epilogues: bias, activation, the activation's backward)
-    /// on the GPU against the CPU float32 reference, on fresh random data at sizes that reach every
-    /// tile edge: on our kernels (fused) for each activation; on one GEMM per expert (on the lanes
-    /// and in turn), GELU through cuBLASLt's epilogues and ReLU through the unfused primitives.
+    /// on fresh random data at sizes that reach every tile edge: on our kernels (fused) for each
+    /// activation; on one GEMM per expert (on the lanes and in turn), GELU through cuBLASLt's
+    /// epilogues and ReLU through the unfused primitives. float32 against the CPU; bfloat16 against
+    /// the composed layers (`groupedLinear`, the activation, `groupedLinear`) on the GPU in bfloat16
+    /// under the same strategy: against float32 arithmetic the bias gradients, sums of hundreds of
+    /// terms of both signs, differ by the rounding of their terms alone (6–10% of their largest).
     @Test(arguments: [(DType.float32, GroupedGemmStrategy.kernel), (.bfloat16, .kernel), (.bfloat16, .wgmma),
                       (.float32, .lanes), (.bfloat16, .lanes), (.bfloat16, .serial)])
     func groupedFeedForwardMatchesTheCPU(dtype: DType, strategy: GroupedGemmStrategy) {
@@ -245,7 +248,7 @@ struct CUDARoutingTests {
         let sizes = [0, 300, 1, 129, 0, 77], e = sizes.count, rows = sizes.reduce(0, +), d = 200, h = 264, bf16 = dtype == .bfloat16
         let activations: [UnaryOp] = strategy == .lanes || strategy == .serial ? [.geluTanh, .relu] : [.geluTanh, .geluErf, .relu, .silu]
         for activation in activations {
-            func run(on device: Device, _ dtype: DType) -> [[Double]] {
+            func run(on device: Device, _ dtype: DType, fused: Bool = true) -> [[Double]] {
                 var g = RandomGenerator(seed: 31)
                 func input(_ shape: [Int], std: Double = 1) -> Tensor {
                     let t = Tensor.randomNormal(shape, std: std, generator: &g)
@@ -255,15 +258,19 @@ struct CUDARoutingTests {
                 let upstream = input([rows, d])
                 let leaves = [x, w1, b1, w2, b2].map { $0.requiringGradient() }
                 let expertOfRow = Tensor(sizes.enumerated().flatMap { Array(repeating: Int32($0.offset), count: $0.element) }).to(device)
-                let y = groupedFeedForward(leaves[0], weight1: leaves[1], bias1: leaves[2], weight2: leaves[3], bias2: leaves[4],
-                                           activation: activation, groupSizes: sizes, expertOfRow: expertOfRow)
+                let y = fused
+                    ? groupedFeedForward(leaves[0], weight1: leaves[1], bias1: leaves[2], weight2: leaves[3], bias2: leaves[4],
+                                         activation: activation, groupSizes: sizes, expertOfRow: expertOfRow)
+                    : groupedLinear(groupedLinear(leaves[0], weight: leaves[1], bias: leaves[2], groupSizes: sizes, expertOfRow: expertOfRow)
+                                        .unaryOp(activation),
+                                    weight: leaves[3], bias: leaves[4], groupSizes: sizes, expertOfRow: expertOfRow)
                 (y * upstream).sum().backward()
                 return [y.doubles()] + leaves.map { $0.grad!.doubles() }
             }
-            let cpu = run(on: .cpu, .float32), cuda = run(on: gpu, dtype)
-            for (i, (c, r)) in zip(cuda, cpu).enumerated() {
+            let reference = bf16 ? run(on: gpu, dtype, fused: false) : run(on: .cpu, .float32), cuda = run(on: gpu, dtype)
+            for (i, (c, r)) in zip(cuda, reference).enumerated() {
                 let error = relativeError(c, r)
-                #expect(error <= (bf16 ? 3e-2 : 1e-4),
+                #expect(error <= (bf16 ? 2e-2 : 1e-4),
                         "\(dtype) \(strategy.name) \(activation): \(["output", "x", "W1", "b1", "W2", "b2"][i]) relative error \(error)")
             }
         }
