@@ -210,7 +210,31 @@ inline void gh_fence_accumulator(float&) {}
 HARNESS = r"""
 
 typedef void (*Kernel)(const T*, const T*, T*, const int*, const int*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                       int64_t, int64_t, const T*, T*, int, int);
+                       int64_t, int64_t, const T*, T*);
+
+// The entry of each epilogue (`GG_ENTRIES`): mode 0 plain, 1 bias, 2 activation `act`.
+static Kernel forward(int mode, int act) {
+    if (mode == 0) return SUFFIXED(grouped_gemm_forward);
+    if (mode == 1) return SUFFIXED(grouped_gemm_forward_bias);
+    switch (act) {
+    case 5: return SUFFIXED(grouped_gemm_forward_act5);
+    case 7: return SUFFIXED(grouped_gemm_forward_act7);
+    case 8: return SUFFIXED(grouped_gemm_forward_act8);
+    case 9: return SUFFIXED(grouped_gemm_forward_act9);
+    default: std::abort();
+    }
+}
+// The data gradient plain (`act` 0) or through activation `act`'s backward.
+static Kernel dataGradient(int act) {
+    switch (act) {
+    case 0: return SUFFIXED(grouped_gemm_data_gradient);
+    case 5: return SUFFIXED(grouped_gemm_data_gradient_dact5);
+    case 7: return SUFFIXED(grouped_gemm_data_gradient_dact7);
+    case 8: return SUFFIXED(grouped_gemm_data_gradient_dact8);
+    case 9: return SUFFIXED(grouped_gemm_data_gradient_dact9);
+    default: std::abort();
+    }
+}
 
 static void launch(Kernel kernel, Dim grid, int threads, std::function<void(Kernel)> call) {
     blockDim = {(unsigned)threads, 1, 1};
@@ -253,13 +277,17 @@ static std::vector<int> table(const std::vector<int>& sizes, int tileRows, int& 
 static double activation(int act, double x) {
     switch (act) {
     case 5: return x > 0 ? x : 0;                                                       // relu
+    case 7: return x / (1 + std::exp(-x));                                              // silu
     case 8: return 0.5 * x * (1 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));   // geluTanh
+    case 9: return 0.5 * x * (1 + std::erf(x * 0.7071067811865476));                    // geluErf
     default: std::abort();
     }
 }
 static double derivative(int act, double x) {
     switch (act) {
     case 5: return x > 0 ? 1 : 0;
+    case 7: { double sg = 1 / (1 + std::exp(-x)); return sg * (1 + x * (1 - sg)); }
+    case 9: return 0.5 * (1 + std::erf(x * 0.7071067811865476)) + x * 0.3989422804014327 * std::exp(-x * x / 2);
     case 8: { double u = 0.7978845608028654 * (x + 0.044715 * x * x * x), t = std::tanh(u);
               return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * 0.7978845608028654 * (1 + 3 * 0.044715 * x * x); }
     default: std::abort();
@@ -317,11 +345,11 @@ int run_all() {
 
         // Forward y = x W_gᵀ with each epilogue.
         for (int mode = 0; mode <= 2; mode++)
-            for (int act : mode == 2 ? std::vector<int>{8, 5} : std::vector<int>{0}) {
+            for (int act : mode == 2 ? std::vector<int>{5, 7, 8, 9} : std::vector<int>{0}) {
                 std::vector<T> y((size_t)S * outW, poison()), pre((size_t)S * outW, poison());
-                launch(FORWARD, Dim{(unsigned)((outW + TILE_COLS - 1) / TILE_COLS), (unsigned)rowTiles, 1}, THREADS, [&](Kernel k) {
+                launch(forward(mode, act), Dim{(unsigned)((outW + TILE_COLS - 1) / TILE_COLS), (unsigned)rowTiles, 1}, THREADS, [&](Kernel k) {
                     k(x.data(), w.data(), y.data(), offsets, tiles, S, outW, inW, inW, inW, outW, (int64_t)outW * inW, 0,
-                      mode ? bias.data() : nullptr, pre.data(), mode, act);
+                      mode ? bias.data() : nullptr, pre.data());
                 });
                 std::vector<double> want((size_t)S * outW), wantPre((size_t)S * outW);
                 for (int r = 0; r < S; r++)
@@ -347,7 +375,7 @@ int run_all() {
             std::vector<T> y((size_t)(S + extra) * outW, poison());
             launch(FORWARD, Dim{(unsigned)((outW + TILE_COLS - 1) / TILE_COLS), (unsigned)maxTiles, 1}, THREADS, [&](Kernel k) {
                 k(xs.data(), w.data(), y.data(), built.data(), built.data() + E + 1, S + extra, outW, inW, inW, inW, outW,
-                  (int64_t)outW * inW, 0, nullptr, nullptr, 0, 0);
+                  (int64_t)outW * inW, 0, nullptr, nullptr);
             });
             std::vector<double> want((size_t)S * outW);
             for (int r = 0; r < S; r++)
@@ -366,12 +394,12 @@ int run_all() {
 
         // Data gradient gx = gy W_g, plain and through an activation's backward (aux = h).
         for (int mode : {0, 3})
-            for (int act : mode == 3 ? std::vector<int>{8, 5} : std::vector<int>{0}) {
+            for (int act : mode == 3 ? std::vector<int>{5, 7, 8, 9} : std::vector<int>{0}) {
                 // Here the product is [S, inW] and the aux matrix (pre-activation) is laid out like it.
                 std::vector<T> gx((size_t)S * inW, poison()), aux = randoms((size_t)S * inW, 1);
-                launch(DATA_GRADIENT, Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)rowTiles, 1}, THREADS, [&](Kernel k) {
+                launch(dataGradient(act), Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)rowTiles, 1}, THREADS, [&](Kernel k) {
                     k(gy.data(), w.data(), gx.data(), offsets, tiles, S, inW, outW, outW, inW, inW, (int64_t)outW * inW, 0,
-                      nullptr, aux.data(), mode, act);
+                      nullptr, aux.data());
                 });
                 std::vector<double> want((size_t)S * inW);
                 for (int r = 0; r < S; r++)
@@ -390,7 +418,7 @@ int run_all() {
             std::vector<T> gw((size_t)E * outW * inW, poison());
             launch(WEIGHT_GRADIENT, Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)((outW + TILE_ROWS - 1) / TILE_ROWS), (unsigned)E},
                    THREADS, [&](Kernel k) {
-                k(gy.data(), x.data(), gw.data(), offsets, tiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, nullptr, 0, 0);
+                k(gy.data(), x.data(), gw.data(), offsets, tiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, nullptr);
             });
             std::vector<double> want((size_t)E * outW * inW, 0);
             for (int r = 0; r < S; r++) {
@@ -432,8 +460,9 @@ def main():
     failed = []
     for family in args.family or sorted(FAMILIES):
         suffix, rows, cols, threads = FAMILIES[family]
+        paste = "##" + suffix if suffix else ""
         defines = (f"#define FAMILY \"{family}\"\n#define TILE_ROWS {rows}\n#define TILE_COLS {cols}\n#define THREADS {threads}\n"
-                   f"#define FORWARD grouped_gemm_forward{suffix}\n#define DATA_GRADIENT grouped_gemm_data_gradient{suffix}\n"
+                   f"#define FORWARD grouped_gemm_forward{suffix}\n#define SUFFIXED(NAME) NAME{paste}\n"
                    f"#define WEIGHT_GRADIENT grouped_gemm_weight_gradient{suffix}\n")
         source = os.path.join(directory, f"{family}.cpp")
         with open(source, "w") as f:

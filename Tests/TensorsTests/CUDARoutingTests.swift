@@ -233,8 +233,8 @@ struct CUDARoutingTests {
     }
 
     /// `groupedFeedForward` (both products' epilogues: bias, activation, the activation's backward)
-    /// on fresh random data at sizes that reach every tile edge: on our kernels (fused) for each
-    /// activation; on one GEMM per expert (on the lanes and in turn), GELU through cuBLASLt's
+    /// on fresh random data at sizes that reach every tile edge: on our kernels, fused for each
+    /// activation an expert can have and unfused for another (tanh); on one GEMM per expert (on the lanes and in turn), GELU through cuBLASLt's
     /// epilogues and ReLU through the unfused primitives. float32 against the CPU; bfloat16 against
     /// the composed layers (`groupedLinear`, the activation, `groupedLinear`) on the GPU in bfloat16
     /// under the same strategy: against float32 arithmetic the bias gradients, sums of hundreds of
@@ -246,7 +246,7 @@ struct CUDARoutingTests {
         CUDABackend.groupedGemmStrategy = strategy
         defer { CUDABackend.poisonAllocations = false; CUDABackend.groupedGemmStrategy = .automatic }
         let sizes = [0, 300, 1, 129, 0, 77], e = sizes.count, rows = sizes.reduce(0, +), d = 200, h = 264, bf16 = dtype == .bfloat16
-        let activations: [UnaryOp] = strategy == .lanes || strategy == .serial ? [.geluTanh, .relu] : [.geluTanh, .geluErf, .relu, .silu]
+        let activations: [UnaryOp] = strategy == .lanes || strategy == .serial ? [.geluTanh, .relu] : [.geluTanh, .geluErf, .relu, .silu, .tanh]
         for activation in activations {
             func run(on device: Device, _ dtype: DType, fused: Bool = true) -> [[Double]] {
                 var g = RandomGenerator(seed: 31)

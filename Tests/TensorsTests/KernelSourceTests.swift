@@ -133,6 +133,8 @@ struct KernelSourceTests {
         extern "C" __global__ void copy_##S(const E* x) { } \\
         extern "C" __global__ void zero_##S(E* x) { }
         PAIR(2, unsigned short) PAIR(4, unsigned int)
+        #define BOTH(ENTRY, SUFFIX) ENTRY(a##SUFFIX, float) ENTRY(b##SUFFIX, float)
+        BOTH(PAIR, _x) BOTH(PAIR, )
         __device__ __forceinline__ float helper(float x) { return x; }
         extern "C" __global__ void plain(int n) { }
         // extern "C" __global__ void commented_out(int n) { }
@@ -147,8 +149,9 @@ struct KernelSourceTests {
         #endif
         """
         let parsed = KernelSource(cuda)
-        #expect(parsed.kernels.sorted() == ["copy_2", "copy_4", "plain", "zero_2", "zero_4"])
-        #expect(parsed.macroNames == ["PAIR", "FM_F32", "TWICE"] && parsed.deviceFunctions == ["helper"])
+        #expect(parsed.kernels.sorted() == ["copy_2", "copy_4", "copy_a", "copy_a_x", "copy_b", "copy_b_x", "plain",
+                                            "zero_2", "zero_4", "zero_a", "zero_a_x", "zero_b", "zero_b_x"])
+        #expect(parsed.macroNames == ["PAIR", "BOTH", "FM_F32", "TWICE"] && parsed.deviceFunctions == ["helper"])
         let swift = #"""
         launchElementwise("copy_block_\(x.dtype.byteSize)", nil, count: n, [x.arg, .int64(Int64(f(a, b)))])
             launch(kernel("topk_rows", x.dtype), grid: (1, 1, 1))
@@ -229,22 +232,28 @@ struct KernelSource {
         func kernelNames(_ text: Substring) -> [String] {
             text.matches(of: #/extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?([\w#]+)\s*\(/#).map { String($0.1) }
         }
+        // The kernels of the macro calls in `text`, each call's body with its arguments in place
+        // (pasted with `##` or as whole words) scanned again, so a macro that calls the macro it is
+        // given (`GG_ENTRIES(GG_ENTRY, )`) is followed.
+        func expandedKernels(_ text: Substring, depth: Int) -> [String] {
+            guard depth < 4 else { return [] }
+            var found: [String] = []
+            for call in text.matches(of: #/\b(\w+)\(([^()]*)\)/#) {
+                guard let macro = macros[String(call.1)] else { continue }
+                let arguments = call.2.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters() }
+                var body = macro.body
+                for (p, a) in zip(macro.parameters, arguments) {
+                    body = body.replacing("##" + p, with: a)
+                        .replacing(try! Regex("\\b\(p)\\b"), with: a)
+                }
+                found += kernelNames(body[...]) + expandedKernels(body[...], depth: depth + 1)
+            }
+            return found
+        }
         for line in code {
-            kernels += kernelNames(line)
+            kernels += kernelNames(line) + expandedKernels(line, depth: 0)
             if let d = line.firstMatch(of: #/^(template\s*<[^>]*>\s*)?__device__\s+__forceinline__\s+[\w:]+\s+(\w+)\s*\(/#) {
                 deviceFunctions.append(String(d.2))
-            }
-            for call in line.matches(of: #/\b(\w+)\(([^()]*)\)/#) {
-                guard let macro = macros[String(call.1)] else { continue }
-                let arguments = call.2.split(separator: ",").map { $0.trimmingCharacters() }
-                for name in kernelNames(macro.body[...]) {
-                    var expanded = name
-                    for (p, a) in zip(macro.parameters, arguments) {
-                        // A parameter pasted into the name, or the whole name.
-                        expanded = expanded == p ? a : expanded.replacing("##" + p, with: a)
-                    }
-                    kernels.append(expanded)
-                }
             }
         }
     }
@@ -358,6 +367,10 @@ enum LaunchSite {
                 values = ["2", "4", "8", "16"]
             } else if expression == "Self.vectorSuffix(vector)" {
                 values = ["", "_vec"]
+            } else if expression == "suffix", let product = [("\"grouped_gemm_forward", CUDABackend.GroupedProduct.forward),
+                                                              ("\"grouped_gemm_data_gradient", .dataGradient)]
+                        .first(where: { first.hasPrefix($0.0) })?.1 {
+                values = CUDABackend.KernelEpilogue.suffixes(product)
             } else if expression == "op.code", first.hasPrefix("\"unary_") {
                 values = UnaryOp.allCases.map { "\($0.code)" }
             } else {

@@ -35,24 +35,42 @@ extension CUDABackend {
         }
     }
 
-    /// A `GroupedEpilogue` as the kernels take it (`gg_epilogue`): mode 0 none, 1 bias, 2
-    /// activation, 3 activation backward; the `UnaryOp` code; the bias and pre-activation addresses.
+    /// A `GroupedEpilogue` as the kernels compute it: the suffix of the entry compiled for it
+    /// (`GG_ENTRIES`) and the bias and pre-activation addresses.
     struct KernelEpilogue {
-        var mode: Int32 = 0, activation: Int32 = 0
+        let suffix: String
         var bias: CUdeviceptr = 0, preactivation: CUdeviceptr = 0
 
-        static let none = KernelEpilogue()
-        private init() {}
+        static let none = KernelEpilogue(suffix: "")
+        private init(suffix: String) { self.suffix = suffix }
 
-        init(_ epilogue: GroupedEpilogue) {
+        /// The activations with entries of their own, as experts use them.
+        static let activations: [UnaryOp] = [.relu, .silu, .geluTanh, .geluErf]
+
+        /// The suffixes of `product`'s entries (`GG_ENTRIES`).
+        static func suffixes(_ product: GroupedProduct) -> [String] {
+            switch product {
+            case .forward: ["", "_bias"] + activations.map { "_act\($0.code)" }
+            case .dataGradient: [""] + activations.map { "_dact\($0.code)" }
+            case .weightGradient: [""]
+            }
+        }
+
+        /// nil where no entry computes `epilogue`: another activation, or a bias or pre-activation
+        /// off the 16-byte alignment of the vectors the epilogue reads and writes.
+        init?(_ epilogue: GroupedEpilogue) {
+            let tensors: [Tensor]
             switch epilogue {
             case .bias(let bias, _):
-                (mode, self.bias) = (1, bias.pointer)
+                (suffix, self.bias, tensors) = ("_bias", bias.pointer, [bias])
             case .activation(let op, let bias, _, let h):
-                (mode, activation, self.bias, preactivation) = (2, op.code, bias?.pointer ?? 0, h.pointer)
+                guard Self.activations.contains(op) else { return nil }
+                (suffix, self.bias, preactivation, tensors) = ("_act\(op.code)", bias?.pointer ?? 0, h.pointer, [h] + (bias.map { [$0] } ?? []))
             case .activationBackward(let op, let h):
-                (mode, activation, preactivation) = (3, op.code, h.pointer)
+                guard Self.activations.contains(op) else { return nil }
+                (suffix, preactivation, tensors) = ("_dact\(op.code)", h.pointer, [h])
             }
+            guard tensors.allSatisfy({ $0.pointer % 16 == 0 }) else { return nil }
         }
     }
 
@@ -84,37 +102,36 @@ extension CUDABackend {
         let grid = product == .weightGradient
             ? (columnTiles, (m + tileRows - 1) / tileRows, groups.count)
             : (columnTiles, rowTiles, 1)
-        let (function, shared) = groupedKernel(product, dtype)
+        let (function, shared) = groupedKernel(product, dtype, epilogue: epilogue.suffix)
         if shared > 48 * 1024 { Self.allowSharedMemory(function, shared) }
         launch(function, grid: grid, block: (dtype == .bfloat16 ? 256 : 128, 1, 1), sharedMemory: shared, stream: gpu.stream,
                arguments: [a.arg, b.arg, c.arg, .pointer(offsets), .pointer(tiles),
                            .int64(Int64(m)), .int64(Int64(n)), .int64(Int64(k)), .int64(Int64(lda)), .int64(Int64(ldb)),
                            .int64(Int64(ldc)), .int64(Int64(bStride)), .int64(Int64(cStride)),
-                           .pointer(epilogue.bias), .pointer(epilogue.preactivation), .int32(epilogue.mode), .int32(epilogue.activation)])
+                           .pointer(epilogue.bias), .pointer(epilogue.preactivation)])
         withExtendedLifetime(table) {}
     }
 
-    /// The kernel of `product` for `dtype` and its dynamic shared memory: the Hopper one in
-    /// bfloat16 under `.wgmma` where the device runs it, else `GroupedGemmKernels`' (bfloat16: three
-    /// stages of two 128×40 tiles, above the default 48 KiB; float32: static shared memory only).
-    private func groupedKernel(_ product: GroupedProduct, _ dtype: DType) -> (CUDAFunction, sharedBytes: Int) {
+    /// The kernel of `product` for `dtype` with the epilogue entry `suffix` (`KernelEpilogue`), and
+    /// its dynamic shared memory: the Hopper one in bfloat16 under `.wgmma` where the device runs
+    /// it, else `GroupedGemmKernels`' (bfloat16: three stages of two 128×40 tiles, above the default
+    /// 48 KiB; float32: static shared memory only).
+    private func groupedKernel(_ product: GroupedProduct, _ dtype: DType, epilogue suffix: String) -> (CUDAFunction, sharedBytes: Int) {
         if dtype == .bfloat16 && Self.groupedGemmStrategy == .wgmma {
-            let hopper: CUDAFunction?
-            switch product {
-            case .forward: hopper = hopperKernel("grouped_gemm_forward_wgmma")
-            case .dataGradient: hopper = hopperKernel("grouped_gemm_data_gradient_wgmma")
-            case .weightGradient: hopper = hopperKernel("grouped_gemm_weight_gradient_wgmma")
+            let hopper = switch product {
+            case .forward: hopperKernel("grouped_gemm_forward\(suffix)_wgmma")
+            case .dataGradient: hopperKernel("grouped_gemm_data_gradient\(suffix)_wgmma")
+            case .weightGradient: hopperKernel("grouped_gemm_weight_gradient_wgmma")
             }
             if let hopper { return (hopper, GroupedGemmHopperKernels.sharedMemoryBytes) }
         }
         // Defined in the bfloat16 and float32 modules only.
-        let bf16 = dtype == .bfloat16, function: CUDAFunction
-        switch product {
-        case .forward: function = bf16 ? kernel("grouped_gemm_forward", .bfloat16) : kernel("grouped_gemm_forward", .float32)
+        let bf16 = dtype == .bfloat16
+        let function = switch product {
+        case .forward: bf16 ? kernel("grouped_gemm_forward\(suffix)", .bfloat16) : kernel("grouped_gemm_forward\(suffix)", .float32)
         case .dataGradient:
-            function = bf16 ? kernel("grouped_gemm_data_gradient", .bfloat16) : kernel("grouped_gemm_data_gradient", .float32)
-        case .weightGradient:
-            function = bf16 ? kernel("grouped_gemm_weight_gradient", .bfloat16) : kernel("grouped_gemm_weight_gradient", .float32)
+            bf16 ? kernel("grouped_gemm_data_gradient\(suffix)", .bfloat16) : kernel("grouped_gemm_data_gradient\(suffix)", .float32)
+        case .weightGradient: bf16 ? kernel("grouped_gemm_weight_gradient", .bfloat16) : kernel("grouped_gemm_weight_gradient", .float32)
         }
         return (function, bf16 ? 3 * 2 * 5120 * 2 : 0)
     }

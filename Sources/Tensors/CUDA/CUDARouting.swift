@@ -118,7 +118,8 @@ extension CUDABackend: MoEBackend {
         _ = enqueueExpertGemms(x, weight: weight, groups: groups, transposeWeight: transposeWeight, out, epilogue: nil)
     }
 
-    /// On our grouped kernel the epilogue runs on the tile before it is stored. On the per-expert
+    /// On our grouped kernel the epilogue runs on the tile before it is stored, where an entry is
+    /// compiled for it (`KernelEpilogue`; other activations take the unfused primitives). On the per-expert
     /// GEMMs, the bias and the GELU (tanh) ride on cuBLASLt's epilogues (`BIAS`, `GELU_AUX(_BIAS)`)
     /// per expert; other activations, and an expert cuBLASLt cannot run, take the unfused primitives
     /// on its rows; the activation's backward runs in place after a plain product, as the dense
@@ -130,8 +131,10 @@ extension CUDABackend: MoEBackend {
             return unfusedGroupedMatmul(x, weight: weight, groups: groups, transposeWeight: transposeWeight, epilogue: epilogue, out)
         }
         if usesGroupedKernel(weight: weight, rows: x.shape[0], x, out) {
-            return enqueueRowVaryingKernel(x, weight: weight, groups: groups, transposeWeight: transposeWeight, out,
-                                           KernelEpilogue(epilogue))
+            guard let fused = KernelEpilogue(epilogue) else {
+                return unfusedGroupedMatmul(x, weight: weight, groups: groups, transposeWeight: transposeWeight, epilogue: epilogue, out)
+            }
+            return enqueueRowVaryingKernel(x, weight: weight, groups: groups, transposeWeight: transposeWeight, out, fused)
         }
         if case .activationBackward(let op, let preactivation) = epilogue {
             groupedMatmul(x, weight: weight, groups: groups, transposeWeight: transposeWeight, out)

@@ -61,16 +61,15 @@ enum GroupedGemmHopperKernels {
     /// Keeps the compiler from moving reads of an accumulator above the wait for the MMAs writing it.
     __device__ __forceinline__ void gh_fence_accumulator(float& r) { asm volatile("" : "+f"(r) :: "memory"); }
 
-    template <bool A_K, bool B_K, bool VARY_K>
+    template <bool A_K, bool B_K, bool VARY_K, int MODE, int ACT>
     __device__ __forceinline__ void grouped_gemm_wgmma(const bf16_t* __restrict__ a, const bf16_t* __restrict__ b, bf16_t* __restrict__ c,
                                                        const int* __restrict__ offsets, const int* __restrict__ tiles,
                                                        int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc,
-                                                       int64_t bStride, int64_t cStride, const T* bias, T* aux, int mode, int act) {
+                                                       int64_t bStride, int64_t cStride, const T* bias, T* aux) {
         extern __shared__ __align__(128) bf16_t gh_tiles[];
         GroupedTile t;
         if (!grouped_tile<VARY_K>(GH_BM, offsets, tiles, M, K, t)) return;
         if (VARY_K) c += t.g * cStride; else b += t.g * bStride;
-        if (VARY_K) mode = 0;   // the weight gradient has no epilogue: compiled out
         const int64_t m0 = t.m0, mEnd = t.mEnd, k0 = t.k0, kEnd = t.kEnd;
         const int64_t n0 = (int64_t)blockIdx.x * GH_BN;
         const int tid = threadIdx.x, lane = tid & 31, group = tid >> 7, warp = (tid >> 5) & 3;
@@ -148,21 +147,19 @@ enum GroupedGemmHopperKernels {
             for (int j = 0; j < 16; j++) {
                 const int64_t col = n0 + j * 8 + (lane & 3) * 2, at = row * ldc + col;
                 if (col >= N) continue;
-                const float v0 = gg_epilogue(mode, act, acc[4 * j + 2 * h], bias, aux, t.g, N, at, col);
-                const float v1 = gg_epilogue(mode, act, acc[4 * j + 2 * h + 1], bias, aux, t.g, N, at + 1, col + 1);
-                *(uint32_t*)(c + at) = (uint32_t)float_to_bf16(v0) | ((uint32_t)float_to_bf16(v1) << 16);
+                float v[2] = {acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]};
+                gg_epilogue<MODE, ACT, 2>(v, bias, aux, t.g, N, at, col);
+                *(uint32_t*)(c + at) = (uint32_t)float_to_bf16(v[0]) | ((uint32_t)float_to_bf16(v[1]) << 16);
             }
         }
     }
-    #define GH_ENTRY(NAME, AK, BK, VK) \
+    #define GH_ENTRY(NAME, AK, BK, VK, MODE, ACT) \
     extern "C" __global__ void __launch_bounds__(256, 2) NAME(const T* a, const T* b, T* c, const int* offsets, const int* tiles, \
         int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, int64_t bStride, int64_t cStride, \
-        const T* bias, T* aux, int mode, int act) { \
-        grouped_gemm_wgmma<AK, BK, VK>(a, b, c, offsets, tiles, M, N, K, lda, ldb, ldc, bStride, cStride, bias, aux, mode, act); }
-    // The products of `GroupedGemmKernels`, under the same names with `_wgmma` appended.
-    GH_ENTRY(grouped_gemm_forward_wgmma, true, true, false)
-    GH_ENTRY(grouped_gemm_data_gradient_wgmma, true, false, false)
-    GH_ENTRY(grouped_gemm_weight_gradient_wgmma, false, false, true)
+        const T* bias, T* aux) { \
+        grouped_gemm_wgmma<AK, BK, VK, MODE, ACT>(a, b, c, offsets, tiles, M, N, K, lda, ldb, ldc, bStride, cStride, bias, aux); }
+    // The entries of `GroupedGemmKernels`, under the same names with `_wgmma` appended.
+    GG_ENTRIES(GH_ENTRY, _wgmma)
     #endif
     """#
 

@@ -41,20 +41,55 @@ enum GroupedGemmKernels {
         return true;
     }
 
-    /// The epilogue of a row-varying product (`GroupedEpilogue`; `mode` 0 none, 1 bias, 2
-    /// activation, 3 activation backward, `act` the `UnaryOp` code) on the float32 result `v` at
-    /// `at = row·ldc + col` of expert `g` (`bias` `[E, n]`): what `c` gets; mode 2 also writes the
-    /// pre-activation to `aux[at]`. Intermediates are rounded to T where the unfused primitives
-    /// store them, so the fused result is theirs.
-    __device__ __forceinline__ float gg_epilogue(int mode, int act, float v, const T* bias, T* aux, int g, int64_t n, int64_t at, int64_t col) {
-        if (mode == 0) return v;
-        const acc_t p = LD(ST(v));
-        if (mode == 3) return p * unary_derivative(act, LD(aux[at]));
-        const acc_t h = bias ? LD(ST(p + LD(bias[g * n + col]))) : p;
-        if (mode == 1) return h;
-        aux[at] = ST(h);
-        return unary_value(act, h);
+    /// The epilogue of a row-varying product (`GroupedEpilogue`), fixed at compile time so a plain
+    /// product compiles as if there were none: `MODE` 0 none, 1 bias, 2 activation `ACT` (a
+    /// `UnaryOp` code) after the bias, 3 the activation's backward; on `W` adjacent float32 results
+    /// `v` at `at = row·ldc + col` of expert `g` (`bias` `[E, n]`, W-aligned like `c`). Mode 2 also
+    /// writes the pre-activation to `aux[at...]`, mode 3 reads it there; both as one vector.
+    /// Intermediates are rounded to T where the unfused primitives store them, so the fused result is
+    /// theirs. (With the mode and activation read at run time, every result carried a switch over
+    /// all activations: the kernels ran 30-45% slower on small experts and took seconds to compile.)
+    template <int W> struct alignas(W * sizeof(T)) GGVector { T v[W]; };
+    template <int MODE, int ACT, int W>
+    __device__ __forceinline__ void gg_epilogue(float (&v)[W], const T* bias, T* aux, int g, int64_t n, int64_t at, int64_t col) {
+        if (MODE == 0) return;
+        if (MODE == 3) {
+            const GGVector<W> h = *(const GGVector<W>*)(aux + at);
+            #pragma unroll
+            for (int e = 0; e < W; e++) v[e] = LD(ST(v[e])) * unary_derivative(ACT, LD(h.v[e]));
+            return;
+        }
+        GGVector<W> b, h;
+        if (bias) b = *(const GGVector<W>*)(bias + g * n + col);
+        #pragma unroll
+        for (int e = 0; e < W; e++) {
+            const acc_t p = LD(ST(v[e]));
+            const acc_t x = bias ? LD(ST(p + LD(b.v[e]))) : p;
+            h.v[e] = ST(x);
+            v[e] = MODE == 1 ? x : unary_value(ACT, x);
+        }
+        if (MODE == 2) *(GGVector<W>*)(aux + at) = h;
     }
+
+    /// The entry points of one family of grouped kernels (`ENTRY(name, A_K, B_K, VARY_K, MODE,
+    /// ACT)`): the forward x_g W_gᵀ (both operands K-contiguous) plain, with a bias, and with a bias
+    /// and each activation an expert can have (ReLU 5, SiLU 7, GELU tanh 8, GELU erf 9); the data
+    /// gradient gy_g W_g (B N-contiguous) plain and with each activation's backward; the weight
+    /// gradient gy_gᵀ x_g (A M-contiguous, B N-contiguous, summed over the expert's rows), plain.
+    /// `CUDABackend.groupedKernelName` names them.
+    #define GG_ENTRIES(ENTRY, SUFFIX) \
+    ENTRY(grouped_gemm_forward##SUFFIX, true, true, false, 0, 0) \
+    ENTRY(grouped_gemm_forward_bias##SUFFIX, true, true, false, 1, 0) \
+    ENTRY(grouped_gemm_forward_act5##SUFFIX, true, true, false, 2, 5) \
+    ENTRY(grouped_gemm_forward_act7##SUFFIX, true, true, false, 2, 7) \
+    ENTRY(grouped_gemm_forward_act8##SUFFIX, true, true, false, 2, 8) \
+    ENTRY(grouped_gemm_forward_act9##SUFFIX, true, true, false, 2, 9) \
+    ENTRY(grouped_gemm_data_gradient##SUFFIX, true, false, false, 0, 0) \
+    ENTRY(grouped_gemm_data_gradient_dact5##SUFFIX, true, false, false, 3, 5) \
+    ENTRY(grouped_gemm_data_gradient_dact7##SUFFIX, true, false, false, 3, 7) \
+    ENTRY(grouped_gemm_data_gradient_dact8##SUFFIX, true, false, false, 3, 8) \
+    ENTRY(grouped_gemm_data_gradient_dact9##SUFFIX, true, false, false, 3, 9) \
+    ENTRY(grouped_gemm_weight_gradient##SUFFIX, false, false, true, 0, 0)
     #endif
 
     #if defined(FM_BF16)
@@ -95,16 +130,15 @@ enum GroupedGemmKernels {
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     }
 
-    template <bool A_K, bool B_K, bool VARY_K>
+    template <bool A_K, bool B_K, bool VARY_K, int MODE, int ACT>
     __device__ __forceinline__ void grouped_gemm_mma(const bf16_t* __restrict__ a, const bf16_t* __restrict__ b, bf16_t* __restrict__ c,
                                                      const int* __restrict__ offsets, const int* __restrict__ tiles,
                                                      int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc,
-                                                     int64_t bStride, int64_t cStride, const T* bias, T* aux, int mode, int act) {
+                                                     int64_t bStride, int64_t cStride, const T* bias, T* aux) {
         extern __shared__ __align__(16) bf16_t gg_tiles_bf16[];
         GroupedTile t;
         if (!grouped_tile<VARY_K>(GG_BM, offsets, tiles, M, K, t)) return;
         if (VARY_K) c += t.g * cStride; else b += t.g * bStride;
-        if (VARY_K) mode = 0;   // the weight gradient has no epilogue: compiled out
         const int64_t m0 = t.m0, mEnd = t.mEnd, k0 = t.k0, kEnd = t.kEnd;
         const int64_t n0 = (int64_t)blockIdx.x * GG_BN;
         const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 2, wn = warp & 3;
@@ -223,18 +257,18 @@ enum GroupedGemmKernels {
                 for (int ni = 0; ni < 4; ni++) {
                     const int64_t col = n0 + wn * 32 + ni * 8 + (lane & 3) * 2, at = row * ldc + col;
                     if (col >= N) continue;
-                    const float v0 = gg_epilogue(mode, act, acc[mi][ni][half * 2], bias, aux, t.g, N, at, col);
-                    const float v1 = gg_epilogue(mode, act, acc[mi][ni][half * 2 + 1], bias, aux, t.g, N, at + 1, col + 1);
-                    *(uint32_t*)(c + at) = (uint32_t)float_to_bf16(v0) | ((uint32_t)float_to_bf16(v1) << 16);
+                    float v[2] = {acc[mi][ni][half * 2], acc[mi][ni][half * 2 + 1]};
+                    gg_epilogue<MODE, ACT, 2>(v, bias, aux, t.g, N, at, col);
+                    *(uint32_t*)(c + at) = (uint32_t)float_to_bf16(v[0]) | ((uint32_t)float_to_bf16(v[1]) << 16);
                 }
             }
         }
     }
-    #define GG_ENTRY(NAME, AK, BK, VK) \
+    #define GG_ENTRY(NAME, AK, BK, VK, MODE, ACT) \
     extern "C" __global__ void __launch_bounds__(256, 2) NAME(const T* a, const T* b, T* c, const int* offsets, const int* tiles, \
         int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, int64_t bStride, int64_t cStride, \
-        const T* bias, T* aux, int mode, int act) { \
-        grouped_gemm_mma<AK, BK, VK>(a, b, c, offsets, tiles, M, N, K, lda, ldb, ldc, bStride, cStride, bias, aux, mode, act); }
+        const T* bias, T* aux) { \
+        grouped_gemm_mma<AK, BK, VK, MODE, ACT>(a, b, c, offsets, tiles, M, N, K, lda, ldb, ldc, bStride, cStride, bias, aux); }
     #endif
 
     #if defined(FM_F32)
@@ -268,17 +302,16 @@ enum GroupedGemmKernels {
         }
     }
 
-    template <bool A_K, bool B_K, bool VARY_K>
+    template <bool A_K, bool B_K, bool VARY_K, int MODE, int ACT>
     __device__ __forceinline__ void grouped_gemm_simt(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c,
                                                       const int* __restrict__ offsets, const int* __restrict__ tiles,
                                                       int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc,
-                                                      int64_t bStride, int64_t cStride, const T* bias, T* aux, int mode, int act) {
+                                                      int64_t bStride, int64_t cStride, const T* bias, T* aux) {
         __shared__ __align__(16) float As[2][GS_BK][GS_BM];
         __shared__ __align__(16) float Bs[2][GS_BK][GS_BN];
         GroupedTile t;
         if (!grouped_tile<VARY_K>(GS_BM, offsets, tiles, M, K, t)) return;
         if (VARY_K) c += t.g * cStride; else b += t.g * bStride;
-        if (VARY_K) mode = 0;   // the weight gradient has no epilogue: compiled out
         const int64_t m0 = t.m0, mEnd = t.mEnd, k0 = t.k0, kEnd = t.kEnd;
         const int64_t n0 = (int64_t)blockIdx.x * GS_BN;
         // 128 threads of 8×8 outputs: rows ty·4 + {0..3} and 32 + ty·4 + {0..3}, columns tx·4 + {0..3}
@@ -334,27 +367,21 @@ enum GroupedGemmKernels {
             for (int h = 0; h < 2; h++) {
                 const int64_t col = n0 + h * 64 + tx * 4, at = row * ldc + col;
                 if (col >= N) continue;
-                float v[4];
-                #pragma unroll
-                for (int e = 0; e < 4; e++) v[e] = gg_epilogue(mode, act, acc[i][h * 4 + e], bias, aux, t.g, N, at + e, col + e);
+                float v[4] = {acc[i][h * 4], acc[i][h * 4 + 1], acc[i][h * 4 + 2], acc[i][h * 4 + 3]};
+                gg_epilogue<MODE, ACT, 4>(v, bias, aux, t.g, N, at, col);
                 *(float4*)(c + at) = make_float4(v[0], v[1], v[2], v[3]);
             }
         }
     }
-    #define GG_ENTRY(NAME, AK, BK, VK) \
+    #define GG_ENTRY(NAME, AK, BK, VK, MODE, ACT) \
     extern "C" __global__ void __launch_bounds__(128) NAME(const T* a, const T* b, T* c, const int* offsets, const int* tiles, \
         int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, int64_t bStride, int64_t cStride, \
-        const T* bias, T* aux, int mode, int act) { \
-        grouped_gemm_simt<AK, BK, VK>(a, b, c, offsets, tiles, M, N, K, lda, ldb, ldc, bStride, cStride, bias, aux, mode, act); }
+        const T* bias, T* aux) { \
+        grouped_gemm_simt<AK, BK, VK, MODE, ACT>(a, b, c, offsets, tiles, M, N, K, lda, ldb, ldc, bStride, cStride, bias, aux); }
     #endif
 
     #if defined(FM_BF16) || defined(FM_F32)
-    // The forward x_g W_gᵀ (both operands K-contiguous), the data gradient gy_g W_g (B N-contiguous),
-    // the weight gradient gy_gᵀ x_g (A M-contiguous, B N-contiguous, summed over the expert's rows;
-    // no epilogue: mode 0).
-    GG_ENTRY(grouped_gemm_forward, true, true, false)
-    GG_ENTRY(grouped_gemm_data_gradient, true, false, false)
-    GG_ENTRY(grouped_gemm_weight_gradient, false, false, true)
+    GG_ENTRIES(GG_ENTRY, )
     #endif
     """#
 }
