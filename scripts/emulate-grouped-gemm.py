@@ -9,8 +9,8 @@ For machines without a GPU: the kernels' CUDA C++ is compiled as C++ (clang++ or
 thread a host thread, `__syncthreads` a barrier. The inline PTX they use is emulated from the PTX
 ISA's definitions: `cp.async` as an immediate copy (zero-filled past its source size), `ldmatrix`
 and `mma.sync` as warp-collective exchanges of the documented fragments, `wgmma` as each thread
-computing its accumulators from shared memory through the descriptors' canonical layouts (no
-swizzle). So a pass says the kernels' own indexing, pipelining and epilogues are right under that
+computing its accumulators from shared memory through the descriptors' canonical layouts (none
+and the 128-byte swizzle). So a pass says the kernels' own indexing, pipelining and epilogues are right under that
 reading of the ISA; the hardware has the last word (`CUDARoutingTests` on a GPU). The `mma.sync`
 family has passed on an H200, which checks the emulation of `ldmatrix` and `mma.sync` themselves.
 """
@@ -65,7 +65,10 @@ def kernel_source(family):
     unary = raw_strings("ElementwiseKernels.swift")[0]
     common, kernels = raw_strings("GroupedGemmKernels.swift")[:2]
     if family == "wgmma":
-        kernels = raw_strings("GroupedGemmHopperKernels.swift")[0].replace("\\#(wgmmaHelper)", "")
+        hopper = open(os.path.join(KERNELS, "GroupedGemmHopperKernels.swift")).read()
+        stages, in_flight = re.search(r"static let stages = (\d+), mmasInFlight = (\d+)", hopper).groups()
+        kernels = (raw_strings("GroupedGemmHopperKernels.swift")[0].replace("\\#(wgmmaHelper)", "")
+                   .replace("\\#(stages)", stages).replace("\\#(mmasInFlight)", in_flight).replace("\\#(blocksPerSM)", "1"))
     body = common + "\n" + kernels
     for helper in ["gg_shared_address", "gg_copy16", "gg_ldsm_t", "gg_ldsm", "gg_mma", "gh_fence_accumulator"]:
         body = strip_function(body, helper)
@@ -92,7 +95,7 @@ SHIM = r"""
 struct Dim { unsigned x = 1, y = 1, z = 1; };
 thread_local Dim threadIdx, blockIdx;
 Dim blockDim, gridDim;
-alignas(128) unsigned char emu_smem[256 * 1024];
+alignas(1024) unsigned char emu_smem[256 * 1024];
 std::barrier<>* emu_block_barrier;
 std::vector<std::barrier<>*> emu_warp_barriers;
 
@@ -181,12 +184,21 @@ inline void gg_mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
     }
 }
 // wgmma m64n128k16, both operands from shared memory: descriptor = start >> 4 (bits 0-13), leading
-// byte offset >> 4 (16-29: between core matrices along K), stride byte offset >> 4 (32-45: along M
-// or N); no swizzle: a core matrix is 8 rows of 16 bytes. K-major (trans 0): row = M (or N) index,
-// 8 K values a row; MN-major (trans 1): row = K index, 8 M (or N) values a row.
+// byte offset >> 4 (16-29), stride byte offset >> 4 (32-45), layout type (62-63: 0 none, 1 the
+// 128-byte swizzle). No swizzle: a core matrix is 8 rows of 16 bytes, leading = between core
+// matrices along K, stride = along M or N; K-major (trans 0): row = M (or N) index, 8 K values a
+// row; MN-major (trans 1): row = K index, 8 M (or N) values a row. 128-byte swizzle: rows of 128
+// bytes, 8-row groups `stride` apart; K-major: row = M (or N) index; MN-major: row = K index, 64 M
+// (or N) values a row, blocks of 64 `leading` apart; then the 16-byte chunk bits of the address
+// (4-6) are XORed with its row-in-group bits (7-9).
 inline uint32_t emu_operand(uint64_t desc, int trans, int mn, int k) {
     uint32_t start = (uint32_t)(desc & 0x3fff) << 4, lead = (uint32_t)((desc >> 16) & 0x3fff) << 4,
              stride = (uint32_t)((desc >> 32) & 0x3fff) << 4;
+    if ((desc >> 62) == 1) {
+        uint32_t address = trans == 0 ? start + (mn % 8) * 128 + (mn / 8) * stride + k * 2
+                                      : start + (mn % 64) * 2 + (mn / 64) * lead + (k % 8) * 128 + (k / 8) * stride;
+        return address ^ (((address >> 7) & 7) << 4);
+    }
     return trans == 0 ? start + (mn % 8) * 16 + (mn / 8) * stride + (k % 8) * 2 + (k / 8) * lead
                       : start + (mn % 8) * 2 + (mn / 8) * stride + (k % 8) * 16 + (k / 8) * lead;
 }

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Probes how a Hopper GPU reads `wgmma` operands from shared memory, for the layout
-`GroupedGemmHopperKernels` uses (no swizzle, 8×8 core matrices of 128 contiguous bytes).
+"""Probes how a Hopper GPU reads `wgmma` operands from shared memory, for the layouts
+`GroupedGemmHopperKernels` can use (no swizzle; 128-byte swizzle).
 
     python3 scripts/probe-wgmma.py [--compile-only]
 
-One warpgroup computes D = A·B (`wgmma.mma_async.m64n128k16.f32.bf16.bf16`, A 64×16, B 16×128) from
-random bf16 values, for both operand kinds (K-contiguous: transpose flag 0; M- or N-contiguous: 1)
-and with the descriptor's two byte offsets as the kernel sets them and swapped, and prints the error
+One warpgroup computes D = A·B (four `wgmma.mma_async.m64n128k16.f32.bf16.bf16` steps along K, A
+64×64, B 64×128, the descriptors' start moved per step as the kernel does) from random bf16 values,
+for both operand kinds (K-contiguous: transpose flag 0; M- or N-contiguous: 1), both layouts, and
+with the descriptor's two byte offsets as the kernel sets them and swapped, and prints the error
 of each against numpy. The kernel's reading of the ISA is the row marked "as the kernel": if the
 grouped kernel's GPU test fails, this says which assumption the hardware does not share. Needs
 libcuda and libnvrtc (CUDA 12.x or 13) and numpy; `--compile-only` checks the source with NVRTC
@@ -31,14 +32,27 @@ __device__ __forceinline__ uint32_t smem_address(const void* p) {
     return r;
 }
 
-// Stores element (mn, k) of an operand with MN extent `extent` and K = 16 in the kernel's layout:
-// K-contiguous (kc): core matrix (mn/8, k/8) at ((mn/8)·2 + k/8)·128, row mn%8 at 16·(mn%8), k%8 at
-// 2·(k%8): leading (K) offset 128, stride (MN) offset 256. MN-contiguous: core matrix (k/8, mn/8) at
-// ((k/8)·(extent/8) + mn/8)·128, row k%8 at 16·(k%8), mn%8 at 2·(mn%8): leading (K) offset
-// 16·extent, stride (MN) offset 128.
-__device__ __forceinline__ int place(bool kc, int extent, int mn, int k) {
-    return kc ? ((mn / 8) * 2 + k / 8) * 128 + (mn % 8) * 16 + (k % 8) * 2
-              : ((k / 8) * (extent / 8) + mn / 8) * 128 + (k % 8) * 16 + (mn % 8) * 2;
+// Byte offset of element (mn, k) of an operand tile with MN extent `extent` and K = 64, as the
+// wgmma kernel lays it out (`GroupedGemmHopperKernels`).
+// - no swizzle (`sw` 0): 8×8 core matrices of 128 contiguous bytes. K-contiguous (kc): core matrix
+//   (mn/8, k/8) at ((mn/8)·8 + k/8)·128: leading (K) offset 128, stride (MN) 1024. MN-contiguous:
+//   core matrix (k/8, mn/8) at ((k/8)·(extent/8) + mn/8)·128: leading 16·extent, stride 128.
+// - 128-byte swizzle (`sw` 1): rows of 128 bytes whose 16-byte chunk c sits at c ^ (row % 8).
+//   K-contiguous: row mn (64 K values), 8-row groups 1024 apart (stride offset 1024). MN-contiguous:
+//   blocks of 64 MN values, each 64 K rows of 128 bytes (8192 apart: leading offset), 8-K-row
+//   groups 1024 apart (stride offset).
+__device__ __forceinline__ int place(int sw, bool kc, int extent, int mn, int k) {
+    if (sw == 0)
+        return kc ? ((mn / 8) * 8 + k / 8) * 128 + (mn % 8) * 16 + (k % 8) * 2
+                  : ((k / 8) * (extent / 8) + mn / 8) * 128 + (k % 8) * 16 + (mn % 8) * 2;
+    return kc ? mn * 128 + (((k / 8) ^ (mn % 8)) * 16) + (k % 8) * 2
+              : (mn / 64) * 8192 + k * 128 + ((((mn % 64) / 8) ^ (k % 8)) * 16) + (mn % 8) * 2;
+}
+// The descriptor's leading and stride byte offsets for `place`, and the start address step per 16
+// of K.
+__device__ __forceinline__ void offsets(int sw, bool kc, int extent, uint32_t& lead, uint32_t& stride, uint32_t& kStep) {
+    if (sw == 0) { lead = kc ? 128 : 16 * extent; stride = kc ? 1024 : 128; kStep = 2 * lead; return; }
+    lead = kc ? 16 : 8192; stride = 1024; kStep = kc ? 32 : 2048;
 }
 
 template <int TA, int TB>
@@ -49,24 +63,26 @@ __device__ __forceinline__ void wgmma(float* d, uint64_t da, uint64_t db) {
                  : "l"(da), "l"(db), "r"(1), "n"(TA), "n"(TB));
 }
 
-// a: A row-major 64×16 (m, k); b: B as 128×16 (n, k); d: 64×128 row-major.
+// a: A row-major 64×64 (m, k); b: B as 128×64 (n, k); d: 64×128 row-major. Four wgmma steps of 16 K.
 template <int TA, int TB>
-__device__ void probe(const bf16_t* a, const bf16_t* b, float* d, int swap) {
-    __shared__ __align__(128) unsigned char sa[64 * 16 * 2], sb[128 * 16 * 2];
+__device__ void probe(const bf16_t* a, const bf16_t* b, float* d, int swap, int sw) {
+    __shared__ __align__(1024) unsigned char sa[64 * 64 * 2], sb[128 * 64 * 2];
     const int t = threadIdx.x;
-    for (int i = t; i < 64 * 16; i += 128) *(bf16_t*)(sa + place(TA == 0, 64, i / 16, i % 16)) = a[i];
-    for (int i = t; i < 128 * 16; i += 128) *(bf16_t*)(sb + place(TB == 0, 128, i / 16, i % 16)) = b[i];
+    for (int i = t; i < 64 * 64; i += 128) *(bf16_t*)(sa + place(sw, TA == 0, 64, i / 64, i % 64)) = a[i];
+    for (int i = t; i < 128 * 64; i += 128) *(bf16_t*)(sb + place(sw, TB == 0, 128, i / 64, i % 64)) = b[i];
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();
-    uint32_t leadA = TA == 0 ? 128 : 16 * 64, strideA = TA == 0 ? 256 : 128;
-    uint32_t leadB = TB == 0 ? 128 : 16 * 128, strideB = TB == 0 ? 256 : 128;
+    uint32_t leadA, strideA, stepA, leadB, strideB, stepB;
+    offsets(sw, TA == 0, 64, leadA, strideA, stepA);
+    offsets(sw, TB == 0, 128, leadB, strideB, stepB);
     if (swap) { uint32_t x = leadA; leadA = strideA; strideA = x; x = leadB; leadB = strideB; strideB = x; }
-    uint64_t da = (uint64_t)((smem_address(sa) & 0x3FFFF) >> 4) | ((uint64_t)(leadA >> 4) << 16) | ((uint64_t)(strideA >> 4) << 32);
-    uint64_t db = (uint64_t)((smem_address(sb) & 0x3FFFF) >> 4) | ((uint64_t)(leadB >> 4) << 16) | ((uint64_t)(strideB >> 4) << 32);
+    const uint64_t layout = sw ? 1ull << 62 : 0;
+    uint64_t da = (uint64_t)((smem_address(sa) & 0x3FFFF) >> 4) | ((uint64_t)(leadA >> 4) << 16) | ((uint64_t)(strideA >> 4) << 32) | layout;
+    uint64_t db = (uint64_t)((smem_address(sb) & 0x3FFFF) >> 4) | ((uint64_t)(leadB >> 4) << 16) | ((uint64_t)(strideB >> 4) << 32) | layout;
     float acc[64];
     for (int i = 0; i < 64; i++) acc[i] = 0.f;
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-    wgmma<TA, TB>(acc, da, db);
+    for (int kk = 0; kk < 4; kk++) wgmma<TA, TB>(acc, da + kk * (stepA >> 4), db + kk * (stepB >> 4));
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     for (int i = 0; i < 64; i++) asm volatile("" : "+f"(acc[i]) :: "memory");
@@ -78,10 +94,10 @@ __device__ void probe(const bf16_t* a, const bf16_t* b, float* d, int swap) {
                 d[(16 * warp + lane / 4 + 8 * h) * 128 + 8 * j + 2 * (lane % 4) + e] = acc[4 * j + 2 * h + e];
 }
 
-extern "C" __global__ void probe_kk(const bf16_t* a, const bf16_t* b, float* d, int swap) { probe<0, 0>(a, b, d, swap); }
-extern "C" __global__ void probe_km(const bf16_t* a, const bf16_t* b, float* d, int swap) { probe<0, 1>(a, b, d, swap); }
-extern "C" __global__ void probe_mk(const bf16_t* a, const bf16_t* b, float* d, int swap) { probe<1, 0>(a, b, d, swap); }
-extern "C" __global__ void probe_mm(const bf16_t* a, const bf16_t* b, float* d, int swap) { probe<1, 1>(a, b, d, swap); }
+extern "C" __global__ void probe_kk(const bf16_t* a, const bf16_t* b, float* d, int swap, int sw) { probe<0, 0>(a, b, d, swap, sw); }
+extern "C" __global__ void probe_km(const bf16_t* a, const bf16_t* b, float* d, int swap, int sw) { probe<0, 1>(a, b, d, swap, sw); }
+extern "C" __global__ void probe_mk(const bf16_t* a, const bf16_t* b, float* d, int swap, int sw) { probe<1, 0>(a, b, d, swap, sw); }
+extern "C" __global__ void probe_mm(const bf16_t* a, const bf16_t* b, float* d, int swap, int sw) { probe<1, 1>(a, b, d, swap, sw); }
 """
 
 
@@ -151,8 +167,8 @@ def main():
     check(cuda.cuModuleLoadData(ctypes.byref(module), cubin), "cuModuleLoadData")
 
     rng = np.random.default_rng(5)
-    a_bits, a = bf16(rng.standard_normal((64, 16)))
-    b_bits, b = bf16(rng.standard_normal((128, 16)))   # B stored (n, k)
+    a_bits, a = bf16(rng.standard_normal((64, 64)))
+    b_bits, b = bf16(rng.standard_normal((128, 64)))   # B stored (n, k)
     want = a.astype(np.float64) @ b.astype(np.float64).T
 
     def buffer(nbytes, host=None):
@@ -163,21 +179,23 @@ def main():
         return pointer
 
     da, db, dd = buffer(a_bits.nbytes, a_bits), buffer(b_bits.nbytes, b_bits), buffer(64 * 128 * 4)
-    print("operands (A, B)              descriptor offsets   max |error| / max |D|")
+    print("layout      operands (A, B)              descriptor offsets   max |error| / max |D|")
     for name, kinds in [("probe_kk", "K-contig, K-contig"), ("probe_km", "K-contig, N-contig"),
                         ("probe_mk", "M-contig, K-contig"), ("probe_mm", "M-contig, N-contig")]:
         function = ctypes.c_void_p()
         check(cuda.cuModuleGetFunction(ctypes.byref(function), module, name.encode()), "cuModuleGetFunction")
-        for swap in (0, 1):
-            swap_arg = ctypes.c_int(swap)
-            params = (ctypes.c_void_p * 4)(ctypes.addressof(da), ctypes.addressof(db), ctypes.addressof(dd), ctypes.addressof(swap_arg))
+        for sw, swap in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+            swap_arg, sw_arg = ctypes.c_int(swap), ctypes.c_int(sw)
+            params = (ctypes.c_void_p * 5)(ctypes.addressof(da), ctypes.addressof(db), ctypes.addressof(dd), ctypes.addressof(swap_arg),
+                                           ctypes.addressof(sw_arg))
             check(cuda.cuLaunchKernel(function, 1, 1, 1, 128, 1, 1, 0, None, params, None), "cuLaunchKernel")
             check(cuda.cuCtxSynchronize(), "cuCtxSynchronize")
             got = np.zeros((64, 128), dtype=np.float32)
             check(cuda.cuMemcpyDtoH_v2(got.ctypes.data_as(ctypes.c_void_p), dd, ctypes.c_size_t(got.nbytes)), "cuMemcpyDtoH")
             error = np.abs(got - want).max() / np.abs(want).max()
             label = "as the kernel" if swap == 0 else "swapped"
-            print(f"{kinds:28s} {label:20s} {error:.2e}{'  <- matches' if error < 1e-3 else ''}")
+            layout = "128B swizzle" if sw else "no swizzle"
+            print(f"{layout:12s}{kinds:28s} {label:20s} {error:.2e}{'  <- matches' if error < 1e-3 else ''}")
 
 
 if __name__ == "__main__":
