@@ -7,7 +7,7 @@
 One warpgroup computes D = A·B (four `wgmma.mma_async.m64n128k16.f32.bf16.bf16` steps along K, A
 64×64, B 64×128, the descriptors' start moved per step as the kernel does) from random bf16 values,
 for both operand kinds (K-contiguous: transpose flag 0; M- or N-contiguous: 1), both layouts, and
-with the descriptor's two byte offsets as the kernel sets them and swapped, and prints the error
+with the descriptor's byte offsets as the kernel sets them, and prints the error
 of each against numpy. The kernel's reading of the ISA is the row marked "as the kernel": if the
 grouped kernel's GPU test fails, this says which assumption the hardware does not share. Needs
 libcuda and libnvrtc (CUDA 12.x or 13) and numpy; `--compile-only` checks the source with NVRTC
@@ -184,7 +184,9 @@ def main():
                         ("probe_mk", "M-contig, K-contig"), ("probe_mm", "M-contig, N-contig")]:
         function = ctypes.c_void_p()
         check(cuda.cuModuleGetFunction(ctypes.byref(function), module, name.encode()), "cuModuleGetFunction")
-        for sw, swap in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+        # (Swapped descriptor offsets can address past the operands' shared memory, and an illegal
+        # address ends the context: the kernel's own offsets only.)
+        for sw, swap in [(0, 0), (1, 0)]:
             swap_arg, sw_arg = ctypes.c_int(swap), ctypes.c_int(sw)
             params = (ctypes.c_void_p * 5)(ctypes.addressof(da), ctypes.addressof(db), ctypes.addressof(dd), ctypes.addressof(swap_arg),
                                            ctypes.addressof(sw_arg))

@@ -23,13 +23,20 @@ struct GroupedGemmStrategyTests {
 
     /// `.automatic` takes our kernel for the small experts where it won on the H200 (the small
     /// training preset's layer: 1024 rows, 256 × 512, in both dtypes) and the lanes for the large
-    /// ones (the fine-grained bench's E = 8: 4096 rows, 2048 × 1408; fp32 2048 rows, 512 × 1024).
+    /// ones (the fine-grained bench's E = 8: 4096 rows, 2048 × 1408; fp32 2048 rows, 512 × 1024); its
+    /// wgmma form up to mid-sized ones.
     @Test func automaticTakesTheKernelOnlyForSmallExperts() {
         for bf16 in [true, false] {
             #expect(GroupedGemmStrategy.kernelPays(bfloat16: bf16, meanRows: 1024, outWidth: 512, inWidth: 256))
             #expect(!GroupedGemmStrategy.kernelPays(bfloat16: bf16, meanRows: 4096, outWidth: 1408, inWidth: 2048))
         }
         #expect(!GroupedGemmStrategy.kernelPays(bfloat16: false, meanRows: 2048, outWidth: 1024, inWidth: 512))
+        // With wgmma also the fine E = 64 K = 2 row (512 rows) and the medium preset's experts (2048
+        // rows, 2048 × 512), not 1024 rows of 1408 × 2048, where the lanes won.
+        #expect(GroupedGemmStrategy.kernelPays(bfloat16: true, wgmma: true, meanRows: 512, outWidth: 1408, inWidth: 2048))
+        #expect(!GroupedGemmStrategy.kernelPays(bfloat16: true, meanRows: 512, outWidth: 1408, inWidth: 2048))
+        #expect(GroupedGemmStrategy.kernelPays(bfloat16: true, wgmma: true, meanRows: 2048, outWidth: 2048, inWidth: 512))
+        #expect(!GroupedGemmStrategy.kernelPays(bfloat16: true, wgmma: true, meanRows: 1024, outWidth: 1408, inWidth: 2048))
     }
 
     @Test func bucketsAreTheNextPowerOfTwo() {

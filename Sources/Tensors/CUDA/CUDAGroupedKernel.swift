@@ -112,12 +112,19 @@ extension CUDABackend {
         withExtendedLifetime(table) {}
     }
 
+    /// Whether the grouped kernel runs on wgmma (`GroupedGemmHopperKernels`): bfloat16 under `.wgmma`
+    /// or `.automatic`, on a device that runs it.
+    func runsWgmma(_ dtype: DType) -> Bool {
+        let strategy = Self.groupedGemmStrategy
+        return dtype == .bfloat16 && (strategy == .wgmma || strategy == .automatic) && (try? gpu.compiler().targetsHopperFeatures) == true
+    }
+
     /// The kernel of `product` for `dtype` with the epilogue entry `suffix` (`KernelEpilogue`), and
-    /// its dynamic shared memory: the Hopper one in bfloat16 under `.wgmma` where the device runs
-    /// it, else `GroupedGemmKernels`' (bfloat16: three stages of two 128×40 tiles, above the default
-    /// 48 KiB; float32: static shared memory only).
+    /// its dynamic shared memory: the Hopper one where `runsWgmma`, else `GroupedGemmKernels`'
+    /// (bfloat16: three stages of two 128×40 tiles, above the default 48 KiB; float32: static
+    /// shared memory only).
     private func groupedKernel(_ product: GroupedProduct, _ dtype: DType, epilogue suffix: String) -> (CUDAFunction, sharedBytes: Int) {
-        if dtype == .bfloat16 && Self.groupedGemmStrategy == .wgmma {
+        if runsWgmma(dtype) {
             let hopper = switch product {
             case .forward: hopperKernel("grouped_gemm_forward\(suffix)_wgmma")
             case .dataGradient: hopperKernel("grouped_gemm_data_gradient\(suffix)_wgmma")

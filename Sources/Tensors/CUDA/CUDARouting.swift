@@ -272,7 +272,7 @@ extension CUDABackend: MoEBackend {
         case .automatic:
             // With TF32 allowed, cuBLAS runs float32 on tensor cores, far past our CUDA-core kernel.
             if weight.dtype == .float32 && ((try? gpu.blas().usesTF32) ?? false) { return false }
-            guard GroupedGemmStrategy.kernelPays(bfloat16: weight.dtype == .bfloat16, meanRows: rows / max(experts, 1),
+            guard GroupedGemmStrategy.kernelPays(bfloat16: weight.dtype == .bfloat16, wgmma: runsWgmma(weight.dtype), meanRows: rows / max(experts, 1),
                                                  outWidth: weight.shape[1], inWidth: weight.shape[2]) else { return false }
         default: return false
         }

@@ -4,8 +4,9 @@
 /// `.automatic` picks by the problems' shapes; the others pin one path, for tests that must cover
 /// each and for `fastmoe bench moe-layer --grouped-gemm` to compare them.
 public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
-    /// The fastest path measured for the shapes: `.kernel` for small experts (``kernelPays(bfloat16:meanRows:outWidth:inWidth:)``),
-    /// else `.lanes`.
+    /// The fastest path measured for the shapes: our kernel for small and mid-sized experts
+    /// (``kernelPays(bfloat16:wgmma:meanRows:outWidth:inWidth:)``; in bfloat16 on Hopper its wgmma
+    /// form), else `.lanes`.
     case automatic
     /// One `cublasGemmGroupedBatchedEx` call (cuBLAS ≥ 12.5), one group per distinct shape.
     case grouped
@@ -18,7 +19,8 @@ public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
     /// bfloat16, CUDA cores in float32), where the widths fit it; elsewhere `.lanes`.
     case kernel
     /// `.kernel` with its bfloat16 products on Hopper's warpgroup MMA (`GroupedGemmHopperKernels`)
-    /// on a compute capability 9.x device; elsewhere exactly `.kernel`.
+    /// on a compute capability 9.x device; elsewhere exactly `.kernel`. (`.automatic` takes this
+    /// form wherever it takes our kernel in bfloat16.)
     case wgmma
 
     /// The names `--grouped-gemm` takes.
@@ -56,19 +58,23 @@ public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
     }
 
     /// Whether `.automatic` runs a grouped product on our kernel rather than the lanes: where one
-    /// expert's GEMM (`2 · meanRows · outWidth · inWidth` FLOPs) is under `kernelFLOPLimit` (2
-    /// GFLOP in bfloat16, 1 in float32). There the lanes are bound by the host (a cuBLAS launch,
-    /// events and a plan lookup per expert cost more than the GEMM) and one launch for all experts
-    /// wins; on larger experts cuBLAS's Hopper kernels beat our `mma.sync` and CUDA-core kernels.
-    /// H200, 2026-12-01, `fastmoe bench moe-layer`, fwd+bwd lanes → kernel: bf16 0.27 GFLOP per
-    /// expert (T=4096 D=256 H=512 E=8) 0.73 → 0.49 ms, and (T=8192 D=512 H=1024 E=64) 5.03 → 0.91;
-    /// 2.1 GFLOP (same, E=8) 0.73 → 0.77; 23.6 GFLOP (the fine E=8 row) 2.73 → 4.67; fp32 0.27
-    /// GFLOP 1.14 → 0.71, 0.54 (the paper's E=128) 15.2 → 15.1, 2.1 GFLOP 2.89 → 3.21
-    /// (docs/perf-notes.md, change 8).
-    public static func kernelPays(bfloat16: Bool, meanRows: Int, outWidth: Int, inWidth: Int) -> Bool {
-        2 * Double(meanRows) * Double(outWidth) * Double(inWidth) < kernelFLOPLimit(bfloat16: bfloat16)
+    /// expert's GEMM (`2 · meanRows · outWidth · inWidth` FLOPs) is under `kernelFLOPLimit`. There
+    /// the lanes are bound by the host (a cuBLAS launch, events and a plan lookup per expert cost
+    /// more than the GEMM) and one launch for all experts wins; on larger experts cuBLAS's Hopper
+    /// kernels win. H200, 2026-12-01, `fastmoe bench moe-layer`, fwd+bwd ms:
+    /// - bfloat16, wgmma / lanes (docs/perf-notes.md, change 18), by GFLOP per expert: 0.27 (T=4096
+    ///   D=256 H=512 E=8) 0.29 / 0.96; 2.15 (T=8192 D=512 H=1024 E=8) 0.61 / 0.71; 2.95 (the fine
+    ///   E=64 K=2 row) 3.73 / 4.21; 4.3 (the medium training step, whole step) 23.5 / 25.6; 5.9
+    ///   (fine sizes, E=32 K=2) 3.31 / 2.91; 11.8 (E=16) 3.14 / 2.61: limit 5 GFLOP;
+    /// - bfloat16 without wgmma (`mma.sync`, change 8): 0.27 GFLOP 0.73 → 0.49 ms, 2.1 GFLOP 0.73 →
+    ///   0.77, 23.6 GFLOP 2.73 → 4.67: limit 2 GFLOP;
+    /// - float32 (CUDA cores, change 8): 0.27 GFLOP 1.14 → 0.71, 0.54 (the paper's E=128) 15.2 →
+    ///   15.1, 2.1 GFLOP 2.89 → 3.21: limit 1 GFLOP.
+    public static func kernelPays(bfloat16: Bool, wgmma: Bool = false, meanRows: Int, outWidth: Int, inWidth: Int) -> Bool {
+        2 * Double(meanRows) * Double(outWidth) * Double(inWidth) < kernelFLOPLimit(bfloat16: bfloat16, wgmma: wgmma)
     }
 
-    /// One expert's GEMM FLOPs below which `.automatic` takes our kernel.
-    public static func kernelFLOPLimit(bfloat16: Bool) -> Double { bfloat16 ? 2e9 : 1e9 }
+    public static func kernelFLOPLimit(bfloat16: Bool, wgmma: Bool = false) -> Double {
+        bfloat16 ? (wgmma ? 5e9 : 2e9) : 1e9
+    }
 }
