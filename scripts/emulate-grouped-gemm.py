@@ -118,6 +118,8 @@ template <class P> P atomicCAS(P*, P, P) { std::abort(); }
 template <class P, class V> void atomicAdd(P*, V) { std::abort(); }
 struct alignas(16) float4 { float x, y, z, w; };
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+struct alignas(8) float2 { float x, y; };
+inline float2 make_float2(float x, float y) { return {x, y}; }
 """
 
 EMULATED_PTX = r"""

@@ -18,7 +18,9 @@
 /// - K-contiguous: row `r` holds its 64 K values at `r·128`; 16 more of K start 32 bytes on;
 /// - M- or N-contiguous: K row `k` of the 64 values of block `r/64` at `(r/64)·8192 + k·128`
 ///   (leading offset 8192); 16 more of K start 2048 bytes on.
-/// The `cp.async` writes of 8 adjacent threads fill one row's 8 chunks: no bank conflict.
+/// The `cp.async` writes of 8 adjacent threads fill one row's 8 chunks: no bank conflict. The
+/// finished tile is staged in the same shared memory (float32, 136 a row) and written out, epilogue
+/// applied, as 16-byte vectors of 8 columns.
 ///
 /// Pipeline: a ring of `stages` stages of 64 K values, filled by `cp.async` from all 256 threads,
 /// `stages - 1 - mmasInFlight` K tiles ahead of the one computed; before the tensor cores read a
@@ -45,6 +47,7 @@ enum GroupedGemmHopperKernels {
     #define GH_IN_FLIGHT \#(mmasInFlight)
     #define GH_AHEAD (GH_STAGES - 1 - GH_IN_FLIGHT)   // K tiles loaded ahead of the one computed
     #define GH_TILE_BYTES (128 * GH_BK * 2)   // one operand's tile of a stage
+    #define GH_CSTRIDE (GH_BN + 8)            // a staged float32 output row: 8 floats of padding against bank conflicts
 
     /// A shared-memory matrix descriptor for the 128-byte swizzle (layout type 1, bits 62-63): start
     /// address, then the leading and stride byte distances, each in 16-byte units.
@@ -153,19 +156,33 @@ enum GroupedGemmHopperKernels {
         #pragma unroll
         for (int i = 0; i < 64; i++) gh_fence_accumulator(acc[i]);
 
+        // The tile goes through shared memory (free now: every copy landed, every MMA is done once
+        // all warps pass the barrier) so that each thread then finishes 8 adjacent columns of a row:
+        // the epilogue reads the bias and pre-activation and writes C as 16-byte vectors, a warp two
+        // whole rows. (Straight from the accumulators a warp wrote 16 bytes of each of 8 rows.)
         // acc[4j + 2h + e]: row 16·warp + lane/4 + 8h of the warpgroup's 64, column 8j + 2·(lane%4) + e.
+        __syncthreads();
+        float* staged = (float*)((char*)gh_tiles + (sA - gg_shared_address(gh_tiles)));
         #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const int64_t row = m0 + group * 64 + warp * 16 + (lane >> 2) + h * 8;
-            if (row >= mEnd) continue;
+            const int r = group * 64 + warp * 16 + (lane >> 2) + h * 8;
             #pragma unroll
-            for (int j = 0; j < 16; j++) {
-                const int64_t col = n0 + j * 8 + (lane & 3) * 2, at = row * ldc + col;
-                if (col >= N) continue;
-                float v[2] = {acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]};
-                gg_epilogue<MODE, ACT, 2>(v, bias, aux, t.g, N, at, col);
-                *(uint32_t*)(c + at) = (uint32_t)float_to_bf16(v[0]) | ((uint32_t)float_to_bf16(v[1]) << 16);
-            }
+            for (int j = 0; j < 16; j++)
+                *(float2*)&staged[r * GH_CSTRIDE + j * 8 + (lane & 3) * 2] = make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+        }
+        __syncthreads();
+        #pragma unroll
+        for (int i = 0; i < GH_BM * GH_BN / 8 / 256; i++) {
+            const int id = tid + i * 256, r = id / (GH_BN / 8), c8 = (id % (GH_BN / 8)) * 8;
+            const int64_t row = m0 + r, col = n0 + c8, at = row * ldc + col;
+            if (row >= mEnd || col >= N) continue;
+            const float4 lo = *(const float4*)&staged[r * GH_CSTRIDE + c8], hi = *(const float4*)&staged[r * GH_CSTRIDE + c8 + 4];
+            float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+            gg_epilogue<MODE, ACT, 8>(v, bias, aux, t.g, N, at, col);
+            GGVector<8> out;
+            #pragma unroll
+            for (int e = 0; e < 8; e++) out.v[e] = float_to_bf16(v[e]);
+            *(GGVector<8>*)(c + at) = out;
         }
     }
     #define GH_ENTRY(NAME, AK, BK, VK, MODE, ACT) \
