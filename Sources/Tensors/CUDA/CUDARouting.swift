@@ -247,11 +247,20 @@ extension CUDABackend: MoEBackend {
     public func groupedColumnSums(_ x: Tensor, groups: RowGroups, _ out: Tensor) {
         let cols = out.lastDimension
         guard cols > 0, groups.count > 0 else { return }
-        // The offsets of the grouping the layer's GEMMs uploaded already (`groupTable`).
-        let table = groupTable(groups, rows: x.shape[0], tileRows: Self.groupedKernelTile(x.dtype).rows)
-        launch(kernel("grouped_column_sums", x.dtype), grid: ((cols + 31) / 32, groups.count, 1), block: (32, 8, 1),
-               stream: gpu.stream, arguments: [x.arg, .pointer(table.offsets), out.arg, .int64(Int64(cols))])
-        withExtendedLifetime(table) {}
+        // The row tiles of the grouping the layer's GEMMs built already (`groupTable`): partial sums
+        // per tile, then each expert's tiles added in order.
+        let tileRows = Self.groupedKernelTile(x.dtype).rows
+        let table = groupTable(groups, rows: x.shape[0], tileRows: tileRows)
+        let columnBlocks = (cols + 255) / 256
+        guard table.rowTiles > 0 else { return fill(out, value: 0) }
+        let partials = allocate(byteCount: table.rowTiles * cols * (x.dtype == .float64 ? 8 : 4))
+        launch(kernel("grouped_column_partials", x.dtype), grid: (columnBlocks, min(table.rowTiles, 65535), 1), block: (256, 1, 1),
+               stream: gpu.stream, arguments: [x.arg, .pointer(table.offsets), .pointer(table.tiles), .pointer(CUdeviceptr(partials.address)),
+                                               .int64(Int64(cols)), .int64(Int64(table.rowTiles)), .int32(Int32(tileRows))])
+        launch(kernel("grouped_column_finish", x.dtype), grid: (columnBlocks, groups.count, 1), block: (256, 1, 1), stream: gpu.stream,
+               arguments: [.pointer(CUdeviceptr(partials.address)), .pointer(table.tiles), out.arg, .int64(Int64(cols)),
+                           .int64(Int64(table.rowTiles))])
+        withExtendedLifetime((table, partials)) {}
     }
 
     public func gatheredRowDots(_ x: Tensor, indices: Tensor, _ g: Tensor, _ out: Tensor) {

@@ -52,21 +52,38 @@ enum DispatchKernels {
     }
 
     /// out[r] += table[idx[r]] in place; a negative index adds nothing.
-    /// Block (x, e) sums expert e's rows offsets[e] ..< offsets[e+1] over 32 columns: 8 rows of
-    /// threads take every 8th row in order, then thread row 0 adds the 8 partial sums in order.
-    extern "C" __global__ void grouped_column_sums(const T* x, const int32_t* offsets, T* out, int64_t cols) {
-        __shared__ acc_t part[8][33];
-        const int64_t e = blockIdx.y, c = (int64_t)blockIdx.x * 32 + threadIdx.x;
-        acc_t sum = (acc_t)0;
-        if (c < cols)
-            for (int64_t r = offsets[e] + threadIdx.y; r < offsets[e + 1]; r += 8) sum += LD(x[r * cols + c]);
-        part[threadIdx.y][threadIdx.x] = sum;
-        __syncthreads();
-        if (threadIdx.y == 0 && c < cols) {
-            acc_t total = (acc_t)0;
-            for (int k = 0; k < 8; k++) total += part[k][threadIdx.x];
-            out[e * cols + c] = ST(total);
+    /// The column sums of each row tile of a grouping, the first of two deterministic passes of the
+    /// grouped column sums (a bias gradient): tile t covers rows tiles[2t+1] ... of expert tiles[2t]
+    /// up to `tile_rows` or its expert's end (expert -1: past the last tile); partials[t*cols + c].
+    /// One thread a column, a block row (y) a tile at a time: many blocks read at once, where one
+    /// block an expert left HBM mostly idle.
+    extern "C" __global__ void grouped_column_partials(const T* x, const int32_t* offsets, const int32_t* tiles, acc_t* partials,
+                                                       int64_t cols, int64_t row_tiles, int tile_rows) {
+        const int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+        if (c >= cols) return;
+        for (int64_t t = blockIdx.y; t < row_tiles; t += gridDim.y) {
+            const int g = tiles[2 * t];
+            if (g < 0) return;
+            const int64_t r0 = tiles[2 * t + 1], r1 = min(r0 + (int64_t)tile_rows, (int64_t)offsets[g + 1]);
+            acc_t sum = (acc_t)0;
+            #pragma unroll 8
+            for (int64_t r = r0; r < r1; r++) sum += LD(x[r * cols + c]);
+            partials[t * cols + c] = sum;
         }
+    }
+
+    /// out[e*cols + c] = the partials of expert e's tiles added in tile order (0 for an expert
+    /// without rows): the second pass of `grouped_column_partials`.
+    extern "C" __global__ void grouped_column_finish(const acc_t* partials, const int32_t* tiles, T* out, int64_t cols, int64_t row_tiles) {
+        const int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, e = blockIdx.y;
+        if (c >= cols) return;
+        acc_t sum = (acc_t)0;
+        for (int64_t t = 0; t < row_tiles; t++) {
+            const int g = tiles[2 * t];
+            if (g < 0 || g > e) break;   // tiles run expert by expert
+            if (g == e) sum += partials[t * cols + c];
+        }
+        out[e * cols + c] = ST(sum);
     }
 
     extern "C" __global__ void add_indexed_rows(const T* table, const int32_t* idx, T* out, int64_t n, int64_t cols, int64_t rows) {
