@@ -281,8 +281,10 @@ public final class CUDABackend: Backend, @unchecked Sendable {
 
     public func binary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, _ broadcast: Broadcast, _ out: Tensor) {
         let bc: Int32 = switch broadcast { case .none: 0; case .scalar: 1; case .row: 2; case .column: 3 }
-        launchElementwise("binary_fwd", a.dtype, count: a.count,
-                          [.int32(op.code), a.arg, b.arg, out.arg, .int64(Int64(a.count)), .int32(bc), .int64(Int64(a.lastDimension))])
+        let vec = broadcast == .none && [a, b, out].allSatisfy { $0.address % 16 == 0 }
+        launchElementwise("binary_fwd", a.dtype, count: vec ? (a.count + 3) / 4 : a.count,
+                          [.int32(op.code), a.arg, b.arg, out.arg, .int64(Int64(a.count)), .int32(bc), .int64(Int64(a.lastDimension)),
+                           .int32(vec ? 1 : 0)])
     }
 
     public func binaryScalar(_ op: BinaryOp, _ a: Tensor, _ s: Double, scalarFirst: Bool, _ out: Tensor) {

@@ -77,12 +77,14 @@ enum DispatchKernels {
     extern "C" __global__ void grouped_column_finish(const acc_t* partials, const int32_t* tiles, T* out, int64_t cols, int64_t row_tiles) {
         const int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, e = blockIdx.y;
         if (c >= cols) return;
-        acc_t sum = (acc_t)0;
-        for (int64_t t = 0; t < row_tiles; t++) {
-            const int g = tiles[2 * t];
-            if (g < 0 || g > e) break;   // tiles run expert by expert
-            if (g == e) sum += partials[t * cols + c];
+        // Tiles run expert by expert (then -1): the first of expert e by binary search.
+        int64_t lo = 0, hi = row_tiles;
+        while (lo < hi) {
+            const int64_t mid = (lo + hi) / 2, g = tiles[2 * mid];
+            if (g >= 0 && g < e) lo = mid + 1; else hi = mid;
         }
+        acc_t sum = (acc_t)0;
+        for (int64_t t = lo; t < row_tiles && tiles[2 * t] == e; t++) sum += partials[t * cols + c];
         out[e * cols + c] = ST(sum);
     }
 
