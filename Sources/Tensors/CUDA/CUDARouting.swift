@@ -257,7 +257,7 @@ extension CUDABackend: MoEBackend {
         launch(kernel("grouped_column_partials", x.dtype), grid: (columnBlocks, min(table.rowTiles, 65535), 1), block: (256, 1, 1),
                stream: gpu.stream, arguments: [x.arg, .pointer(table.offsets), .pointer(table.tiles), .pointer(CUdeviceptr(partials.address)),
                                                .int64(Int64(cols)), .int64(Int64(table.rowTiles)), .int32(Int32(tileRows))])
-        launch(kernel("grouped_column_finish", x.dtype), grid: (columnBlocks, groups.count, 1), block: (256, 1, 1), stream: gpu.stream,
+        launch(kernel("grouped_column_finish", x.dtype), grid: ((cols + 31) / 32, groups.count, 1), block: (32, 8, 1), stream: gpu.stream,
                arguments: [.pointer(CUdeviceptr(partials.address)), .pointer(table.tiles), out.arg, .int64(Int64(cols)),
                            .int64(Int64(table.rowTiles))])
         withExtendedLifetime((table, partials)) {}

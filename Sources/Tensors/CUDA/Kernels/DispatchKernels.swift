@@ -72,11 +72,13 @@ enum DispatchKernels {
         }
     }
 
-    /// out[e*cols + c] = the partials of expert e's tiles added in tile order (0 for an expert
-    /// without rows): the second pass of `grouped_column_partials`.
+    /// out[e*cols + c] = the partials of expert e's tiles added in a fixed order (0 for an expert
+    /// without rows): the second pass of `grouped_column_partials`. Block (x, e): 32 columns, 8
+    /// threads a column each adding every 8th of the expert's tiles, then thread row 0 adds the 8 in
+    /// order (one thread a column walked all of an expert's tiles: too few loads in flight).
     extern "C" __global__ void grouped_column_finish(const acc_t* partials, const int32_t* tiles, T* out, int64_t cols, int64_t row_tiles) {
-        const int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, e = blockIdx.y;
-        if (c >= cols) return;
+        __shared__ acc_t part[8][33];
+        const int64_t c = (int64_t)blockIdx.x * 32 + threadIdx.x, e = blockIdx.y;
         // Tiles run expert by expert (then -1): the first of expert e by binary search.
         int64_t lo = 0, hi = row_tiles;
         while (lo < hi) {
@@ -84,8 +86,15 @@ enum DispatchKernels {
             if (g >= 0 && g < e) lo = mid + 1; else hi = mid;
         }
         acc_t sum = (acc_t)0;
-        for (int64_t t = lo; t < row_tiles && tiles[2 * t] == e; t++) sum += partials[t * cols + c];
-        out[e * cols + c] = ST(sum);
+        if (c < cols)
+            for (int64_t t = lo + threadIdx.y; t < row_tiles && tiles[2 * t] == e; t += 8) sum += partials[t * cols + c];
+        part[threadIdx.y][threadIdx.x] = sum;
+        __syncthreads();
+        if (threadIdx.y == 0 && c < cols) {
+            acc_t total = (acc_t)0;
+            for (int k = 0; k < 8; k++) total += part[k][threadIdx.x];
+            out[e * cols + c] = ST(total);
+        }
     }
 
     extern "C" __global__ void add_indexed_rows(const T* table, const int32_t* idx, T* out, int64_t n, int64_t cols, int64_t rows) {
