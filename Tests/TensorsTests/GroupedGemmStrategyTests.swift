@@ -32,10 +32,10 @@ struct GroupedGemmStrategyTests {
         }
         #expect(!GroupedGemmStrategy.kernelPays(bfloat16: false, meanRows: 2048, outWidth: 1024, inWidth: 512))
         // With wgmma also the fine E = 64 K = 2 row (512 rows) and the medium preset's experts (2048
-        // rows, 2048 × 512), not 1024 rows of 1408 × 2048, where the lanes won.
+        // rows, 1024 × 512), not 1024 rows of 1408 × 2048, where the lanes won.
         #expect(GroupedGemmStrategy.kernelPays(bfloat16: true, wgmma: true, meanRows: 512, outWidth: 1408, inWidth: 2048))
         #expect(!GroupedGemmStrategy.kernelPays(bfloat16: true, meanRows: 512, outWidth: 1408, inWidth: 2048))
-        #expect(GroupedGemmStrategy.kernelPays(bfloat16: true, wgmma: true, meanRows: 2048, outWidth: 2048, inWidth: 512))
+        #expect(GroupedGemmStrategy.kernelPays(bfloat16: true, wgmma: true, meanRows: 2048, outWidth: 1024, inWidth: 512))
         #expect(!GroupedGemmStrategy.kernelPays(bfloat16: true, wgmma: true, meanRows: 1024, outWidth: 1408, inWidth: 2048))
     }
 

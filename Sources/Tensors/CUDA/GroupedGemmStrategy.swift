@@ -63,9 +63,9 @@ public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
     /// more than the GEMM) and one launch for all experts wins; on larger experts cuBLAS's Hopper
     /// kernels win. H200, 2026-12-01, `fastmoe bench moe-layer`, fwd+bwd ms:
     /// - bfloat16, wgmma / lanes (docs/perf-notes.md, change 18), by GFLOP per expert: 0.27 (T=4096
-    ///   D=256 H=512 E=8) 0.29 / 0.96; 2.15 (T=8192 D=512 H=1024 E=8) 0.61 / 0.71; 2.95 (the fine
-    ///   E=64 K=2 row) 3.73 / 4.21; 4.3 (the medium training step, whole step) 23.5 / 25.6; 5.9
-    ///   (fine sizes, E=32 K=2) 3.31 / 2.91; 11.8 (E=16) 3.14 / 2.61: limit 5 GFLOP;
+    ///   D=256 H=512 E=8) 0.29 / 0.96; 2.15 (T=8192 D=512 H=1024 E=8, the medium preset's layer)
+    ///   0.61 / 0.71, its training step 23.5 / 25.6; 2.95 (the fine E=64 K=2 row) 3.73 / 4.21; 5.9
+    ///   (fine sizes, E=32 K=2) 3.31 / 2.91; 11.8 (E=16) 3.14 / 2.61: limit 4 GFLOP;
     /// - bfloat16 without wgmma (`mma.sync`, change 8): 0.27 GFLOP 0.73 → 0.49 ms, 2.1 GFLOP 0.73 →
     ///   0.77, 23.6 GFLOP 2.73 → 4.67: limit 2 GFLOP;
     /// - float32 (CUDA cores, change 8): 0.27 GFLOP 1.14 → 0.71, 0.54 (the paper's E=128) 15.2 →
@@ -74,7 +74,8 @@ public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
         2 * Double(meanRows) * Double(outWidth) * Double(inWidth) < kernelFLOPLimit(bfloat16: bfloat16, wgmma: wgmma)
     }
 
+    /// One expert's GEMM FLOPs below which `.automatic` takes our kernel.
     public static func kernelFLOPLimit(bfloat16: Bool, wgmma: Bool = false) -> Double {
-        bfloat16 ? (wgmma ? 5e9 : 2e9) : 1e9
+        bfloat16 ? (wgmma ? 4e9 : 2e9) : 1e9
     }
 }

@@ -51,7 +51,6 @@ enum DispatchKernels {
         }
     }
 
-    /// out[r] += table[idx[r]] in place; a negative index adds nothing.
     /// The column sums of each row tile of a grouping, the first of two deterministic passes of the
     /// grouped column sums (a bias gradient): tile t covers rows tiles[2t+1] ... of expert tiles[2t]
     /// up to `tile_rows` or its expert's end (expert -1: past the last tile); partials[t*cols + c].
@@ -97,6 +96,7 @@ enum DispatchKernels {
         }
     }
 
+    /// out[r] += table[idx[r]] in place; a negative index adds nothing.
     extern "C" __global__ void add_indexed_rows(const T* table, const int32_t* idx, T* out, int64_t n, int64_t cols, int64_t rows) {
         GRID_STRIDE(i, n * cols) {
             int32_t k = idx[i / cols];

@@ -76,7 +76,7 @@ enum GroupedGemmKernels {
     /// and each activation an expert can have (ReLU 5, SiLU 7, GELU tanh 8, GELU erf 9); the data
     /// gradient gy_g W_g (B N-contiguous) plain and with each activation's backward; the weight
     /// gradient gy_gᵀ x_g (A M-contiguous, B N-contiguous, summed over the expert's rows), plain.
-    /// `CUDABackend.groupedKernelName` names them.
+    /// `CUDABackend.KernelEpilogue.suffixes` lists the suffixes the host asks for.
     #define GG_ENTRIES(ENTRY, SUFFIX) \
     ENTRY(grouped_gemm_forward##SUFFIX, true, true, false, 0, 0) \
     ENTRY(grouped_gemm_forward_bias##SUFFIX, true, true, false, 1, 0) \
