@@ -77,10 +77,7 @@ enum GroupedGemmHopperKernels {
     __device__ __forceinline__ void gh_fence_accumulator(float& r) { asm volatile("" : "+f"(r) :: "memory"); }
 
     template <bool A_K, bool B_K, bool VARY_K, int MODE, int ACT>
-    __device__ __forceinline__ void grouped_gemm_wgmma(const bf16_t* __restrict__ a, const bf16_t* __restrict__ b, bf16_t* __restrict__ c,
-                                                       const int* __restrict__ offsets, const int* __restrict__ tiles,
-                                                       int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc,
-                                                       int64_t bStride, int64_t cStride, const T* bias, T* aux) {
+    __device__ __forceinline__ void grouped_gemm_wgmma(GG_PARAMS) {
         extern __shared__ __align__(1024) bf16_t gh_tiles[];
         GroupedTile t;
         if (!grouped_tile<VARY_K>(GH_BM, offsets, tiles, M, K, t)) return;
@@ -186,10 +183,7 @@ enum GroupedGemmHopperKernels {
         }
     }
     #define GH_ENTRY(NAME, AK, BK, VK, MODE, ACT) \
-    extern "C" __global__ void __launch_bounds__(256, \#(blocksPerSM)) NAME(const T* a, const T* b, T* c, const int* offsets, const int* tiles, \
-        int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, int64_t bStride, int64_t cStride, \
-        const T* bias, T* aux) { \
-        grouped_gemm_wgmma<AK, BK, VK, MODE, ACT>(a, b, c, offsets, tiles, M, N, K, lda, ldb, ldc, bStride, cStride, bias, aux); }
+    extern "C" __global__ void __launch_bounds__(256, \#(blocksPerSM)) NAME(GG_PARAMS) { grouped_gemm_wgmma<AK, BK, VK, MODE, ACT>(GG_ARGS); }
     // The entries of `GroupedGemmKernels`, under the same names with `_wgmma` appended.
     GG_ENTRIES(GH_ENTRY, _wgmma)
     #endif

@@ -90,6 +90,13 @@ enum GroupedGemmKernels {
     ENTRY(grouped_gemm_data_gradient_dact8##SUFFIX, true, false, false, 3, 8) \
     ENTRY(grouped_gemm_data_gradient_dact9##SUFFIX, true, false, false, 3, 9) \
     ENTRY(grouped_gemm_weight_gradient##SUFFIX, false, false, true, 0, 0)
+
+    /// The parameters of every grouped kernel, in the order `CUDABackend.enqueueGroupedKernel` passes
+    /// them, and their names, to pass them on: the contract all three families share.
+    #define GG_PARAMS const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ c, const int* __restrict__ offsets, \
+        const int* __restrict__ tiles, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, \
+        int64_t bStride, int64_t cStride, const T* bias, T* aux
+    #define GG_ARGS a, b, c, offsets, tiles, M, N, K, lda, ldb, ldc, bStride, cStride, bias, aux
     #endif
 
     #if defined(FM_BF16)
@@ -131,10 +138,7 @@ enum GroupedGemmKernels {
     }
 
     template <bool A_K, bool B_K, bool VARY_K, int MODE, int ACT>
-    __device__ __forceinline__ void grouped_gemm_mma(const bf16_t* __restrict__ a, const bf16_t* __restrict__ b, bf16_t* __restrict__ c,
-                                                     const int* __restrict__ offsets, const int* __restrict__ tiles,
-                                                     int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc,
-                                                     int64_t bStride, int64_t cStride, const T* bias, T* aux) {
+    __device__ __forceinline__ void grouped_gemm_mma(GG_PARAMS) {
         extern __shared__ __align__(16) bf16_t gg_tiles_bf16[];
         GroupedTile t;
         if (!grouped_tile<VARY_K>(GG_BM, offsets, tiles, M, K, t)) return;
@@ -265,10 +269,7 @@ enum GroupedGemmKernels {
         }
     }
     #define GG_ENTRY(NAME, AK, BK, VK, MODE, ACT) \
-    extern "C" __global__ void __launch_bounds__(256, 2) NAME(const T* a, const T* b, T* c, const int* offsets, const int* tiles, \
-        int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, int64_t bStride, int64_t cStride, \
-        const T* bias, T* aux) { \
-        grouped_gemm_mma<AK, BK, VK, MODE, ACT>(a, b, c, offsets, tiles, M, N, K, lda, ldb, ldc, bStride, cStride, bias, aux); }
+    extern "C" __global__ void __launch_bounds__(256, 2) NAME(GG_PARAMS) { grouped_gemm_mma<AK, BK, VK, MODE, ACT>(GG_ARGS); }
     #endif
 
     #if defined(FM_F32)
@@ -303,10 +304,7 @@ enum GroupedGemmKernels {
     }
 
     template <bool A_K, bool B_K, bool VARY_K, int MODE, int ACT>
-    __device__ __forceinline__ void grouped_gemm_simt(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ c,
-                                                      const int* __restrict__ offsets, const int* __restrict__ tiles,
-                                                      int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc,
-                                                      int64_t bStride, int64_t cStride, const T* bias, T* aux) {
+    __device__ __forceinline__ void grouped_gemm_simt(GG_PARAMS) {
         __shared__ __align__(16) float As[2][GS_BK][GS_BM];
         __shared__ __align__(16) float Bs[2][GS_BK][GS_BN];
         GroupedTile t;
@@ -374,10 +372,7 @@ enum GroupedGemmKernels {
         }
     }
     #define GG_ENTRY(NAME, AK, BK, VK, MODE, ACT) \
-    extern "C" __global__ void __launch_bounds__(128) NAME(const T* a, const T* b, T* c, const int* offsets, const int* tiles, \
-        int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, int64_t bStride, int64_t cStride, \
-        const T* bias, T* aux) { \
-        grouped_gemm_simt<AK, BK, VK, MODE, ACT>(a, b, c, offsets, tiles, M, N, K, lda, ldb, ldc, bStride, cStride, bias, aux); }
+    extern "C" __global__ void __launch_bounds__(128) NAME(GG_PARAMS) { grouped_gemm_simt<AK, BK, VK, MODE, ACT>(GG_ARGS); }
     #endif
 
     #if defined(FM_BF16) || defined(FM_F32)
