@@ -81,8 +81,8 @@ public protocol MoEBackend: Backend {
 
     /// The grouped bias gradient: `out[e] = Σ x[r]` over expert `e`'s rows `r` (`x` `[S, c]` holding
     /// `sizes[e]` rows for expert `e` in order, `out` `[E, c]`), summed in a fixed order in
-    /// float32 (float64 for float64); zeros for an expert without rows. One pass over `x` for every
-    /// expert, no atomics.
+    /// float32 (float64 for float64); zeros for an expert without rows. No atomics, so the result
+    /// is the same on every run.
     func groupedColumnSums(_ x: Tensor, groups: RowGroups, _ out: Tensor)
 
     /// A router's choice and combine weights in one pass over the logits (`RouterChoice`); the

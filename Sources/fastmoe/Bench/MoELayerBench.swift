@@ -41,7 +41,7 @@ struct MoELayerBench: ParsableCommand {
     var inputSets: Int?
     @Option(help: "cpu, cuda, cuda:N or auto (CUDA when available).") var device: String = "auto"
     @Option(name: .customLong("grouped-gemm"),
-            help: "How the experts' GEMMs run on CUDA: auto (by shape), grouped (one cuBLAS grouped call), serial (one GEMM per expert), lanes (one per expert, on side streams) kernel (one launch of our grouped kernel) or wgmma (that kernel on Hopper's warpgroup MMA in bfloat16).")
+            help: "How the experts' GEMMs run on CUDA: auto (by shape), grouped (one cuBLAS grouped call), serial (one GEMM per expert), lanes (one per expert, on side streams), kernel (one launch of our grouped kernel) or wgmma (that kernel on Hopper's warpgroup MMA in bfloat16).")
     var groupedGemm: String = "auto"
     @Flag(name: .customLong("moe-only"), help: ArgumentHelp("Time only the MoE layer's fwd+bwd, for a kernel profiler.", visibility: .hidden))
     var moeOnly = false
