@@ -107,6 +107,7 @@ public final class CUDADevice: @unchecked Sendable {
 
     /// Waits for all work on this device, on every stream.
     public func synchronize() {
+        if stream.refusedDuringCapture("a wait for the device") { return }
         makeCurrent()
         DeviceCounters.hostWaits.add()
         driver.require(driver.cuCtxSynchronize(), "cuCtxSynchronize(device \(index))")

@@ -34,6 +34,8 @@ public enum CUDAError: Error, CustomStringConvertible, Sendable, Equatable {
     case unsupported(feature: String, reason: String)
     /// A value from outside the program (an id, a size) does not fit.
     case invalidArgument(String)
+    /// Work captured into a CUDA graph did something a graph cannot replay (a read-back, a wait).
+    case graphCaptureFailed(reason: String)
 
     public var description: String {
         switch self {
@@ -79,6 +81,8 @@ public enum CUDAError: Error, CustomStringConvertible, Sendable, Equatable {
             return "\(feature) is not available: \(reason)"
         case let .invalidArgument(message):
             return message
+        case let .graphCaptureFailed(reason):
+            return "the work could not be captured as a CUDA graph: \(reason)"
         }
     }
 }

@@ -87,6 +87,17 @@ public final class CachingAllocator: @unchecked Sendable {
     private struct Segment {
         var size: Int
         var isSmall: Bool
+        /// The pool whose free lists its free blocks are on: 0 shared, else a capture pool.
+        var pool: Int
+    }
+
+    private struct PoolFreeLists {
+        var small = FreeList()
+        var large = FreeList()
+
+        func bestFit(_ size: Int, small isSmall: Bool) -> (size: Int, address: CUdeviceptr)? {
+            (isSmall ? small : large).bestFit(size)
+        }
     }
 
     /// Free blocks ordered by (size, address), for best-fit lookup by binary search.
@@ -133,8 +144,12 @@ public final class CachingAllocator: @unchecked Sendable {
     private var blocks: [CUdeviceptr: Block] = [:]          // every block, free or in use, by start address
     private var blockEndingAt: [CUdeviceptr: CUdeviceptr] = [:]  // end address → start address, to find the left neighbour
     private var segments: [CUdeviceptr: Segment] = [:]
-    private var smallFree = FreeList()
-    private var largeFree = FreeList()
+    private var freeLists: [Int: PoolFreeLists] = [0: PoolFreeLists()]
+    /// The pool allocations come from: 0, or the capture pool while a graph is captured.
+    private var activePool = 0
+    private var nextPool = 1
+    /// Shared blocks freed while a capture pool was active, by pool: held until that pool is released.
+    private var heldForPool: [Int: [CUdeviceptr]] = [:]
     private var stats = AllocatorStatistics()
 
     public init(backend: DeviceMemoryBackend, deviceIndex: Int = 0) {
@@ -165,15 +180,15 @@ public final class CachingAllocator: @unchecked Sendable {
         return try lock.withLock {
             var address: CUdeviceptr
             var blockSize: Int
-            if let found = (isSmall ? smallFree : largeFree).bestFit(size) {
-                if isSmall { smallFree.remove(size: found.size, address: found.address) }
-                else { largeFree.remove(size: found.size, address: found.address) }
+            let pool = activePool
+            if let found = freeLists[pool]!.bestFit(size, small: isSmall) {
+                removeFree(size: found.size, address: found.address, small: isSmall, pool: pool)
                 address = found.address
                 blockSize = found.size
             } else {
                 let segmentSize = Self.segmentSize(forBlockSize: size)
                 address = try allocateSegment(segmentSize, requested: byteCount)
-                segments[address] = Segment(size: segmentSize, isSmall: isSmall)
+                segments[address] = Segment(size: segmentSize, isSmall: isSmall, pool: pool)
                 blocks[address] = Block(size: segmentSize, segment: address, isFree: true)
                 blockEndingAt[address + CUdeviceptr(segmentSize)] = address
                 blockSize = segmentSize
@@ -190,7 +205,7 @@ public final class CachingAllocator: @unchecked Sendable {
                 blocks[rest] = Block(size: remainder, segment: segment, isFree: true)
                 blockEndingAt[rest + CUdeviceptr(remainder)] = rest
                 blockEndingAt[rest] = address
-                insertFree(size: remainder, address: rest, small: isSmall)
+                insertFree(size: remainder, address: rest, small: isSmall, pool: pool)
                 blockSize = size
             }
             blocks[address] = Block(size: blockSize, segment: segment, isFree: false)
@@ -204,39 +219,90 @@ public final class CachingAllocator: @unchecked Sendable {
 
     /// Returns a block to the cache (not to the device: see ``emptyCache()``).
     /// Freeing an address this allocator did not hand out, or freeing twice, stops the program.
+    ///
+    /// While a capture pool is active, a shared block is not cached again until that pool is
+    /// released: the captured graph may read it on every replay.
     public func free(_ address: CUdeviceptr) {
         lock.withLock {
-            guard var block = blocks[address], !block.isFree else {
+            guard let block = blocks[address], !block.isFree else {
                 fatalError("CachingAllocator.free: 0x\(String(address, radix: 16)) on device \(deviceIndex) "
                     + "was not allocated by this allocator or was already freed")
             }
-            stats.allocatedBytes -= block.size
-            stats.allocationCount -= 1
-            let isSmall = segments[block.segment]!.isSmall
-            var start = address
-            block.isFree = true
-
-            // Merge with the right neighbour.
-            let end = start + CUdeviceptr(block.size)
-            if let right = blocks[end], right.isFree, right.segment == block.segment {
-                removeFree(size: right.size, address: end, small: isSmall)
-                blocks[end] = nil
-                blockEndingAt[end] = nil
-                block.size += right.size
+            if activePool != 0 && segments[block.segment]!.pool == 0 {
+                heldForPool[activePool, default: []].append(address)
+                return
             }
-            // Merge with the left neighbour.
-            if let leftStart = blockEndingAt[start], let left = blocks[leftStart], left.isFree,
-               left.segment == block.segment {
-                removeFree(size: left.size, address: leftStart, small: isSmall)
-                blocks[start] = nil
-                blockEndingAt[start] = nil
-                start = leftStart
-                block.size += left.size
-            }
-            blocks[start] = block
-            blockEndingAt[start + CUdeviceptr(block.size)] = start
-            insertFree(size: block.size, address: start, small: isSmall)
+            release(address)
         }
+    }
+
+    /// Begins a capture pool: until ``endCapturePool()``, every allocation comes from segments of
+    /// its own, which nothing outside it is handed while it lives (a captured graph replays into
+    /// them). Returns its id for ``releaseCapturePool(_:)``.
+    public func beginCapturePool() -> Int {
+        lock.withLock {
+            guarantee(activePool == 0, "CachingAllocator: capture pool \(activePool) is active already")
+            activePool = nextPool
+            nextPool += 1
+            freeLists[activePool] = PoolFreeLists()
+            return activePool
+        }
+    }
+
+    /// Allocations come from the shared pool again; the capture pool keeps its blocks.
+    public func endCapturePool() {
+        lock.withLock { activePool = 0 }
+    }
+
+    /// Gives a capture pool's segments to the shared pool and caches the shared blocks freed while
+    /// it was active (its graph is gone: nothing replays into them).
+    public func releaseCapturePool(_ pool: Int) {
+        lock.withLock {
+            guarantee(pool != 0 && pool != activePool, "CachingAllocator: capture pool \(pool) cannot be released now")
+            guard let lists = freeLists.removeValue(forKey: pool) else { return }
+            for base in segments.keys where segments[base]!.pool == pool { segments[base]!.pool = 0 }
+            for (entries, small) in [(lists.small.entries, true), (lists.large.entries, false)] {
+                for entry in entries { insertFree(size: entry.size, address: entry.address, small: small, pool: 0) }
+            }
+            for address in heldForPool.removeValue(forKey: pool) ?? [] { release(address) }
+        }
+    }
+
+    /// Whether `address` starts a block, free or not, of a capture pool's segment (for tests).
+    public func isInCapturePool(_ address: CUdeviceptr) -> Bool {
+        lock.withLock { blocks[address].map { segments[$0.segment]!.pool != 0 } ?? false }
+    }
+
+    /// Returns a block in use to its pool's free lists, merged with free neighbours.
+    private func release(_ address: CUdeviceptr) {
+        var block = blocks[address]!
+        stats.allocatedBytes -= block.size
+        stats.allocationCount -= 1
+        let segment = segments[block.segment]!
+        let isSmall = segment.isSmall, pool = segment.pool
+        var start = address
+        block.isFree = true
+
+        // Merge with the right neighbour.
+        let end = start + CUdeviceptr(block.size)
+        if let right = blocks[end], right.isFree, right.segment == block.segment {
+            removeFree(size: right.size, address: end, small: isSmall, pool: pool)
+            blocks[end] = nil
+            blockEndingAt[end] = nil
+            block.size += right.size
+        }
+        // Merge with the left neighbour.
+        if let leftStart = blockEndingAt[start], let left = blocks[leftStart], left.isFree,
+           left.segment == block.segment {
+            removeFree(size: left.size, address: leftStart, small: isSmall, pool: pool)
+            blocks[start] = nil
+            blockEndingAt[start] = nil
+            start = leftStart
+            block.size += left.size
+        }
+        blocks[start] = block
+        blockEndingAt[start + CUdeviceptr(block.size)] = start
+        insertFree(size: block.size, address: start, small: isSmall, pool: pool)
     }
 
     /// Returns every wholly free segment to the device with `cuMemFree` (after waiting for the GPU).
@@ -246,12 +312,12 @@ public final class CachingAllocator: @unchecked Sendable {
 
     // MARK: - Internals (called with the lock held)
 
-    private func insertFree(size: Int, address: CUdeviceptr, small: Bool) {
-        if small { smallFree.insert(size: size, address: address) } else { largeFree.insert(size: size, address: address) }
+    private func insertFree(size: Int, address: CUdeviceptr, small: Bool, pool: Int) {
+        if small { freeLists[pool]!.small.insert(size: size, address: address) } else { freeLists[pool]!.large.insert(size: size, address: address) }
     }
 
-    private func removeFree(size: Int, address: CUdeviceptr, small: Bool) {
-        if small { smallFree.remove(size: size, address: address) } else { largeFree.remove(size: size, address: address) }
+    private func removeFree(size: Int, address: CUdeviceptr, small: Bool, pool: Int) {
+        if small { freeLists[pool]!.small.remove(size: size, address: address) } else { freeLists[pool]!.large.remove(size: size, address: address) }
     }
 
     private func allocateSegment(_ size: Int, requested: Int) throws -> CUdeviceptr {
@@ -271,15 +337,16 @@ public final class CachingAllocator: @unchecked Sendable {
     }
 
     private func releaseFreeSegments() {
+        // A capture pool's segments stay: its graph replays into them.
         let releasable = segments.filter { base, segment in
-            guard let block = blocks[base] else { return false }
+            guard segment.pool == 0, let block = blocks[base] else { return false }
             return block.isFree && block.size == segment.size
         }
         guard !releasable.isEmpty else { return }
         // Kernels enqueued before the blocks were freed may still be reading them.
         backend.synchronize()
         for (base, segment) in releasable {
-            removeFree(size: segment.size, address: base, small: segment.isSmall)
+            removeFree(size: segment.size, address: base, small: segment.isSmall, pool: 0)
             blocks[base] = nil
             blockEndingAt[base + CUdeviceptr(segment.size)] = nil
             segments[base] = nil

@@ -26,6 +26,35 @@ enum DriverConstant {
     static let eventDisableTiming: UInt32 = 2            // CU_EVENT_DISABLE_TIMING
 }
 
+/// The driver's stream-capture and graph functions, bound together: all or none.
+public struct GraphFunctions: @unchecked Sendable {
+    public typealias Handle = OpaquePointer
+    /// (stream, mode): `CU_STREAM_CAPTURE_MODE_RELAXED` is 2.
+    public let cuStreamBeginCapture: @convention(c) (Handle?, Int32) -> CUresult
+    public let cuStreamEndCapture: @convention(c) (Handle?, UnsafeMutablePointer<Handle?>?) -> CUresult
+    public let cuGraphInstantiateWithFlags: @convention(c) (UnsafeMutablePointer<Handle?>?, Handle?, UInt64) -> CUresult
+    public let cuGraphLaunch: @convention(c) (Handle?, Handle?) -> CUresult
+    public let cuGraphExecDestroy: @convention(c) (Handle?) -> CUresult
+    public let cuGraphDestroy: @convention(c) (Handle?) -> CUresult
+    /// (graph, nodes or nil, count in/out).
+    public let cuGraphGetNodes: @convention(c) (Handle?, UnsafeMutablePointer<Handle?>?, UnsafeMutablePointer<Int>?) -> CUresult
+
+    init?(_ library: LoadedLibrary) {
+        guard let begin = library.optionalSymbol("cuStreamBeginCapture_v2", as: (@convention(c) (Handle?, Int32) -> CUresult).self),
+              let end = library.optionalSymbol("cuStreamEndCapture", as: (@convention(c) (Handle?, UnsafeMutablePointer<Handle?>?) -> CUresult).self),
+              let instantiate = library.optionalSymbol("cuGraphInstantiateWithFlags",
+                                                       as: (@convention(c) (UnsafeMutablePointer<Handle?>?, Handle?, UInt64) -> CUresult).self),
+              let launch = library.optionalSymbol("cuGraphLaunch", as: (@convention(c) (Handle?, Handle?) -> CUresult).self),
+              let execDestroy = library.optionalSymbol("cuGraphExecDestroy", as: (@convention(c) (Handle?) -> CUresult).self),
+              let destroy = library.optionalSymbol("cuGraphDestroy", as: (@convention(c) (Handle?) -> CUresult).self),
+              let nodes = library.optionalSymbol("cuGraphGetNodes",
+                                                 as: (@convention(c) (Handle?, UnsafeMutablePointer<Handle?>?, UnsafeMutablePointer<Int>?) -> CUresult).self)
+        else { return nil }
+        (cuStreamBeginCapture, cuStreamEndCapture, cuGraphInstantiateWithFlags) = (begin, end, instantiate)
+        (cuGraphLaunch, cuGraphExecDestroy, cuGraphDestroy, cuGraphGetNodes) = (launch, execDestroy, destroy, nodes)
+    }
+}
+
 /// The CUDA driver API (`libcuda.so.1`), bound with `dlsym` to its versioned symbol names.
 ///
 /// The function pointers are public as an escape hatch; the wrappers in this module
@@ -83,6 +112,8 @@ public final class Driver: @unchecked Sendable {
     public let cuFuncSetAttribute: @convention(c) (Handle?, Int32, Int32) -> CUresult
     public let cuGetErrorName: @convention(c) (CUresult, UnsafeMutablePointer<UnsafePointer<CChar>?>?) -> CUresult
     public let cuGetErrorString: @convention(c) (CUresult, UnsafeMutablePointer<UnsafePointer<CChar>?>?) -> CUresult
+    /// Stream capture and graphs (``CUDAGraph``); nil where the driver predates `cuGraphInstantiateWithFlags` (CUDA 11.4).
+    public let graphs: GraphFunctions?
 
     /// The process-wide driver: loaded, bound and `cuInit`-ed once; the outcome (or its error) is kept.
     public static func shared() throws -> Driver {
@@ -135,6 +166,7 @@ public final class Driver: @unchecked Sendable {
         cuFuncSetAttribute = try library.symbol("cuFuncSetAttribute")
         cuGetErrorName = try library.symbol("cuGetErrorName")
         cuGetErrorString = try library.symbol("cuGetErrorString")
+        graphs = GraphFunctions(library)
 
         // Temporaries: `self.check` is unavailable until every stored property is set.
         let initResult = cuInit(0)

@@ -10,6 +10,9 @@ public final class CUDAStream: @unchecked Sendable {
     public let deviceIndex: Int
     let driver: Driver
     let context: OpaquePointer
+    /// The graph capture under way on this stream (``CUDAGraph``), if any.
+    private let captureLock = Lock()
+    private var activeCapture: StreamCapture?
 
     /// Creates a new non-blocking stream on `device`.
     public convenience init(device: CUDADevice) throws {
@@ -37,8 +40,10 @@ public final class CUDAStream: @unchecked Sendable {
         driver.require(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent(device \(deviceIndex))")
     }
 
-    /// Blocks the calling thread until all work enqueued so far has finished.
+    /// Blocks the calling thread until all work enqueued so far has finished. While the stream is
+    /// captured into a graph nothing runs, so nothing is waited for: the capture is marked failed.
     public func synchronize() {
+        if refusedDuringCapture("a wait for the device") { return }
         makeContextCurrent()
         DeviceCounters.hostWaits.add()
         driver.require(driver.cuStreamSynchronize(handle), "cuStreamSynchronize(device \(deviceIndex))")
@@ -53,19 +58,30 @@ public final class CUDAStream: @unchecked Sendable {
     /// Enqueues a host-to-device copy. From pageable memory the driver stages the source before returning,
     /// so `source` may be reused at once; from pinned memory (``PinnedHostBuffer``) it must stay unchanged
     /// until the stream reaches the copy.
+    ///
+    /// While the stream is captured into a graph, the bytes are first copied into pinned memory that
+    /// the graph keeps, so that every replay copies what was there at capture.
     public func copyHostToDevice(_ source: UnsafeRawPointer, to destination: CUdeviceptr, byteCount: Int) {
         guarantee(byteCount >= 0, "copyHostToDevice: negative byteCount \(byteCount)")
         guard byteCount > 0 else { return }
+        let staged = captureLock.withLock { activeCapture.map { $0.stage(source, byteCount: byteCount) } }
+        if case .some(nil) = staged { return }  // not staged: the capture has failed already
         makeContextCurrent()
-        driver.require(driver.cuMemcpyHtoDAsync(destination, source, byteCount, handle),
+        driver.require(driver.cuMemcpyHtoDAsync(destination, staged.flatMap { $0 } ?? source, byteCount, handle),
                        "cuMemcpyHtoDAsync_v2(\(byteCount) bytes)")
     }
 
     /// Enqueues a device-to-host copy. Into pageable memory the driver returns only when the copy is done;
     /// into pinned memory it returns at once, and the data is there after ``synchronize()``.
+    /// While the stream is captured into a graph the copy cannot happen (nothing runs): the
+    /// destination is zeroed and the capture marked failed.
     public func copyDeviceToHost(_ source: CUdeviceptr, to destination: UnsafeMutableRawPointer, byteCount: Int) {
         guarantee(byteCount >= 0, "copyDeviceToHost: negative byteCount \(byteCount)")
         guard byteCount > 0 else { return }
+        if refusedDuringCapture("a read-back of \(byteCount) bytes from the device") {
+            destination.initializeMemory(as: UInt8.self, repeating: 0, count: byteCount)
+            return
+        }
         makeContextCurrent()
         driver.require(driver.cuMemcpyDtoHAsync(destination, source, byteCount, handle),
                        "cuMemcpyDtoHAsync_v2(\(byteCount) bytes)")
@@ -120,6 +136,76 @@ public final class CUDAStream: @unchecked Sendable {
         }
         synchronize()
         return result
+    }
+}
+
+extension CUDAStream {
+    /// Whether work is being captured into a graph on this stream.
+    public var isCapturing: Bool { captureLock.withLock { activeCapture != nil } }
+
+    /// Starts recording into `capture` (``CUDAGraph``).
+    func beginCapture(_ capture: StreamCapture) throws {
+        guard let graphs = driver.graphs else {
+            throw CUDAError.unsupported(feature: "CUDA graphs", reason: "driver \(driver.versionString) has no cuGraphInstantiateWithFlags (CUDA 11.4 or newer)")
+        }
+        try captureLock.withLock {
+            guard activeCapture == nil else { throw CUDAError.graphCaptureFailed(reason: "the stream is being captured already") }
+            makeContextCurrent()
+            // Relaxed: the allocator may call cuMemAlloc while the step is captured.
+            try driver.check(graphs.cuStreamBeginCapture(handle, 2), "cuStreamBeginCapture_v2")
+            activeCapture = capture
+        }
+    }
+
+    /// Ends the capture: the recorded graph, or nil if the driver recorded none.
+    func endCapture() throws -> OpaquePointer? {
+        try captureLock.withLock {
+            activeCapture = nil
+            var graph: OpaquePointer? = nil
+            makeContextCurrent()
+            try driver.check(driver.graphs!.cuStreamEndCapture(handle, &graph), "cuStreamEndCapture")
+            return graph
+        }
+    }
+
+    /// During a capture: records `what` as the reason the capture failed and returns true.
+    func refusedDuringCapture(_ what: @autoclosure () -> String) -> Bool {
+        captureLock.withLock {
+            guard let capture = activeCapture else { return false }
+            capture.refuse(what())
+            return true
+        }
+    }
+}
+
+/// What a stream's capture collects besides the driver's graph: host bytes that its copies read
+/// (kept pinned for the graph's life) and the first thing it could not record.
+final class StreamCapture: @unchecked Sendable {
+    private let device: CUDADevice
+    private(set) var staging: [PinnedHostBuffer] = []
+    private var used = 0
+    private(set) var refusal: String?
+
+    init(device: CUDADevice) { self.device = device }
+
+    func refuse(_ what: String) { if refusal == nil { refusal = what } }
+
+    /// A pinned copy of `byteCount` bytes at `source`, 16-byte aligned, in chunks of 64 KiB or more.
+    func stage(_ source: UnsafeRawPointer, byteCount: Int) -> UnsafeRawPointer? {
+        let start = (used + 15) & ~15
+        if staging.isEmpty || start + byteCount > staging.last!.byteCount {
+            guard let buffer = try? PinnedHostBuffer(device: device, byteCount: max(byteCount, 64 << 10)) else {
+                refuse("pinned host memory for a copy of \(byteCount) bytes")
+                return nil
+            }
+            staging.append(buffer)
+            used = 0
+        }
+        let at = (used + 15) & ~15
+        let target = staging.last!.baseAddress + at
+        target.copyMemory(from: source, byteCount: byteCount)
+        used = at + byteCount
+        return UnsafeRawPointer(target)
     }
 }
 

@@ -17,8 +17,13 @@ struct CompareCommand: ParsableCommand {
     @Option(help: "A config file (.toml or .json) between the preset and the flags.")
     var config: String?
 
+    @Flag(name: .customLong("cuda-graph"), help: "Train both runs with their steps replayed as CUDA graphs (--device cuda).")
+    var cudaGraph = false
+
     func run() throws {
         let comparison = try Comparison.prepare(preset: options.preset, configFile: config, overrides: options.overrides())
+        comparison.dense.cudaGraph = cudaGraph
+        comparison.moe.cudaGraph = cudaGraph
         let console = ConsoleReporter()
         let (dense, moe, report) = try comparison.run(onEvent: console.handle)
         let d = comparison.dense, m = comparison.moe

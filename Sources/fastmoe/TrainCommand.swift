@@ -116,6 +116,10 @@ struct TrainCommand: ParsableCommand {
     @Flag(name: .customLong("skip-nonfinite"), help: "Skip steps whose loss is NaN or infinite instead of stopping the run.")
     var skipNonFinite = false
 
+    @Flag(name: .customLong("cuda-graph"),
+          help: "Record the training step as a CUDA graph after two steps and replay it (one process, --device cuda).")
+    var cudaGraph = false
+
     @Option(name: .customLong("bucket-mb"), parsing: .unconditional,
             help: "Data-parallel runs: largest gradient bucket in MiB (each bucket's all-reduce starts when backward has finished it).")
     var bucketMegabytes: Double = 25
@@ -139,6 +143,7 @@ struct TrainCommand: ParsableCommand {
         trainer.shouldStop = { InterruptSignals.received }
         trainer.checkpointOnExit = checkpointOnExit
         trainer.skipNonFinite = skipNonFinite
+        trainer.cudaGraph = cudaGraph
         let summary = try trainer.run()
         if summary.interrupted {
             // The line says how to continue; the status says the run did not finish (docs/troubleshooting.md).

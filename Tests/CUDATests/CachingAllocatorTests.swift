@@ -238,6 +238,60 @@ struct CachingAllocatorTests {
         #expect(stats.peakReservedBytes == 12 * Self.mib)
         #expect(device.live.isEmpty)
     }
+
+    /// A graph captured into a pool replays into its blocks: while the pool lives, they must not be
+    /// handed to other work, and shared blocks freed during the capture (the graph may read them)
+    /// must not be reused either.
+    @Test func capturePoolKeepsItsBlocksAndHoldsSharedBlocksFreedDuringTheCapture() throws {
+        let device = FakeDeviceMemory(capacity: 1 << 30)
+        let allocator = CachingAllocator(backend: device)
+        let before = try allocator.allocate(byteCount: 4096)          // shared, read by the capture
+        let cachedShared = try allocator.allocate(byteCount: 4096)
+        allocator.free(cachedShared.address)                           // a free shared block of the right size
+
+        let pool = allocator.beginCapturePool()
+        let inCapture = try allocator.allocate(byteCount: 4096)
+        #expect(inCapture.address != cachedShared.address, "a capture must not take a shared block")
+        #expect(allocator.isInCapturePool(inCapture.address))
+        allocator.free(before.address)                                 // freed during the capture: held
+        allocator.free(inCapture.address)                              // back to the capture pool
+        let again = try allocator.allocate(byteCount: 4096)
+        #expect(again.address == inCapture.address, "the capture reuses its own blocks in stream order")
+        allocator.endCapturePool()
+
+        // Outside the capture: neither the pool's blocks nor the held block are handed out.
+        var outside: [DeviceAllocation] = []
+        for _ in 0..<8 { outside.append(try allocator.allocate(byteCount: 4096)) }
+        for block in outside {
+            #expect(!allocator.isInCapturePool(block.address))
+            #expect(block.address != before.address && block.address != again.address)
+        }
+        // A capture-pool block freed after the capture stays in the pool.
+        allocator.free(again.address)
+        let afterFree = try allocator.allocate(byteCount: 4096)
+        #expect(afterFree.address != again.address)
+        outside.append(afterFree)
+        // emptyCache leaves the pool's segments alone, wholly free as they are.
+        allocator.emptyCache()
+        #expect(allocator.isInCapturePool(again.address))
+
+        // Released: the pool's memory and the held block are shared again.
+        allocator.releaseCapturePool(pool)
+        var reused = Set<CUdeviceptr>()
+        var extra: [DeviceAllocation] = []
+        for _ in 0..<1000 {
+            let block = try allocator.allocate(byteCount: 4096)
+            extra.append(block)
+            reused.insert(block.address)
+            if reused.contains(before.address) && reused.contains(again.address) { break }
+        }
+        #expect(reused.contains(before.address), "the held block is cached again once the pool is released")
+        #expect(reused.contains(again.address), "the pool's blocks join the shared pool")
+        for block in outside + extra { allocator.free(block.address) }
+        #expect(allocator.statistics.allocatedBytes == 0)
+        allocator.emptyCache()
+        #expect(device.live.isEmpty)
+    }
 }
 
 /// A small deterministic generator for test patterns.

@@ -136,6 +136,39 @@ public final class LoadMonitor: @unchecked Sendable {
         }
     }
 
+    /// The bias step of a training step captured once and replayed (`updateBias(routed:skipUnlessFinite:)`):
+    /// every bias-balanced layer's bias moves on the device with the routed counts its forwards
+    /// since the last `finishStep` left there. Call it after the optimizer's step; then
+    /// `finishStep(updateBias: false)`.
+    public func updateBiasOnDevice(skipUnlessFinite squares: Tensor?) {
+        let pending = sums.withLock { $0.pending }
+        for (index, load) in pending {
+            guard let gate = biasedGates[index] else { continue }
+            guarantee(load.counts != nil, "LoadMonitor.updateBiasOnDevice: layer \(layerNames[index])'s load is on the host, not the device")
+            gate.updateBias(routed: load.counts!.rows(0..<1).reshaped([-1]), skipUnlessFinite: squares)
+        }
+    }
+
+    /// Takes the loads recorded since the last `finishStep` out of the monitor: the capture of a
+    /// step, which ran nothing. Each replay of that step rewrites their counts in place; hand
+    /// them back with `recordReplay(_:)` after it.
+    public func takeCapturedLoads() -> CapturedLoads {
+        CapturedLoads(layers: sums.withLock { s in
+            defer { s.pending = [] }
+            return s.pending.map { index, load in
+                guarantee(load.counts != nil, "LoadMonitor.takeCapturedLoads: layer \(layerNames[index])'s load is on the host, not the device")
+                return (index, load.counts!, load.tokenCount, load.topK)
+            }
+        })
+    }
+
+    /// Records the loads a replay of a captured step left on the device, as its forwards would have.
+    public func recordReplay(_ loads: CapturedLoads) {
+        for (index, counts, tokens, topK) in loads.layers {
+            record(layer: index, PendingLoad(counts: counts, tokenCount: tokens, topK: topK))
+        }
+    }
+
     /// Starts a new interval.
     public func reset() {
         sums.withLock { s in
@@ -144,6 +177,11 @@ public final class LoadMonitor: @unchecked Sendable {
             s.disagreement = Array(repeating: (0, 0), count: layerNames.count)
         }
     }
+}
+
+/// The loads of a captured training step: each layer's `[2, N]` counts, rewritten by every replay.
+public struct CapturedLoads: @unchecked Sendable {
+    let layers: [(index: Int, counts: Tensor, tokenCount: Int, topK: Int)]
 }
 
 /// Notices MoE layers whose routing stays collapsed: max/mean load near its ceiling `N/k` (every

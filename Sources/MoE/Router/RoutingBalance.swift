@@ -53,6 +53,16 @@ extension BiasBalancedGate {
         }
         bias.value = bias.value + Tensor(delta, dtype: bias.value.dtype, device: bias.value.device)
     }
+
+    /// `updateBias(loads:)` on the device, in place, from the step's routed counts still there
+    /// (`routed` `[N]` int32): the bias step of a training step captured once and replayed.
+    /// Nothing when `skipUnlessFinite` (the step's squared gradient norm) is not finite, as the
+    /// optimizer skips that step.
+    public func updateBias(routed: Tensor, skipUnlessFinite squares: Tensor?) {
+        guard let bias = expertBias else { return }
+        guarantee(routed.count == globalExpertCount, "updateBias: \(routed.count) counts for \(globalExpertCount) experts")
+        bias.value.routingBiasStep(routed: routed, rate: biasUpdateRate, skipUnlessFinite: squares)
+    }
 }
 
 /// The `RouterBias` defaults.

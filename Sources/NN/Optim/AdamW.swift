@@ -44,6 +44,28 @@ public final class AdamW: Optimizer {
 
     public func step() {
         stepCount += 1
+        update { p, g, m, v, s in p.value.backend.adamW(parameter: p.value, gradient: g, m: m, v: v, s) }
+    }
+
+    /// A step that reads its learning rate, bias correction and clipping from the device
+    /// (`ScheduledStep`), as a training step captured once and replayed does. `stepCount` does not
+    /// move: the caller counts the steps the device took (`countStep()`), which skips one whose
+    /// gradient norm is not finite.
+    public func step(scheduled: ScheduledStep) {
+        update { p, g, m, v, s in p.value.backend.adamW(parameter: p.value, gradient: g, m: m, v: v, s, scheduled: scheduled) }
+    }
+
+    /// Counts a step taken by `step(scheduled:)`.
+    public func countStep() { stepCount += 1 }
+
+    /// `ScheduledStep.schedule`'s values for the next step at `learningRate`.
+    public func nextSchedule() -> [Float] {
+        ScheduledStep.values(learningRate: learningRate, beta1: beta1, beta2: beta2, step: stepCount + 1)
+    }
+
+    /// Calls `body` for every parameter with a gradient: the gradient in the moments' dtype, the
+    /// moments (created at the first update), and the step's hyperparameters.
+    private func update(_ body: (Parameter, Tensor, Tensor, Tensor, AdamWStep) -> Void) {
         withoutGradient {
             for (i, p) in state.parameters.enumerated() {
                 guard let grad = p.grad else { continue }
@@ -55,10 +77,9 @@ public final class AdamW: Optimizer {
                 guarantee(m.device == p.value.device,
                              "AdamW: state of \(state.names[i]) is on \(m.device), the parameter on \(p.value.device); create the optimizer after moving the model")
                 guarantee(grad.shape == p.shape, "AdamW: gradient \(grad.shape) of \(state.names[i]) does not match its shape \(p.shape)")
-                let g = grad.cast(to: type)
-                p.value.backend.adamW(parameter: p.value, gradient: g, m: m, v: v,
-                                      AdamWStep(learningRate: Float(learningRate), beta1: Float(beta1), beta2: Float(beta2),
-                                                epsilon: Float(epsilon), weightDecay: Float(weightDecay(for: p)), step: stepCount))
+                body(p, grad.cast(to: type), m, v,
+                     AdamWStep(learningRate: Float(learningRate), beta1: Float(beta1), beta2: Float(beta2),
+                               epsilon: Float(epsilon), weightDecay: Float(weightDecay(for: p)), step: stepCount))
             }
         }
     }

@@ -36,21 +36,40 @@ extension CPUBackend {
     /// AdamW as PyTorch computes it: p -= lr·wd·p; m, v moments; p -= lr/(1-β1^t) · m / (√v/√(1-β2^t) + ε).
     public func adamW(parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, _ s: AdamWStep) {
         func run<T: CPUFloat>(_: T.Type) {
-            let p = parameter.host(T.self), g = gradient.host(T.self), mp = m.host(T.self), vp = v.host(T.self)
-            let b1 = T(s.beta1), b2 = T(s.beta2), lr = T(s.learningRate), eps = T(s.epsilon)
-            let decay = 1 - lr * T(s.weightDecay)
+            let lr = T(s.learningRate)
             let c1 = 1 - T(pow(Double(s.beta1), Double(s.step)))
             let c2 = T((1 - pow(Double(s.beta2), Double(s.step))).squareRoot())
-            let stepSize = lr / c1
-            parallelFor(parameter.count, cost: 8) { r in
-                for i in r {
-                    let gi = g[i]
-                    mp[i] = b1 * mp[i] + (1 - b1) * gi
-                    vp[i] = b2 * vp[i] + (1 - b2) * gi * gi
-                    p[i] = p[i] * decay - stepSize * mp[i] / (vp[i].squareRoot() / c2 + eps)
-                }
-            }
+            adamWUpdate(T.self, parameter: parameter, gradient: gradient, m: m, v: v, s, learningRate: lr, stepSize: lr / c1, c2: c2, scale: nil)
         }
         dispatchFloat(parameter.dtype, "adamW") { run(Float.self) } double: { run(Double.self) }
+    }
+
+    /// The same update with the schedule and the clipping read from `scheduled`'s tensors; none when
+    /// the squared gradient norm is not finite.
+    public func adamW(parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, _ s: AdamWStep, scheduled: ScheduledStep) {
+        let values = scheduled.schedule.doubles()
+        guard let scale = ScheduledStep.clipFactor(norm: scheduled.gradientSquares.doubles()[0].squareRoot(), maxNorm: scheduled.maxNorm)
+        else { return }
+        func run<T: CPUFloat>(_: T.Type) {
+            adamWUpdate(T.self, parameter: parameter, gradient: gradient, m: m, v: v, s, learningRate: T(values[0]),
+                        stepSize: T(values[1]), c2: T(values[2]), scale: scale == 1 ? nil : T(scale))
+        }
+        dispatchFloat(parameter.dtype, "adamW") { run(Float.self) } double: { run(Double.self) }
+    }
+
+    /// AdamW as PyTorch computes it, the gradient first multiplied by `scale` when given.
+    private func adamWUpdate<T: CPUFloat>(_: T.Type, parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, _ s: AdamWStep,
+                                          learningRate lr: T, stepSize: T, c2: T, scale: T?) {
+        let p = parameter.host(T.self), g = gradient.host(T.self), mp = m.host(T.self), vp = v.host(T.self)
+        let b1 = T(s.beta1), b2 = T(s.beta2), eps = T(s.epsilon)
+        let decay = 1 - lr * T(s.weightDecay)
+        parallelFor(parameter.count, cost: 8) { r in
+            for i in r {
+                let gi = scale.map { g[i] * $0 } ?? g[i]
+                mp[i] = b1 * mp[i] + (1 - b1) * gi
+                vp[i] = b2 * vp[i] + (1 - b2) * gi * gi
+                p[i] = p[i] * decay - stepSize * mp[i] / (vp[i].squareRoot() / c2 + eps)
+            }
+        }
     }
 }

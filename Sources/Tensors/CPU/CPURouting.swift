@@ -139,6 +139,17 @@ extension CPUBackend: MoEBackend {
         dispatchFloat(out.dtype, "groupedColumnSums") { run(Float.self) } double: { run(Double.self) }
     }
 
+    public func routingBiasStep(_ bias: Tensor, routed: Tensor, rate: Double, skipUnlessFinite squares: Tensor?) {
+        if let squares, !squares.doubles()[0].isFinite { return }
+        let counts = routed.host(Int32.self), b = bias.host(Float.self), n = routed.count
+        // sign(mean − c) = sign(Σ − n·c), exactly, in integers.
+        let total = (0..<n).reduce(0) { $0 + Int(counts[$1]) }
+        for e in 0..<n {
+            let d = total - n * Int(counts[e])
+            if d != 0 { b[e] += d > 0 ? Float(rate) : -Float(rate) }
+        }
+    }
+
     public func gatheredRowDots(_ x: Tensor, indices: Tensor, _ g: Tensor, _ out: Tensor) {
         let cols = x.lastDimension, rows = x.rowCount, k = indices.lastDimension
         let idx = indices.host(Int32.self)

@@ -15,6 +15,8 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     private let modules = Mutex<[String: CUDAModule]>([:])
     /// Host staging for small downloads (nil if the driver refused pinned memory: then pageable copies).
     private let pinned: Mutex<PinnedHostBuffer?>
+    /// The random salt's address while a graph is captured (`captureGraph`), else 0.
+    let captureSalt = Mutex<CUdeviceptr>(0)
 
     public init(index: Int) throws {
         gpu = try CUDA.device(index)
@@ -231,7 +233,8 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         }
         launchElementwise("random_fill", out.dtype, count: out.count,
                           [out.arg, .int64(Int64(out.count)), .int64(Int64(bitPattern: stream.seed)),
-                           .int64(Int64(bitPattern: stream.offset)), .int64(Int64(stream.firstElement)), .int32(code), .double(a), .double(b)])
+                           .int64(Int64(bitPattern: stream.offset)), .int64(Int64(stream.firstElement)), .int32(code), .double(a), .double(b),
+                           .pointer(captureSalt.withLock { $0 })])
     }
 
     // MARK: Data movement
@@ -439,6 +442,15 @@ public final class CUDABackend: Backend, @unchecked Sendable {
                           [parameter.arg, gradient.arg, m.arg, v.arg, .int64(Int64(parameter.count)), .float(s.learningRate),
                            .float(s.beta1), .float(s.beta2), .float(s.epsilon), .float(1 - s.learningRate * s.weightDecay),
                            .float(Float(Double(s.learningRate) / c1)), .float(Float(c2))])
+    }
+
+    public func adamW(parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, _ s: AdamWStep, scheduled: ScheduledStep) {
+        guarantee(parameter.dtype == .float32 && gradient.dtype == .float32 && scheduled.gradientSquares.dtype == .float32,
+                  "adamW on CUDA: float32 parameters, gradients and squared norm")
+        launchElementwise("adamw_scheduled", .float32, count: parameter.count,
+                          [parameter.arg, gradient.arg, m.arg, v.arg, .int64(Int64(parameter.count)), .float(s.beta1), .float(s.beta2),
+                           .float(s.epsilon), .float(s.weightDecay), scheduled.schedule.arg, scheduled.gradientSquares.arg,
+                           .float(Float(scheduled.maxNorm))])
     }
 }
 

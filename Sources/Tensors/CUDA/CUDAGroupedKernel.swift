@@ -162,7 +162,10 @@ extension CUDABackend {
         }
         let sizes = groups.sizes
         let key = HostTableKey(device: device, sizes: sizes, tileRows: tileRows)
-        if let hit = Self.groupTables.withLock({ cache in cache.first { $0.key == key }?.table }) { return hit }
+        // A captured graph keeps what it reads: a table shared with work outside it could be
+        // dropped from the cache and its memory reused under the graph.
+        let cached = !gpu.stream.isCapturing
+        if cached, let hit = Self.groupTables.withLock({ cache in cache.first { $0.key == key }?.table }) { return hit }
         var values = [Int32](repeating: 0, count: sizes.count + 1)
         for (g, rows) in sizes.enumerated() { values[g + 1] = values[g] + Int32(rows) }
         var rowTiles = 0
@@ -177,9 +180,11 @@ extension CUDABackend {
         let table = GroupTable(storage: storage, experts: sizes.count, rowTiles: rowTiles)
         // A table is read only by work enqueued on this stream, so one dropped from the cache is
         // freed in stream order, after its last reader.
-        Self.groupTables.withLock { cache in
-            cache.insert((key, table), at: 0)
-            if cache.count > 8 { cache.removeLast() }
+        if cached {
+            Self.groupTables.withLock { cache in
+                cache.insert((key, table), at: 0)
+                if cache.count > 8 { cache.removeLast() }
+            }
         }
         return table
     }

@@ -263,6 +263,13 @@ extension CUDABackend: MoEBackend {
         withExtendedLifetime((table, partials)) {}
     }
 
+    public func routingBiasStep(_ bias: Tensor, routed: Tensor, rate: Double, skipUnlessFinite squares: Tensor?) {
+        guarantee(bias.dtype == .float32 && routed.dtype == .int32 && (squares?.dtype ?? .float32) == .float32,
+                  "routingBiasStep on CUDA: a float32 bias, int32 counts and a float32 squared norm")
+        launch(kernel("routing_bias_step", .float32), grid: (1, 1, 1), block: (256, 1, 1), stream: gpu.stream,
+               arguments: [bias.arg, routed.arg, .int32(Int32(routed.count)), .float(Float(rate)), squares.arg])
+    }
+
     public func gatheredRowDots(_ x: Tensor, indices: Tensor, _ g: Tensor, _ out: Tensor) {
         let slots = indices.count, cols = x.lastDimension
         guard slots > 0 else { return }
@@ -274,13 +281,16 @@ extension CUDABackend: MoEBackend {
     }
 
     /// Whether this grouped product over `rows` rows runs on `GroupedGemmKernels`: with `.kernel` (or `.wgmma`), or
-    /// with `.automatic` where the kernel pays (`GroupedGemmStrategy.kernelPays`), and only where the
-    /// shapes fit it; elsewhere one GEMM per expert.
+    /// with `.automatic` where the kernel pays (`GroupedGemmStrategy.kernelPays`) or a graph is being
+    /// captured, and only where the shapes fit it; elsewhere one GEMM per expert.
     private func usesGroupedKernel(weight: Tensor, rows: Int, _ a: Tensor, _ b: Tensor) -> Bool {
         let experts = weight.shape[0]
         switch Self.groupedGemmStrategy {
         case .kernel, .wgmma: break
         case .automatic:
+            // A graph capture cannot read the sizes that one GEMM per expert needs: our kernel,
+            // which reads them on the device, wherever it fits.
+            if gpu.stream.isCapturing { break }
             // With TF32 allowed, cuBLAS runs float32 on tensor cores, far past our CUDA-core kernel.
             if weight.dtype == .float32 && ((try? gpu.blas().usesTF32) ?? false) { return false }
             guard GroupedGemmStrategy.kernelPays(bfloat16: weight.dtype == .bfloat16, wgmma: runsWgmma(weight.dtype), meanRows: rows / max(experts, 1),

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Elementwise functions of one tensor.
 public enum UnaryOp: String, Sendable, CaseIterable {
     case neg, exp, log, sqrt, tanh, relu, sigmoid, silu
@@ -51,6 +57,35 @@ public struct AdamWStep: Sendable {
         self.epsilon = epsilon
         self.weightDecay = weightDecay
         self.step = step
+    }
+}
+
+/// What a step replayed from a graph reads from the device rather than from its launch arguments:
+/// the learning-rate schedule and AdamW's bias correction, and the gradients' squared norm, by
+/// which it clips them and skips itself when it is not finite (a NaN or an overflow).
+public struct ScheduledStep {
+    /// float32 `[3]`: `lr`, `lr / (1 - β₁ᵗ)`, `√(1 - β₂ᵗ)` (``values(learningRate:beta1:beta2:step:)``).
+    public var schedule: Tensor
+    /// `[1]` `Σ g²` over every gradient of the step (`sumOfSquares`), in float32 (float64 for float64 gradients).
+    public var gradientSquares: Tensor
+    /// Gradients are scaled by `maxNorm / (‖g‖ + 1e-6)` where `‖g‖ > maxNorm > 0` (``clipFactor(norm:maxNorm:)``).
+    public var maxNorm: Double
+
+    public init(schedule: Tensor, gradientSquares: Tensor, maxNorm: Double) {
+        (self.schedule, self.gradientSquares, self.maxNorm) = (schedule, gradientSquares, maxNorm)
+    }
+
+    /// The three values of `schedule` for 1-based step `step`.
+    public static func values(learningRate: Double, beta1: Double, beta2: Double, step: Int) -> [Float] {
+        let c1 = 1 - pow(beta1, Double(step)), c2 = (1 - pow(beta2, Double(step))).squareRoot()
+        return [Float(learningRate), Float(learningRate / c1), Float(c2)]
+    }
+
+    /// The factor a step of gradient norm `norm` scales its gradients by: nil when `norm` is not
+    /// finite (the step is skipped), else `maxNorm / (norm + 1e-6)` above `maxNorm > 0` and 1 below.
+    public static func clipFactor(norm: Double, maxNorm: Double) -> Double? {
+        guard norm.isFinite else { return nil }
+        return maxNorm > 0 && norm > maxNorm ? maxNorm / (norm + 1e-6) : 1
     }
 }
 
@@ -147,4 +182,7 @@ public protocol Backend: AnyObject, Sendable {
 
     // Optimizer.
     func adamW(parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, _ step: AdamWStep)
+    /// `adamW` with the values that change from step to step read from the device (`scheduled`),
+    /// so that a step captured once can be replayed (`GraphCapturing`); `step` gives the rest.
+    func adamW(parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, _ step: AdamWStep, scheduled: ScheduledStep)
 }

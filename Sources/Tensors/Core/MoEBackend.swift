@@ -97,6 +97,11 @@ public protocol MoEBackend: Backend {
     /// summed in float32 (float64 for float64); 0 where the index is negative. Without materialising
     /// the `[T·k, c]` gathered rows.
     func gatheredRowDots(_ x: Tensor, indices: Tensor, _ g: Tensor, _ out: Tensor)
+    /// A bias-balanced router's step on the device (MOE_SEMANTICS: DeepSeek-V3's bias balancing):
+    /// `bias[e] += rate · sign(mean − routed[e])` with `routed` `[N]` int32 (the step's routed counts,
+    /// `mean` their mean) and `bias` `[N]` float32, in place; nothing when `skipUnlessFinite` (a
+    /// `[1]` squared gradient norm) is given and not finite, as the optimizer skips that step.
+    func routingBiasStep(_ bias: Tensor, routed: Tensor, rate: Double, skipUnlessFinite: Tensor?)
 }
 
 /// What a grouped product over expert-contiguous rows does to its result `P` (`[S, c]`) before

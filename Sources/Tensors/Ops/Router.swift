@@ -29,3 +29,15 @@ extension Tensor {
         return (expert, out)
     }
 }
+
+extension Tensor {
+    /// A bias-balanced router's step in place on this `[N]` float32 bias, on its device
+    /// (`MoEBackend.routingBiasStep`): `b_e += rate · sign(mean − routed_e)` for the step's routed
+    /// counts `routed` `[N]` int32; nothing when `skipUnlessFinite` (`[1]`, the step's squared
+    /// gradient norm) is given and not finite. Not differentiable.
+    public func routingBiasStep(routed: Tensor, rate: Double, skipUnlessFinite squares: Tensor?) {
+        guarantee(rank == 1 && dtype == .float32 && routed.shape == shape && routed.dtype == .int32 && routed.device == device,
+                  "routingBiasStep: bias \(shape) \(dtype) and counts \(routed.shape) \(routed.dtype) must be [N] float32 and [N] int32 on one device")
+        moeBackend("routingBiasStep").routingBiasStep(self, routed: routed, rate: rate, skipUnlessFinite: squares)
+    }
+}

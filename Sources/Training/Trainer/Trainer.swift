@@ -53,6 +53,9 @@ public final class Trainer {
     public var skipNonFinite = false
     /// Largest data-parallel gradient bucket, in bytes (`--bucket-mb`, default 25 MiB); W > 1 only.
     public var bucketBytes = 25 << 20
+    /// Record the training step as a CUDA graph after two steps and replay it (`--cuda-graph`;
+    /// one rank on a CUDA device): see `CapturedStep`.
+    public var cudaGraph = false
     /// The world group: this rank's place in a data-parallel run (a group of one otherwise).
     public var world: any ProcessGroup { parallel.world }
     let parallel: DataParallel
@@ -260,6 +263,7 @@ public final class Trainer {
 
     func train(stopAfter: Int?) throws -> TrainingSummary {
         let last = min(config.steps, stopAfter ?? config.steps)
+        try checkCUDAGraph()
         // Every rank checks the model and takes rank 0's values before rank 0 writes anything, so no
         // rank still validating its output directory sees rank 0's files.
         let sync = try parallel.gradientSync(for: model, bucketBytes: bucketBytes, experts: expertLayout, expertGradient: config.expertGradient)
@@ -271,6 +275,10 @@ public final class Trainer {
         defer { log?.close() }
         let loadMonitor = LoadMonitor.install(in: model)
         let moeLayers = loadMonitor.layerNames
+        let captured = cudaGraph ? CapturedStep(model: model, optimizer: optimizer, loadMonitor: loadMonitor, maxNorm: config.clip,
+                                                parameters: model.parameters(), batchSize: config.batchSize, seqLen: config.seqLen,
+                                                device: device) : nil
+        var captureWarning: String?   // shown at the next logging step
         emit(.started(TrainingStart(
             config: config, device: device, outputDirectory: outputDirectory, parameterCount: globalParameterCount,
             flopsPerToken: model.flopsPerToken, moeLayers: moeLayers, dataSource: dataset.source,
@@ -304,10 +312,22 @@ public final class Trainer {
             // The global batch, as one rank with W·b windows draws it; this rank keeps its b.
             let (x, y) = TrainingData.tensors(parallel.slice(sampler.nextBatch(batchSize: parallel.globalBatchSize, seqLen: config.seqLen)),
                                               batchSize: config.batchSize, seqLen: config.seqLen, device: device)
-            // The MoE layers' balance and z-losses are attached to the graph (`MoELayer.balanceLossWeight`).
-            let lm = model.loss(ids: x, targets: y)
-            // The global batch's loss (the same on every rank, so all skip or stop together).
-            let loss = parallel.mean(of: lm)
+            let lm: Tensor?, loss: Double
+            var capturedNorm: Double?
+            if let captured {
+                // Forward, backward and update in one replay; a non-finite step was skipped on the device.
+                let triedCapture = captured.work != nil || captured.captureFailure != nil
+                let outcome = captured.run(inputs: x, targets: y, learningRate: lr)
+                (lm, loss, capturedNorm) = (nil, outcome.loss, outcome.gradientNorm)
+                if !triedCapture, let failure = captured.captureFailure {
+                    captureWarning = "--cuda-graph: the step could not be captured, so it runs without a graph (\(failure))"
+                }
+            } else {
+                // The MoE layers' balance and z-losses are attached to the graph (`MoELayer.balanceLossWeight`).
+                lm = model.loss(ids: x, targets: y)
+                // The global batch's loss (the same on every rank, so all skip or stop together).
+                loss = parallel.mean(of: lm!)
+            }
             guard loss.isFinite else {
                 // Before backward and the update: the weights stay those of the last finite step.
                 guard skipNonFinite else {
@@ -332,15 +352,18 @@ public final class Trainer {
                 }
                 continue
             }
-            // The MoE layers' balance and z-losses are attached to the graph (`MoELayer.balanceLossWeight`).
-            // With W > 1 each bucket's all-reduce starts as soon as backward has finished its gradients.
-            if let sync { sync.backward(lm) } else { lm.backward() }
-            let norm = config.clip > 0 ? (sync?.clipGradNorm(maxNorm: config.clip) ?? clipGradNorm(parameters, maxNorm: config.clip)) : 0
-            if norm.isFinite { optimizer.step() } else { skipped += 1; skippedSteps += 1 }
-            optimizer.zeroGrad()
-            // Bias-balanced gates move their bias with this step's loads, summed over the ranks so that
-            // every replica moves alike (only when the weights moved).
-            loadMonitor.finishStep(updateBias: norm.isFinite, summing: parallel.sum)
+            if let capturedNorm {
+                if !capturedNorm.isFinite { skipped += 1; skippedSteps += 1 }
+            } else if let lm {
+                // With W > 1 each bucket's all-reduce starts as soon as backward has finished its gradients.
+                if let sync { sync.backward(lm) } else { lm.backward() }
+                let norm = config.clip > 0 ? (sync?.clipGradNorm(maxNorm: config.clip) ?? clipGradNorm(parameters, maxNorm: config.clip)) : 0
+                if norm.isFinite { optimizer.step() } else { skipped += 1; skippedSteps += 1 }
+                optimizer.zeroGrad()
+                // Bias-balanced gates move their bias with this step's loads, summed over the ranks so that
+                // every replica moves alike (only when the weights moved).
+                loadMonitor.finishStep(updateBias: norm.isFinite, summing: parallel.sum)
+            }
             interval.add(loss: loss)
             step += 1
             let seconds = monotonicSeconds() - started
@@ -369,19 +392,22 @@ public final class Trainer {
                                          elapsedSeconds: elapsed(), moe: config.isMoE ? MoELayerLoad.records(routing) : nil)
                 collapseWarning = collapseMessage(collapseWatch.observe(routing.map { ($0.name, $0.load) }))
                 biasMagnitude = routing.compactMap { $0.bias.map { $0.map(Swift.abs).max() ?? 0 } }
-                if let collapseWarning { record.warnings = [collapseWarning] }
+                let warnings = [captureWarning, collapseWarning].compactMap { $0 }
+                if !warnings.isEmpty { record.warnings = warnings }
                 try log?.append(.train(record))
                 intervalLoss = interval.meanLoss
             }
             let perStep = smoothedStepSeconds ?? seconds
+            let shownWarnings = [isLogStep ? captureWarning : nil, collapseWarning].compactMap { $0 }
             emit(.step(StepProgress(step: step, totalSteps: config.steps, loss: loss,
                                        tokensPerSecond: Double(tokensPerStep) / max(perStep, 1e-9), lr: lr,
                                        elapsedSeconds: elapsed(), etaSeconds: Double(config.steps - step) * perStep,
                                        balance: loads.map(\.load.maxOverMean), isLogStep: isLogStep,
                                        intervalLoss: intervalLoss,
                                        biasMagnitude: biasMagnitude,
-                                       warning: collapseWarning)))
+                                       warning: shownWarnings.isEmpty ? nil : shownWarnings.joined(separator: "; "))))
             if isLogStep {
+                captureWarning = nil
                 interval = IntervalStatistics()
                 loadMonitor.reset()
             }
@@ -415,6 +441,19 @@ public final class Trainer {
         // No rank returns before rank 0's last checkpoint is written (a rank resuming next reads it).
         if parallel.isDistributed { world.barrier() }
         return summary
+    }
+
+    /// Refuses `cudaGraph` where the step cannot be one graph: off CUDA, and across ranks (the
+    /// gradients' all-reduce and the experts' exchange wait for the host).
+    func checkCUDAGraph() throws {
+        guard cudaGraph else { return }
+        guard device.isCUDA else {
+            throw TrainingError("--cuda-graph records the training step as a CUDA graph: it needs --device cuda (this run is on \(device))")
+        }
+        guard !parallel.isDistributed else {
+            throw TrainingError("--cuda-graph captures one rank's step; this run has \(parallel.size) ranks, whose gradient "
+                + "all-reduce and expert exchange are not captured: run one process, or drop --cuda-graph")
+        }
     }
 
     /// The warning for layers whose routing stayed collapsed (nil when none), naming the flag that fixes it.

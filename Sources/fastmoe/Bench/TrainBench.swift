@@ -34,6 +34,9 @@ struct TrainBench: ParsableCommand {
             help: "How the experts' GEMMs run on CUDA: auto, lanes, serial, grouped, kernel or wgmma (see bench moe-layer).")
     var groupedGemm: String = "auto"
 
+    @Flag(name: .customLong("cuda-graph"), help: "Time the step replayed as a CUDA graph (CUDA only; see train --cuda-graph).")
+    var cudaGraph = false
+
     func validate() throws {
         guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1") }
         guard GroupedGemmStrategy(name: groupedGemm) != nil else {
@@ -49,6 +52,7 @@ struct TrainBench: ParsableCommand {
         let config = try RunConfig.resolve(preset: preset, overrides: overrides)
         try config.validate()
         let dev = try config.resolveDevice()
+        if cudaGraph && !dev.isCUDA { throw ValidationError("--cuda-graph records CUDA work: it needs --device cuda (this run is on \(dev))") }
         // The bench's corpus is sized below; its evaluation batches are none.
         // In Double: a large batch times a large window overflows Int (the estimate then refuses it).
         let wanted = 4 * Double(config.batchSize) * (Double(config.seqLen) + 1)
@@ -65,6 +69,10 @@ struct TrainBench: ParsableCommand {
         var sampler = BatchSampler(tokens: corpus, seed: config.seed)
         let parameters = model.parameters()
         let backend = Backends.backend(for: dev)
+        // The trainer's step with --cuda-graph: it also reads the loss and the expert loads each step.
+        let captured = cudaGraph
+            ? CapturedStep(model: model, optimizer: optimizer, loadMonitor: LoadMonitor.install(in: model), maxNorm: config.clip,
+                           parameters: parameters, batchSize: config.batchSize, seqLen: config.seqLen, device: dev) : nil
         var hostWaits = 0   // in the steps themselves, not the timing's synchronisations around them
         func step() {
             let waitsBefore = DeviceCounters.hostWaits.total
@@ -72,12 +80,17 @@ struct TrainBench: ParsableCommand {
             let batch = sampler.nextBatch(batchSize: config.batchSize, seqLen: config.seqLen)
             let x = Tensor(batch.inputs, shape: [config.batchSize, config.seqLen], device: dev)
             let y = Tensor(batch.targets, shape: [config.batchSize, config.seqLen], device: dev)
+            if let captured {
+                _ = captured.run(inputs: x, targets: y, learningRate: config.lr)
+                return
+            }
             model.loss(ids: x, targets: y).backward()   // MoE balance losses ride on the graph
             clipGradNorm(parameters, maxNorm: config.clip)
             optimizer.step()
             optimizer.zeroGrad()
         }
-        step()   // first-use costs (kernel compilation, allocator growth) outside the timing
+        // First-use costs (kernel compilation, allocator growth; the capture) outside the timing.
+        for _ in 0..<(captured.map { $0.eagerSteps + 1 } ?? 1) { step() }
         let launchesBefore = DeviceCounters.launches.total
         hostWaits = 0
         let ms = medianMilliseconds(repeats: repeats, sync: { backend.synchronize() }, step)
@@ -97,7 +110,7 @@ struct TrainBench: ParsableCommand {
         let gemmMs = medianMilliseconds(repeats: 5, sync: { backend.synchronize() }) { _ = withoutGradient { a.matmul(b) } }
         let gemmGFLOPs = 2 * Double(n * n * n) / gemmMs / 1e6
 
-        let kind = config.isMoE ? "moe \(config.experts)e top-\(config.effectiveTopK) \(config.gate)" : "dense"
+        let kind = (config.isMoE ? "moe \(config.experts)e top-\(config.effectiveTopK) \(config.gate)" : "dense") + (cudaGraph ? " graph" : "")
         let rows = [
             BenchRow(name: "gemm \(config.precision) \(n)³ (ceiling)", milliseconds: gemmMs, rate: gemmGFLOPs, unit: "GFLOP/s", ofCeiling: 1),
             BenchRow(name: "train step \(preset) \(kind)", milliseconds: ms, rate: tokensPerSecond, unit: "tokens/s"),
@@ -105,6 +118,14 @@ struct TrainBench: ParsableCommand {
         ]
         BenchRow.printTable(rows, title: "fastmoe bench train --preset \(preset) on \(dev) (\(DeviceChoice.describe(dev))): "
             + "batch \(config.batchSize)×\(config.seqLen), \(Format.fixed(model.flopsPerToken / 1e6, 2)) MFLOP/token, \(config.precision)")
+        if let captured {
+            if let failure = captured.captureFailure {
+                print("CUDA graph: not captured, the steps ran eagerly (\(failure))")
+            } else if let work = captured.work {
+                print("CUDA graph: \(work.nodeCount) nodes replayed per step")
+                print("{\"bench\":\"cuda graph\",\"nodes\":\(work.nodeCount),\"device\":\"\(dev)\"}")
+            }
+        }
         if dev.isCUDA {
             print("GPU launches per step: \(launchesPerStep) (our kernels and cuBLAS/cuBLASLt GEMM calls)")
             print("{\"bench\":\"launches per step\",\"launches\":\(launchesPerStep),\"device\":\"\(dev)\"}")

@@ -1,0 +1,116 @@
+import MoE
+import NN
+import Tensors
+
+/// One rank's training step as work the device records once and then replays with one launch
+/// (`--cuda-graph`): the forward and loss, the backward, the gradients' squared norm, AdamW with
+/// clipping, and the bias-balanced routers' step. No host decision sits inside it:
+/// - what changes from step to step is read from device memory written before each replay: the
+///   batch (the step's own input tensors), AdamW's schedule (`ScheduledStep`) and a random salt
+///   for dropout and gate noise;
+/// - clipping and skipping a step whose gradient norm (or loss) is not finite happen on the device;
+/// - the host reads the loss and the squared norm once per step, after the replay.
+///
+/// The first `eagerSteps` steps run the same work as it is enqueued (kernels compile, AdamW's
+/// moments and the allocator's blocks appear), then the step is captured. A step that cannot be
+/// captured (it reads the device mid-way: expert choice's host top-C, one GEMM per expert) and a
+/// backend without graphs (the CPU) run every step eagerly: the same arithmetic, which the tests
+/// compare with the trainer's ordinary step.
+public final class CapturedStep {
+    public struct Outcome {
+        public var loss: Double
+        /// The gradients' global L2 norm before clipping (not finite: the step was skipped).
+        public var gradientNorm: Double
+    }
+
+    let model: GPT
+    let optimizer: AdamW
+    let loadMonitor: LoadMonitor
+    let maxNorm: Double
+    /// The parameters whose gradients are clipped together (the model's).
+    let parameters: [Parameter]
+    /// Steps run eagerly before the capture.
+    public var eagerSteps = 2
+    /// The step as the device replays it, once captured.
+    public private(set) var work: ReplayableWork?
+    /// Why the step could not be captured (it then runs eagerly), once a capture was tried.
+    public private(set) var captureFailure: String?
+    private let inputs: Tensor, targets: Tensor
+    private let schedule: Tensor, salt: Tensor
+    private var replayed: (stats: Tensor, loads: CapturedLoads)?
+    private var stepsRun = 0
+
+    public init(model: GPT, optimizer: AdamW, loadMonitor: LoadMonitor, maxNorm: Double, parameters: [Parameter],
+         batchSize: Int, seqLen: Int, device: Device) {
+        (self.model, self.optimizer, self.loadMonitor, self.maxNorm) = (model, optimizer, loadMonitor, maxNorm)
+        self.parameters = parameters
+        inputs = Tensor.zeros([batchSize, seqLen], dtype: .int32, device: device)
+        targets = Tensor.zeros([batchSize, seqLen], dtype: .int32, device: device)
+        schedule = Tensor.zeros([3], dtype: .float32, device: device)
+        salt = Tensor.zeros([1], dtype: .int32, device: device)
+    }
+
+    /// Trains on `x`, `y` (`[b, T]` int32 on the step's device) at `learningRate`.
+    public func run(inputs x: Tensor, targets y: Tensor, learningRate: Double) -> Outcome {
+        let backend = inputs.backend
+        backend.copy(x, to: inputs)
+        backend.copy(y, to: targets)
+        optimizer.learningRate = learningRate
+        write(optimizer.nextSchedule(), to: schedule)
+        stepsRun += 1
+        write([Int32(truncatingIfNeeded: stepsRun)], to: salt)
+
+        let stats: Tensor
+        if let work, let replayed {
+            work.replay()
+            loadMonitor.recordReplay(replayed.loads)
+            stats = replayed.stats
+        } else if stepsRun > eagerSteps, captureFailure == nil, let capturing = backend as? GraphCapturing {
+            stats = capture(on: capturing) ?? enqueueStep()
+        } else {
+            stats = enqueueStep()
+        }
+        let values = stats.doubles()   // the step's one read-back
+        let norm = values[1].squareRoot()
+        if norm.isFinite { optimizer.countStep() }
+        loadMonitor.finishStep(updateBias: false)   // the bias moved on the device
+        return Outcome(loss: values[0], gradientNorm: norm)
+    }
+
+    /// Captures the step and replays it once (this step); nil when it cannot be captured.
+    private func capture(on backend: GraphCapturing) -> Tensor? {
+        var stats: Tensor?
+        do {
+            let work = try backend.captureGraph(randomSalt: salt) { stats = enqueueStep() }
+            let loads = loadMonitor.takeCapturedLoads()
+            self.work = work
+            replayed = (stats!, loads)
+            work.replay()
+            loadMonitor.recordReplay(loads)
+            return stats
+        } catch {
+            _ = loadMonitor.takeCapturedLoads()   // recorded by work that never ran
+            captureFailure = "\(error)"
+            return nil
+        }
+    }
+
+    /// Enqueues one step; returns `[loss, Σ g²]` in the squares' dtype.
+    private func enqueueStep() -> Tensor {
+        let loss = model.loss(ids: inputs, targets: targets)
+        loss.backward()
+        let squares = sumOfSquares(parameters.compactMap(\.grad))
+        // 0·loss is 0, or NaN when the loss is not finite: such a step is skipped like one whose
+        // gradient norm is not finite (the ordinary step stops before its backward).
+        let lossValue = loss.detached().reshaped([1]).cast(to: squares.dtype)
+        let guarded = withoutGradient { squares + lossValue * 0 }
+        optimizer.step(scheduled: ScheduledStep(schedule: schedule, gradientSquares: guarded, maxNorm: maxNorm))
+        loadMonitor.updateBiasOnDevice(skipUnlessFinite: guarded)
+        optimizer.zeroGrad()
+        return Tensor.concat([lossValue, guarded], axis: 0)
+    }
+
+    private func write<Element: BitwiseCopyable>(_ values: [Element], to tensor: Tensor) {
+        values.withUnsafeBytes { tensor.backend.upload($0, to: tensor) }
+    }
+}
