@@ -195,6 +195,25 @@ struct RoutingMethodTests {
         #expect(plain.expertBias == nil)
     }
 
+    /// The device form a captured step runs moves the bias exactly as the host form does, in place,
+    /// and not at all when the step's squared gradient norm is not finite.
+    @Test func biasStepOnTheDeviceIsTheHostStep() {
+        let loads: [[Int]] = [[10, 2, 4, 0], [3, 3, 3, 3], [0, 0, 0, 16], [5, 4, 4, 3]]
+        var g = RandomGenerator(seed: 12), h = RandomGenerator(seed: 12)
+        let host = TopKGate(dModel: 3, globalExpertCount: 4, topK: 1, balance: .bias, biasUpdateRate: 0.25, generator: &g)
+        let device = TopKGate(dModel: 3, globalExpertCount: 4, topK: 1, balance: .bias, biasUpdateRate: 0.25, generator: &h)
+        let storage = device.expertBias!.value
+        for load in loads {
+            host.updateBias(loads: load)
+            device.updateBias(routed: Tensor(load.map(Int32.init), shape: [4]), skipUnlessFinite: Tensor([1.5], shape: [1], dtype: .float32))
+            #expect(device.expertBias!.value.doubles() == host.expertBias!.value.doubles())
+        }
+        #expect(device.expertBias!.value.address == storage.address, "in place: a captured graph reads the bias where it was")
+        let before = device.expertBias!.value.doubles()
+        device.updateBias(routed: Tensor([9, 1, 1, 1] as [Int32], shape: [4]), skipUnlessFinite: Tensor([Double.nan], shape: [1], dtype: .float32))
+        #expect(device.expertBias!.value.doubles() == before)
+    }
+
     @Test func biasChoosesButTheWeightsComeFromTheUnbiasedScores() {
         var g = RandomGenerator(seed: 13)
         let (t, n) = (6, 4)

@@ -43,6 +43,51 @@ struct OptimizerTests {
         #expect(maxDifference(state["exp_avg_sq.b"]!.doubles(), v[1]) < 1e-6)
     }
 
+    /// The step a captured training step runs (schedule and clipping read from tensors) is the
+    /// ordinary one: clipGradNorm, then step().
+    @Test(arguments: [0.0, 0.5, 100.0])
+    func scheduledAdamWIsTheClippedOrdinaryStep(maxNorm: Double) {
+        var g = RandomGenerator(seed: 3)
+        func make() -> [Parameter] {
+            [Parameter(Tensor.randomNormal([3, 4], dtype: .float64, generator: &g)), Parameter(Tensor.randomNormal([4], dtype: .float64, generator: &g))]
+        }
+        let plain = make()
+        g = RandomGenerator(seed: 3)
+        let scheduled = make()
+        let a = AdamW(parameters: plain.enumerated().map { ("p\($0.offset)", $0.element) }, learningRate: 0.05, weightDecay: 0.1)
+        let b = AdamW(parameters: scheduled.enumerated().map { ("p\($0.offset)", $0.element) }, learningRate: 0.05, weightDecay: 0.1)
+        for step in 0..<3 {
+            var h = RandomGenerator(seed: UInt64(10 + step))
+            let grads = plain.map { Tensor.randomNormal($0.shape, dtype: .float64, generator: &h) }
+            for (p, grad) in zip(plain, grads) { p.grad = grad }
+            for (p, grad) in zip(scheduled, grads) { p.grad = grad }
+            if maxNorm > 0 { clipGradNorm(plain, maxNorm: maxNorm) }
+            a.step()
+            let schedule = Tensor(b.nextSchedule().map(Double.init), shape: [3], dtype: .float32)
+            b.step(scheduled: ScheduledStep(schedule: schedule, gradientSquares: sumOfSquares(grads), maxNorm: maxNorm))
+            b.countStep()
+        }
+        #expect(a.stepCount == 3 && b.stepCount == 3)
+        for (p, q) in zip(plain, scheduled) {
+            // The schedule travels as float32: agreement to its precision, not to float64's.
+            #expect(maxDifference(p.value.doubles(), q.value.doubles()) < 1e-6, "\(p.value.doubles()) vs \(q.value.doubles())")
+        }
+    }
+
+    @Test func scheduledAdamWSkipsAStepWhoseGradientNormIsNotFinite() {
+        let p = Self.parameter([0.5, -1, 2, 0.25], [2, 2])
+        let opt = AdamW(parameters: [("p", p)], learningRate: 0.1)
+        p.grad = Tensor([0.3, -0.2, 1.5, 0], shape: [2, 2])
+        let schedule = Tensor(opt.nextSchedule().map(Double.init), shape: [3], dtype: .float32)
+        for bad in [Double.nan, .infinity] {
+            opt.step(scheduled: ScheduledStep(schedule: schedule, gradientSquares: Tensor([bad], shape: [1], dtype: .float64), maxNorm: 1))
+            #expect(p.value.doubles() == [0.5, -1, 2, 0.25], "a step with Σg² = \(bad) changes nothing")
+        }
+        #expect(ScheduledStep.clipFactor(norm: .nan, maxNorm: 1) == nil)
+        #expect(ScheduledStep.clipFactor(norm: 4, maxNorm: 1)! == 1 / (4 + 1e-6))
+        #expect(ScheduledStep.clipFactor(norm: 0.5, maxNorm: 1) == 1 && ScheduledStep.clipFactor(norm: 4, maxNorm: 0) == 1)
+    }
+
     @Test func adamWSkipsParametersWithoutGradientAndCastsGradients() {
         let a = Parameter(Tensor([1, 2] as [Float]))
         let frozen = Parameter(Tensor([3, 4] as [Float]))

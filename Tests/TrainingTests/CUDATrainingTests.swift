@@ -1,3 +1,5 @@
+import MoE
+import NN
 import Testing
 import Tensors
 @testable import Training
@@ -29,6 +31,67 @@ struct CUDATrainingTests {
         #expect(cpu.count == 20)
         let gap = worstRelativeGap(cuda, cpu)
         #expect(gap < 1e-3, "fp32 loss curves differ by \(gap): cpu \(cpu) cuda \(cuda)")
+    }
+
+    /// The captured step (`--cuda-graph`) replays what it ran eagerly: twin models, one of which
+    /// never captures, take the same steps on the same batches.
+    @Test(arguments: ["fp32", "bf16"])
+    func replayedStepsAreTheEagerSteps(precision: String) throws {
+        let config = try RunConfig.resolve(preset: "tiny", overrides: tinyRun(out: "unused", [
+            "experts": .int(4), "top_k": .int(2), "device": .string("cuda"), "precision": .string(precision)]))
+        let device = try config.resolveDevice()
+        var steps: [CapturedStep] = []
+        var models: [GPT] = []
+        for captures in [false, true] {
+            let model = ModelFactory.build(config, device: device)
+            let optimizer = AdamW(parameters: model.namedParameters().map { ($0.name, $0.parameter) }, learningRate: config.lr)
+            let step = CapturedStep(model: model, optimizer: optimizer, loadMonitor: LoadMonitor.install(in: model), maxNorm: config.clip,
+                                    parameters: model.parameters(), batchSize: config.batchSize, seqLen: config.seqLen, device: device)
+            if !captures { step.eagerSteps = .max }
+            steps.append(step)
+            models.append(model)
+        }
+        var sampler = BatchSampler(tokens: SyntheticCorpus.generate(seed: 0, byteCount: 20_000), seed: 5)
+        var losses: [[Double]] = [[], []]
+        for _ in 0..<8 {
+            let batch = sampler.nextBatch(batchSize: config.batchSize, seqLen: config.seqLen)
+            let x = Tensor(batch.inputs, shape: [config.batchSize, config.seqLen], device: device)
+            let y = Tensor(batch.targets, shape: [config.batchSize, config.seqLen], device: device)
+            for i in 0..<2 { losses[i].append(steps[i].run(inputs: x, targets: y, learningRate: config.lr).loss) }
+        }
+        #expect(steps[1].captureFailure == nil, "\(steps[1].captureFailure ?? "")")
+        #expect(steps[1].work != nil && steps[0].work == nil)
+        #expect(worstRelativeGap(losses[1], losses[0]) < 1e-5, "replayed \(losses[1]) eager \(losses[0])")
+        #expect(losses[0].last! < losses[0].first!)
+        for ((name, p), q) in zip(models[0].namedParameters(), models[1].parameters()) {
+            let gap = zip(p.value.doubles(), q.value.doubles()).map { Swift.abs($0 - $1) }.max() ?? 0
+            #expect(gap < 1e-4, "\(name): \(gap)")
+        }
+    }
+
+    /// The trainer with `--cuda-graph`: the ordinary run's losses, and with dropout (salted draws) a
+    /// run that still learns.
+    @Test func trainerWithACUDAGraphTrainsAsWithout() throws {
+        let plain = try losses(device: "cuda", precision: "fp32", ["experts": .int(4), "top_k": .int(2)])
+        let dir = TemporaryDirectory()
+        for (name, dropout) in [("graph", 0.0), ("dropout", 0.1)] {
+            let trainer = try Trainer.prepare(overrides: tinyRun(out: dir.file(name), steps: 20, [
+                "log_every": .int(1), "device": .string("cuda"), "experts": .int(4), "top_k": .int(2), "dropout": .double(dropout)]))
+            trainer.cudaGraph = true
+            try trainer.run()
+            let records = try MetricsLog.read(path: dir.file(name) + "/metrics.jsonl").compactMap { r -> TrainRecord? in
+                if case .train(let t) = r { return t } else { return nil }
+            }
+            let warnings = records.flatMap(\.warnings)
+            #expect(warnings.isEmpty, "\(warnings)")
+            let graphLosses = records.map(\.loss)
+            if dropout == 0 {
+                #expect(worstRelativeGap(graphLosses, plain) < 1e-4, "graph \(graphLosses) plain \(plain)")
+            } else {
+                let first: Double = graphLosses.prefix(3).reduce(0, +), last: Double = graphLosses.suffix(3).reduce(0, +)
+                #expect(last < first * 0.9, "\(graphLosses)")
+            }
+        }
     }
 
     @Test func bfloat16LossCurveFollowsTheCPU() throws {

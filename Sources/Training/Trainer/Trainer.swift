@@ -56,6 +56,8 @@ public final class Trainer {
     /// Record the training step as a CUDA graph after two steps and replay it (`--cuda-graph`;
     /// one rank on a CUDA device): see `CapturedStep`.
     public var cudaGraph = false
+    /// Lets `cudaGraph` run off CUDA, every step eagerly (the tests' view of the captured step's arithmetic).
+    var capturedStepOffCUDA = false
     /// The world group: this rank's place in a data-parallel run (a group of one otherwise).
     public var world: any ProcessGroup { parallel.world }
     let parallel: DataParallel
@@ -447,7 +449,7 @@ public final class Trainer {
     /// gradients' all-reduce and the experts' exchange wait for the host).
     func checkCUDAGraph() throws {
         guard cudaGraph else { return }
-        guard device.isCUDA else {
+        guard device.isCUDA || capturedStepOffCUDA else {
             throw TrainingError("--cuda-graph records the training step as a CUDA graph: it needs --device cuda (this run is on \(device))")
         }
         guard !parallel.isDistributed else {
