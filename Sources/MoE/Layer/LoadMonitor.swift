@@ -169,6 +169,26 @@ public final class LoadMonitor: @unchecked Sendable {
         }
     }
 
+    /// The counts still on the device of the loads recorded since the last `finishStep`, in one
+    /// `[Σ 2N]` int32 tensor (nil when there are none): a captured step reads them back with its
+    /// loss in one download and hands the values to `resolvePending(_:)`.
+    public func pendingCounts() -> Tensor? {
+        let counts = sums.withLock { $0.pending.compactMap { $0.load.isPending ? $0.load.counts?.reshaped([-1]) : nil } }
+        return counts.isEmpty ? nil : Tensor.concat(counts, axis: 0)
+    }
+
+    /// Resolves the loads `pendingCounts()` covered from its downloaded values, in its order.
+    public func resolvePending(_ counts: [Int]) {
+        let loads = sums.withLock { $0.pending.map(\.load).filter { $0.isPending && $0.counts != nil } }
+        guarantee(loads.reduce(0) { $0 + $1.counts!.count } == counts.count,
+                  "LoadMonitor.resolvePending: \(counts.count) values for the pending loads' \(loads.reduce(0) { $0 + $1.counts!.count })")
+        var at = 0
+        for load in loads {
+            load.resolve(Array(counts[at..<(at + load.counts!.count)]))
+            at += load.counts!.count
+        }
+    }
+
     /// Starts a new interval.
     public func reset() {
         sums.withLock { s in

@@ -9,7 +9,8 @@ import Tensors
 ///   batch (the step's own input tensors), AdamW's schedule (`ScheduledStep`) and a random salt
 ///   for dropout and gate noise;
 /// - clipping and skipping a step whose gradient norm (or loss) is not finite happen on the device;
-/// - the host reads the loss and the squared norm once per step, after the replay.
+/// - the host reads the loss, the squared norm and the MoE layers' expert counts in one download
+///   per step, after the replay.
 ///
 /// The first `eagerSteps` steps run the same work as it is enqueued (kernels compile, AdamW's
 /// moments and the allocator's blocks appear), then the step is captured. A step that cannot be
@@ -73,6 +74,7 @@ public final class CapturedStep {
         let values = stats.doubles()   // the step's one read-back
         let norm = values[1].squareRoot()
         if norm.isFinite { optimizer.countStep() }
+        loadMonitor.resolvePending(values.dropFirst(2).map { Int($0) })
         loadMonitor.finishStep(updateBias: false)   // the bias moved on the device
         return Outcome(loss: values[0], gradientNorm: norm)
     }
@@ -95,7 +97,7 @@ public final class CapturedStep {
         }
     }
 
-    /// Enqueues one step; returns `[loss, Σ g²]` in the squares' dtype.
+    /// Enqueues one step; returns `[loss, Σ g², the MoE layers' counts…]` in float64 (exact for counts).
     private func enqueueStep() -> Tensor {
         let loss = model.loss(ids: inputs, targets: targets)
         loss.backward()
@@ -107,7 +109,8 @@ public final class CapturedStep {
         optimizer.step(scheduled: ScheduledStep(schedule: schedule, gradientSquares: guarded, maxNorm: maxNorm))
         loadMonitor.updateBiasOnDevice(skipUnlessFinite: guarded)
         optimizer.zeroGrad()
-        return Tensor.concat([lossValue, guarded], axis: 0)
+        let parts = [lossValue, guarded] + (loadMonitor.pendingCounts().map { [$0] } ?? [])
+        return Tensor.concat(parts.map { $0.cast(to: .float64) }, axis: 0)
     }
 
     private func write<Element: BitwiseCopyable>(_ values: [Element], to tensor: Tensor) {
