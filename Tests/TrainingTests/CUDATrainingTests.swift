@@ -95,6 +95,23 @@ struct CUDATrainingTests {
         }
     }
 
+    /// Expert choice picks its tokens on the host: its step cannot be one graph. The run says so
+    /// once and trains eagerly.
+    @Test func aStepThatReadsTheDeviceTrainsWithoutAGraphAndSaysWhy() throws {
+        let dir = TemporaryDirectory()
+        let trainer = try Trainer.prepare(overrides: tinyRun(out: dir.file("ec"), steps: 10, [
+            "device": .string("cuda"), "experts": .int(4), "gate": .string("expert-choice"), "capacity_factor": .double(2)]))
+        trainer.cudaGraph = true
+        try trainer.run()
+        let records = try MetricsLog.read(path: dir.file("ec") + "/metrics.jsonl").compactMap { r -> TrainRecord? in
+            if case .train(let t) = r { return t } else { return nil }
+        }
+        let warnings = records.flatMap(\.warnings).filter { $0.contains("--cuda-graph") }
+        #expect(warnings.count == 1 && warnings[0].contains("read-back"), "\(warnings)")
+        #expect(records.count == 2 && records.allSatisfy { $0.loss.isFinite })
+        #expect(trainer.optimizer.stepCount == 10)
+    }
+
     @Test func bfloat16LossCurveFollowsTheCPU() throws {
         let cpu = try losses(device: "cpu", precision: "fp32")
         let cuda = try losses(device: "cuda", precision: "bf16")

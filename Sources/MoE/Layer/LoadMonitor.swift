@@ -162,6 +162,12 @@ public final class LoadMonitor: @unchecked Sendable {
         })
     }
 
+    /// Drops the loads recorded since the last `finishStep`: those of a capture that failed, whose
+    /// work never ran.
+    public func discardPendingLoads() {
+        sums.withLock { $0.pending = [] }
+    }
+
     /// Records the loads a replay of a captured step left on the device, as its forwards would have.
     public func recordReplay(_ loads: CapturedLoads) {
         for (index, counts, tokens, topK) in loads.layers {

@@ -91,7 +91,7 @@ public final class CapturedStep {
             loadMonitor.recordReplay(loads)
             return stats
         } catch {
-            _ = loadMonitor.takeCapturedLoads()   // recorded by work that never ran
+            loadMonitor.discardPendingLoads()   // recorded by work that never ran
             captureFailure = "\(error)"
             return nil
         }
