@@ -22,6 +22,7 @@ public final class CUDAGraph: @unchecked Sendable {
     private let device: CUDADevice
     private let graph: OpaquePointer
     private let executable: OpaquePointer
+    /// Keeps the pinned bytes the graph's host-to-device copies read.
     private let capture: StreamCapture
     private let pool: Int
 
@@ -60,6 +61,10 @@ extension CUDADevice {
     ///   whatever `body` throws (the capture is discarded).
     public func captureGraph(_ body: () throws -> Void) throws -> CUDAGraph {
         let capture = StreamCapture(device: self)
+        // The capture takes segments of its own: the shared pool's wholly free ones go back to the
+        // device first, so that the two pools' caches do not add up (a step run eagerly before
+        // its capture left a step's worth of free blocks).
+        allocator.emptyCache()
         let pool = allocator.beginCapturePool()
         do {
             try stream.beginCapture(capture)

@@ -273,6 +273,13 @@ public final class CachingAllocator: @unchecked Sendable {
         lock.withLock { blocks[address].map { segments[$0.segment]!.pool != 0 } ?? false }
     }
 
+    /// Returns every wholly free segment to the device with `cuMemFree` (after waiting for the GPU).
+    public func emptyCache() {
+        lock.withLock { releaseFreeSegments() }
+    }
+
+    // MARK: - Internals (called with the lock held)
+
     /// Returns a block in use to its pool's free lists, merged with free neighbours.
     private func release(_ address: CUdeviceptr) {
         var block = blocks[address]!
@@ -304,13 +311,6 @@ public final class CachingAllocator: @unchecked Sendable {
         blockEndingAt[start + CUdeviceptr(block.size)] = start
         insertFree(size: block.size, address: start, small: isSmall, pool: pool)
     }
-
-    /// Returns every wholly free segment to the device with `cuMemFree` (after waiting for the GPU).
-    public func emptyCache() {
-        lock.withLock { releaseFreeSegments() }
-    }
-
-    // MARK: - Internals (called with the lock held)
 
     private func insertFree(size: Int, address: CUdeviceptr, small: Bool, pool: Int) {
         if small { freeLists[pool]!.small.insert(size: size, address: address) } else { freeLists[pool]!.large.insert(size: size, address: address) }

@@ -314,24 +314,29 @@ public final class Trainer {
             // The global batch, as one rank with W·b windows draws it; this rank keeps its b.
             let (x, y) = TrainingData.tensors(parallel.slice(sampler.nextBatch(batchSize: parallel.globalBatchSize, seqLen: config.seqLen)),
                                               batchSize: config.batchSize, seqLen: config.seqLen, device: device)
-            let lm: Tensor?, loss: Double
+            let loss: Double
             var capturedNorm: Double?
             if let captured {
                 // Forward, backward and update in one replay; a non-finite step was skipped on the device.
                 let triedCapture = captured.work != nil || captured.captureFailure != nil
                 let outcome = captured.run(inputs: x, targets: y, learningRate: lr)
-                (lm, loss, capturedNorm) = (nil, outcome.loss, outcome.gradientNorm)
+                (loss, capturedNorm) = (outcome.loss, outcome.gradientNorm)
                 if !triedCapture, let failure = captured.captureFailure {
                     captureWarning = "--cuda-graph: the step could not be captured, so it runs without a graph (\(failure))"
                 }
             } else {
                 // The MoE layers' balance and z-losses are attached to the graph (`MoELayer.balanceLossWeight`).
-                lm = model.loss(ids: x, targets: y)
+                let lm = model.loss(ids: x, targets: y)
+                // The backward is enqueued before the loss is read, so the device computes it while the
+                // host waits for the loss. With W > 1 each bucket's all-reduce starts as soon as
+                // backward has finished its gradients.
+                if let sync { sync.backward(lm) } else { lm.backward() }
                 // The global batch's loss (the same on every rank, so all skip or stop together).
-                loss = parallel.mean(of: lm!)
+                loss = parallel.mean(of: lm)
             }
             guard loss.isFinite else {
-                // Before backward and the update: the weights stay those of the last finite step.
+                // Before the update: the weights stay those of the last finite step.
+                optimizer.zeroGrad()
                 guard skipNonFinite else {
                     throw TrainingError(NonFiniteLoss.message(step: step + 1, loss: loss, config: config,
                                                               lastCheckpoint: checkpoint ?? resumedFrom, runDirectory: outputDirectory))
@@ -356,9 +361,7 @@ public final class Trainer {
             }
             if let capturedNorm {
                 if !capturedNorm.isFinite { skipped += 1; skippedSteps += 1 }
-            } else if let lm {
-                // With W > 1 each bucket's all-reduce starts as soon as backward has finished its gradients.
-                if let sync { sync.backward(lm) } else { lm.backward() }
+            } else {
                 let norm = config.clip > 0 ? (sync?.clipGradNorm(maxNorm: config.clip) ?? clipGradNorm(parameters, maxNorm: config.clip)) : 0
                 if norm.isFinite { optimizer.step() } else { skipped += 1; skippedSteps += 1 }
                 optimizer.zeroGrad()
