@@ -43,6 +43,10 @@ struct CUDAGraphTests {
             #expect(Swift.abs(squares.doubles()[0] - expectedSquares) < 1e-4 * expectedSquares, "replay \(replay)")
             noises.append(noise.doubles())
         }
+        let reserved = backend.memoryStatistics.reserved
+        for _ in 0..<5 { work.replay() }
+        backend.synchronize()
+        #expect(backend.memoryStatistics.reserved == reserved, "replays allocate nothing")
         #expect(noises[0] != noises[1], "another salt draws other numbers")
         #expect(noises[0] == noises[2], "the same salt draws the same numbers")
         let mean = noises[1].reduce(0, +) / 4096, variance = noises[1].map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / 4096

@@ -253,14 +253,13 @@ extension CUDABackend: MoEBackend {
         let table = groupTable(groups, rows: x.shape[0], tileRows: tileRows)
         let columnBlocks = (cols + 255) / 256
         guard table.rowTiles > 0 else { return fill(out, value: 0) }
-        let partials = allocate(byteCount: table.rowTiles * cols * (x.dtype == .float64 ? 8 : 4))
+        let partials = Tensor.empty([table.rowTiles, cols], dtype: x.dtype.statistics, device: device)
         launch(kernel("grouped_column_partials", x.dtype), grid: (columnBlocks, min(table.rowTiles, 65535), 1), block: (256, 1, 1),
-               stream: gpu.stream, arguments: [x.arg, .pointer(table.offsets), .pointer(table.tiles), .pointer(CUdeviceptr(partials.address)),
+               stream: gpu.stream, arguments: [x.arg, .pointer(table.offsets), .pointer(table.tiles), partials.arg,
                                                .int64(Int64(cols)), .int64(Int64(table.rowTiles)), .int32(Int32(tileRows))])
         launch(kernel("grouped_column_finish", x.dtype), grid: ((cols + 31) / 32, groups.count, 1), block: (32, 8, 1), stream: gpu.stream,
-               arguments: [.pointer(CUdeviceptr(partials.address)), .pointer(table.tiles), out.arg, .int64(Int64(cols)),
-                           .int64(Int64(table.rowTiles))])
-        withExtendedLifetime((table, partials)) {}
+               arguments: [partials.arg, .pointer(table.tiles), out.arg, .int64(Int64(cols)), .int64(Int64(table.rowTiles))])
+        withExtendedLifetime(table) {}
     }
 
     public func routingBiasStep(_ bias: Tensor, routed: Tensor, rate: Double, skipUnlessFinite squares: Tensor?) {
