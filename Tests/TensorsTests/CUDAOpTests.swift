@@ -200,17 +200,38 @@ struct CUDAOpTests {
         #expect(e <= (dtype == .float32 ? 1e-6 : 1e-14), "erf \(dtype): relative difference \(e)")
     }
 
-    @Test func adamWMatchesTheCPU() {
+    /// Several parameters (one over a chunk boundary, one decayed, one not) in one call, plain and
+    /// with the schedule and clipping read from the device, against the CPU.
+    @Test(arguments: [false, true])
+    func adamWMatchesTheCPU(scheduled: Bool) {
         var g = RandomGenerator(seed: 6)
-        let p = Tensor.randomNormal([1000], generator: &g), grad = Tensor.randomNormal([1000], generator: &g)
-        let m = Tensor.randomNormal([1000], std: 0.1, generator: &g), v = Tensor.randomUniform([1000], generator: &g)
-        let (pg, mg, vg) = (p.to(gpu), m.to(gpu), v.to(gpu))
-        let step = AdamWStep(learningRate: 1e-3, beta1: 0.9, beta2: 0.95, epsilon: 1e-8, weightDecay: 0.1, step: 3)
-        p.backend.adamW(parameter: p, gradient: grad, m: m, v: v, step)
-        pg.backend.adamW(parameter: pg, gradient: grad.to(gpu), m: mg, v: vg, step)
-        #expect(relativeError(pg.doubles(), p.doubles()) < 1e-6)
-        #expect(relativeError(mg.doubles(), m.doubles()) < 1e-6)
-        #expect(relativeError(vg.doubles(), v.doubles()) < 1e-6)
+        let sizes = [1000, 70_000, 3]
+        func tensors(on device: Device, _ values: [[Tensor]]) -> [AdamWTensors] {
+            values.enumerated().map { i, t in
+                AdamWTensors(parameter: t[0].to(device), gradient: t[1].to(device), m: t[2].to(device), v: t[3].to(device),
+                             weightDecay: i == 2 ? 0 : 0.1)
+            }
+        }
+        let values = sizes.map { n in
+            [Tensor.randomNormal([n], generator: &g), Tensor.randomNormal([n], generator: &g),
+             Tensor.randomNormal([n], std: 0.1, generator: &g), Tensor.randomUniform([n], generator: &g)]
+        }
+        let cpu = tensors(on: .cpu, values), cuda = tensors(on: gpu, values)
+        let step = AdamWStep(learningRate: 1e-3, beta1: 0.9, beta2: 0.95, epsilon: 1e-8, step: 3)
+        func schedule(_ device: Device) -> ScheduledStep? {
+            guard scheduled else { return nil }
+            let values = ScheduledStep.values(learningRate: 2e-3, beta1: 0.9, beta2: 0.95, step: 4).map(Double.init)
+            return ScheduledStep(schedule: Tensor(values, shape: [3], dtype: .float32, device: device),
+                                 gradientSquares: Tensor([40_000] as [Double], shape: [1], dtype: .float32, device: device), maxNorm: 50)
+        }
+        cpu[0].parameter.backend.adamW(cpu, step, scheduled: schedule(.cpu))
+        cuda[0].parameter.backend.adamW(cuda, step, scheduled: schedule(gpu))
+        for ((c, r), before) in zip(zip(cuda, cpu), values) {
+            #expect(relativeError(c.parameter.doubles(), r.parameter.doubles()) < 1e-6)
+            #expect(relativeError(c.m.doubles(), r.m.doubles()) < 1e-6)
+            #expect(relativeError(c.v.doubles(), r.v.doubles()) < 1e-6)
+            #expect(c.parameter.doubles() != before[0].doubles(), "every parameter moved")
+        }
     }
 
     /// A training-like loop of forward, backward and update must not grow the reserved pool.

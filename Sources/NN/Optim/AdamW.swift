@@ -1,7 +1,8 @@
 import Tensors
 
 /// Adam with decoupled weight decay (Loshchilov & Hutter, 2019), through the backend's fused
-/// `adamW` primitive: one call per parameter tensor updates the parameter and both moments in place.
+/// `adamW` primitive: one call for all parameters of a device updates them and both moments in
+/// place (on CUDA, one launch).
 ///
 /// With gradient `g`, step `t` (counted by this optimizer, 1-based) and decay `λ` for the parameter:
 /// ```text
@@ -44,16 +45,14 @@ public final class AdamW: Optimizer {
 
     public func step() {
         stepCount += 1
-        update { p, g, m, v, s in p.value.backend.adamW(parameter: p.value, gradient: g, m: m, v: v, s) }
+        update(scheduled: nil)
     }
 
     /// A step that reads its learning rate, bias correction and clipping from the device
     /// (`ScheduledStep`), as a training step captured once and replayed does. `stepCount` does not
     /// move: the caller counts the steps the device took (`countStep()`), which skips one whose
     /// gradient norm is not finite.
-    public func step(scheduled: ScheduledStep) {
-        update { p, g, m, v, s in p.value.backend.adamW(parameter: p.value, gradient: g, m: m, v: v, s, scheduled: scheduled) }
-    }
+    public func step(scheduled: ScheduledStep) { update(scheduled: scheduled) }
 
     /// Counts a step taken by `step(scheduled:)`.
     public func countStep() { stepCount += 1 }
@@ -63,10 +62,11 @@ public final class AdamW: Optimizer {
         ScheduledStep.values(learningRate: learningRate, beta1: beta1, beta2: beta2, step: stepCount + 1)
     }
 
-    /// Calls `body` for every parameter with a gradient: the gradient in the moments' dtype, the
-    /// moments (created at the first update), and the step's hyperparameters.
-    private func update(_ body: (Parameter, Tensor, Tensor, Tensor, AdamWStep) -> Void) {
+    /// Updates every parameter with a gradient, all in one backend call per device: the gradient
+    /// in the moments' dtype, the moments created at a parameter's first update.
+    private func update(scheduled: ScheduledStep?) {
         withoutGradient {
+            var byDevice: [Device: [AdamWTensors]] = [:]
             for (i, p) in state.parameters.enumerated() {
                 guard let grad = p.grad else { continue }
                 let type = NamedParameterState.stateType(of: p)
@@ -77,9 +77,12 @@ public final class AdamW: Optimizer {
                 guarantee(m.device == p.value.device,
                              "AdamW: state of \(state.names[i]) is on \(m.device), the parameter on \(p.value.device); create the optimizer after moving the model")
                 guarantee(grad.shape == p.shape, "AdamW: gradient \(grad.shape) of \(state.names[i]) does not match its shape \(p.shape)")
-                body(p, grad.cast(to: type), m, v,
-                     AdamWStep(learningRate: Float(learningRate), beta1: Float(beta1), beta2: Float(beta2),
-                               epsilon: Float(epsilon), weightDecay: Float(weightDecay(for: p)), step: stepCount))
+                byDevice[p.value.device, default: []].append(
+                    AdamWTensors(parameter: p.value, gradient: grad.cast(to: type), m: m, v: v, weightDecay: Float(weightDecay(for: p))))
+            }
+            let step = AdamWStep(learningRate: Float(learningRate), beta1: Float(beta1), beta2: Float(beta2), epsilon: Float(epsilon), step: stepCount)
+            for (device, tensors) in byDevice.sorted(by: { "\($0.key)" < "\($1.key)" }) {
+                Backends.backend(for: device).adamW(tensors, step, scheduled: scheduled)
             }
         }
     }

@@ -33,37 +33,40 @@ extension CPUBackend {
         }
     }
 
-    /// AdamW as PyTorch computes it: p -= lr·wd·p; m, v moments; p -= lr/(1-β1^t) · m / (√v/√(1-β2^t) + ε).
-    public func adamW(parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, _ s: AdamWStep) {
-        func run<T: CPUFloat>(_: T.Type) {
-            let lr = T(s.learningRate)
-            let c1 = 1 - T(pow(Double(s.beta1), Double(s.step)))
-            let c2 = T((1 - pow(Double(s.beta2), Double(s.step))).squareRoot())
-            adamWUpdate(T.self, parameter: parameter, gradient: gradient, m: m, v: v, s, learningRate: lr, stepSize: lr / c1, c2: c2, scale: nil)
+    /// AdamW as PyTorch computes it: p -= lr·wd·p; m, v moments; p -= lr/(1-β1^t) · m / (√v/√(1-β2^t) + ε),
+    /// one tensor after the other. With `scheduled`, the schedule and the clipping are read from its
+    /// tensors, and nothing changes when the squared gradient norm is not finite.
+    public func adamW(_ tensors: [AdamWTensors], _ s: AdamWStep, scheduled: ScheduledStep?) {
+        var values: [Double]?
+        var scale: Double?
+        if let scheduled {
+            guard let factor = ScheduledStep.clipFactor(norm: scheduled.gradientSquares.doubles()[0].squareRoot(), maxNorm: scheduled.maxNorm)
+            else { return }
+            values = scheduled.schedule.doubles()
+            scale = factor == 1 ? nil : factor
         }
-        dispatchFloat(parameter.dtype, "adamW") { run(Float.self) } double: { run(Double.self) }
-    }
-
-    /// The same update with the schedule and the clipping read from `scheduled`'s tensors; none when
-    /// the squared gradient norm is not finite.
-    public func adamW(parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, _ s: AdamWStep, scheduled: ScheduledStep) {
-        let values = scheduled.schedule.doubles()
-        guard let scale = ScheduledStep.clipFactor(norm: scheduled.gradientSquares.doubles()[0].squareRoot(), maxNorm: scheduled.maxNorm)
-        else { return }
-        func run<T: CPUFloat>(_: T.Type) {
-            adamWUpdate(T.self, parameter: parameter, gradient: gradient, m: m, v: v, s, learningRate: T(values[0]),
-                        stepSize: T(values[1]), c2: T(values[2]), scale: scale == 1 ? nil : T(scale))
+        for t in tensors {
+            func run<T: CPUFloat>(_: T.Type) {
+                let lr: T, stepSize: T, c2: T
+                if let values {
+                    (lr, stepSize, c2) = (T(values[0]), T(values[1]), T(values[2]))
+                } else {
+                    lr = T(s.learningRate)
+                    stepSize = lr / (1 - T(pow(Double(s.beta1), Double(s.step))))
+                    c2 = T((1 - pow(Double(s.beta2), Double(s.step))).squareRoot())
+                }
+                adamWUpdate(T.self, t, s, learningRate: lr, stepSize: stepSize, c2: c2, scale: scale.map { T($0) })
+            }
+            dispatchFloat(t.parameter.dtype, "adamW") { run(Float.self) } double: { run(Double.self) }
         }
-        dispatchFloat(parameter.dtype, "adamW") { run(Float.self) } double: { run(Double.self) }
     }
 
     /// AdamW as PyTorch computes it, the gradient first multiplied by `scale` when given.
-    private func adamWUpdate<T: CPUFloat>(_: T.Type, parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, _ s: AdamWStep,
-                                          learningRate lr: T, stepSize: T, c2: T, scale: T?) {
-        let p = parameter.host(T.self), g = gradient.host(T.self), mp = m.host(T.self), vp = v.host(T.self)
+    private func adamWUpdate<T: CPUFloat>(_: T.Type, _ t: AdamWTensors, _ s: AdamWStep, learningRate lr: T, stepSize: T, c2: T, scale: T?) {
+        let p = t.parameter.host(T.self), g = t.gradient.host(T.self), mp = t.m.host(T.self), vp = t.v.host(T.self)
         let b1 = T(s.beta1), b2 = T(s.beta2), eps = T(s.epsilon)
-        let decay = 1 - lr * T(s.weightDecay)
-        parallelFor(parameter.count, cost: 8) { r in
+        let decay = 1 - lr * T(t.weightDecay)
+        parallelFor(t.parameter.count, cost: 8) { r in
             for i in r {
                 let gi = scale.map { g[i] * $0 } ?? g[i]
                 mp[i] = b1 * mp[i] + (1 - b1) * gi

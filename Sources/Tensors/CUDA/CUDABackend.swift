@@ -433,25 +433,6 @@ public final class CUDABackend: Backend, @unchecked Sendable {
                           [x.arg, indices.arg, out.arg, .int64(Int64(x.count)), .int64(Int64(out.lastDimension)), .int64(Int64(indices.lastDimension))])
     }
 
-    // MARK: Optimizer
-
-    public func adamW(parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, _ s: AdamWStep) {
-        guarantee(parameter.dtype == .float32 && gradient.dtype == .float32, "adamW on CUDA: float32 parameters and gradients")
-        let c1 = 1 - pow(Double(s.beta1), Double(s.step)), c2 = (1 - pow(Double(s.beta2), Double(s.step))).squareRoot()
-        launchElementwise("adamw", .float32, count: parameter.count,
-                          [parameter.arg, gradient.arg, m.arg, v.arg, .int64(Int64(parameter.count)), .float(s.learningRate),
-                           .float(s.beta1), .float(s.beta2), .float(s.epsilon), .float(1 - s.learningRate * s.weightDecay),
-                           .float(Float(Double(s.learningRate) / c1)), .float(Float(c2))])
-    }
-
-    public func adamW(parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, _ s: AdamWStep, scheduled: ScheduledStep) {
-        guarantee(parameter.dtype == .float32 && gradient.dtype == .float32 && scheduled.gradientSquares.dtype == .float32,
-                  "adamW on CUDA: float32 parameters, gradients and squared norm")
-        launchElementwise("adamw_scheduled", .float32, count: parameter.count,
-                          [parameter.arg, gradient.arg, m.arg, v.arg, .int64(Int64(parameter.count)), .float(s.beta1), .float(s.beta2),
-                           .float(s.epsilon), .float(s.weightDecay), scheduled.schedule.arg, scheduled.gradientSquares.arg,
-                           .float(Float(scheduled.maxNorm))])
-    }
 }
 
 extension Tensor {

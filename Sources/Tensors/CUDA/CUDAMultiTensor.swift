@@ -1,8 +1,14 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import CUDA
 
 // Operations over many tensors in one launch (`ReductionKernels`: `sum_squares_chunks`,
-// `scale_chunks`): a table of (address, count) chunks is uploaded with the launch, one block per
-// chunk. For a model's gradients this replaces several launches per parameter with two or three.
+// `scale_chunks`; `OptimizerKernels`: `adamw_chunks`): a table of chunks is uploaded with the
+// launch, one block per chunk. For a model's gradients and its optimizer step this replaces
+// several launches per parameter with one to three.
 
 extension CUDABackend {
     public func sumOfSquares(_ tensors: [Tensor], _ out: Tensor) {
@@ -24,11 +30,40 @@ extension CUDABackend {
         withExtendedLifetime(table) {}
     }
 
+    public func adamW(_ tensors: [AdamWTensors], _ s: AdamWStep, scheduled: ScheduledStep?) {
+        // AdamWChunk: p, g, m, v, n, then the weight decay's float bits in the low half of a word.
+        var entries: [UInt64] = []
+        for t in tensors where t.parameter.count > 0 {
+            guarantee([t.parameter, t.gradient, t.m, t.v].allSatisfy { $0.dtype == .float32 && $0.count == t.parameter.count },
+                      "adamW on CUDA: float32 parameters, gradients and moments of one size")
+            for start in stride(from: 0, to: t.parameter.count, by: Self.chunkElements) {
+                let offset = UInt64(start * 4)
+                entries += [t.parameter, t.gradient, t.m, t.v].map { $0.pointer + offset }
+                entries += [UInt64(min(Self.chunkElements, t.parameter.count - start)), UInt64(t.weightDecay.bitPattern)]
+            }
+        }
+        guard !entries.isEmpty else { return }
+        if let squares = scheduled?.gradientSquares {
+            guarantee(squares.dtype == .float32, "adamW on CUDA: a float32 squared gradient norm")
+        }
+        let table = allocate(byteCount: entries.count * 8)
+        gpu.stream.upload(entries, to: CUdeviceptr(table.address))
+        let c1 = 1 - pow(Double(s.beta1), Double(s.step)), c2 = (1 - pow(Double(s.beta2), Double(s.step))).squareRoot()
+        launch(kernel("adamw_chunks", .float32), grid: (entries.count / 6, 1, 1), block: (256, 1, 1), stream: gpu.stream,
+               arguments: [.pointer(CUdeviceptr(table.address)), .float(s.beta1), .float(s.beta2), .float(s.epsilon), .float(s.learningRate),
+                           .float(Float(Double(s.learningRate) / c1)), .float(Float(c2)), scheduled?.schedule.arg ?? .pointer(0),
+                           scheduled?.gradientSquares.arg ?? .pointer(0), .float(Float(scheduled?.maxNorm ?? 0))])
+        withExtendedLifetime(table) {}
+    }
+
+    /// Elements of one tensor a block takes in the multi-tensor kernels.
+    static let chunkElements = 65536
+
     /// The (address, count) int64 pairs of every chunk of at most 65536 elements of `tensors`, in
     /// device memory from the stream-ordered allocator (the caller keeps it alive until its launches
     /// are enqueued), and the chunk count; nil when no tensor has elements.
     private func uploadChunkTable(_ tensors: [Tensor]) -> (Storage?, Int) {
-        let chunk = 65536
+        let chunk = Self.chunkElements
         var entries: [Int64] = []
         for t in tensors where t.count > 0 {
             guarantee(t.dtype == tensors[0].dtype, "multi-tensor op: every tensor must be \(tensors[0].dtype), got \(t.dtype)")

@@ -46,17 +46,27 @@ public struct AdamWStep: Sendable {
     public var beta1: Float
     public var beta2: Float
     public var epsilon: Float
-    public var weightDecay: Float
     /// 1-based step count, for bias correction.
     public var step: Int
 
-    public init(learningRate: Float, beta1: Float, beta2: Float, epsilon: Float, weightDecay: Float, step: Int) {
+    public init(learningRate: Float, beta1: Float, beta2: Float, epsilon: Float, step: Int) {
         self.learningRate = learningRate
         self.beta1 = beta1
         self.beta2 = beta2
         self.epsilon = epsilon
-        self.weightDecay = weightDecay
         self.step = step
+    }
+}
+
+/// One parameter of an AdamW step, updated in place with its moments: all four of one float
+/// dtype and shape (float32 on CUDA).
+public struct AdamWTensors {
+    public var parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor
+    /// `λ` for this parameter (AdamW leaves biases and norm weights undecayed).
+    public var weightDecay: Float
+
+    public init(parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, weightDecay: Float) {
+        (self.parameter, self.gradient, self.m, self.v, self.weightDecay) = (parameter, gradient, m, v, weightDecay)
     }
 }
 
@@ -181,8 +191,10 @@ public protocol Backend: AnyObject, Sendable {
     func scatterAddLastAxis(_ x: Tensor, indices: Tensor, _ out: Tensor)
 
     // Optimizer.
-    func adamW(parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, _ step: AdamWStep)
-    /// `adamW` with the values that change from step to step read from the device (`scheduled`),
-    /// so that a step captured once can be replayed (`GraphCapturing`); `step` gives the rest.
-    func adamW(parameter: Tensor, gradient: Tensor, m: Tensor, v: Tensor, _ step: AdamWStep, scheduled: ScheduledStep)
+    /// AdamW on every tensor of `tensors` (CUDA: one launch over a table of chunks of them all).
+    /// With `scheduled`, the values that change from step to step (the learning rate, the bias
+    /// correction) and the clipping come from the device, so that a step captured once can be
+    /// replayed (`GraphCapturing`), and nothing changes when the gradients' norm is not finite;
+    /// `step` gives the rest.
+    func adamW(_ tensors: [AdamWTensors], _ step: AdamWStep, scheduled: ScheduledStep?)
 }
