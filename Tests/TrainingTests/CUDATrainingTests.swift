@@ -63,10 +63,13 @@ struct CUDATrainingTests {
         #expect(steps[1].work != nil && steps[0].work == nil)
         #expect(worstRelativeGap(losses[1], losses[0]) < 1e-5, "replayed \(losses[1]) eager \(losses[0])")
         #expect(losses[0].last! < losses[0].first!)
+        var worst = 0.0
         for ((name, p), q) in zip(models[0].namedParameters(), models[1].parameters()) {
             let gap = zip(p.value.doubles(), q.value.doubles()).map { Swift.abs($0 - $1) }.max() ?? 0
+            worst = max(worst, gap)
             #expect(gap < 1e-4, "\(name): \(gap)")
         }
+        print("\(precision) replayed against eager: losses \(losses[0] == losses[1] ? "identical" : "differ"), largest weight difference \(worst)")
     }
 
     /// The trainer with `--cuda-graph`: the ordinary run's losses, and with dropout (salted draws) a
@@ -95,10 +98,10 @@ struct CUDATrainingTests {
         }
     }
 
-    /// Without random draws a replay computes what the eager step computes, bit for bit, so a run
-    /// stopped and resumed with `--cuda-graph` (two eager steps, then a new capture) ends where the
-    /// straight run does.
-    @Test func resumeWithACUDAGraphIsExactWithoutRandomDraws() throws {
+    /// A run stopped and resumed with `--cuda-graph` (two eager steps, then a new capture) ends
+    /// where the straight run does, to rounding: a replayed step is not bit for bit the eager step
+    /// (the libraries may pick other algorithms while a stream is captured).
+    @Test func resumeWithACUDAGraphEndsWhereTheStraightRunDoes() throws {
         let dir = TemporaryDirectory()
         let settings: [String: ConfigValue] = ["device": .string("cuda"), "experts": .int(4), "top_k": .int(2), "log_every": .int(3)]
         let straight = try Trainer.prepare(overrides: tinyRun(out: dir.file("straight"), steps: 12, settings))
@@ -110,9 +113,15 @@ struct CUDATrainingTests {
         let resumed = try Trainer.prepare(resume: dir.file("split"))
         resumed.cudaGraph = true
         try resumed.run()
-        let a = parameterBytes(straight.model), b = parameterBytes(resumed.model)
-        let differing = a.keys.sorted().filter { a[$0] != b[$0] }
-        #expect(differing.isEmpty, "parameters differ after resume: \(differing)")
+        var worst = 0.0, identical = 0
+        for ((name, p), q) in zip(straight.model.namedParameters(), resumed.model.parameters()) {
+            let a = p.value.doubles(), b = q.value.doubles()
+            if a == b { identical += 1 }
+            let gap = zip(a, b).map { Swift.abs($0 - $1) }.max() ?? 0
+            worst = max(worst, gap)
+            #expect(gap < 1e-4, "\(name): \(gap)")
+        }
+        print("resume with --cuda-graph: \(identical) of \(straight.model.parameters().count) parameters identical, largest difference \(worst)")
         #expect(straight.optimizer.stepCount == 12 && resumed.optimizer.stepCount == 12)
     }
 
