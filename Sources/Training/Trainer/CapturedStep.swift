@@ -12,9 +12,6 @@ import Tensors
 /// - the host reads the loss, the squared norm and the MoE layers' expert counts in one download
 ///   per step, after the replay.
 ///
-/// The trainer runs every one-rank CUDA run's steps through it: eagerly (`eagerSteps = .max`), it
-/// is the step with one wait for the device instead of the ordinary step's three.
-///
 /// The first `eagerSteps` steps run the same work as it is enqueued (kernels compile, AdamW's
 /// moments and the allocator's blocks appear), then the step is captured. A step that cannot be
 /// captured (it reads the device mid-way: expert choice's host top-C, one GEMM per expert) and a

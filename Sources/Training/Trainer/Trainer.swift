@@ -277,13 +277,9 @@ public final class Trainer {
         defer { log?.close() }
         let loadMonitor = LoadMonitor.install(in: model)
         let moeLayers = loadMonitor.layerNames
-        // One CUDA rank runs the step with its decisions on the device (`CapturedStep`): one read-back
-        // a step instead of three, replayed as a graph with `cudaGraph`. Elsewhere the host decides.
-        let deviceStep = cudaGraph || (device.isCUDA && !parallel.isDistributed)
-        let captured = deviceStep ? CapturedStep(model: model, optimizer: optimizer, loadMonitor: loadMonitor, maxNorm: config.clip,
-                                                 parameters: model.parameters(), batchSize: config.batchSize, seqLen: config.seqLen,
-                                                 device: device) : nil
-        if !cudaGraph { captured?.eagerSteps = .max }
+        let captured = cudaGraph ? CapturedStep(model: model, optimizer: optimizer, loadMonitor: loadMonitor, maxNorm: config.clip,
+                                                parameters: model.parameters(), batchSize: config.batchSize, seqLen: config.seqLen,
+                                                device: device) : nil
         var captureWarning: String?   // shown at the next logging step
         emit(.started(TrainingStart(
             config: config, device: device, outputDirectory: outputDirectory, parameterCount: globalParameterCount,
@@ -321,7 +317,7 @@ public final class Trainer {
             let loss: Double
             var capturedNorm: Double?
             if let captured {
-                // Forward, backward and update (one replay with a graph); a non-finite step was skipped on the device.
+                // Forward, backward and update in one replay; a non-finite step was skipped on the device.
                 let triedCapture = captured.work != nil || captured.captureFailure != nil
                 let outcome = captured.run(inputs: x, targets: y, learningRate: lr)
                 (loss, capturedNorm) = (outcome.loss, outcome.gradientNorm)
