@@ -40,22 +40,18 @@ public protocol BiasBalancedGate: Gate {
 }
 
 extension BiasBalancedGate {
-    /// `b_e += γ · sign(mean load − load_e)` (`sign(0) = 0`) for one step's routed counts `[N]`. The
-    /// step's loads are host integers already (the layer's one download), so the update is a small
-    /// upload: nothing waits for the device.
+    /// `b_e += γ · sign(mean load − load_e)` (`sign(0) = 0`) for one step's routed counts `[N]`, in
+    /// place (`routingBiasStep`). The step's loads are host integers already (the layer's one
+    /// download), so the update is a small upload: nothing waits for the device.
     public func updateBias(loads: [Int]) {
         guard let bias = expertBias else { return }
         guarantee(loads.count == globalExpertCount, "updateBias: \(loads.count) loads for \(globalExpertCount) experts")
-        let mean = Double(loads.reduce(0, +)) / Double(max(loads.count, 1))
-        let delta = loads.map { load -> Double in
-            let d = mean - Double(load)
-            return d > 0 ? biasUpdateRate : (d < 0 ? -biasUpdateRate : 0)
-        }
-        bias.value = bias.value + Tensor(delta, dtype: bias.value.dtype, device: bias.value.device)
+        updateBias(routed: Tensor(loads.map { Int32(truncatingIfNeeded: $0) }, shape: [loads.count], device: bias.value.device),
+                   skipUnlessFinite: nil)
     }
 
-    /// `updateBias(loads:)` on the device, in place, from the step's routed counts still there
-    /// (`routed` `[N]` int32): the bias step of a training step captured once and replayed.
+    /// `updateBias(loads:)` from the step's routed counts on the device (`routed` `[N]` int32): the
+    /// bias step of a training step captured once and replayed.
     /// Nothing when `skipUnlessFinite` (the step's squared gradient norm) is not finite, as the
     /// optimizer skips that step.
     public func updateBias(routed: Tensor, skipUnlessFinite squares: Tensor?) {

@@ -1,8 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import CUDA
 
 // Operations over many tensors in one launch (`ReductionKernels`: `sum_squares_chunks`,
@@ -48,10 +43,10 @@ extension CUDABackend {
         }
         let table = allocate(byteCount: entries.count * 8)
         gpu.stream.upload(entries, to: CUdeviceptr(table.address))
-        let c1 = 1 - pow(Double(s.beta1), Double(s.step)), c2 = (1 - pow(Double(s.beta2), Double(s.step))).squareRoot()
+        let values = ScheduledStep.values(learningRate: Double(s.learningRate), beta1: Double(s.beta1), beta2: Double(s.beta2), step: s.step)
         launch(kernel("adamw_chunks", .float32), grid: (entries.count / 6, 1, 1), block: (256, 1, 1), stream: gpu.stream,
-               arguments: [.pointer(CUdeviceptr(table.address)), .float(s.beta1), .float(s.beta2), .float(s.epsilon), .float(s.learningRate),
-                           .float(Float(Double(s.learningRate) / c1)), .float(Float(c2)), scheduled?.schedule.arg ?? .pointer(0),
+               arguments: [.pointer(CUdeviceptr(table.address)), .float(s.beta1), .float(s.beta2), .float(s.epsilon), .float(values[0]),
+                           .float(values[1]), .float(values[2]), scheduled?.schedule.arg ?? .pointer(0),
                            scheduled?.gradientSquares.arg ?? .pointer(0), .float(Float(scheduled?.maxNorm ?? 0))])
         withExtendedLifetime(table) {}
     }
