@@ -443,6 +443,21 @@ int run_all() {
             }
             std::snprintf(label, sizeof label, "%s S=%d E=%d weight gradient", FAMILY, S, E);
             check(label, want, gw, tolerance);
+            // The wgmma kernel also sums gy's columns per expert (the bias gradient) when given `aux`.
+            if (std::strcmp(FAMILY, "wgmma") == 0) {
+                std::vector<T> gw2((size_t)E * outW * inW, poison()), sums((size_t)E * outW, poison());
+                launch(WEIGHT_GRADIENT, Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)((outW + TILE_ROWS - 1) / TILE_ROWS), (unsigned)E},
+                       THREADS, [&](Kernel k) {
+                    k(gy.data(), x.data(), gw2.data(), offsets, tiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, sums.data());
+                });
+                std::vector<double> wantSums((size_t)E * outW, 0);
+                for (int r = 0; r < S; r++)
+                    for (int o = 0; o < outW; o++) wantSums[(size_t)expertOfRow[r] * outW + o] += value(gy[(size_t)r * outW + o]);
+                std::snprintf(label, sizeof label, "%s S=%d E=%d weight gradient with the bias gradient", FAMILY, S, E);
+                check(label, want, gw2, tolerance);
+                std::strcat(label, " (column sums)");
+                check(label, wantSums, sums, tolerance);
+            }
         }
     }
     std::printf(failures ? "%d FAILED\n" : "all passed\n", failures);

@@ -89,9 +89,10 @@ extension CUDABackend {
     /// Enqueues one grouped product: `C = A·B` per expert (`GroupedGemmKernels` gives the operand
     /// layouts), `m × n` outputs per expert with a sum over `k` (for the weight gradient, `k` is each
     /// expert's row count and the argument is unused), with `epilogue` on the row-varying products.
+    /// `columnSums` (`[E, m]`, the weight gradient on wgmma only: `fusesColumnSums`) receives A's sums over K.
     func enqueueGroupedKernel(_ product: GroupedProduct, a: Tensor, b: Tensor, c: Tensor, groups: RowGroups,
                               m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int, bStride: Int, cStride: Int,
-                              epilogue: KernelEpilogue = .none) {
+                              epilogue: KernelEpilogue = .none, columnSums: Tensor? = nil) {
         let dtype = c.dtype
         let (tileRows, tileCols) = Self.groupedKernelTile(dtype)
         let table = groupTable(groups, rows: a.shape[0], tileRows: tileRows)
@@ -108,7 +109,7 @@ extension CUDABackend {
                arguments: [a.arg, b.arg, c.arg, .pointer(offsets), .pointer(tiles),
                            .int64(Int64(m)), .int64(Int64(n)), .int64(Int64(k)), .int64(Int64(lda)), .int64(Int64(ldb)),
                            .int64(Int64(ldc)), .int64(Int64(bStride)), .int64(Int64(cStride)),
-                           .pointer(epilogue.bias), .pointer(epilogue.preactivation)])
+                           .pointer(epilogue.bias), columnSums?.arg ?? .pointer(epilogue.preactivation)])
         withExtendedLifetime(table) {}
     }
 

@@ -211,6 +211,19 @@ extension CUDABackend: MoEBackend {
                              ldc: outCols, bStride: weight.shape[1] * weight.shape[2], cStride: 0, epilogue: epilogue)
     }
 
+    /// On the wgmma kernel the bias gradient is summed by the weight gradient's own blocks (the
+    /// first column tile's, from the tiles of `gy` they load); elsewhere `groupedColumnSums` follows.
+    public func groupedMatmulWeightGradient(_ gy: Tensor, _ x: Tensor, groups: RowGroups, _ out: Tensor, biasGradient: Tensor?) {
+        guard let biasGradient else { return groupedMatmulWeightGradient(gy, x, groups: groups, out) }
+        let outRows = out.shape[1], inCols = out.shape[2]
+        if outRows * inCols > 0 && runsWgmma(gy.dtype) && biasGradient.dtype == gy.dtype && usesGroupedKernel(weight: out, rows: gy.shape[0], gy, x) {
+            return enqueueGroupedKernel(.weightGradient, a: gy, b: x, c: out, groups: groups, m: outRows, n: inCols, k: 0,
+                                        lda: outRows, ldb: inCols, ldc: inCols, bStride: 0, cStride: outRows * inCols, columnSums: biasGradient)
+        }
+        groupedMatmulWeightGradient(gy, x, groups: groups, out)
+        groupedColumnSums(gy, groups: groups, biasGradient)
+    }
+
     public func groupedMatmulWeightGradient(_ gy: Tensor, _ x: Tensor, groups: RowGroups, _ out: Tensor) {
         let types = Self.gemmTypes(gy.dtype, "groupedMatmulWeightGradient")
         let outRows = out.shape[1], inCols = out.shape[2], matrix = outRows * inCols, size = gy.dtype.byteSize

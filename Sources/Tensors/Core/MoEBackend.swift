@@ -73,6 +73,10 @@ public protocol MoEBackend: Backend {
     /// The weight gradient of a grouped GEMM: `out_e = gy_eᵀ · x_e` (`[out, in]` for each expert),
     /// `gy` `[S, out]`, `x` `[S, in]`, `out` `[E, out, in]` overwritten; an expert with no rows gets zeros.
     func groupedMatmulWeightGradient(_ gy: Tensor, _ x: Tensor, groups: RowGroups, _ out: Tensor)
+    /// The weight gradient and, into `biasGradient` (`[E, out]`), the bias gradient of the same
+    /// product, `groupedColumnSums(gy)`: where a backend can, from the one pass over `gy` (the default
+    /// runs the two).
+    func groupedMatmulWeightGradient(_ gy: Tensor, _ x: Tensor, groups: RowGroups, _ out: Tensor, biasGradient: Tensor?)
 
     /// The grouped bias, in place: `out[r] += table[indices[r]]` for every row `r` of `out` (`[S, c]`),
     /// `indices` `[S]` int32 (the expert of each row), `table` `[E, c]`; a negative index adds nothing.
@@ -119,6 +123,11 @@ public enum GroupedEpilogue {
 }
 
 extension MoEBackend {
+    public func groupedMatmulWeightGradient(_ gy: Tensor, _ x: Tensor, groups: RowGroups, _ out: Tensor, biasGradient: Tensor?) {
+        groupedMatmulWeightGradient(gy, x, groups: groups, out)
+        if let biasGradient { groupedColumnSums(gy, groups: groups, biasGradient) }
+    }
+
     public func groupedMatmul(_ x: Tensor, weight: Tensor, groups: RowGroups, transposeWeight: Bool, epilogue: GroupedEpilogue, _ out: Tensor) {
         unfusedGroupedMatmul(x, weight: weight, groups: groups, transposeWeight: transposeWeight, epilogue: epilogue, out)
     }

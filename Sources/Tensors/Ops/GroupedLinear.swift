@@ -21,22 +21,14 @@ public func groupedLinear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, grou
     // serialised on atomics, 676 ms a step for an 8-expert bf16 layer, and one column sum per
     // expert made the cost grow with E).
     return out.recording("groupedLinear", [x, weight] + (bias.map { [$0] } ?? [])) { gy in
-        var gx: Tensor?, gw: Tensor?, gb: Tensor?
+        var gx: Tensor?
+        let gw: Tensor?, gb: Tensor?
         if x.requiresGrad {
             let g = Tensor.empty(x.shape, dtype: x.dtype, device: x.device)
             backend.groupedMatmul(gy, weight: weight, groups: groups, transposeWeight: false, g)
             gx = g
         }
-        if weight.requiresGrad {
-            let g = Tensor.empty(weight.shape, dtype: weight.dtype, device: weight.device)
-            backend.groupedMatmulWeightGradient(gy, x, groups: groups, g)
-            gw = g
-        }
-        if let bias, bias.requiresGrad {
-            let g = Tensor.empty(bias.shape, dtype: bias.dtype, device: bias.device)
-            backend.groupedColumnSums(gy, groups: groups, g)
-            gb = g
-        }
+        (gw, gb) = groupedParameterGradients(backend, gy, x, weight, bias, groups)
         return bias == nil ? [gx, gw] : [gx, gw, gb]
     }
 }
@@ -73,31 +65,18 @@ public func groupedFeedForward(_ x: Tensor, weight1: Tensor, bias1: Tensor?, wei
     }
     let inputs = [x, weight1, weight2] + [bias1, bias2].compactMap { $0 }
     return y.recording("groupedFeedForward", inputs) { g in
-        func weightGradient(_ gy: Tensor, _ input: Tensor, _ weight: Tensor) -> Tensor {
-            let out = Tensor.empty(weight.shape, dtype: weight.dtype, device: weight.device)
-            backend.groupedMatmulWeightGradient(gy, input, groups: groups, out)
-            return out
-        }
-        func biasGradient(_ gy: Tensor, _ bias: Tensor?) -> Tensor? {
-            guard let bias, bias.requiresGrad else { return nil }
-            let out = Tensor.empty(bias.shape, dtype: bias.dtype, device: bias.device)
-            backend.groupedColumnSums(gy, groups: groups, out)
-            return out
-        }
-        let dW2 = weight2.requiresGrad ? weightGradient(g, a, weight2) : nil
-        let db2 = biasGradient(g, bias2)
+        let (dW2, db2) = groupedParameterGradients(backend, g, a, weight2, bias2, groups)
         var dx: Tensor?, dW1: Tensor?, db1: Tensor?
         if x.requiresGrad || weight1.requiresGrad || bias1?.requiresGrad == true {
             let dh = Tensor.empty(h.shape, dtype: h.dtype, device: h.device)
             backend.groupedMatmul(g, weight: weight2, groups: groups, transposeWeight: false,
                                   epilogue: .activationBackward(activation, preactivation: h), dh)
-            db1 = biasGradient(dh, bias1)
             if x.requiresGrad {
                 let out = Tensor.empty(x.shape, dtype: x.dtype, device: x.device)
                 backend.groupedMatmul(dh, weight: weight1, groups: groups, transposeWeight: false, out)
                 dx = out
             }
-            dW1 = weight1.requiresGrad ? weightGradient(dh, x, weight1) : nil
+            (dW1, db1) = groupedParameterGradients(backend, dh, x, weight1, bias1, groups)
         }
         return [dx, dW1, dW2] + (bias1 == nil ? [] : [db1]) + (bias2 == nil ? [] : [db2])
     }
@@ -136,6 +115,21 @@ private func checkGrouped(_ op: String, _ x: Tensor, _ weight: Tensor, _ bias: T
         guarantee(expertOfRow.shape == [x.shape[0]] && expertOfRow.dtype == .int32,
                   "\(op): expertOfRow must be [\(x.shape[0])] int32, got \(expertOfRow.shape) \(expertOfRow.dtype)")
     }
+}
+
+/// The weight and bias gradients of a grouped product `gy`, `input` → `weight`, `bias` (nil where
+/// not wanted) in one backend call, so that a backend can sum `gy`'s columns in the pass that
+/// reads it for the weight gradient.
+func groupedParameterGradients(_ backend: any MoEBackend, _ gy: Tensor, _ input: Tensor, _ weight: Tensor, _ bias: Tensor?,
+                               _ groups: RowGroups) -> (Tensor?, Tensor?) {
+    let gb = bias.flatMap { $0.requiresGrad ? Tensor.empty($0.shape, dtype: $0.dtype, device: $0.device) : nil }
+    guard weight.requiresGrad else {
+        if let gb { backend.groupedColumnSums(gy, groups: groups, gb) }
+        return (nil, gb)
+    }
+    let gw = Tensor.empty(weight.shape, dtype: weight.dtype, device: weight.device)
+    backend.groupedMatmulWeightGradient(gy, input, groups: groups, gw, biasGradient: gb)
+    return (gw, gb)
 }
 
 extension Tensor {

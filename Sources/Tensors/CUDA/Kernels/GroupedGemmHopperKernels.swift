@@ -125,6 +125,16 @@ enum GroupedGemmHopperKernels {
         float acc[64];
         #pragma unroll
         for (int i = 0; i < 64; i++) acc[i] = 0.f;
+        // The weight gradient with `aux` (`[E, M]`): the blocks of the first column tile also sum A
+        // over K (the experts' bias gradient, Σ over their rows of gy), from the stage tiles the MMAs
+        // read, while those run. Warpgroup 0 does it: thread (c, kg) adds the 8 M values of chunk c
+        // at K rows kg, kg + 8, ... of each stage, where A's swizzle (M-contiguous) is fixed.
+        const bool sumsA = VARY_K && !A_K && aux != nullptr && blockIdx.x == 0 && tid < 128;
+        const int sc = tid & 15, skg = tid >> 4;
+        float colSum[8];
+        #pragma unroll
+        for (int e = 0; e < 8; e++) colSum[e] = 0.f;
+        const char* tileBytes = (const char*)gh_tiles + (sA - gg_shared_address(gh_tiles));
 
         #pragma unroll
         for (int s = 0; s < GH_AHEAD; s++) {
@@ -146,6 +156,15 @@ enum GroupedGemmHopperKernels {
             for (int kk = 0; kk < GH_BK / 16; kk++)
                 gh_wgmma<A_K ? 0 : 1, B_K ? 0 : 1>(acc, descA + stage + kk * kStepA, descB + stage + kk * kStepB);
             asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+            if (sumsA) {
+                const char* chunk = tileBytes + (kt % GH_STAGES) * GH_TILE_BYTES + (sc >> 3) * 8192 + (((sc & 7) ^ skg) << 4);
+                #pragma unroll
+                for (int j = 0; j < GH_BK / 8; j++) {
+                    const GGVector<8> v = *(const GGVector<8>*)(chunk + (skg + 8 * j) * 128);
+                    #pragma unroll
+                    for (int e = 0; e < 8; e++) colSum[e] += LD(v.v[e]);
+                }
+            }
             asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(GH_IN_FLIGHT) : "memory");
         }
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
@@ -167,7 +186,20 @@ enum GroupedGemmHopperKernels {
             for (int j = 0; j < 16; j++)
                 *(float2*)&staged[r * GH_CSTRIDE + j * 8 + (lane & 3) * 2] = make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
         }
+        // The column sums' partials, [8 kg][128 M], past the staged tile (the stages leave room).
+        static_assert((GH_BM * GH_CSTRIDE + 8 * GH_BM) * 4 <= GH_STAGES * 2 * GH_TILE_BYTES, "the partials must fit in the stages");
+        float* partial = staged + GH_BM * GH_CSTRIDE;
+        if (sumsA) {
+            #pragma unroll
+            for (int e = 0; e < 8; e++) partial[skg * GH_BM + sc * 8 + e] = colSum[e];
+        }
         __syncthreads();
+        if (sumsA) {
+            float sum = 0.f;
+            #pragma unroll
+            for (int kg = 0; kg < 8; kg++) sum += partial[kg * GH_BM + tid];
+            if (m0 + tid < mEnd) aux[(int64_t)t.g * M + m0 + tid] = ST(sum);
+        }
         #pragma unroll
         for (int i = 0; i < GH_BM * GH_BN / 8 / 256; i++) {
             const int id = tid + i * 256, r = id / (GH_BN / 8), c8 = (id % (GH_BN / 8)) * 8;
