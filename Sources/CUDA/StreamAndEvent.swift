@@ -168,6 +168,12 @@ extension CUDAStream {
         }
     }
 
+    /// Fails the capture under way, if any, with `reason` (the first reason given is kept): for
+    /// work that finds mid-capture that a replay could not repeat it.
+    public func failCapture(_ reason: String) {
+        _ = refusedDuringCapture(reason)
+    }
+
     /// During a capture: records `what` as the reason the capture failed and returns true.
     func refusedDuringCapture(_ what: @autoclosure () -> String) -> Bool {
         captureLock.withLock {

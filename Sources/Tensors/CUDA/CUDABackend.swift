@@ -15,8 +15,8 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     private let modules = Mutex<[String: CUDAModule]>([:])
     /// Host staging for small downloads (nil if the driver refused pinned memory: then pageable copies).
     private let pinned: Mutex<PinnedHostBuffer?>
-    /// The random salt's address while a graph is captured (`captureGraph`), else 0.
-    let captureSalt = Mutex<CUdeviceptr>(0)
+    /// The random draws of the graph capture under way (`captureGraph`), if any.
+    let captureDraws = Mutex<CaptureDraws?>(nil)
 
     public init(index: Int) throws {
         gpu = try CUDA.device(index)
@@ -234,7 +234,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         launchElementwise("random_fill", out.dtype, count: out.count,
                           [out.arg, .int64(Int64(out.count)), .int64(Int64(bitPattern: stream.seed)),
                            .int64(Int64(bitPattern: stream.offset)), .int64(Int64(stream.firstElement)), .int32(code), .double(a), .double(b),
-                           .pointer(captureSalt.withLock { $0 })])
+                           .pointer(randomAdvanceSlot(stream))])
     }
 
     // MARK: Data movement

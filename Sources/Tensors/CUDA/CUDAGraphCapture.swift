@@ -1,20 +1,55 @@
 import CUDA
+import Synchronization
 
-extension CUDAGraph: ReplayableWork {
-    public func replay() { launch() }
+/// A captured `CUDAGraph` with the random draws its work made.
+final class CapturedCUDAWork: ReplayableWork {
+    let graph: CUDAGraph
+    let randomDraws: [RandomStream]
+    var nodeCount: Int { graph.nodeCount }
+
+    init(graph: CUDAGraph, randomDraws: [RandomStream]) {
+        (self.graph, self.randomDraws) = (graph, randomDraws)
+    }
+
+    func replay() { graph.launch() }
+}
+
+/// The random draws of a capture under way: slot `i` of `table` (int32) advances draw `i`.
+struct CaptureDraws {
+    let table: CUdeviceptr
+    let capacity: Int
+    var streams: [RandomStream] = []
 }
 
 extension CUDABackend: GraphCapturing {
     /// Records `body`'s work on this device's stream (see `CUDAGraph`). While it runs, random
-    /// draws read `randomSalt` and grouped products with device-side sizes take our grouped
-    /// kernel under `.automatic` (one GEMM per expert would read the sizes back).
-    public func captureGraph(randomSalt: Tensor?, _ body: () throws -> Void) throws -> ReplayableWork {
-        if let randomSalt {
-            guarantee(randomSalt.device == device && randomSalt.dtype == .int32 && randomSalt.count == 1,
-                      "captureGraph: the random salt must be [1] int32 on \(device)")
+    /// draws take the slots of `randomAdvance` in turn, and grouped products with device-side
+    /// sizes take our grouped kernel under `.automatic` (one GEMM per expert would read the sizes back).
+    public func captureGraph(randomAdvance: Tensor?, _ body: () throws -> Void) throws -> ReplayableWork {
+        if let randomAdvance {
+            guarantee(randomAdvance.device == device && randomAdvance.dtype == .int32,
+                      "captureGraph: the random advances must be int32 on \(device)")
         }
-        captureSalt.withLock { $0 = randomSalt?.pointer ?? 0 }
-        defer { captureSalt.withLock { $0 = 0 } }
-        return try gpu.captureGraph(body)
+        captureDraws.withLock { $0 = CaptureDraws(table: randomAdvance?.pointer ?? 0, capacity: randomAdvance?.count ?? 0) }
+        defer { captureDraws.withLock { $0 = nil } }
+        let graph = try gpu.captureGraph(body)
+        return CapturedCUDAWork(graph: graph, randomDraws: captureDraws.withLock { $0?.streams ?? [] })
+    }
+
+    /// The advance slot of a random draw made now: 0 outside a capture; during one, the next slot
+    /// (the capture fails when there is none).
+    func randomAdvanceSlot(_ stream: RandomStream) -> CUdeviceptr {
+        let slot = captureDraws.withLock { draws -> CUdeviceptr? in
+            guard var d = draws else { return 0 }
+            guard d.streams.count < d.capacity else { return nil }
+            d.streams.append(stream)
+            draws = d
+            return d.table + CUdeviceptr(4 * (d.streams.count - 1))
+        }
+        guard let slot else {
+            gpu.stream.failCapture("more random draws than the \(captureDraws.withLock { $0?.capacity ?? 0 }) slots for their advances")
+            return 0
+        }
+        return slot
     }
 }

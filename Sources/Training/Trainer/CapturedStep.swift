@@ -6,8 +6,8 @@ import Tensors
 /// (`--cuda-graph`): the forward and loss, the backward, the gradients' squared norm, AdamW with
 /// clipping, and the bias-balanced routers' step. No host decision sits inside it:
 /// - what changes from step to step is read from device memory written before each replay: the
-///   batch (the step's own input tensors), AdamW's schedule (`ScheduledStep`) and a random salt
-///   for dropout and gate noise;
+///   batch (the step's own input tensors), AdamW's schedule (`ScheduledStep`) and each random
+///   draw's advance (`ReplayedRandomness`), so dropout masks and gate noise are the eager step's;
 /// - clipping and skipping a step whose gradient norm (or loss) is not finite happen on the device;
 /// - the host reads the loss, the squared norm and the MoE layers' expert counts in one download
 ///   per step, after the replay.
@@ -37,9 +37,12 @@ public final class CapturedStep {
     /// Why the step could not be captured (it then runs eagerly), once a capture was tried.
     public private(set) var captureFailure: String?
     private let inputs: Tensor, targets: Tensor
-    private let schedule: Tensor, salt: Tensor
-    private var replayed: (stats: Tensor, loads: CapturedLoads)?
-    private var stepsRun = 0
+    private let schedule: Tensor
+    /// One int32 slot per random draw of the step (`GraphCapturing`); more draws fail the capture.
+    private let randomAdvance: Tensor
+    private var replayed: (stats: Tensor, loads: CapturedLoads, randomness: ReplayedRandomness)?
+    private var stepsRun = 0, replays = 0
+    static let randomSlots = 4096
 
     public init(model: GPT, optimizer: AdamW, loadMonitor: LoadMonitor, maxNorm: Double, parameters: [Parameter],
          batchSize: Int, seqLen: Int, device: Device) {
@@ -48,7 +51,7 @@ public final class CapturedStep {
         inputs = Tensor.zeros([batchSize, seqLen], dtype: .int32, device: device)
         targets = Tensor.zeros([batchSize, seqLen], dtype: .int32, device: device)
         schedule = Tensor.zeros([3], dtype: .float32, device: device)
-        salt = Tensor.zeros([1], dtype: .int32, device: device)
+        randomAdvance = Tensor.zeros([Self.randomSlots], dtype: .int32, device: device)
     }
 
     /// Trains on `x`, `y` (`[b, T]` int32 on the step's device) at `learningRate`.
@@ -59,12 +62,10 @@ public final class CapturedStep {
         optimizer.learningRate = learningRate
         write(optimizer.nextSchedule(), to: schedule)
         stepsRun += 1
-        write([Int32(truncatingIfNeeded: stepsRun)], to: salt)
 
         let stats: Tensor
-        if let work, let replayed {
-            work.replay()
-            loadMonitor.recordReplay(replayed.loads)
+        if let replayed {
+            replay(replayed)
             stats = replayed.stats
         } else if stepsRun > eagerSteps, captureFailure == nil, let capturing = backend as? GraphCapturing {
             stats = capture(on: capturing) ?? enqueueStep()
@@ -79,22 +80,35 @@ public final class CapturedStep {
         return Outcome(loss: values[0], gradientNorm: norm)
     }
 
-    /// Captures the step and replays it once (this step); nil when it cannot be captured.
+    /// Captures the step and replays it once (this step); nil when it cannot be captured (the
+    /// generators are then where the capture found them, for the eager step that follows).
     private func capture(on backend: GraphCapturing) -> Tensor? {
+        let sources = model.namedRandomSources()
+        let before = sources.map(\.source.generator)
         var stats: Tensor?
         do {
-            let work = try backend.captureGraph(randomSalt: salt) { stats = enqueueStep() }
-            let loads = loadMonitor.takeCapturedLoads()
+            let work = try backend.captureGraph(randomAdvance: randomAdvance) { stats = enqueueStep() }
+            let randomness = try ReplayedRandomness.match(draws: work.randomDraws, sources: sources, before: before).get()
             self.work = work
-            replayed = (stats!, loads)
-            work.replay()
-            loadMonitor.recordReplay(loads)
+            replayed = (stats!, loadMonitor.takeCapturedLoads(), randomness)
+            replay(replayed!)
             return stats
         } catch {
             loadMonitor.discardPendingLoads()   // recorded by work that never ran
+            for (entry, state) in zip(sources, before) { entry.source.generator = state }
+            work = nil
             captureFailure = "\(error)"
             return nil
         }
+    }
+
+    /// Enqueues the next replay: its random draws are those of the eager step it stands for.
+    private func replay(_ captured: (stats: Tensor, loads: CapturedLoads, randomness: ReplayedRandomness)) {
+        if !captured.randomness.perStep.isEmpty { write(captured.randomness.advances(replay: replays), to: randomAdvance, count: Self.randomSlots) }
+        work!.replay()
+        captured.randomness.moveGenerators(afterReplay: replays)
+        replays += 1
+        loadMonitor.recordReplay(captured.loads)
     }
 
     /// Enqueues one step; returns `[loss, Σ g², the MoE layers' counts…]` in float64 (exact for counts).
@@ -115,5 +129,10 @@ public final class CapturedStep {
 
     private func write<Element: BitwiseCopyable>(_ values: [Element], to tensor: Tensor) {
         values.withUnsafeBytes { tensor.backend.upload($0, to: tensor) }
+    }
+
+    /// `values` into the first slots of `tensor` (of `count` elements), the rest zero.
+    private func write(_ values: [Int32], to tensor: Tensor, count: Int) {
+        write(values + [Int32](repeating: 0, count: count - values.count), to: tensor)
     }
 }

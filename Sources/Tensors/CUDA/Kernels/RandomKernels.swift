@@ -24,11 +24,12 @@ enum RandomKernels {
 
     /// dist: 0 uniform(a, b), 1 normal(mean a, std b), 2 dropout mask with p = a. out[i] takes the
     /// stream's element first + i (RandomStream.firstElement).
-    /// salt, when not null, is mixed into the seed: a graph replays this launch with the seed it
-    /// captured, and the replay's salt (rewritten before each) makes its numbers new.
+    /// advance, when not null, moves the stream's offset on: a graph replays this launch with the
+    /// offset it captured, and the replay's advance (rewritten before each) gives it the stream the
+    /// eager step would draw.
     extern "C" __global__ void random_fill(T* out, int64_t n, uint64_t seed, uint64_t offset, int64_t first, int dist, double a, double b,
-                                           const int* salt) {
-        if (salt) seed += 0x9E3779B97F4A7C15ull * (uint64_t)(uint32_t)(*salt);
+                                           const int* advance) {
+        if (advance) offset += (uint64_t)(uint32_t)(*advance);
         GRID_STRIDE(i, n) {
             double v;
             int64_t at = first + i;
