@@ -15,10 +15,20 @@ final class CapturedCUDAWork: ReplayableWork {
 }
 
 /// The random draws of a capture under way: slot `i` of `table` (int32) advances draw `i`.
-struct CaptureDraws {
+/// Touched only under `CUDABackend.captureDraws`' lock.
+final class CaptureDraws {
     let table: CUdeviceptr
     let capacity: Int
-    var streams: [RandomStream] = []
+    private(set) var streams: [RandomStream] = []
+
+    init(table: CUdeviceptr, capacity: Int) { (self.table, self.capacity) = (table, capacity) }
+
+    /// The slot of the next draw, `stream`; nil when every slot is taken.
+    func take(_ stream: RandomStream) -> CUdeviceptr? {
+        guard streams.count < capacity else { return nil }
+        streams.append(stream)
+        return table + CUdeviceptr(4 * (streams.count - 1))
+    }
 }
 
 extension CUDABackend: GraphCapturing {
@@ -40,11 +50,8 @@ extension CUDABackend: GraphCapturing {
     /// (the capture fails when there is none).
     func randomAdvanceSlot(_ stream: RandomStream) -> CUdeviceptr {
         let slot = captureDraws.withLock { draws -> CUdeviceptr? in
-            guard var d = draws else { return 0 }
-            guard d.streams.count < d.capacity else { return nil }
-            d.streams.append(stream)
-            draws = d
-            return d.table + CUdeviceptr(4 * (d.streams.count - 1))
+            guard let draws else { return 0 }
+            return draws.take(stream)
         }
         guard let slot else {
             gpu.stream.failCapture("more random draws than the \(captureDraws.withLock { $0?.capacity ?? 0 }) slots for their advances")
