@@ -41,7 +41,7 @@ public final class CapturedStep {
     /// One int32 slot per random draw of the step (`GraphCapturing`); more draws fail the capture.
     private let randomAdvance: Tensor
     private var replayed: (stats: Tensor, loads: CapturedLoads, randomness: ReplayedRandomness)?
-    private var stepsRun = 0, replays = 0
+    private var stepsRun = 0
     static let randomSlots = 4096
 
     public init(model: GPT, optimizer: AdamW, loadMonitor: LoadMonitor, maxNorm: Double, parameters: [Parameter],
@@ -63,12 +63,13 @@ public final class CapturedStep {
         write(optimizer.nextSchedule(), to: schedule)
         stepsRun += 1
 
+        if replayed == nil, stepsRun > eagerSteps, captureFailure == nil, let capturing = backend as? GraphCapturing {
+            capture(on: capturing)
+        }
         let stats: Tensor
         if let replayed {
             replay(replayed)
             stats = replayed.stats
-        } else if stepsRun > eagerSteps, captureFailure == nil, let capturing = backend as? GraphCapturing {
-            stats = capture(on: capturing) ?? enqueueStep()
         } else {
             stats = enqueueStep()
         }
@@ -80,34 +81,31 @@ public final class CapturedStep {
         return Outcome(loss: values[0], gradientNorm: norm)
     }
 
-    /// Captures the step and replays it once (this step); nil when it cannot be captured (the
-    /// generators are then where the capture found them, for the eager step that follows).
-    private func capture(on backend: GraphCapturing) -> Tensor? {
+    /// Captures the step into `work` and `replayed`, or says in `captureFailure` why it cannot be
+    /// captured. Either way the generators go back to where the capture found them (it ran
+    /// nothing): this step's replay, or the eager step that stands in for it, moves them on.
+    private func capture(on backend: GraphCapturing) {
         let sources = model.namedRandomSources()
         let before = sources.map(\.source.generator)
+        defer { for (entry, state) in zip(sources, before) { entry.source.generator = state } }
         var stats: Tensor?
         do {
             let work = try backend.captureGraph(randomAdvance: randomAdvance) { stats = enqueueStep() }
             let randomness = try ReplayedRandomness.match(draws: work.randomDraws, sources: sources, before: before).get()
             self.work = work
             replayed = (stats!, loadMonitor.takeCapturedLoads(), randomness)
-            replay(replayed!)
-            return stats
         } catch {
             loadMonitor.discardPendingLoads()   // recorded by work that never ran
-            for (entry, state) in zip(sources, before) { entry.source.generator = state }
             work = nil
             captureFailure = "\(error)"
-            return nil
         }
     }
 
     /// Enqueues the next replay: its random draws are those of the eager step it stands for.
     private func replay(_ captured: (stats: Tensor, loads: CapturedLoads, randomness: ReplayedRandomness)) {
-        if !captured.randomness.perStep.isEmpty { write(captured.randomness.advances(replay: replays), to: randomAdvance, count: Self.randomSlots) }
+        if !captured.randomness.isEmpty { write(captured.randomness.advances(), to: randomAdvance, count: Self.randomSlots) }
         work!.replay()
-        captured.randomness.moveGenerators(afterReplay: replays)
-        replays += 1
+        captured.randomness.moveGenerators()
         loadMonitor.recordReplay(captured.loads)
     }
 
