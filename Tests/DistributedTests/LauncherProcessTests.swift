@@ -32,6 +32,18 @@ struct LauncherProcessTests {
         return template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
     }
 
+    /// Removes a directory of `temporaryDirectory` and the pid files in it.
+    func remove(_ directory: String) {
+        if let dir = opendir(directory) {
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+                if name != "." && name != ".." { unlink("\(directory)/\(name)") }
+            }
+            closedir(dir)
+        }
+        rmdir(directory)
+    }
+
     /// The pids the ranks wrote to `directory` (one file per process they want checked).
     func pids(in directory: String) -> [Int32] {
         guard let dir = opendir(directory) else { return [] }
@@ -99,6 +111,7 @@ struct LauncherProcessTests {
     /// at once, the status is 3, and no process is left.
     @Test func aFailingRankStopsTheOthersAndGivesItsStatus() throws {
         let dir = temporaryDirectory()
+        defer { remove(dir) }
         let captured = Captured()
         let plan = try shellPlan(3, """
             echo $$ > \(dir)/pid.rank$RANK
@@ -122,6 +135,7 @@ struct LauncherProcessTests {
     /// A rank that ignores SIGTERM is killed when the grace period ends.
     @Test func aRankIgnoringSIGTERMIsKilledAfterTheGracePeriod() throws {
         let dir = temporaryDirectory()
+        defer { remove(dir) }
         let plan = try shellPlan(2, """
             echo $$ > \(dir)/pid.rank$RANK
             if [ "$RANK" = 0 ]; then sleep 0.2; exit 5; fi
@@ -145,6 +159,7 @@ struct LauncherProcessTests {
     /// SIGINT sent to the launcher process reaches every rank; the launcher exits 130 like the ranks.
     @Test func sigintToTheLauncherStopsEveryRank() throws {
         let dir = temporaryDirectory()
+        defer { remove(dir) }
         let plan = try shellPlan(2, "echo $$ > \(dir)/pid.rank$RANK; sleep 60 & echo $! > \(dir)/pid.child$RANK; wait")
         let supervisor = try RankSupervisor(plan: plan, gracePeriod: .seconds(10), output: { _, _ in })
         let sender = ThreadWork {
@@ -193,6 +208,7 @@ struct LauncherProcessTests {
     /// dies too. The launcher here is an exit test's child process, which starts a rank and kills itself.
     @Test func aRankDiesWithItsLauncher() async throws {
         let dir = temporaryDirectory()
+        defer { remove(dir) }
         setenv("FASTMOE_TEST_PID_DIR", dir, 1)
         await #expect(processExitsWith: .signal(SIGKILL)) {
             let dir = String(cString: getenv("FASTMOE_TEST_PID_DIR")!)
