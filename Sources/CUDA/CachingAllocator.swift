@@ -98,6 +98,14 @@ public final class CachingAllocator: @unchecked Sendable {
         func bestFit(_ size: Int, small isSmall: Bool) -> (size: Int, address: CUdeviceptr)? {
             (isSmall ? small : large).bestFit(size)
         }
+
+        mutating func insert(size: Int, address: CUdeviceptr, small isSmall: Bool) {
+            if isSmall { small.insert(size: size, address: address) } else { large.insert(size: size, address: address) }
+        }
+
+        mutating func remove(size: Int, address: CUdeviceptr, small isSmall: Bool) {
+            if isSmall { small.remove(size: size, address: address) } else { large.remove(size: size, address: address) }
+        }
     }
 
     /// Free blocks ordered by (size, address), for best-fit lookup by binary search.
@@ -313,11 +321,11 @@ public final class CachingAllocator: @unchecked Sendable {
     }
 
     private func insertFree(size: Int, address: CUdeviceptr, small: Bool, pool: Int) {
-        if small { freeLists[pool]!.small.insert(size: size, address: address) } else { freeLists[pool]!.large.insert(size: size, address: address) }
+        freeLists[pool]!.insert(size: size, address: address, small: small)
     }
 
     private func removeFree(size: Int, address: CUdeviceptr, small: Bool, pool: Int) {
-        if small { freeLists[pool]!.small.remove(size: size, address: address) } else { freeLists[pool]!.large.remove(size: size, address: address) }
+        freeLists[pool]!.remove(size: size, address: address, small: small)
     }
 
     private func allocateSegment(_ size: Int, requested: Int) throws -> CUdeviceptr {

@@ -198,16 +198,15 @@ final class StreamCapture: @unchecked Sendable {
 
     /// A pinned copy of `byteCount` bytes at `source`, 16-byte aligned, in chunks of 64 KiB or more.
     func stage(_ source: UnsafeRawPointer, byteCount: Int) -> UnsafeRawPointer? {
-        let start = (used + 15) & ~15
-        if staging.isEmpty || start + byteCount > staging.last!.byteCount {
+        var at = (used + 15) & ~15
+        if staging.isEmpty || at + byteCount > staging.last!.byteCount {
             guard let buffer = try? PinnedHostBuffer(device: device, byteCount: max(byteCount, 64 << 10)) else {
                 refuse("pinned host memory for a copy of \(byteCount) bytes")
                 return nil
             }
             staging.append(buffer)
-            used = 0
+            at = 0
         }
-        let at = (used + 15) & ~15
         let target = staging.last!.baseAddress + at
         target.copyMemory(from: source, byteCount: byteCount)
         used = at + byteCount

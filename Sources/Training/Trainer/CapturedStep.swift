@@ -33,14 +33,17 @@ public final class CapturedStep {
     /// Steps run eagerly before the capture.
     public var eagerSteps = 2
     /// The step as the device replays it, once captured.
-    public private(set) var work: ReplayableWork?
+    public var work: ReplayableWork? { captured?.work }
     /// Why the step could not be captured (it then runs eagerly), once a capture was tried.
     public private(set) var captureFailure: String?
     private let inputs: Tensor, targets: Tensor
     private let schedule: Tensor
     /// One int32 slot per random draw of the step (`GraphCapturing`); more draws fail the capture.
     private let randomAdvance: Tensor
-    private var replayed: (stats: Tensor, loads: CapturedLoads, randomness: ReplayedRandomness)?
+    /// The captured step: its work, the tensor each replay rewrites with `[loss, Σ g², counts…]`,
+    /// the loads it records and how its random draws follow the eager steps'.
+    private var captured: Captured?
+    private typealias Captured = (work: ReplayableWork, stats: Tensor, loads: CapturedLoads, randomness: ReplayedRandomness)
     private var stepsRun = 0
     static let randomSlots = 4096
 
@@ -63,13 +66,13 @@ public final class CapturedStep {
         write(optimizer.nextSchedule(), to: schedule)
         stepsRun += 1
 
-        if replayed == nil, stepsRun > eagerSteps, captureFailure == nil, let capturing = backend as? GraphCapturing {
+        if captured == nil, stepsRun > eagerSteps, captureFailure == nil, let capturing = backend as? GraphCapturing {
             capture(on: capturing)
         }
         let stats: Tensor
-        if let replayed {
-            replay(replayed)
-            stats = replayed.stats
+        if let captured {
+            replay(captured)
+            stats = captured.stats
         } else {
             stats = enqueueStep()
         }
@@ -81,7 +84,7 @@ public final class CapturedStep {
         return Outcome(loss: values[0], gradientNorm: norm)
     }
 
-    /// Captures the step into `work` and `replayed`, or says in `captureFailure` why it cannot be
+    /// Captures the step into `captured`, or says in `captureFailure` why it cannot be
     /// captured. Either way the generators go back to where the capture found them (it ran
     /// nothing): this step's replay, or the eager step that stands in for it, moves them on.
     private func capture(on backend: GraphCapturing) {
@@ -92,19 +95,19 @@ public final class CapturedStep {
         do {
             let work = try backend.captureGraph(randomAdvance: randomAdvance) { stats = enqueueStep() }
             let randomness = try ReplayedRandomness.match(draws: work.randomDraws, sources: sources, before: before).get()
-            self.work = work
-            replayed = (stats!, loadMonitor.takeCapturedLoads(), randomness)
+            captured = (work, stats!, loadMonitor.takeCapturedLoads(), randomness)
         } catch {
             loadMonitor.discardPendingLoads()   // recorded by work that never ran
-            work = nil
             captureFailure = "\(error)"
         }
     }
 
     /// Enqueues the next replay: its random draws are those of the eager step it stands for.
-    private func replay(_ captured: (stats: Tensor, loads: CapturedLoads, randomness: ReplayedRandomness)) {
-        if !captured.randomness.isEmpty { write(captured.randomness.advances(), to: randomAdvance, count: Self.randomSlots) }
-        work!.replay()
+    private func replay(_ captured: Captured) {
+        // Only the captured draws' slots are read: the rest of the table stays as it is.
+        let advances = captured.randomness.advances()
+        if !advances.isEmpty { write(advances, to: randomAdvance.rows(0..<advances.count)) }
+        captured.work.replay()
         captured.randomness.moveGenerators()
         loadMonitor.recordReplay(captured.loads)
     }
@@ -127,10 +130,5 @@ public final class CapturedStep {
 
     private func write<Element: BitwiseCopyable>(_ values: [Element], to tensor: Tensor) {
         values.withUnsafeBytes { tensor.backend.upload($0, to: tensor) }
-    }
-
-    /// `values` into the first slots of `tensor` (of `count` elements), the rest zero.
-    private func write(_ values: [Int32], to tensor: Tensor, count: Int) {
-        write(values + [Int32](repeating: 0, count: count - values.count), to: tensor)
     }
 }

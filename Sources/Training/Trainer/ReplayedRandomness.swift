@@ -16,8 +16,6 @@ struct ReplayedRandomness {
     /// Per captured draw (advance slot), the index of its generator.
     private let owners: [Int]
 
-    var isEmpty: Bool { owners.isEmpty }
-
     /// Fails, saying why, when a draw belongs to no generator of `sources` (`before`: their
     /// states when the capture began; the sources are where the captured step left them).
     static func match(draws: [RandomStream], sources: [(name: String, source: RandomSource)],
