@@ -10,7 +10,10 @@ thread a host thread, `__syncthreads` a barrier. The inline PTX they use is emul
 ISA's definitions: `cp.async` as an immediate copy (zero-filled past its source size), `ldmatrix`
 and `mma.sync` as warp-collective exchanges of the documented fragments, `wgmma` as each thread
 computing its accumulators from shared memory through the descriptors' canonical layouts (none
-and the 128-byte swizzle). So a pass says the kernels' own indexing, pipelining and epilogues are right under that
+and the 128-byte swizzle), `mbarrier` as a phase counter under a lock (an arrive after copies:
+at once, the copies being done), `bar.sync` among a warpgroup as a barrier of 128 threads. The
+persistent wgmma kernel runs on a grid of three blocks, so each walks several tiles and its
+two consumers take turns. So a pass says the kernels' own indexing, pipelining and epilogues are right under that
 reading of the ISA; the hardware has the last word (`CUDARoutingTests` on a GPU). The `mma.sync`
 family has passed on an H200, which checks the emulation of `ldmatrix` and `mma.sync` themselves.
 """
@@ -66,11 +69,13 @@ def kernel_source(family):
     common, kernels = raw_strings("GroupedGemmKernels.swift")[:2]
     if family == "wgmma":
         hopper = open(os.path.join(KERNELS, "GroupedGemmHopperKernels.swift")).read()
-        stages, in_flight = re.search(r"static let stages = (\d+), mmasInFlight = (\d+)", hopper).groups()
-        kernels = (raw_strings("GroupedGemmHopperKernels.swift")[0].replace("\\#(wgmmaHelper)", "")
-                   .replace("\\#(stages)", stages).replace("\\#(mmasInFlight)", in_flight).replace("\\#(blocksPerSM)", "1"))
+        kernels = raw_strings("GroupedGemmHopperKernels.swift")[0].replace("\\#(wgmmaHelper)", "")
+        for name in ["stages", "threads", "producerRegisters", "consumerRegisters"]:
+            value = re.search(r"static let (?:\w+ = \d+, )*" + name + r" = (\d+)", hopper).group(1)
+            kernels = kernels.replace("\\#(" + name + ")", value)
     body = common + "\n" + kernels
-    for helper in ["gg_shared_address", "gg_copy16", "gg_ldsm_t", "gg_ldsm", "gg_mma", "gh_fence_accumulator"]:
+    for helper in ["gg_shared_address", "gg_copy16", "gg_ldsm_t", "gg_ldsm", "gg_mma", "gh_fence_accumulator",
+                   "gh_bar_init", "gh_bar_wait", "gh_bar_arrive_copies", "gh_bar_arrive", "gh_sync_warpgroup"]:
         body = strip_function(body, helper)
     # The remaining inline PTX orders asynchronous work (commit, wait, fences): the emulation's copies
     # and MMAs complete when issued, so these are no-ops.
@@ -81,8 +86,12 @@ def kernel_source(family):
 
 
 SHIM = r"""
+#include <algorithm>
 #include <barrier>
 #include <cmath>
+#include <condition_variable>
+#include <map>
+#include <mutex>
 #include <cstdint>
 #include <cstdlib>
 #include <cstdio>
@@ -219,12 +228,34 @@ inline void gh_wgmma(float* d, uint64_t descA, uint64_t descB) {
             }
 }
 inline void gh_fence_accumulator(float&) {}
+// mbarrier: completed phases and arrivals left in the current one, by shared-memory address.
+struct EmuBar { int count = 0, pending = 0; unsigned phases = 0; };
+static std::mutex emu_bar_mutex;
+static std::condition_variable emu_bar_changed;
+static std::map<uint32_t, EmuBar> emu_bars;
+inline void gh_bar_init(uint32_t bar, int count) { std::lock_guard<std::mutex> l(emu_bar_mutex); emu_bars[bar] = {count, count, 0}; }
+inline void gh_bar_arrive(uint32_t bar) {
+    std::lock_guard<std::mutex> l(emu_bar_mutex);
+    EmuBar& b = emu_bars.at(bar);
+    if (--b.pending == 0) { b.phases++; b.pending = b.count; emu_bar_changed.notify_all(); }
+}
+inline void gh_bar_arrive_copies(uint32_t bar) { gh_bar_arrive(bar); }
+// The phase of parity `parity` is complete once the completed phases' parity differs from it (the
+// phase before the first counts as complete, so a first wait on parity 1 passes).
+inline void gh_bar_wait(uint32_t bar, uint32_t parity) {
+    std::unique_lock<std::mutex> l(emu_bar_mutex);
+    emu_bar_changed.wait(l, [&] { return (emu_bars.at(bar).phases & 1) != parity; });
+}
+static std::barrier<>* emu_warpgroup_barriers[4];
+inline void gh_sync_warpgroup(int id) { emu_warpgroup_barriers[id]->arrive_and_wait(); }
 """
 
 HARNESS = r"""
 
 typedef void (*Kernel)(const T*, const T*, T*, const int*, const int*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                       int64_t, int64_t, const T*, T*);
+                       int64_t, int64_t, const T*, T* TILE_PARAMS);
+// A persistent family's blocks walk the tile grid a one-block-a-tile family is launched on.
+static Dim emu_tiles;
 
 // The entry of each epilogue (`GG_ENTRIES`): mode 0 plain, 1 bias, 2 activation `act`.
 static Kernel forward(int mode, int act) {
@@ -251,10 +282,14 @@ static Kernel dataGradient(int act) {
 }
 
 static void launch(Kernel kernel, Dim grid, int threads, std::function<void(Kernel)> call) {
+    emu_tiles = grid;
+    if (PERSISTENT) grid = Dim{std::min(3u, grid.x * grid.y * grid.z), 1, 1};
     blockDim = {(unsigned)threads, 1, 1};
     gridDim = grid;
     std::barrier<> block(threads);
     emu_block_barrier = &block;
+    std::barrier<> warpgroups[4] = {std::barrier<>(128), std::barrier<>(128), std::barrier<>(128), std::barrier<>(128)};
+    for (int i = 0; i < 4; i++) emu_warpgroup_barriers[i] = &warpgroups[i];
     std::vector<std::barrier<>*> warps;
     for (int w = 0; w < threads / 32; w++) warps.push_back(new std::barrier<>(32));
     emu_warp_barriers = warps;
@@ -363,7 +398,7 @@ int run_all() {
                 std::vector<T> y((size_t)S * outW, poison()), pre((size_t)S * outW, poison());
                 launch(forward(mode, act), Dim{(unsigned)((outW + TILE_COLS - 1) / TILE_COLS), (unsigned)rowTiles, 1}, THREADS, [&](Kernel k) {
                     k(x.data(), w.data(), y.data(), offsets, tiles, S, outW, inW, inW, inW, outW, (int64_t)outW * inW, 0,
-                      mode ? bias.data() : nullptr, pre.data());
+                      mode ? bias.data() : nullptr, pre.data() TILE_ARGS);
                 });
                 std::vector<double> want((size_t)S * outW), wantPre((size_t)S * outW);
                 for (int r = 0; r < S; r++)
@@ -389,7 +424,7 @@ int run_all() {
             std::vector<T> y((size_t)(S + extra) * outW, poison());
             launch(FORWARD, Dim{(unsigned)((outW + TILE_COLS - 1) / TILE_COLS), (unsigned)maxTiles, 1}, THREADS, [&](Kernel k) {
                 k(xs.data(), w.data(), y.data(), built.data(), built.data() + E + 1, S + extra, outW, inW, inW, inW, outW,
-                  (int64_t)outW * inW, 0, nullptr, nullptr);
+                  (int64_t)outW * inW, 0, nullptr, nullptr TILE_ARGS);
             });
             std::vector<double> want((size_t)S * outW);
             for (int r = 0; r < S; r++)
@@ -413,7 +448,7 @@ int run_all() {
                 std::vector<T> gx((size_t)S * inW, poison()), aux = randoms((size_t)S * inW, 1);
                 launch(dataGradient(act), Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)rowTiles, 1}, THREADS, [&](Kernel k) {
                     k(gy.data(), w.data(), gx.data(), offsets, tiles, S, inW, outW, outW, inW, inW, (int64_t)outW * inW, 0,
-                      nullptr, aux.data());
+                      nullptr, aux.data() TILE_ARGS);
                 });
                 std::vector<double> want((size_t)S * inW);
                 for (int r = 0; r < S; r++)
@@ -432,7 +467,7 @@ int run_all() {
             std::vector<T> gw((size_t)E * outW * inW, poison());
             launch(WEIGHT_GRADIENT, Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)((outW + TILE_ROWS - 1) / TILE_ROWS), (unsigned)E},
                    THREADS, [&](Kernel k) {
-                k(gy.data(), x.data(), gw.data(), offsets, tiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, nullptr);
+                k(gy.data(), x.data(), gw.data(), offsets, tiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, nullptr TILE_ARGS);
             });
             std::vector<double> want((size_t)E * outW * inW, 0);
             for (int r = 0; r < S; r++) {
@@ -448,7 +483,7 @@ int run_all() {
                 std::vector<T> gw2((size_t)E * outW * inW, poison()), sums((size_t)E * outW, poison());
                 launch(WEIGHT_GRADIENT, Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)((outW + TILE_ROWS - 1) / TILE_ROWS), (unsigned)E},
                        THREADS, [&](Kernel k) {
-                    k(gy.data(), x.data(), gw2.data(), offsets, tiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, sums.data());
+                    k(gy.data(), x.data(), gw2.data(), offsets, tiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, sums.data() TILE_ARGS);
                 });
                 std::vector<double> wantSums((size_t)E * outW, 0);
                 for (int r = 0; r < S; r++)
@@ -469,10 +504,10 @@ int main() { return emu::run_all(); }
 """
 
 FAMILIES = {
-    # name: (entry suffix, tile rows, tile columns, threads)
-    "mma": ("", 128, 128, 256),
-    "simt": ("", 64, 128, 128),
-    "wgmma": ("_wgmma", 128, 128, 256),
+    # name: (entry suffix, tile rows, tile columns, threads, persistent)
+    "mma": ("", 128, 128, 256, False),
+    "simt": ("", 64, 128, 128, False),
+    "wgmma": ("_wgmma", 128, 128, 384, True),
 }
 
 
@@ -488,9 +523,12 @@ def main():
     os.makedirs(directory, exist_ok=True)
     failed = []
     for family in args.family or sorted(FAMILIES):
-        suffix, rows, cols, threads = FAMILIES[family]
+        suffix, rows, cols, threads, persistent = FAMILIES[family]
         paste = "##" + suffix if suffix else ""
-        defines = (f"#define FAMILY \"{family}\"\n#define TILE_ROWS {rows}\n#define TILE_COLS {cols}\n#define THREADS {threads}\n"
+        tiles = (("#define PERSISTENT 1\n#define TILE_PARAMS , int64_t, int64_t\n"
+                  "#define TILE_ARGS , (int64_t)emu_tiles.y, (int64_t)emu_tiles.z\n") if persistent
+                 else "#define PERSISTENT 0\n#define TILE_PARAMS\n#define TILE_ARGS\n")
+        defines = (tiles + f"#define FAMILY \"{family}\"\n#define TILE_ROWS {rows}\n#define TILE_COLS {cols}\n#define THREADS {threads}\n"
                    f"#define FORWARD grouped_gemm_forward{suffix}\n#define SUFFIXED(NAME) NAME{paste}\n"
                    f"#define WEIGHT_GRADIENT grouped_gemm_weight_gradient{suffix}\n")
         source = os.path.join(directory, f"{family}.cpp")

@@ -100,16 +100,24 @@ extension CUDABackend {
         let rowTiles = table.rowTiles, offsets = table.offsets, tiles = table.tiles
         // Column tiles along x (see `GroupedGemmKernels`), row tiles along y (at most 65535).
         let columnTiles = (n + tileCols - 1) / tileCols
-        let grid = product == .weightGradient
+        let tileGrid = product == .weightGradient
             ? (columnTiles, (m + tileRows - 1) / tileRows, groups.count)
             : (columnTiles, rowTiles, 1)
-        let (function, shared) = groupedKernel(product, dtype, epilogue: epilogue.suffix)
-        if shared > 48 * 1024 { Self.allowSharedMemory(function, shared) }
-        launch(function, grid: grid, block: (dtype == .bfloat16 ? 256 : 128, 1, 1), sharedMemory: shared, stream: gpu.stream,
-               arguments: [a.arg, b.arg, c.arg, .pointer(offsets), .pointer(tiles),
-                           .int64(Int64(m)), .int64(Int64(n)), .int64(Int64(k)), .int64(Int64(lda)), .int64(Int64(ldb)),
-                           .int64(Int64(ldc)), .int64(Int64(bStride)), .int64(Int64(cStride)),
-                           .pointer(epilogue.bias), columnSums?.arg ?? .pointer(epilogue.preactivation)])
+        let kernel = groupedKernel(product, dtype, epilogue: epilogue.suffix)
+        if kernel.sharedBytes > 48 * 1024 { Self.allowSharedMemory(kernel.function, kernel.sharedBytes) }
+        var arguments: [KernelArgument] = [
+            a.arg, b.arg, c.arg, .pointer(offsets), .pointer(tiles),
+            .int64(Int64(m)), .int64(Int64(n)), .int64(Int64(k)), .int64(Int64(lda)), .int64(Int64(ldb)),
+            .int64(Int64(ldc)), .int64(Int64(bStride)), .int64(Int64(cStride)),
+            .pointer(epilogue.bias), columnSums?.arg ?? .pointer(epilogue.preactivation)]
+        var grid = tileGrid
+        if kernel.persistent {
+            // One block an SM walks the tiles (`GroupedGemmHopperKernels`).
+            arguments += [.int64(Int64(tileGrid.1)), .int64(Int64(tileGrid.2))]
+            grid = (min(tileGrid.0 * tileGrid.1 * tileGrid.2, gpu.multiprocessorCount), 1, 1)
+        }
+        launch(kernel.function, grid: grid, block: (kernel.threads, 1, 1), sharedMemory: kernel.sharedBytes, stream: gpu.stream,
+               arguments: arguments)
         withExtendedLifetime(table) {}
     }
 
@@ -120,18 +128,24 @@ extension CUDABackend {
         return dtype == .bfloat16 && (strategy == .wgmma || strategy == .automatic) && (try? gpu.compiler().targetsHopperFeatures) == true
     }
 
-    /// The kernel of `product` for `dtype` with the epilogue entry `suffix` (`KernelEpilogue`), and
-    /// its dynamic shared memory: the Hopper one where `runsWgmma`, else `GroupedGemmKernels`'
-    /// (bfloat16: three stages of two 128×40 tiles, above the default 48 KiB; float32: static
-    /// shared memory only).
-    private func groupedKernel(_ product: GroupedProduct, _ dtype: DType, epilogue suffix: String) -> (CUDAFunction, sharedBytes: Int) {
+    /// A grouped kernel as launched: its threads a block and dynamic shared memory, and whether its
+    /// blocks are persistent (one an SM, walking the launch's tiles, given as two arguments more).
+    private struct GroupedKernel { let function: CUDAFunction, threads: Int, sharedBytes: Int, persistent: Bool }
+
+    /// The kernel of `product` for `dtype` with the epilogue entry `suffix` (`KernelEpilogue`): the
+    /// Hopper one where `runsWgmma`, else `GroupedGemmKernels`' (bfloat16: three stages of two
+    /// 128×40 tiles, above the default 48 KiB; float32: static shared memory only).
+    private func groupedKernel(_ product: GroupedProduct, _ dtype: DType, epilogue suffix: String) -> GroupedKernel {
         if runsWgmma(dtype) {
             let hopper = switch product {
             case .forward: hopperKernel("grouped_gemm_forward\(suffix)_wgmma")
             case .dataGradient: hopperKernel("grouped_gemm_data_gradient\(suffix)_wgmma")
             case .weightGradient: hopperKernel("grouped_gemm_weight_gradient_wgmma")
             }
-            if let hopper { return (hopper, GroupedGemmHopperKernels.sharedMemoryBytes) }
+            if let hopper {
+                return GroupedKernel(function: hopper, threads: GroupedGemmHopperKernels.threads,
+                                     sharedBytes: GroupedGemmHopperKernels.sharedMemoryBytes, persistent: true)
+            }
         }
         // Defined in the bfloat16 and float32 modules only.
         let bf16 = dtype == .bfloat16
@@ -141,7 +155,7 @@ extension CUDABackend {
             bf16 ? kernel("grouped_gemm_data_gradient\(suffix)", .bfloat16) : kernel("grouped_gemm_data_gradient\(suffix)", .float32)
         case .weightGradient: bf16 ? kernel("grouped_gemm_weight_gradient", .bfloat16) : kernel("grouped_gemm_weight_gradient", .float32)
         }
-        return (function, bf16 ? 3 * 2 * 5120 * 2 : 0)
+        return GroupedKernel(function: function, threads: bf16 ? 256 : 128, sharedBytes: bf16 ? 3 * 2 * 5120 * 2 : 0, persistent: false)
     }
 
     /// The device table of a grouping of `rows` rows (see `GroupTable`). Host sizes: from the cache

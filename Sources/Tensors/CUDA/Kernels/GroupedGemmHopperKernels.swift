@@ -1,42 +1,55 @@
 /// The bfloat16 grouped GEMMs of `GroupedGemmKernels` on Hopper's warpgroup MMA (`wgmma`, sm_90a):
-/// the same three products, grid, group table, epilogues and arguments, so it replaces the
-/// `mma.sync` kernel launch for launch on a compute capability 9.x device.
+/// the same three products, group table, epilogues and arguments, so it replaces the `mma.sync`
+/// kernel on a compute capability 9.x device. Its launch differs: persistent blocks, one an SM,
+/// walk the tiles of the grid the other families launch (columns fastest, then row tiles, then, for
+/// the weight gradient, experts), given as two arguments more (`tilesY`, `tilesZ`).
 ///
-/// Why: `mma.sync` reaches about 250 TFLOP/s on an H200 against cuBLAS's 430–590 (its Hopper
-/// kernels use `wgmma`), which keeps large experts on the per-expert cuBLAS lanes.
+/// Why persistent and warp-specialised: with one block a tile, a tile's pipeline fill and its
+/// epilogue left the tensor cores idle, and at short K (512–1024, 8–16 K tiles) that halved the
+/// rate against cuBLAS (perf-notes, change 19). Here a block has three warpgroups:
+/// - the producer (warpgroup 0, few registers) copies the K tiles of the block's tiles, one after
+///   the other, into a ring of `stages` shared-memory stages with `cp.async`; each copy arrives on
+///   its stage's *full* barrier when it lands, so the producer never waits for its own copies, only
+///   for a stage to be *empty*;
+/// - two consumers (warpgroups 1 and 2, most registers) take the block's tiles in turn, each a
+///   whole 128×128 tile (two `wgmma.m64n128k16` a 16-wide K step, 128 float32 accumulators a
+///   thread): while one runs its epilogue, the other's MMAs run, and the producer already fills
+///   the stages of the tile after.
+/// Barriers: `full[s]` counts the producer's 128 threads (`cp.async.mbarrier.arrive.noinc`), `empty[s]`
+/// the consumer's 128 threads, each arriving once the MMAs that read the stage are done (one K
+/// tile's MMAs stay in flight). The ring position `p` counts K tiles over the block's tiles; stage
+/// `p % stages` is filled for the `p / stages`-th time, so its barriers' phase parity is `(p / stages) & 1`.
+/// A third pair orders the consumers' mainloops (CUTLASS's "ping-pong" schedule): one's MMAs run
+/// while the other's epilogue does.
 ///
-/// A block computes a 128×128 tile in two warpgroups of 64×128 (`wgmma.m64n128k16`, float32
-/// accumulators in registers, 64 a thread). Both operands are read by the tensor cores straight from
-/// shared memory through matrix descriptors, in the 128-byte swizzled layout: rows of 128 bytes
-/// whose 16-byte chunk `c` is stored at chunk `c ^ (row % 8)`, in 1024-byte-aligned groups of 8
-/// rows, so the eight rows the tensor cores read together spread over all banks. (The layout
-/// without swizzling, 8×8 core matrices of 128 contiguous bytes, ran at 110–122 TFLOP/s on an
-/// H200.) A descriptor gives the start, the stride byte offset (between 8-row groups: 1024) and the
-/// leading byte offset (M- or N-contiguous: between blocks of 64 values along M or N); the
-/// transpose flag of the instruction says which kind the operand is. Per stage and operand, 128
-/// rows (M or N) by 64 K values:
+/// Operand tiles are read by the tensor cores straight from shared memory through matrix descriptors,
+/// in the 128-byte swizzled layout: rows of 128 bytes whose 16-byte chunk `c` is stored at chunk
+/// `c ^ (row % 8)`, in 1024-byte-aligned groups of 8 rows, so the eight rows the tensor cores read
+/// together spread over all banks. (Without the swizzle, wgmma ran at 110–122 TFLOP/s on an H200.)
+/// A descriptor gives the start, the stride byte offset (between 8-row groups: 1024) and the leading
+/// byte offset (M- or N-contiguous: between blocks of 64 values along M or N); the transpose flag of
+/// the instruction says which kind the operand is. Per stage and operand, 128 rows (M or N) by 64 K
+/// values:
 /// - K-contiguous: row `r` holds its 64 K values at `r·128`; 16 more of K start 32 bytes on;
 /// - M- or N-contiguous: K row `k` of the 64 values of block `r/64` at `(r/64)·8192 + k·128`
 ///   (leading offset 8192); 16 more of K start 2048 bytes on.
-/// The `cp.async` writes of 8 adjacent threads fill one row's 8 chunks: no bank conflict. The
-/// finished tile is staged in the same shared memory (float32, 136 a row) and written out, epilogue
+/// The `cp.async` writes of 8 adjacent threads fill one row's 8 chunks: no bank conflict. A
+/// consumer's finished tile is rounded to bfloat16 (what the epilogue's first step does anyway) and
+/// staged in rows of its own (136 values, against bank conflicts), then written out, epilogue
 /// applied, as 16-byte vectors of 8 columns.
-///
-/// Pipeline: a ring of `stages` stages of 64 K values, filled by `cp.async` from all 256 threads,
-/// `stages - 1 - mmasInFlight` K tiles ahead of the one computed; before the tensor cores read a
-/// stage, every thread has waited for its copies and fenced them from the generic to the async
-/// proxy (`fence.proxy.async`), then the block meets at a barrier. Each warpgroup leaves the MMAs of
-/// `mmasInFlight` K tiles running while it goes on; a stage is refilled only after every warpgroup
-/// waited for the MMAs that read it.
 enum GroupedGemmHopperKernels {
-    /// Stages of the shared-memory ring, and K tiles whose MMAs are left running while the next
-    /// tile's are issued (a stage is refilled once its MMAs are done).
-    static let stages = 3, mmasInFlight = 0
-    /// Dynamic shared memory of one block: the stages' two 128×64 bfloat16 tiles each, and room to
-    /// align them to the swizzle's 1024 bytes.
-    static let sharedMemoryBytes = stages * 2 * 128 * 64 * 2 + 1024
-    /// Blocks an SM holds at once (its 227 KiB of shared memory).
-    static let blocksPerSM = max(1, min(2, 227 * 1024 / sharedMemoryBytes))
+    /// Stages of the shared-memory ring.
+    static let stages = 4
+    /// A producer warpgroup and two consumer warpgroups.
+    static let threads = 384
+    /// Registers a thread of the producer and of a consumer keeps (`setmaxnreg`; ptxas allocates each
+    /// role's code within them): 128×80 + 256×216 are the SM's 65,536. (A producer of 40 or 48
+    /// spilled, and so did consumers of 160.)
+    static let producerRegisters = 80, consumerRegisters = 216
+    /// Dynamic shared memory of a block: room to align to the swizzle's 1024 bytes, the stages' two
+    /// 128×64 bfloat16 tiles each, each consumer's staged tile (128 rows of 136 bfloat16) and column
+    /// sums' partials (8×128 float32), a full and an empty barrier a stage and one a consumer.
+    static let sharedMemoryBytes = 1024 + stages * 2 * 128 * 64 * 2 + 2 * (128 * 136 * 2 + 8 * 128 * 4) + (2 * stages + 2) * 8
 
     static let source = #"""
     #if defined(FM_BF16)
@@ -44,10 +57,10 @@ enum GroupedGemmHopperKernels {
     #define GH_BN 128
     #define GH_BK 64
     #define GH_STAGES \#(stages)
-    #define GH_IN_FLIGHT \#(mmasInFlight)
-    #define GH_AHEAD (GH_STAGES - 1 - GH_IN_FLIGHT)   // K tiles loaded ahead of the one computed
-    #define GH_TILE_BYTES (128 * GH_BK * 2)   // one operand's tile of a stage
-    #define GH_CSTRIDE (GH_BN + 8)            // a staged float32 output row: 8 floats of padding against bank conflicts
+    #define GH_TILE_BYTES (128 * GH_BK * 2)    // one operand's tile of a stage
+    #define GH_CSTRIDE (GH_BN + 8)             // a staged bfloat16 output row: 8 values of padding against bank conflicts
+    #define GH_STAGED_BYTES (GH_BM * GH_CSTRIDE * 2)
+    #define GH_PARTIAL_BYTES (8 * GH_BM * 4)
 
     /// A shared-memory matrix descriptor for the 128-byte swizzle (layout type 1, bits 62-63): start
     /// address, then the leading and stride byte distances, each in 16-byte units.
@@ -56,10 +69,9 @@ enum GroupedGemmHopperKernels {
     }
     \#(wgmmaHelper)
     /// Chunk `id` of an operand's stage tile (16 bytes), the operand's rows (M or N) `r0 ..< rEnd` from
-    /// `base` with leading dimension `ld`: its source at K = 0 of the tile, whether its row (or
-    /// column) exists, its K position in the tile, and its swizzled place in the tile. K-contiguous
-    /// (`KC`): row id/8, K values (id%8)·8 ...+8. Otherwise: K row id/16, values (id%16)·8 ...+8
-    /// along M or N.
+    /// `base` with leading dimension `ld`: its source at K = `k0`, whether its row (or column) exists,
+    /// its K position in the tile, and its swizzled place in the tile. K-contiguous (`KC`): row id/8,
+    /// K values (id%8)·8 ...+8. Otherwise: K row id/16, values (id%16)·8 ...+8 along M or N.
     template <bool KC>
     __device__ __forceinline__ void gh_chunk(int id, const bf16_t* base, int64_t r0, int64_t rEnd, int64_t k0, int64_t ld,
                                              const bf16_t*& src, bool& ok, int& kPos, uint32_t& dst) {
@@ -76,146 +88,213 @@ enum GroupedGemmHopperKernels {
     /// Keeps the compiler from moving reads of an accumulator above the wait for the MMAs writing it.
     __device__ __forceinline__ void gh_fence_accumulator(float& r) { asm volatile("" : "+f"(r) :: "memory"); }
 
+    /// The shared-memory barriers (`mbarrier`): set up for `count` arrivals a phase; wait until the
+    /// phase of parity `parity` is complete; arrive; arrive when this thread's `cp.async` copies so
+    /// far have landed (counted as one of the `count`).
+    __device__ __forceinline__ void gh_bar_init(uint32_t bar, int count) {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" :: "r"(bar), "r"(count) : "memory");
+    }
+    __device__ __forceinline__ void gh_bar_wait(uint32_t bar, uint32_t parity) {
+        uint32_t done = 0;
+        do {
+            asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                         : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+        } while (!done);
+    }
+    __device__ __forceinline__ void gh_bar_arrive(uint32_t bar) {
+        asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" :: "r"(bar) : "memory");
+    }
+    __device__ __forceinline__ void gh_bar_arrive_copies(uint32_t bar) {
+        asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" :: "r"(bar) : "memory");
+    }
+    /// A barrier among the 128 threads of one warpgroup (hardware barrier `id`, 1 or 2: 0 is `__syncthreads`).
+    __device__ __forceinline__ void gh_sync_warpgroup(int id) { asm volatile("bar.sync %0, 128;\n" :: "r"(id) : "memory"); }
+
+    /// Tile `L` of the launch's tiles (`tilesY` rows of `columnTiles` columns, then `tilesZ` such
+    /// planes): its problem and first column; false past the last row tile.
+    template <bool VARY_K>
+    __device__ __forceinline__ bool gh_tile(int64_t L, int64_t columnTiles, int64_t tilesY, const int* offsets, const int* tiles,
+                                            int64_t M, int64_t K, GroupedTile& t, int64_t& n0) {
+        const int64_t yz = L / columnTiles;
+        n0 = (L % columnTiles) * GH_BN;
+        return grouped_tile<VARY_K>(GH_BM, (int)(yz % tilesY), (int)(yz / tilesY), offsets, tiles, M, K, t);
+    }
+
     template <bool A_K, bool B_K, bool VARY_K, int MODE, int ACT>
-    __device__ __forceinline__ void grouped_gemm_wgmma(GG_PARAMS) {
-        extern __shared__ __align__(1024) bf16_t gh_tiles[];
-        GroupedTile t;
-        if (!grouped_tile<VARY_K>(GH_BM, offsets, tiles, M, K, t)) return;
-        if (VARY_K) c += t.g * cStride; else b += t.g * bStride;
-        const int64_t m0 = t.m0, mEnd = t.mEnd, k0 = t.k0, kEnd = t.kEnd;
-        const int64_t n0 = (int64_t)blockIdx.x * GH_BN;
-        const int tid = threadIdx.x, lane = tid & 31, group = tid >> 7, warp = (tid >> 5) & 3;
-        // The swizzle repeats every 1024 bytes of address: the tiles start on such a boundary.
-        const uint32_t sA = (gg_shared_address(gh_tiles) + 1023) & ~1023u, sB = sA + GH_STAGES * GH_TILE_BYTES;
-        const int kTiles = (int)((kEnd - k0 + GH_BK - 1) / GH_BK);
-
-        // Each thread copies four chunks of each operand per stage (`gh_chunk`); as in
-        // `GroupedGemmKernels`, all but the K position is fixed for the loop and set up once.
-        const bf16_t* srcA[4]; const bf16_t* srcB[4];
-        int kPosA[4], kPosB[4];
-        bool okA[4], okB[4];
-        uint32_t dstA[4], dstB[4];
-        #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            gh_chunk<A_K>(tid + i * 256, a, m0, mEnd, k0, lda, srcA[i], okA[i], kPosA[i], dstA[i]);
-            gh_chunk<B_K>(tid + i * 256, b, n0, N, k0, ldb, srcB[i], okB[i], kPosB[i], dstB[i]);
+    __device__ __forceinline__ void grouped_gemm_wgmma(GG_PARAMS, int64_t tilesY, int64_t tilesZ) {
+        extern __shared__ __align__(1024) bf16_t gh_shared[];
+        // The swizzle repeats every 1024 bytes of address: the stages start on such a boundary.
+        const uint32_t sA = (gg_shared_address(gh_shared) + 1023) & ~1023u, sB = sA + GH_STAGES * GH_TILE_BYTES;
+        char* const bytes = (char*)gh_shared + (sA - gg_shared_address(gh_shared));   // at sA
+        // After the ring: each consumer's staged tile and partials, then the barriers.
+        const uint32_t ringBytes = 2 * GH_STAGES * GH_TILE_BYTES;
+        const uint32_t bars = sA + ringBytes + 2 * (GH_STAGED_BYTES + GH_PARTIAL_BYTES);
+        auto full = [&](uint32_t s) { return bars + 8 * s; };
+        auto empty = [&](uint32_t s) { return bars + 8 * (GH_STAGES + s); };
+        auto mainloopDone = [&](int consumer) { return bars + 8 * (2 * GH_STAGES + consumer); };
+        const int tid = threadIdx.x, role = tid >> 7;
+        if (tid == 0) {
+            for (int s = 0; s < GH_STAGES; s++) { gh_bar_init(full(s), 128); gh_bar_init(empty(s), 128); }
+            gh_bar_init(mainloopDone(0), 128); gh_bar_init(mainloopDone(1), 128);
+            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         }
-        const int64_t stepA = A_K ? GH_BK : GH_BK * lda, stepB = B_K ? GH_BK : GH_BK * ldb;
-        // Chunks at or past the end of K read zeros (only the last tile has any).
-        auto load = [&](int stage, int kt) {
-            const int kLeft = (int)(kEnd - k0) - kt * GH_BK;
-            #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const bool va = okA[i] && kPosA[i] < kLeft, vb = okB[i] && kPosB[i] < kLeft;
-                gg_copy16(sA + stage * GH_TILE_BYTES + dstA[i], va ? srcA[i] + kt * stepA : a, va);
-                gg_copy16(sB + stage * GH_TILE_BYTES + dstB[i], vb ? srcB[i] + kt * stepB : b, vb);
-            }
-        };
+        __syncthreads();
+        const int64_t columnTiles = (N + GH_BN - 1) / GH_BN, total = columnTiles * tilesY * tilesZ;
 
-        // Descriptors of this warpgroup's 64 rows of A and all 128 columns of B for k = 0 of stage
-        // 0; a stage adds GH_TILE_BYTES. The leading offset matters only to an M- or N-contiguous
-        // operand (K-contiguous: 16, unused).
+        if (role == 0) {
+            // The producer: every K tile of every tile of this block, in order.
+            asm volatile("setmaxnreg.dec.sync.aligned.u32 \#(producerRegisters);\n" ::: "memory");
+            uint32_t p = 0;
+            for (int64_t L = blockIdx.x; L < total; L += gridDim.x) {
+                GroupedTile t; int64_t n0;
+                if (!gh_tile<VARY_K>(L, columnTiles, tilesY, offsets, tiles, M, K, t, n0)) continue;
+                const bf16_t* bt = VARY_K ? b : b + t.g * bStride;
+                const int kTiles = (int)((t.kEnd - t.k0 + GH_BK - 1) / GH_BK);
+                for (int kt = 0; kt < kTiles; kt++, p++) {
+                    const uint32_t s = p % GH_STAGES;
+                    gh_bar_wait(empty(s), ((p / GH_STAGES) & 1) ^ 1);
+                    // Chunks at or past the end of K read zeros (only the last K tile has any).
+                    const int64_t kAt = t.k0 + (int64_t)kt * GH_BK;
+                    const int kLeft = (int)(t.kEnd - kAt);
+                    #pragma unroll
+                    for (int i = 0; i < 8; i++) {
+                        const bf16_t* src; bool ok; int kPos; uint32_t dst;
+                        gh_chunk<A_K>(tid + i * 128, a, t.m0, t.mEnd, kAt, lda, src, ok, kPos, dst);
+                        ok = ok && kPos < kLeft;
+                        gg_copy16(sA + s * GH_TILE_BYTES + dst, ok ? src : a, ok);
+                        gh_chunk<B_K>(tid + i * 128, bt, n0, N, kAt, ldb, src, ok, kPos, dst);
+                        ok = ok && kPos < kLeft;
+                        gg_copy16(sB + s * GH_TILE_BYTES + dst, ok ? src : b, ok);
+                    }
+                    gh_bar_arrive_copies(full(s));
+                }
+            }
+            asm volatile("cp.async.wait_all;\n" ::: "memory");
+            return;
+        }
+
+        // A consumer: every other tile of this block.
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 \#(consumerRegisters);\n" ::: "memory");
+        const int me = role - 1, ctid = tid & 127, lane = tid & 31, warp = ctid >> 5;
+        bf16_t* const staged = (bf16_t*)(bytes + ringBytes + me * (GH_STAGED_BYTES + GH_PARTIAL_BYTES));
+        float* const partial = (float*)((char*)staged + GH_STAGED_BYTES);
+        // Descriptors of the tile's rows 0-63 and 64-127 of A and all 128 columns of B for k = 0 of
+        // stage 0; a stage adds GH_TILE_BYTES. The leading offset matters only to an M- or
+        // N-contiguous operand (K-contiguous: 16, unused).
         const uint32_t leadA = A_K ? 16 : 8192, leadB = B_K ? 16 : 8192;
-        const uint32_t rowsA = A_K ? group * 64 * 128 : group * 8192;   // this warpgroup's 64 rows of M
-        const uint64_t descA = gh_descriptor(sA + rowsA, leadA, 1024), descB = gh_descriptor(sB, leadB, 1024);
+        const uint64_t descA0 = gh_descriptor(sA, leadA, 1024), descA1 = gh_descriptor(sA + (A_K ? 64 * 128 : 8192), leadA, 1024);
+        const uint64_t descB = gh_descriptor(sB, leadB, 1024);
         // 16 more of K: 32 bytes along a K-contiguous row, two 8-row groups down the other kind
         // (descriptors count in 16-byte units).
         const uint64_t kStepA = A_K ? 2 : 128, kStepB = B_K ? 2 : 128, stageStep = GH_TILE_BYTES >> 4;
+        // The weight gradient with `aux` (`[E, M]`): the tiles of the first column also sum A over K
+        // (the experts' bias gradient, Σ over their rows of gy), from the stage tiles the MMAs read,
+        // while those run: thread (sc, skg) adds the 8 M values of chunk sc at K rows skg, skg + 8,
+        // ... of each stage, where A's swizzle (M-contiguous) is fixed.
+        const int sc = ctid & 15, skg = ctid >> 4;
 
-        float acc[64];
-        #pragma unroll
-        for (int i = 0; i < 64; i++) acc[i] = 0.f;
-        // The weight gradient with `aux` (`[E, M]`): the blocks of the first column tile also sum A
-        // over K (the experts' bias gradient, Σ over their rows of gy), from the stage tiles the MMAs
-        // read, while those run. Warpgroup 0 does it: thread (c, kg) adds the 8 M values of chunk c
-        // at K rows kg, kg + 8, ... of each stage, where A's swizzle (M-contiguous) is fixed.
-        const bool sumsA = VARY_K && !A_K && aux != nullptr && blockIdx.x == 0 && tid < 128;
-        const int sc = tid & 15, skg = tid >> 4;
-        float colSum[8];
-        #pragma unroll
-        for (int e = 0; e < 8; e++) colSum[e] = 0.f;
-        const char* tileBytes = (const char*)gh_tiles + (sA - gg_shared_address(gh_tiles));
-
-        #pragma unroll
-        for (int s = 0; s < GH_AHEAD; s++) {
-            if (s < kTiles) load(s, s);
-            asm volatile("cp.async.commit_group;\n" ::);
-        }
-        for (int kt = 0; kt < kTiles; kt++) {
-            asm volatile("cp.async.wait_group %0;\n" :: "n"(GH_AHEAD - 1));
-            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-            __syncthreads();
-            // The stage of tile kt - 1 - GH_IN_FLIGHT is free: every warpgroup waited for its MMAs
-            // (wait_group GH_IN_FLIGHT) before this barrier.
-            const int next = kt + GH_AHEAD;
-            if (next < kTiles) load(next % GH_STAGES, next);
-            asm volatile("cp.async.commit_group;\n" ::);
-            const uint64_t stage = (uint64_t)(kt % GH_STAGES) * stageStep;
-            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+        uint32_t p = 0;
+        int turn = 0;
+        for (int64_t L = blockIdx.x; L < total; L += gridDim.x) {
+            GroupedTile t; int64_t n0;
+            if (!gh_tile<VARY_K>(L, columnTiles, tilesY, offsets, tiles, M, K, t, n0)) continue;
+            const int kTiles = (int)((t.kEnd - t.k0 + GH_BK - 1) / GH_BK);
+            if ((turn & 1) != me) { p += kTiles; turn++; continue; }
+            // The mainloops take turns: this one starts once the other consumer has waited for every
+            // K tile of its last tile. Else a wait here could run two phases ahead of its stage's
+            // barrier (the other consumer's K tiles not yet loaded), and a wait tells phases apart
+            // only by parity. Tile turn - 1 was the other consumer's ((turn - 1) / 2)-th.
+            if (turn > 0) gh_bar_wait(mainloopDone(1 - me), ((turn - 1) >> 1) & 1);
+            turn++;
+            const bool sumsA = VARY_K && !A_K && aux != nullptr && n0 == 0;
+            float acc[128];
             #pragma unroll
-            for (int kk = 0; kk < GH_BK / 16; kk++)
-                gh_wgmma<A_K ? 0 : 1, B_K ? 0 : 1>(acc, descA + stage + kk * kStepA, descB + stage + kk * kStepB);
-            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-            if (sumsA) {
-                const char* chunk = tileBytes + (kt % GH_STAGES) * GH_TILE_BYTES + (sc >> 3) * 8192 + (((sc & 7) ^ skg) << 4);
+            for (int i = 0; i < 128; i++) acc[i] = 0.f;
+            float colSum[8];
+            #pragma unroll
+            for (int e = 0; e < 8; e++) colSum[e] = 0.f;
+            for (int kt = 0; kt < kTiles; kt++, p++) {
+                const uint32_t s = p % GH_STAGES;
+                gh_bar_wait(full(s), (p / GH_STAGES) & 1);
+                // The copies landed through the generic proxy; the tensor cores read through the async one.
+                asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+                const uint64_t stage = (uint64_t)s * stageStep;
+                asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
                 #pragma unroll
-                for (int j = 0; j < GH_BK / 8; j++) {
-                    const GGVector<8> v = *(const GGVector<8>*)(chunk + (skg + 8 * j) * 128);
-                    #pragma unroll
-                    for (int e = 0; e < 8; e++) colSum[e] += LD(v.v[e]);
+                for (int kk = 0; kk < GH_BK / 16; kk++) {
+                    gh_wgmma<A_K ? 0 : 1, B_K ? 0 : 1>(acc, descA0 + stage + kk * kStepA, descB + stage + kk * kStepB);
+                    gh_wgmma<A_K ? 0 : 1, B_K ? 0 : 1>(acc + 64, descA1 + stage + kk * kStepA, descB + stage + kk * kStepB);
                 }
+                asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+                if (sumsA) {
+                    const char* chunk = bytes + s * GH_TILE_BYTES + (sc >> 3) * 8192 + (((sc & 7) ^ skg) << 4);
+                    #pragma unroll
+                    for (int j = 0; j < GH_BK / 8; j++) {
+                        const GGVector<8> v = *(const GGVector<8>*)(chunk + (skg + 8 * j) * 128);
+                        #pragma unroll
+                        for (int e = 0; e < 8; e++) colSum[e] += LD(v.v[e]);
+                    }
+                }
+                // The last K tile's MMAs are done: its stage may be refilled.
+                asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+                if (kt > 0) gh_bar_arrive(empty((p - 1) % GH_STAGES));
             }
-            asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(GH_IN_FLIGHT) : "memory");
-        }
-        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-        asm volatile("cp.async.wait_group 0;\n" ::);
-        #pragma unroll
-        for (int i = 0; i < 64; i++) gh_fence_accumulator(acc[i]);
+            asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+            if (kTiles > 0) gh_bar_arrive(empty((p - 1) % GH_STAGES));
+            gh_bar_arrive(mainloopDone(me));
+            #pragma unroll
+            for (int i = 0; i < 128; i++) gh_fence_accumulator(acc[i]);
 
-        // The tile goes through shared memory (free now: every copy landed, every MMA is done once
-        // all warps pass the barrier) so that each thread then finishes 8 adjacent columns of a row:
-        // the epilogue reads the bias and pre-activation and writes C as 16-byte vectors, a warp two
-        // whole rows. (Straight from the accumulators a warp wrote 16 bytes of each of 8 rows.)
-        // acc[4j + 2h + e]: row 16·warp + lane/4 + 8h of the warpgroup's 64, column 8j + 2·(lane%4) + e.
-        __syncthreads();
-        float* staged = (float*)((char*)gh_tiles + (sA - gg_shared_address(gh_tiles)));
-        #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int r = group * 64 + warp * 16 + (lane >> 2) + h * 8;
+            // Staged in bfloat16 so that each thread then finishes 8 adjacent columns of a row: the
+            // epilogue reads the bias and pre-activation and writes C as 16-byte vectors, a warp two
+            // whole rows. acc[64·half + 4j + 2h + e]: row 64·half + 16·warp + lane/4 + 8h, column
+            // 8j + 2·(lane%4) + e. First every thread of this consumer is done with its last tile's rows.
+            gh_sync_warpgroup(1 + me);
             #pragma unroll
-            for (int j = 0; j < 16; j++)
-                *(float2*)&staged[r * GH_CSTRIDE + j * 8 + (lane & 3) * 2] = make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
-        }
-        // The column sums' partials, [8 kg][128 M], past the staged tile (the stages leave room).
-        static_assert((GH_BM * GH_CSTRIDE + 8 * GH_BM) * 4 <= GH_STAGES * 2 * GH_TILE_BYTES, "the partials must fit in the stages");
-        float* partial = staged + GH_BM * GH_CSTRIDE;
-        if (sumsA) {
-            #pragma unroll
-            for (int e = 0; e < 8; e++) partial[skg * GH_BM + sc * 8 + e] = colSum[e];
-        }
-        __syncthreads();
-        if (sumsA) {
-            float sum = 0.f;
-            #pragma unroll
-            for (int kg = 0; kg < 8; kg++) sum += partial[kg * GH_BM + tid];
-            if (m0 + tid < mEnd) aux[(int64_t)t.g * M + m0 + tid] = ST(sum);
-        }
-        #pragma unroll
-        for (int i = 0; i < GH_BM * GH_BN / 8 / 256; i++) {
-            const int id = tid + i * 256, r = id / (GH_BN / 8), c8 = (id % (GH_BN / 8)) * 8;
-            const int64_t row = m0 + r, col = n0 + c8, at = row * ldc + col;
-            if (row >= mEnd || col >= N) continue;
-            const float4 lo = *(const float4*)&staged[r * GH_CSTRIDE + c8], hi = *(const float4*)&staged[r * GH_CSTRIDE + c8 + 4];
-            float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-            gg_epilogue<MODE, ACT, 8>(v, bias, aux, t.g, N, at, col);
-            GGVector<8> out;
-            #pragma unroll
-            for (int e = 0; e < 8; e++) out.v[e] = float_to_bf16(v[e]);
-            *(GGVector<8>*)(c + at) = out;
+            for (int half = 0; half < 2; half++)
+                #pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int r = half * 64 + warp * 16 + (lane >> 2) + h * 8;
+                    #pragma unroll
+                    for (int j = 0; j < 16; j++) {
+                        GGVector<2> pair;
+                        pair.v[0] = float_to_bf16(acc[64 * half + 4 * j + 2 * h]);
+                        pair.v[1] = float_to_bf16(acc[64 * half + 4 * j + 2 * h + 1]);
+                        *(GGVector<2>*)&staged[r * GH_CSTRIDE + j * 8 + (lane & 3) * 2] = pair;
+                    }
+                }
+            if (sumsA) {
+                #pragma unroll
+                for (int e = 0; e < 8; e++) partial[skg * GH_BM + sc * 8 + e] = colSum[e];
+            }
+            gh_sync_warpgroup(1 + me);
+            if (sumsA) {
+                float sum = 0.f;
+                #pragma unroll
+                for (int kg = 0; kg < 8; kg++) sum += partial[kg * GH_BM + ctid];
+                if (t.m0 + ctid < t.mEnd) aux[(int64_t)t.g * M + t.m0 + ctid] = ST(sum);
+            }
+            T* const ct = VARY_K ? c + t.g * cStride : c;
+            #pragma unroll 4
+            for (int i = 0; i < GH_BM * GH_BN / 8 / 128; i++) {
+                const int id = ctid + i * 128, r = id / (GH_BN / 8), c8 = (id % (GH_BN / 8)) * 8;
+                const int64_t row = t.m0 + r, col = n0 + c8, at = row * ldc + col;
+                if (row >= t.mEnd || col >= N) continue;
+                const GGVector<8> s8 = *(const GGVector<8>*)&staged[r * GH_CSTRIDE + c8];
+                float v[8];
+                #pragma unroll
+                for (int e = 0; e < 8; e++) v[e] = LD(s8.v[e]);
+                gg_epilogue<MODE, ACT, 8>(v, bias, aux, t.g, N, at, col);
+                GGVector<8> out;
+                #pragma unroll
+                for (int e = 0; e < 8; e++) out.v[e] = float_to_bf16(v[e]);
+                *(GGVector<8>*)(ct + at) = out;
+            }
         }
     }
     #define GH_ENTRY(NAME, AK, BK, VK, MODE, ACT) \
-    extern "C" __global__ void __launch_bounds__(256, \#(blocksPerSM)) NAME(GG_PARAMS) { grouped_gemm_wgmma<AK, BK, VK, MODE, ACT>(GG_ARGS); }
+    extern "C" __global__ void __launch_bounds__(\#(threads), 1) NAME(GG_PARAMS, int64_t tilesY, int64_t tilesZ) { \
+        grouped_gemm_wgmma<AK, BK, VK, MODE, ACT>(GG_ARGS, tilesY, tilesZ); }
     // The entries of `GroupedGemmKernels`, under the same names with `_wgmma` appended.
     GG_ENTRIES(GH_ENTRY, _wgmma)
     #endif

@@ -26,18 +26,19 @@ enum GroupedGemmKernels {
     /// addresses and 16-byte asynchronous copies.
     static let common = #"""
     #if defined(FM_BF16) || defined(FM_F32)
-    /// The problem of this block: its expert, its rows [m0, mEnd) and its sum over [k0, kEnd);
-    /// false for a block past the last row tile.
+    /// The problem of the tile at row `y`, expert `z` of the launch's tiles (one block a tile: the
+    /// block's y and z): its expert, its rows [m0, mEnd) and its sum over [k0, kEnd); false for a
+    /// tile past the last row tile.
     struct GroupedTile { int g; int64_t m0, mEnd, k0, kEnd; };
     template <bool VARY_K>
-    __device__ __forceinline__ bool grouped_tile(int bm, const int* offsets, const int* tiles, int64_t M, int64_t K, GroupedTile& t) {
+    __device__ __forceinline__ bool grouped_tile(int bm, int y, int z, const int* offsets, const int* tiles, int64_t M, int64_t K, GroupedTile& t) {
         if (VARY_K) {
-            t.g = blockIdx.z; t.m0 = (int64_t)blockIdx.y * bm; t.mEnd = M; t.k0 = offsets[t.g]; t.kEnd = offsets[t.g + 1];
+            t.g = z; t.m0 = (int64_t)y * bm; t.mEnd = M; t.k0 = offsets[t.g]; t.kEnd = offsets[t.g + 1];
             return true;
         }
-        t.g = tiles[2 * blockIdx.y];
+        t.g = tiles[2 * y];
         if (t.g < 0) return false;
-        t.m0 = tiles[2 * blockIdx.y + 1]; t.mEnd = offsets[t.g + 1]; t.k0 = 0; t.kEnd = K;
+        t.m0 = tiles[2 * y + 1]; t.mEnd = offsets[t.g + 1]; t.k0 = 0; t.kEnd = K;
         return true;
     }
 
@@ -141,7 +142,7 @@ enum GroupedGemmKernels {
     __device__ __forceinline__ void grouped_gemm_mma(GG_PARAMS) {
         extern __shared__ __align__(16) bf16_t gg_tiles_bf16[];
         GroupedTile t;
-        if (!grouped_tile<VARY_K>(GG_BM, offsets, tiles, M, K, t)) return;
+        if (!grouped_tile<VARY_K>(GG_BM, blockIdx.y, blockIdx.z, offsets, tiles, M, K, t)) return;
         if (VARY_K) c += t.g * cStride; else b += t.g * bStride;
         const int64_t m0 = t.m0, mEnd = t.mEnd, k0 = t.k0, kEnd = t.kEnd;
         const int64_t n0 = (int64_t)blockIdx.x * GG_BN;
@@ -308,7 +309,7 @@ enum GroupedGemmKernels {
         __shared__ __align__(16) float As[2][GS_BK][GS_BM];
         __shared__ __align__(16) float Bs[2][GS_BK][GS_BN];
         GroupedTile t;
-        if (!grouped_tile<VARY_K>(GS_BM, offsets, tiles, M, K, t)) return;
+        if (!grouped_tile<VARY_K>(GS_BM, blockIdx.y, blockIdx.z, offsets, tiles, M, K, t)) return;
         if (VARY_K) c += t.g * cStride; else b += t.g * bStride;
         const int64_t m0 = t.m0, mEnd = t.mEnd, k0 = t.k0, kEnd = t.kEnd;
         const int64_t n0 = (int64_t)blockIdx.x * GS_BN;
