@@ -126,6 +126,13 @@ struct KernelSourceTests {
         }
     }
 
+    /// The persistent wgmma kernel's consumers raise their registers (`setmaxnreg.inc`) with what the
+    /// producer gave back: asking for more than the block was launched with hangs it on the GPU.
+    @Test func hopperKernelRegisterSplitFitsItsLaunch() {
+        #expect(GroupedGemmHopperKernels.registersFit)
+        #expect(GroupedGemmHopperKernels.sharedMemoryBytes <= 227 * 1024)
+    }
+
     /// The scanners themselves, on text whose answer is known.
     @Test func scannersReadMacrosAndCalls() {
         let cuda = """

@@ -43,9 +43,12 @@ enum GroupedGemmHopperKernels {
     /// A producer warpgroup and two consumer warpgroups.
     static let threads = 384
     /// Registers a thread of the producer and of a consumer keeps (`setmaxnreg`; ptxas allocates each
-    /// role's code within them): 128×80 + 256×216 are the SM's 65,536. (A producer of 40 or 48
-    /// spilled, and so did consumers of 160.)
-    static let producerRegisters = 80, consumerRegisters = 216
+    /// role's code within them). A block is launched with 168 a thread (65,536 / 384, in steps of 8),
+    /// and a consumer's `setmaxnreg.inc` waits until the producer's `dec` has freed enough: the two
+    /// must fit in 384 × 168 (`registersFit`), or the block hangs. 128×64 + 256×216 = 63,488; a
+    /// producer of 40 or 48 spilled, and so did consumers of 160.
+    static let producerRegisters = 64, consumerRegisters = 216
+    static var registersFit: Bool { 128 * producerRegisters + 256 * consumerRegisters <= threads * (65536 / threads / 8 * 8) }
     /// Dynamic shared memory of a block: room to align to the swizzle's 1024 bytes, the stages' two
     /// 128×64 bfloat16 tiles each, each consumer's staged tile (128 rows of 136 bfloat16) and column
     /// sums' partials (8×128 float32), a full and an empty barrier a stage and one a consumer.
