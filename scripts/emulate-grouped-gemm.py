@@ -70,12 +70,12 @@ def kernel_source(family):
     if family == "wgmma":
         hopper = open(os.path.join(KERNELS, "GroupedGemmHopperKernels.swift")).read()
         kernels = raw_strings("GroupedGemmHopperKernels.swift")[0].replace("\\#(wgmmaHelper)", "")
-        for name in ["stages", "threads", "producerRegisters", "consumerRegisters"]:
-            value = re.search(r"static let (?:\w+ = \d+, )*" + name + r" = (\d+)", hopper).group(1)
-            kernels = kernels.replace("\\#(" + name + ")", value)
+        for name in ["stages", "mmasInFlight", "threads", "producerRegisters", "consumerRegisters"]:
+            found = re.search(r"static let (?:\w+ = \d+, )*" + name + r" = (\d+)", hopper)
+            kernels = kernels.replace("\\#(" + name + ")", found.group(1) if found else os.environ.get("GH_IN_FLIGHT", "1"))
     body = common + "\n" + kernels
     for helper in ["gg_shared_address", "gg_copy16", "gg_ldsm_t", "gg_ldsm", "gg_mma", "gh_fence_accumulator",
-                   "gh_bar_init", "gh_bar_wait", "gh_bar_arrive_copies", "gh_bar_arrive", "gh_sync_warpgroup"]:
+                   "gh_bar_init", "gh_bar_wait", "gh_bar_arrive_copies", "gh_bar_arrive", "gh_sync_warpgroup", "gh_pack_bf16x2"]:
         body = strip_function(body, helper)
     # The remaining inline PTX orders asynchronous work (commit, wait, fences): the emulation's copies
     # and MMAs complete when issued, so these are no-ops.
@@ -228,6 +228,7 @@ inline void gh_wgmma(float* d, uint64_t descA, uint64_t descB) {
             }
 }
 inline void gh_fence_accumulator(float&) {}
+inline uint32_t gh_pack_bf16x2(float lo, float hi) { return float_to_bf16(lo) | ((uint32_t)float_to_bf16(hi) << 16); }
 // mbarrier: completed phases and arrivals left in the current one, by shared-memory address.
 struct EmuBar { int count = 0, pending = 0; unsigned phases = 0; };
 static std::mutex emu_bar_mutex;

@@ -1,3 +1,5 @@
+import Foundation
+
 /// The bfloat16 grouped GEMMs of `GroupedGemmKernels` on Hopper's warpgroup MMA (`wgmma`, sm_90a):
 /// the same three products, group table, epilogues and arguments, so it replaces the `mma.sync`
 /// kernel on a compute capability 9.x device. Its launch differs: persistent blocks, one an SM,
@@ -38,8 +40,10 @@
 /// staged in rows of its own (136 values, against bank conflicts), then written out, epilogue
 /// applied, as 16-byte vectors of 8 columns.
 enum GroupedGemmHopperKernels {
-    /// Stages of the shared-memory ring.
+    /// Stages of the shared-memory ring, and K tiles whose MMAs a consumer leaves running while it
+    /// issues the next tile's.
     static let stages = 4
+    static let mmasInFlight = Int(ProcessInfo.processInfo.environment["FASTMOE_GH_IN_FLIGHT"] ?? "") ?? 1
     /// A producer warpgroup and two consumer warpgroups.
     static let threads = 384
     /// Registers a thread of the producer and of a consumer keeps (`setmaxnreg`; ptxas allocates each
@@ -60,6 +64,7 @@ enum GroupedGemmHopperKernels {
     #define GH_BN 128
     #define GH_BK 64
     #define GH_STAGES \#(stages)
+    #define GH_IN_FLIGHT \#(mmasInFlight)       // K tiles whose MMAs a consumer leaves running
     #define GH_TILE_BYTES (128 * GH_BK * 2)    // one operand's tile of a stage
     #define GH_CSTRIDE (GH_BN + 8)             // a staged bfloat16 output row: 8 values of padding against bank conflicts
     #define GH_STAGED_BYTES (GH_BM * GH_CSTRIDE * 2)
@@ -71,23 +76,53 @@ enum GroupedGemmHopperKernels {
         return (uint64_t)((address & 0x3FFFF) >> 4) | ((uint64_t)(leading >> 4) << 16) | ((uint64_t)(stride >> 4) << 32) | (1ull << 62);
     }
     \#(wgmmaHelper)
-    /// Chunk `id` of an operand's stage tile (16 bytes), the operand's rows (M or N) `r0 ..< rEnd` from
-    /// `base` with leading dimension `ld`: its source at K = `k0`, whether its row (or column) exists,
-    /// its K position in the tile, and its swizzled place in the tile. K-contiguous (`KC`): row id/8,
-    /// K values (id%8)·8 ...+8. Otherwise: K row id/16, values (id%16)·8 ...+8 along M or N.
+    /// The producer thread `tid`'s share of one operand's stage tiles: chunks `tid + 128i` (16 bytes,
+    /// i < 8) of the tile of rows (M or N) `r0 ..< rEnd` from `base` (leading dimension `ld`), for the
+    /// K tiles from `k0` on. K-contiguous (`KC`): chunk `id` is row id/8, K values (id%8)·8 ...+8, so
+    /// chunk i is chunk 0 sixteen rows down (2048 bytes on in the tile); otherwise it is K row id/16,
+    /// values (id%16)·8 ...+8 along M or N, and chunk i is chunk 0 eight K rows down (1024 bytes on).
+    /// In the tile, row `r` of 128 bytes holds chunk `c` at `c ^ (r % 8)`; a non-K-contiguous tile
+    /// holds 64 values of M or N a row, its second 64 at 8192. Set up once a tile, so a K tile's
+    /// copies cost an add each.
     template <bool KC>
-    __device__ __forceinline__ void gh_chunk(int id, const bf16_t* base, int64_t r0, int64_t rEnd, int64_t k0, int64_t ld,
-                                             const bf16_t*& src, bool& ok, int& kPos, uint32_t& dst) {
-        if (KC) {
-            const int row = id >> 3, c = id & 7;
-            ok = r0 + row < rEnd; kPos = c * 8; dst = row * 128 + ((c ^ (row & 7)) << 4);
-            src = ok ? base + (r0 + row) * ld + k0 + c * 8 : base;
-        } else {
-            const int kr = id >> 4, c = id & 15;
-            ok = r0 + c * 8 < rEnd; kPos = kr; dst = (c >> 3) * 8192 + kr * 128 + (((c & 7) ^ (kr & 7)) << 4);
-            src = ok ? base + (k0 + kr) * ld + r0 + c * 8 : base;
+    struct GHOperandCopy {
+        const bf16_t* src;   // chunk 0 of the next K tile
+        int64_t next, kStep; // chunk i + 1 against chunk i, and one K tile on, in the source
+        uint32_t dst;        // chunk 0's place in a stage tile
+        int rows;            // KC: rows from chunk 0's to rEnd (chunk i exists while 16i < rows); else 1 if its columns exist
+        int kPos;            // chunk 0's K position in the tile
+
+        __device__ __forceinline__ GHOperandCopy(int tid, const bf16_t* base, int64_t r0, int64_t rEnd, int64_t k0, int64_t ld) {
+            if (KC) {
+                const int row = tid >> 3, c = tid & 7;
+                src = base + (r0 + row) * ld + k0 + c * 8; next = 16 * ld; kStep = GH_BK;
+                dst = row * 128 + ((c ^ (row & 7)) << 4); rows = (int)(rEnd - r0 - row); kPos = c * 8;
+            } else {
+                const int kr = tid >> 4, c = tid & 15;
+                src = base + (k0 + kr) * ld + r0 + c * 8; next = 8 * ld; kStep = GH_BK * ld;
+                dst = (c >> 3) * 8192 + kr * 128 + (((c & 7) ^ (kr & 7)) << 4); rows = r0 + c * 8 < rEnd ? 1 : 0; kPos = kr;
+            }
         }
+        /// Copies this thread's chunks of the next K tile into the tile at shared address `tile`;
+        /// chunks past the rows or at or past K's end (`kLeft` values left) read zeros.
+        __device__ __forceinline__ void copy(uint32_t tile, int kLeft, const bf16_t* fallback) {
+            #pragma unroll
+            for (int i = 0; i < 8; i++) {
+                const bool ok = KC ? 16 * i < rows && kPos < kLeft : rows > 0 && kPos + 8 * i < kLeft;
+                gg_copy16(tile + dst + i * (KC ? 2048 : 1024), ok ? src + i * next : fallback, ok);
+            }
+            src += kStep;
+        }
+    };
+    /// Two float32 values rounded to bfloat16 in one instruction, `lo` in the low half: what two calls
+    /// of `float_to_bf16` give for every value but a NaN (whose payload this does not keep). The
+    /// software rounding cost a consumer's epilogue ~5 instructions a value.
+    __device__ __forceinline__ uint32_t gh_pack_bf16x2(float lo, float hi) {
+        uint32_t r;
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+        return r;
     }
+    struct alignas(16) GHWords { uint32_t w[4]; };
     /// Keeps the compiler from moving reads of an accumulator above the wait for the MMAs writing it.
     __device__ __forceinline__ void gh_fence_accumulator(float& r) { asm volatile("" : "+f"(r) :: "memory"); }
 
@@ -151,24 +186,15 @@ enum GroupedGemmHopperKernels {
             for (int64_t L = blockIdx.x; L < total; L += gridDim.x) {
                 GroupedTile t; int64_t n0;
                 if (!gh_tile<VARY_K>(L, columnTiles, tilesY, offsets, tiles, M, K, t, n0)) continue;
-                const bf16_t* bt = VARY_K ? b : b + t.g * bStride;
+                GHOperandCopy<A_K> copyA(tid, a, t.m0, t.mEnd, t.k0, lda);
+                GHOperandCopy<B_K> copyB(tid, VARY_K ? b : b + t.g * bStride, n0, N, t.k0, ldb);
                 const int kTiles = (int)((t.kEnd - t.k0 + GH_BK - 1) / GH_BK);
                 for (int kt = 0; kt < kTiles; kt++, p++) {
                     const uint32_t s = p % GH_STAGES;
                     gh_bar_wait(empty(s), ((p / GH_STAGES) & 1) ^ 1);
-                    // Chunks at or past the end of K read zeros (only the last K tile has any).
-                    const int64_t kAt = t.k0 + (int64_t)kt * GH_BK;
-                    const int kLeft = (int)(t.kEnd - kAt);
-                    #pragma unroll
-                    for (int i = 0; i < 8; i++) {
-                        const bf16_t* src; bool ok; int kPos; uint32_t dst;
-                        gh_chunk<A_K>(tid + i * 128, a, t.m0, t.mEnd, kAt, lda, src, ok, kPos, dst);
-                        ok = ok && kPos < kLeft;
-                        gg_copy16(sA + s * GH_TILE_BYTES + dst, ok ? src : a, ok);
-                        gh_chunk<B_K>(tid + i * 128, bt, n0, N, kAt, ldb, src, ok, kPos, dst);
-                        ok = ok && kPos < kLeft;
-                        gg_copy16(sB + s * GH_TILE_BYTES + dst, ok ? src : b, ok);
-                    }
+                    const int kLeft = (int)(t.kEnd - t.k0) - kt * GH_BK;
+                    copyA.copy(sA + s * GH_TILE_BYTES, kLeft, a);
+                    copyB.copy(sB + s * GH_TILE_BYTES, kLeft, b);
                     gh_bar_arrive_copies(full(s));
                 }
             }
@@ -238,12 +264,12 @@ enum GroupedGemmHopperKernels {
                         for (int e = 0; e < 8; e++) colSum[e] += LD(v.v[e]);
                     }
                 }
-                // The last K tile's MMAs are done: its stage may be refilled.
-                asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-                if (kt > 0) gh_bar_arrive(empty((p - 1) % GH_STAGES));
+                // The MMAs of K tile kt - GH_IN_FLIGHT are done: its stage may be refilled.
+                asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(GH_IN_FLIGHT) : "memory");
+                if (kt >= GH_IN_FLIGHT) gh_bar_arrive(empty((p - GH_IN_FLIGHT) % GH_STAGES));
             }
             asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-            if (kTiles > 0) gh_bar_arrive(empty((p - 1) % GH_STAGES));
+            for (int d = kTiles < GH_IN_FLIGHT ? kTiles : GH_IN_FLIGHT; d > 0; d--) gh_bar_arrive(empty((p - d) % GH_STAGES));
             gh_bar_arrive(mainloopDone(me));
             #pragma unroll
             for (int i = 0; i < 128; i++) gh_fence_accumulator(acc[i]);
@@ -259,12 +285,9 @@ enum GroupedGemmHopperKernels {
                 for (int h = 0; h < 2; h++) {
                     const int r = half * 64 + warp * 16 + (lane >> 2) + h * 8;
                     #pragma unroll
-                    for (int j = 0; j < 16; j++) {
-                        GGVector<2> pair;
-                        pair.v[0] = float_to_bf16(acc[64 * half + 4 * j + 2 * h]);
-                        pair.v[1] = float_to_bf16(acc[64 * half + 4 * j + 2 * h + 1]);
-                        *(GGVector<2>*)&staged[r * GH_CSTRIDE + j * 8 + (lane & 3) * 2] = pair;
-                    }
+                    for (int j = 0; j < 16; j++)
+                        *(uint32_t*)&staged[r * GH_CSTRIDE + j * 8 + (lane & 3) * 2] =
+                            gh_pack_bf16x2(acc[64 * half + 4 * j + 2 * h], acc[64 * half + 4 * j + 2 * h + 1]);
                 }
             if (sumsA) {
                 #pragma unroll
@@ -284,14 +307,15 @@ enum GroupedGemmHopperKernels {
                 const int64_t row = t.m0 + r, col = n0 + c8, at = row * ldc + col;
                 if (row >= t.mEnd || col >= N) continue;
                 const GGVector<8> s8 = *(const GGVector<8>*)&staged[r * GH_CSTRIDE + c8];
+                if (MODE == 0) { *(GGVector<8>*)(ct + at) = s8; continue; }   // already the rounded result
                 float v[8];
                 #pragma unroll
                 for (int e = 0; e < 8; e++) v[e] = LD(s8.v[e]);
                 gg_epilogue<MODE, ACT, 8>(v, bias, aux, t.g, N, at, col);
-                GGVector<8> out;
+                GHWords out;
                 #pragma unroll
-                for (int e = 0; e < 8; e++) out.v[e] = float_to_bf16(v[e]);
-                *(GGVector<8>*)(ct + at) = out;
+                for (int e = 0; e < 4; e++) out.w[e] = gh_pack_bf16x2(v[2 * e], v[2 * e + 1]);
+                *(GHWords*)(ct + at) = out;
             }
         }
     }
