@@ -71,8 +71,8 @@ def kernel_source(family):
         hopper = open(os.path.join(KERNELS, "GroupedGemmHopperKernels.swift")).read()
         kernels = raw_strings("GroupedGemmHopperKernels.swift")[0].replace("\\#(wgmmaHelper)", "")
         for name in ["stages", "mmasInFlight", "threads", "producerRegisters", "consumerRegisters"]:
-            found = re.search(r"static let (?:\w+ = \d+, )*" + name + r" = (\d+)", hopper)
-            kernels = kernels.replace("\\#(" + name + ")", found.group(1) if found else os.environ.get("GH_IN_FLIGHT", "1"))
+            value = re.search(r"static let (?:\w+ = \d+, )*" + name + r" = (\d+)", hopper).group(1)
+            kernels = kernels.replace("\\#(" + name + ")", value)
     body = common + "\n" + kernels
     for helper in ["gg_shared_address", "gg_copy16", "gg_ldsm_t", "gg_ldsm", "gg_mma", "gh_fence_accumulator",
                    "gh_bar_init", "gh_bar_wait", "gh_bar_arrive_copies", "gh_bar_arrive", "gh_sync_warpgroup", "gh_pack_bf16x2"]:
