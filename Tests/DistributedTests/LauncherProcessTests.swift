@@ -32,32 +32,32 @@ struct LauncherProcessTests {
         return template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
     }
 
+    /// The names of the files in `directory` (none if it cannot be read).
+    func fileNames(in directory: String) -> [String] {
+        guard let dir = opendir(directory) else { return [] }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
     /// Removes a directory of `temporaryDirectory` and the pid files in it.
     func remove(_ directory: String) {
-        if let dir = opendir(directory) {
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-                if name != "." && name != ".." { unlink("\(directory)/\(name)") }
-            }
-            closedir(dir)
-        }
+        for name in fileNames(in: directory) { unlink("\(directory)/\(name)") }
         rmdir(directory)
     }
 
     /// The pids the ranks wrote to `directory` (one file per process they want checked).
     func pids(in directory: String) -> [Int32] {
-        guard let dir = opendir(directory) else { return [] }
-        defer { closedir(dir) }
-        var result: [Int32] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-            guard name.hasPrefix("pid.") else { continue }
-            guard let file = fopen("\(directory)/\(name)", "r") else { continue }
+        fileNames(in: directory).filter { $0.hasPrefix("pid.") }.compactMap { name in
+            guard let file = fopen("\(directory)/\(name)", "r") else { return nil }
+            defer { fclose(file) }
             var value: Int32 = 0
-            if fscanf_int(file, &value) { result.append(value) }
-            fclose(file)
+            return fscanf_int(file, &value) ? value : nil
         }
-        return result
     }
 
     func fscanf_int(_ file: UnsafeMutablePointer<FILE>, _ value: inout Int32) -> Bool {
