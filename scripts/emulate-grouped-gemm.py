@@ -11,10 +11,9 @@ ISA's definitions: `cp.async` as an immediate copy (zero-filled past its source 
 and `mma.sync` as warp-collective exchanges of the documented fragments, `wgmma` as each thread
 computing its accumulators from shared memory through the descriptors' canonical layouts (none
 and the 128-byte swizzle), `mbarrier` as a phase counter under a lock (an arrive after copies:
-at once, the copies being done), `bar.sync` among a warpgroup as a barrier of 128 threads. The
-persistent wgmma kernel runs on a grid of three blocks, so each walks several tiles and its
-two consumers take turns. So a pass says the kernels' own indexing, pipelining and epilogues are right under that
-reading of the ISA; the hardware has the last word (`CUDARoutingTests` on a GPU). The `mma.sync`
+at once, the copies being done). The persistent wgmma kernel runs on a grid of three blocks, so
+each walks several tiles and its two epilogue warpgroups take turns. So a pass says the kernels'
+own indexing, pipelining and epilogues are right under that reading of the ISA; the hardware has the last word (`CUDARoutingTests` on a GPU). The `mma.sync`
 family has passed on an H200, which checks the emulation of `ldmatrix` and `mma.sync` themselves.
 """
 import argparse
@@ -70,12 +69,12 @@ def kernel_source(family):
     if family == "wgmma":
         hopper = open(os.path.join(KERNELS, "GroupedGemmHopperKernels.swift")).read()
         kernels = raw_strings("GroupedGemmHopperKernels.swift")[0].replace("\\#(wgmmaHelper)", "")
-        for name in ["stages", "mmasInFlight", "threads", "producerRegisters", "consumerRegisters"]:
+        for name in ["stages", "mmasInFlight", "threads", "producerRegisters", "mmaRegisters", "epilogueRegisters"]:
             value = re.search(r"static let (?:\w+ = \d+, )*" + name + r" = (\d+)", hopper).group(1)
             kernels = kernels.replace("\\#(" + name + ")", value)
     body = common + "\n" + kernels
     for helper in ["gg_shared_address", "gg_copy16", "gg_ldsm_t", "gg_ldsm", "gg_mma", "gh_fence_accumulator",
-                   "gh_bar_init", "gh_bar_wait", "gh_bar_arrive_copies", "gh_bar_arrive", "gh_sync_warpgroup", "gh_pack_bf16x2"]:
+                   "gh_bar_init", "gh_bar_wait", "gh_bar_arrive_copies", "gh_bar_arrive", "gh_pack_bf16x2"]:
         body = strip_function(body, helper)
     # The remaining inline PTX orders asynchronous work (commit, wait, fences): the emulation's copies
     # and MMAs complete when issued, so these are no-ops.
@@ -247,8 +246,6 @@ inline void gh_bar_wait(uint32_t bar, uint32_t parity) {
     std::unique_lock<std::mutex> l(emu_bar_mutex);
     emu_bar_changed.wait(l, [&] { return (emu_bars.at(bar).phases & 1) != parity; });
 }
-static std::barrier<>* emu_warpgroup_barriers[4];
-inline void gh_sync_warpgroup(int id) { emu_warpgroup_barriers[id]->arrive_and_wait(); }
 """
 
 HARNESS = r"""
@@ -289,8 +286,6 @@ static void launch(Kernel kernel, Dim grid, int threads, std::function<void(Kern
     gridDim = grid;
     std::barrier<> block(threads);
     emu_block_barrier = &block;
-    std::barrier<> warpgroups[4] = {std::barrier<>(128), std::barrier<>(128), std::barrier<>(128), std::barrier<>(128)};
-    for (int i = 0; i < 4; i++) emu_warpgroup_barriers[i] = &warpgroups[i];
     std::vector<std::barrier<>*> warps;
     for (int w = 0; w < threads / 32; w++) warps.push_back(new std::barrier<>(32));
     emu_warp_barriers = warps;
@@ -508,7 +503,7 @@ FAMILIES = {
     # name: (entry suffix, tile rows, tile columns, threads, persistent)
     "mma": ("", 128, 128, 256, False),
     "simt": ("", 64, 128, 128, False),
-    "wgmma": ("_wgmma", 128, 128, 384, True),
+    "wgmma": ("_wgmma", 128, 128, 512, True),
 }
 
 

@@ -6,21 +6,25 @@
 ///
 /// Why persistent and warp-specialised: with one block a tile, a tile's pipeline fill and its
 /// epilogue left the tensor cores idle, and at short K (512–1024, 8–16 K tiles) that halved the
-/// rate against cuBLAS (perf-notes, change 19). Here a block has three warpgroups:
+/// rate against cuBLAS (perf-notes, change 19). Here a block has four warpgroups:
 /// - the producer (warpgroup 0, few registers) copies the K tiles of the block's tiles, one after
 ///   the other, into a ring of `stages` shared-memory stages with `cp.async`; each copy arrives on
 ///   its stage's *full* barrier when it lands, so the producer never waits for its own copies, only
 ///   for a stage to be *empty*;
-/// - two consumers (warpgroups 1 and 2, most registers) take the block's tiles in turn, each a
-///   whole 128×128 tile (two `wgmma.m64n128k16` a 16-wide K step, 128 float32 accumulators a
-///   thread): while one runs its epilogue, the other's MMAs run, and the producer already fills
-///   the stages of the tile after.
+/// - the MMA warpgroup (1, most registers) computes the tiles one after the other, a whole 128×128
+///   tile each (two `wgmma.m64n128k16` a 16-wide K step, 128 float32 accumulators a thread), and
+///   stages each in bfloat16 (what the epilogue's first step rounds to) in one of two buffers;
+/// - two epilogue warpgroups (2 and 3) take the staged tiles in turn and write them out, epilogue
+///   applied, so an epilogue may take two tiles' MMAs long before the tensor cores wait for it. (With
+///   two consumers doing both, CUTLASS's "ping-pong", an epilogue at short K was as long as the
+///   other consumer's MMAs: change 24.)
 /// Barriers: `full[s]` counts the producer's 128 threads (`cp.async.mbarrier.arrive.noinc`), `empty[s]`
-/// the consumer's 128 threads, each arriving once the MMAs that read the stage are done (one K
-/// tile's MMAs stay in flight). The ring position `p` counts K tiles over the block's tiles; stage
-/// `p % stages` is filled for the `p / stages`-th time, so its barriers' phase parity is `(p / stages) & 1`.
-/// A third pair orders the consumers' mainloops (CUTLASS's "ping-pong" schedule): one's MMAs run
-/// while the other's epilogue does.
+/// the MMA warpgroup's, each arriving once the MMAs that read the stage are done (one K tile's MMAs
+/// stay in flight). The ring position `p` counts K tiles over the block's tiles; stage `p % stages`
+/// is filled for the `p / stages`-th time, so its barriers' phase parity is `(p / stages) & 1`. A
+/// buffer is *staged* by the MMA warpgroup and *drained* by its epilogue warpgroup. A wait names a
+/// phase only by its parity, so no waiter may run two phases ahead: one MMA warpgroup consumes the
+/// stages in order, and it stages a buffer only after that buffer was drained.
 ///
 /// Operand tiles are read by the tensor cores straight from shared memory through matrix descriptors,
 /// in the 128-byte swizzled layout: rows of 128 bytes whose 16-byte chunk `c` is stored at chunk
@@ -33,27 +37,28 @@
 /// - K-contiguous: row `r` holds its 64 K values at `r·128`; 16 more of K start 32 bytes on;
 /// - M- or N-contiguous: K row `k` of the 64 values of block `r/64` at `(r/64)·8192 + k·128`
 ///   (leading offset 8192); 16 more of K start 2048 bytes on.
-/// The `cp.async` writes of 8 adjacent threads fill one row's 8 chunks: no bank conflict. A
-/// consumer's finished tile is rounded to bfloat16 (what the epilogue's first step does anyway) and
-/// staged in rows of its own (136 values, against bank conflicts), then written out, epilogue
-/// applied, as 16-byte vectors of 8 columns.
+/// The `cp.async` writes of 8 adjacent threads fill one row's 8 chunks: no bank conflict. A staged
+/// tile's rows are 136 values (against bank conflicts); the epilogue writes 16-byte vectors of 8
+/// columns.
 enum GroupedGemmHopperKernels {
-    /// Stages of the shared-memory ring, and K tiles whose MMAs a consumer leaves running while it
-    /// issues the next tile's (two measured no faster on the fine rows and the medium layer).
+    /// Stages of the shared-memory ring, and K tiles whose MMAs are left running while the next
+    /// tile's are issued (two measured no faster on the fine rows and the medium layer).
     static let stages = 4, mmasInFlight = 1
-    /// A producer warpgroup and two consumer warpgroups.
-    static let threads = 384
-    /// Registers a thread of the producer and of a consumer keeps (`setmaxnreg`; ptxas allocates each
-    /// role's code within them). A block is launched with 168 a thread (65,536 / 384, in steps of 8),
-    /// and a consumer's `setmaxnreg.inc` waits until the producer's `dec` has freed enough: the two
-    /// must fit in 384 × 168 (`registersFit`), or the block hangs. 128×64 + 256×216 = 63,488; a
-    /// producer of 40 or 48 spilled, and so did consumers of 160.
-    static let producerRegisters = 64, consumerRegisters = 216
-    static var registersFit: Bool { 128 * producerRegisters + 256 * consumerRegisters <= threads * (65536 / threads / 8 * 8) }
+    /// A producer, an MMA and two epilogue warpgroups.
+    static let threads = 512
+    /// Registers a thread of each role keeps (`setmaxnreg`; ptxas allocates each role's code within
+    /// them). A block is launched with 128 a thread (65,536 / 512), and the MMA warpgroup's
+    /// `setmaxnreg.inc` waits until the others' `dec` have freed enough: all must fit in 512 × 128
+    /// (`registersFit`), or the block hangs. 128 × (64 + 216) + 256 × 112 = 64,512.
+    static let producerRegisters = 64, mmaRegisters = 216, epilogueRegisters = 112
+    static var registersFit: Bool {
+        128 * (producerRegisters + mmaRegisters) + 256 * epilogueRegisters <= threads * (65536 / threads / 8 * 8)
+    }
     /// Dynamic shared memory of a block: room to align to the swizzle's 1024 bytes, the stages' two
-    /// 128×64 bfloat16 tiles each, each consumer's staged tile (128 rows of 136 bfloat16) and column
-    /// sums' partials (8×128 float32), a full and an empty barrier a stage and one a consumer.
-    static let sharedMemoryBytes = 1024 + stages * 2 * 128 * 64 * 2 + 2 * (128 * 136 * 2 + 8 * 128 * 4) + (2 * stages + 2) * 8
+    /// 128×64 bfloat16 tiles each, two staging buffers (a tile's 128 rows of 136 bfloat16 and its
+    /// column sums' partials, 8×128 float32), a full and an empty barrier a stage and a staged and a
+    /// drained barrier a buffer.
+    static let sharedMemoryBytes = 1024 + stages * 2 * 128 * 64 * 2 + 2 * (128 * 136 * 2 + 8 * 128 * 4) + (2 * stages + 4) * 8
 
     static let source = #"""
     #if defined(FM_BF16)
@@ -142,8 +147,6 @@ enum GroupedGemmHopperKernels {
     __device__ __forceinline__ void gh_bar_arrive_copies(uint32_t bar) {
         asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" :: "r"(bar) : "memory");
     }
-    /// A barrier among the 128 threads of one warpgroup (hardware barrier `id`, 1 or 2: 0 is `__syncthreads`).
-    __device__ __forceinline__ void gh_sync_warpgroup(int id) { asm volatile("bar.sync %0, 128;\n" :: "r"(id) : "memory"); }
 
     /// Tile `L` of the launch's tiles (`tilesY` rows of `columnTiles` columns, then `tilesZ` such
     /// planes): its problem and first column; false past the last row tile.
@@ -161,16 +164,21 @@ enum GroupedGemmHopperKernels {
         // The swizzle repeats every 1024 bytes of address: the stages start on such a boundary.
         const uint32_t sA = (gg_shared_address(gh_shared) + 1023) & ~1023u, sB = sA + GH_STAGES * GH_TILE_BYTES;
         char* const bytes = (char*)gh_shared + (sA - gg_shared_address(gh_shared));   // at sA
-        // After the ring: each consumer's staged tile and partials, then the barriers.
-        const uint32_t ringBytes = 2 * GH_STAGES * GH_TILE_BYTES;
-        const uint32_t bars = sA + ringBytes + 2 * (GH_STAGED_BYTES + GH_PARTIAL_BYTES);
+        // After the ring: two staging buffers (a tile's rows, then its column sums' partials), then
+        // the barriers: full and empty a stage, and a buffer's staged (by the MMA warpgroup) and
+        // drained (by its epilogue warpgroup).
+        const uint32_t ringBytes = 2 * GH_STAGES * GH_TILE_BYTES, bufferBytes = GH_STAGED_BYTES + GH_PARTIAL_BYTES;
+        const uint32_t bars = sA + ringBytes + 2 * bufferBytes;
         auto full = [&](uint32_t s) { return bars + 8 * s; };
         auto empty = [&](uint32_t s) { return bars + 8 * (GH_STAGES + s); };
-        auto mainloopDone = [&](int consumer) { return bars + 8 * (2 * GH_STAGES + consumer); };
+        auto stagedFull = [&](int buffer) { return bars + 8 * (2 * GH_STAGES + buffer); };
+        auto drained = [&](int buffer) { return bars + 8 * (2 * GH_STAGES + 2 + buffer); };
+        auto stagedRows = [&](int buffer) { return (bf16_t*)(bytes + ringBytes + buffer * bufferBytes); };
+        auto partials = [&](int buffer) { return (float*)(bytes + ringBytes + buffer * bufferBytes + GH_STAGED_BYTES); };
         const int tid = threadIdx.x, role = tid >> 7;
         if (tid == 0) {
             for (int s = 0; s < GH_STAGES; s++) { gh_bar_init(full(s), 128); gh_bar_init(empty(s), 128); }
-            gh_bar_init(mainloopDone(0), 128); gh_bar_init(mainloopDone(1), 128);
+            for (int b = 0; b < 2; b++) { gh_bar_init(stagedFull(b), 128); gh_bar_init(drained(b), 128); }
             asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         }
         __syncthreads();
@@ -199,121 +207,136 @@ enum GroupedGemmHopperKernels {
             return;
         }
 
-        // A consumer: every other tile of this block.
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 \#(consumerRegisters);\n" ::: "memory");
-        const int me = role - 1, ctid = tid & 127, lane = tid & 31, warp = ctid >> 5;
-        bf16_t* const staged = (bf16_t*)(bytes + ringBytes + me * (GH_STAGED_BYTES + GH_PARTIAL_BYTES));
-        float* const partial = (float*)((char*)staged + GH_STAGED_BYTES);
-        // Descriptors of the tile's rows 0-63 and 64-127 of A and all 128 columns of B for k = 0 of
-        // stage 0; a stage adds GH_TILE_BYTES. The leading offset matters only to an M- or
-        // N-contiguous operand (K-contiguous: 16, unused).
-        const uint32_t leadA = A_K ? 16 : 8192, leadB = B_K ? 16 : 8192;
-        const uint64_t descA0 = gh_descriptor(sA, leadA, 1024), descA1 = gh_descriptor(sA + (A_K ? 64 * 128 : 8192), leadA, 1024);
-        const uint64_t descB = gh_descriptor(sB, leadB, 1024);
-        // 16 more of K: 32 bytes along a K-contiguous row, two 8-row groups down the other kind
-        // (descriptors count in 16-byte units).
-        const uint64_t kStepA = A_K ? 2 : 128, kStepB = B_K ? 2 : 128, stageStep = GH_TILE_BYTES >> 4;
-        // The weight gradient with `aux` (`[E, M]`): the tiles of the first column also sum A over K
-        // (the experts' bias gradient, Σ over their rows of gy), from the stage tiles the MMAs read,
-        // while those run: thread (sc, skg) adds the 8 M values of chunk sc at K rows skg, skg + 8,
-        // ... of each stage, where A's swizzle (M-contiguous) is fixed.
-        const int sc = ctid & 15, skg = ctid >> 4;
+        if (role == 1) {
+            // The MMA warpgroup: every tile of this block, staged for the epilogue warpgroups in turn.
+            asm volatile("setmaxnreg.inc.sync.aligned.u32 \#(mmaRegisters);\n" ::: "memory");
+            const int lane = tid & 31, warp = (tid >> 5) & 3, mtid = tid & 127;
+            // Descriptors of the tile's rows 0-63 and 64-127 of A and all 128 columns of B for k = 0
+            // of stage 0; a stage adds GH_TILE_BYTES. The leading offset matters only to an M- or
+            // N-contiguous operand (K-contiguous: 16, unused).
+            const uint32_t leadA = A_K ? 16 : 8192, leadB = B_K ? 16 : 8192;
+            const uint64_t descA0 = gh_descriptor(sA, leadA, 1024), descA1 = gh_descriptor(sA + (A_K ? 64 * 128 : 8192), leadA, 1024);
+            const uint64_t descB = gh_descriptor(sB, leadB, 1024);
+            // 16 more of K: 32 bytes along a K-contiguous row, two 8-row groups down the other kind
+            // (descriptors count in 16-byte units).
+            const uint64_t kStepA = A_K ? 2 : 128, kStepB = B_K ? 2 : 128, stageStep = GH_TILE_BYTES >> 4;
+            // The weight gradient with `aux` (`[E, M]`): the tiles of the first column also sum A over
+            // K (the experts' bias gradient, Σ over their rows of gy), from the stage tiles the MMAs
+            // read, while those run: thread (sc, skg) adds the 8 M values of chunk sc at K rows skg,
+            // skg + 8, ... of each stage, where A's swizzle (M-contiguous) is fixed.
+            const int sc = mtid & 15, skg = mtid >> 4;
+            uint32_t p = 0;
+            int turn = 0;
+            for (int64_t L = blockIdx.x; L < total; L += gridDim.x) {
+                GroupedTile t; int64_t n0;
+                if (!gh_tile<VARY_K>(L, columnTiles, tilesY, offsets, tiles, M, K, t, n0)) continue;
+                const int kTiles = (int)((t.kEnd - t.k0 + GH_BK - 1) / GH_BK);
+                const bool sumsA = VARY_K && !A_K && aux != nullptr && n0 == 0;
+                float acc[128];
+                #pragma unroll
+                for (int i = 0; i < 128; i++) acc[i] = 0.f;
+                float colSum[8];
+                #pragma unroll
+                for (int e = 0; e < 8; e++) colSum[e] = 0.f;
+                for (int kt = 0; kt < kTiles; kt++, p++) {
+                    const uint32_t s = p % GH_STAGES;
+                    gh_bar_wait(full(s), (p / GH_STAGES) & 1);
+                    // The copies landed through the generic proxy; the tensor cores read through the async one.
+                    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+                    const uint64_t stage = (uint64_t)s * stageStep;
+                    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+                    #pragma unroll
+                    for (int kk = 0; kk < GH_BK / 16; kk++) {
+                        gh_wgmma<A_K ? 0 : 1, B_K ? 0 : 1>(acc, descA0 + stage + kk * kStepA, descB + stage + kk * kStepB);
+                        gh_wgmma<A_K ? 0 : 1, B_K ? 0 : 1>(acc + 64, descA1 + stage + kk * kStepA, descB + stage + kk * kStepB);
+                    }
+                    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+                    if (sumsA) {
+                        const char* chunk = bytes + s * GH_TILE_BYTES + (sc >> 3) * 8192 + (((sc & 7) ^ skg) << 4);
+                        #pragma unroll
+                        for (int j = 0; j < GH_BK / 8; j++) {
+                            const GGVector<8> v = *(const GGVector<8>*)(chunk + (skg + 8 * j) * 128);
+                            #pragma unroll
+                            for (int e = 0; e < 8; e++) colSum[e] += LD(v.v[e]);
+                        }
+                    }
+                    // The MMAs of K tile kt - GH_IN_FLIGHT are done: its stage may be refilled.
+                    asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(GH_IN_FLIGHT) : "memory");
+                    if (kt >= GH_IN_FLIGHT) gh_bar_arrive(empty((p - GH_IN_FLIGHT) % GH_STAGES));
+                }
+                asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+                for (int d = kTiles < GH_IN_FLIGHT ? kTiles : GH_IN_FLIGHT; d > 0; d--) gh_bar_arrive(empty((p - d) % GH_STAGES));
+                #pragma unroll
+                for (int i = 0; i < 128; i++) gh_fence_accumulator(acc[i]);
 
-        uint32_t p = 0;
+                // Staged in bfloat16 (what the epilogue's first step rounds to) in buffer `turn % 2`,
+                // once its epilogue warpgroup is done with tile turn - 2 (its (turn / 2 - 1)-th).
+                // acc[64·half + 4j + 2h + e]: row 64·half + 16·warp + lane/4 + 8h, column 8j + 2·(lane%4) + e.
+                const int buffer = turn & 1;
+                if (turn >= 2) gh_bar_wait(drained(buffer), ((turn >> 1) - 1) & 1);
+                turn++;
+                bf16_t* const staged = stagedRows(buffer);
+                #pragma unroll
+                for (int half = 0; half < 2; half++)
+                    #pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const int r = half * 64 + warp * 16 + (lane >> 2) + h * 8;
+                        #pragma unroll
+                        for (int j = 0; j < 16; j++)
+                            *(uint32_t*)&staged[r * GH_CSTRIDE + j * 8 + (lane & 3) * 2] =
+                                gh_pack_bf16x2(acc[64 * half + 4 * j + 2 * h], acc[64 * half + 4 * j + 2 * h + 1]);
+                    }
+                if (sumsA) {
+                    float* const partial = partials(buffer);
+                    #pragma unroll
+                    for (int e = 0; e < 8; e++) partial[skg * GH_BM + sc * 8 + e] = colSum[e];
+                }
+                gh_bar_arrive(stagedFull(buffer));
+            }
+            return;
+        }
+
+        // An epilogue warpgroup: every other tile of this block, from its staging buffer.
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 \#(epilogueRegisters);\n" ::: "memory");
+        const int me = role - 2, etid = tid & 127;
+        bf16_t* const staged = stagedRows(me);
+        const float* const partial = partials(me);
         int turn = 0;
         for (int64_t L = blockIdx.x; L < total; L += gridDim.x) {
             GroupedTile t; int64_t n0;
             if (!gh_tile<VARY_K>(L, columnTiles, tilesY, offsets, tiles, M, K, t, n0)) continue;
-            const int kTiles = (int)((t.kEnd - t.k0 + GH_BK - 1) / GH_BK);
-            if ((turn & 1) != me) { p += kTiles; turn++; continue; }
-            // The mainloops take turns: this one starts once the other consumer has waited for every
-            // K tile of its last tile. Else a wait here could run two phases ahead of its stage's
-            // barrier (the other consumer's K tiles not yet loaded), and a wait tells phases apart
-            // only by parity. Tile turn - 1 was the other consumer's ((turn - 1) / 2)-th.
-            if (turn > 0) gh_bar_wait(mainloopDone(1 - me), ((turn - 1) >> 1) & 1);
+            if ((turn & 1) != me) { turn++; continue; }
+            gh_bar_wait(stagedFull(me), (turn >> 1) & 1);   // this warpgroup's (turn / 2)-th tile
             turn++;
-            const bool sumsA = VARY_K && !A_K && aux != nullptr && n0 == 0;
-            float acc[128];
-            #pragma unroll
-            for (int i = 0; i < 128; i++) acc[i] = 0.f;
-            float colSum[8];
-            #pragma unroll
-            for (int e = 0; e < 8; e++) colSum[e] = 0.f;
-            for (int kt = 0; kt < kTiles; kt++, p++) {
-                const uint32_t s = p % GH_STAGES;
-                gh_bar_wait(full(s), (p / GH_STAGES) & 1);
-                // The copies landed through the generic proxy; the tensor cores read through the async one.
-                asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-                const uint64_t stage = (uint64_t)s * stageStep;
-                asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-                #pragma unroll
-                for (int kk = 0; kk < GH_BK / 16; kk++) {
-                    gh_wgmma<A_K ? 0 : 1, B_K ? 0 : 1>(acc, descA0 + stage + kk * kStepA, descB + stage + kk * kStepB);
-                    gh_wgmma<A_K ? 0 : 1, B_K ? 0 : 1>(acc + 64, descA1 + stage + kk * kStepA, descB + stage + kk * kStepB);
-                }
-                asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-                if (sumsA) {
-                    const char* chunk = bytes + s * GH_TILE_BYTES + (sc >> 3) * 8192 + (((sc & 7) ^ skg) << 4);
-                    #pragma unroll
-                    for (int j = 0; j < GH_BK / 8; j++) {
-                        const GGVector<8> v = *(const GGVector<8>*)(chunk + (skg + 8 * j) * 128);
-                        #pragma unroll
-                        for (int e = 0; e < 8; e++) colSum[e] += LD(v.v[e]);
-                    }
-                }
-                // The MMAs of K tile kt - GH_IN_FLIGHT are done: its stage may be refilled.
-                asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(GH_IN_FLIGHT) : "memory");
-                if (kt >= GH_IN_FLIGHT) gh_bar_arrive(empty((p - GH_IN_FLIGHT) % GH_STAGES));
-            }
-            asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-            for (int d = kTiles < GH_IN_FLIGHT ? kTiles : GH_IN_FLIGHT; d > 0; d--) gh_bar_arrive(empty((p - d) % GH_STAGES));
-            gh_bar_arrive(mainloopDone(me));
-            #pragma unroll
-            for (int i = 0; i < 128; i++) gh_fence_accumulator(acc[i]);
-
-            // Staged in bfloat16 so that each thread then finishes 8 adjacent columns of a row: the
-            // epilogue reads the bias and pre-activation and writes C as 16-byte vectors, a warp two
-            // whole rows. acc[64·half + 4j + 2h + e]: row 64·half + 16·warp + lane/4 + 8h, column
-            // 8j + 2·(lane%4) + e. First every thread of this consumer is done with its last tile's rows.
-            gh_sync_warpgroup(1 + me);
-            #pragma unroll
-            for (int half = 0; half < 2; half++)
-                #pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const int r = half * 64 + warp * 16 + (lane >> 2) + h * 8;
-                    #pragma unroll
-                    for (int j = 0; j < 16; j++)
-                        *(uint32_t*)&staged[r * GH_CSTRIDE + j * 8 + (lane & 3) * 2] =
-                            gh_pack_bf16x2(acc[64 * half + 4 * j + 2 * h], acc[64 * half + 4 * j + 2 * h + 1]);
-                }
-            if (sumsA) {
-                #pragma unroll
-                for (int e = 0; e < 8; e++) partial[skg * GH_BM + sc * 8 + e] = colSum[e];
-            }
-            gh_sync_warpgroup(1 + me);
-            if (sumsA) {
+            if (VARY_K && !A_K && aux != nullptr && n0 == 0) {
                 float sum = 0.f;
                 #pragma unroll
-                for (int kg = 0; kg < 8; kg++) sum += partial[kg * GH_BM + ctid];
-                if (t.m0 + ctid < t.mEnd) aux[(int64_t)t.g * M + t.m0 + ctid] = ST(sum);
+                for (int kg = 0; kg < 8; kg++) sum += partial[kg * GH_BM + etid];
+                if (t.m0 + etid < t.mEnd) aux[(int64_t)t.g * M + t.m0 + etid] = ST(sum);
             }
+            // Each thread finishes 8 adjacent columns of a row: the epilogue reads the bias and
+            // pre-activation and writes C as 16-byte vectors, a warp two whole rows.
             T* const ct = VARY_K ? c + t.g * cStride : c;
             #pragma unroll 4
             for (int i = 0; i < GH_BM * GH_BN / 8 / 128; i++) {
-                const int id = ctid + i * 128, r = id / (GH_BN / 8), c8 = (id % (GH_BN / 8)) * 8;
+                const int id = etid + i * 128, r = id / (GH_BN / 8), c8 = (id % (GH_BN / 8)) * 8;
                 const int64_t row = t.m0 + r, col = n0 + c8, at = row * ldc + col;
                 if (row >= t.mEnd || col >= N) continue;
                 const GGVector<8> s8 = *(const GGVector<8>*)&staged[r * GH_CSTRIDE + c8];
-                if (MODE == 0) { *(GGVector<8>*)(ct + at) = s8; continue; }   // already the rounded result
-                float v[8];
-                #pragma unroll
-                for (int e = 0; e < 8; e++) v[e] = LD(s8.v[e]);
-                gg_epilogue<MODE, ACT, 8>(v, bias, aux, t.g, N, at, col);
-                GHWords out;
-                #pragma unroll
-                for (int e = 0; e < 4; e++) out.w[e] = gh_pack_bf16x2(v[2 * e], v[2 * e + 1]);
-                *(GHWords*)(ct + at) = out;
+                if (MODE == 0) {
+                    *(GGVector<8>*)(ct + at) = s8;   // already the rounded result
+                } else {
+                    float v[8];
+                    #pragma unroll
+                    for (int e = 0; e < 8; e++) v[e] = LD(s8.v[e]);
+                    gg_epilogue<MODE, ACT, 8>(v, bias, aux, t.g, N, at, col);
+                    GHWords out;
+                    #pragma unroll
+                    for (int e = 0; e < 4; e++) out.w[e] = gh_pack_bf16x2(v[2 * e], v[2 * e + 1]);
+                    *(GHWords*)(ct + at) = out;
+                }
             }
+            gh_bar_arrive(drained(me));
         }
     }
     #define GH_ENTRY(NAME, AK, BK, VK, MODE, ACT) \
