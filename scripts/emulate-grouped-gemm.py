@@ -74,7 +74,8 @@ def kernel_source(family):
             kernels = kernels.replace("\\#(" + name + ")", value)
     body = common + "\n" + kernels
     for helper in ["gg_shared_address", "gg_copy16", "gg_ldsm_t", "gg_ldsm", "gg_mma", "gh_fence_accumulator",
-                   "gh_bar_init", "gh_bar_wait", "gh_bar_arrive_copies", "gh_bar_arrive", "gh_pack_bf16x2"]:
+                   "gh_bar_init", "gh_bar_wait", "gh_bar_arrive_copies", "gh_bar_arrive", "gh_pack_bf16x2",
+                   "gh_bar_expect", "gh_tma_2d", "gh_tma_3d"]:
         body = strip_function(body, helper)
     # The remaining inline PTX orders asynchronous work (commit, wait, fences): the emulation's copies
     # and MMAs complete when issued, so these are no-ops.
@@ -114,6 +115,7 @@ std::vector<std::barrier<>*> emu_warp_barriers;
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 #define __shared__ static
+#define __grid_constant__
 
 namespace emu {
 inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
@@ -228,18 +230,46 @@ inline void gh_wgmma(float* d, uint64_t descA, uint64_t descB) {
 }
 inline void gh_fence_accumulator(float&) {}
 inline uint32_t gh_pack_bf16x2(float lo, float hi) { return float_to_bf16(lo) | ((uint32_t)float_to_bf16(hi) << 16); }
-// mbarrier: completed phases and arrivals left in the current one, by shared-memory address.
-struct EmuBar { int count = 0, pending = 0; unsigned phases = 0; };
+// mbarrier: completed phases, arrivals left in the current one and bytes of tensor copies it still
+// expects, by shared-memory address; a phase completes when both are zero.
+struct EmuBar { int count = 0, pending = 0; unsigned phases = 0; long tx = 0; };
 static std::mutex emu_bar_mutex;
 static std::condition_variable emu_bar_changed;
 static std::map<uint32_t, EmuBar> emu_bars;
-inline void gh_bar_init(uint32_t bar, int count) { std::lock_guard<std::mutex> l(emu_bar_mutex); emu_bars[bar] = {count, count, 0}; }
-inline void gh_bar_arrive(uint32_t bar) {
+inline void gh_bar_init(uint32_t bar, int count) { std::lock_guard<std::mutex> l(emu_bar_mutex); emu_bars[bar] = {count, count, 0, 0}; }
+inline void emu_bar_update(uint32_t bar, int arrivals, long bytes) {
     std::lock_guard<std::mutex> l(emu_bar_mutex);
     EmuBar& b = emu_bars.at(bar);
-    if (--b.pending == 0) { b.phases++; b.pending = b.count; emu_bar_changed.notify_all(); }
+    b.pending -= arrivals; b.tx += bytes;
+    if (b.pending == 0 && b.tx == 0) { b.phases++; b.pending = b.count; emu_bar_changed.notify_all(); }
 }
+inline void gh_bar_arrive(uint32_t bar) { emu_bar_update(bar, 1, 0); }
 inline void gh_bar_arrive_copies(uint32_t bar) { gh_bar_arrive(bar); }
+inline void gh_bar_expect(uint32_t bar, uint32_t bytes) { emu_bar_update(bar, 1, bytes); }
+// A tensor map as the harness encodes it (`emu_encode`) in the 128 bytes of a `CUtensorMap`: 16-bit
+// elements, box rows of 64 elements stored with the 128-byte swizzle (chunk c of box row r at chunk
+// c ^ (r % 8); the destination is 1024-byte aligned), zeros outside the tensor.
+struct EmuMap { const unsigned char* base; int64_t dims[3]; int64_t strides[2]; int box[3]; int rank; };
+inline void emu_tma(uint32_t dst, const void* map, int x, int y, int z, uint32_t bar) {
+    EmuMap m; std::memcpy(&m, map, sizeof m);
+    const int planes = m.rank == 3 ? m.box[2] : 1;
+    for (int zz = 0; zz < planes; zz++)
+        for (int yy = 0; yy < m.box[1]; yy++) {
+            const int row = zz * m.box[1] + yy;
+            const int64_t Y = y + yy, Z = z + zz;
+            for (int xx = 0; xx < m.box[0]; xx++) {
+                const int64_t X = x + xx;
+                uint16_t v = 0;
+                if (X >= 0 && X < m.dims[0] && Y >= 0 && Y < m.dims[1] && (m.rank < 3 || (Z >= 0 && Z < m.dims[2])))
+                    std::memcpy(&v, m.base + X * 2 + Y * m.strides[0] + (m.rank == 3 ? Z * m.strides[1] : 0), 2);
+                const int chunk = (xx * 2) / 16;
+                std::memcpy(emu_smem + dst + row * 128 + ((chunk ^ (row & 7)) << 4) + (xx * 2) % 16, &v, 2);
+            }
+        }
+    emu_bar_update(bar, 0, -(long)planes * m.box[1] * m.box[0] * 2);
+}
+inline void gh_tma_2d(uint32_t dst, const void* map, int x, int y, uint32_t bar) { emu_tma(dst, map, x, y, 0, bar); }
+inline void gh_tma_3d(uint32_t dst, const void* map, int x, int y, int z, uint32_t bar) { emu_tma(dst, map, x, y, z, bar); }
 // The phase of parity `parity` is complete once the completed phases' parity differs from it (the
 // phase before the first counts as complete, so a first wait on parity 1 passes).
 inline void gh_bar_wait(uint32_t bar, uint32_t parity) {
@@ -254,6 +284,30 @@ typedef void (*Kernel)(const T*, const T*, T*, const int*, const int*, int64_t, 
                        int64_t, int64_t, const T*, T* TILE_PARAMS);
 // A persistent family's blocks walk the tile grid a one-block-a-tile family is launched on.
 static Dim emu_tiles;
+#if PERSISTENT
+// The tensor maps of the next forward or data-gradient launch, as `CUDAGroupedKernel.operandMaps`
+// makes them: A [rows, k] in boxes of 64 × 128; B [E, n, k] (forward) in boxes of 64 × 128 × 1, or
+// [E, k, n] (data gradient) in boxes of 64 × 64 × 1.
+static GHTensorMap emu_map_a, emu_map_b;
+static GHTensorMap emu_encode(const T* base, int rank, std::vector<int64_t> dims, std::vector<int64_t> strides, std::vector<int> box) {
+    EmuMap m{};
+    m.base = (const unsigned char*)base; m.rank = rank;
+    for (int i = 0; i < rank; i++) { m.dims[i] = dims[i]; m.box[i] = box[i]; }
+    for (int i = 0; i + 1 < rank; i++) m.strides[i] = strides[i];
+    GHTensorMap map{};
+    std::memcpy(&map, &m, sizeof m);
+    return map;
+}
+static void emu_maps(bool forward, const T* a, const T* b, int64_t rows, int64_t n, int64_t k, int64_t lda, int64_t ldb,
+                     int64_t bStride, int experts) {
+    emu_map_a = emu_encode(a, 2, {k, rows}, {lda * 2}, {64, 128});
+    emu_map_b = forward ? emu_encode(b, 3, {k, n, experts}, {ldb * 2, bStride * 2}, {64, 128, 1})
+                        : emu_encode(b, 3, {n, k, experts}, {ldb * 2, bStride * 2}, {64, 64, 1});
+}
+#define EMU_MAPS(...) emu_maps(__VA_ARGS__)
+#else
+#define EMU_MAPS(...)
+#endif
 
 // The entry of each epilogue (`GG_ENTRIES`): mode 0 plain, 1 bias, 2 activation `act`.
 static Kernel forward(int mode, int act) {
@@ -392,6 +446,7 @@ int run_all() {
         for (int mode = 0; mode <= 2; mode++)
             for (int act : mode == 2 ? std::vector<int>{5, 7, 8, 9} : std::vector<int>{0}) {
                 std::vector<T> y((size_t)S * outW, poison()), pre((size_t)S * outW, poison());
+                EMU_MAPS(true, x.data(), w.data(), S, outW, inW, inW, inW, (int64_t)outW * inW, E);
                 launch(forward(mode, act), Dim{(unsigned)((outW + TILE_COLS - 1) / TILE_COLS), (unsigned)rowTiles, 1}, THREADS, [&](Kernel k) {
                     k(x.data(), w.data(), y.data(), offsets, tiles, S, outW, inW, inW, inW, outW, (int64_t)outW * inW, 0,
                       mode ? bias.data() : nullptr, pre.data() TILE_ARGS);
@@ -418,6 +473,7 @@ int run_all() {
             const int extra = 37;
             std::vector<T> xs = x; xs.resize((size_t)(S + extra) * inW, ST((acc_t)1));
             std::vector<T> y((size_t)(S + extra) * outW, poison());
+            EMU_MAPS(true, xs.data(), w.data(), S + extra, outW, inW, inW, inW, (int64_t)outW * inW, E);
             launch(FORWARD, Dim{(unsigned)((outW + TILE_COLS - 1) / TILE_COLS), (unsigned)maxTiles, 1}, THREADS, [&](Kernel k) {
                 k(xs.data(), w.data(), y.data(), built.data(), built.data() + E + 1, S + extra, outW, inW, inW, inW, outW,
                   (int64_t)outW * inW, 0, nullptr, nullptr TILE_ARGS);
@@ -442,6 +498,7 @@ int run_all() {
             for (int act : mode == 3 ? std::vector<int>{5, 7, 8, 9} : std::vector<int>{0}) {
                 // Here the product is [S, inW] and the aux matrix (pre-activation) is laid out like it.
                 std::vector<T> gx((size_t)S * inW, poison()), aux = randoms((size_t)S * inW, 1);
+                EMU_MAPS(false, gy.data(), w.data(), S, inW, outW, outW, inW, (int64_t)outW * inW, E);
                 launch(dataGradient(act), Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)rowTiles, 1}, THREADS, [&](Kernel k) {
                     k(gy.data(), w.data(), gx.data(), offsets, tiles, S, inW, outW, outW, inW, inW, (int64_t)outW * inW, 0,
                       nullptr, aux.data() TILE_ARGS);
@@ -521,8 +578,8 @@ def main():
     for family in args.family or sorted(FAMILIES):
         suffix, rows, cols, threads, persistent = FAMILIES[family]
         paste = "##" + suffix if suffix else ""
-        tiles = (("#define PERSISTENT 1\n#define TILE_PARAMS , int64_t, int64_t\n"
-                  "#define TILE_ARGS , (int64_t)emu_tiles.y, (int64_t)emu_tiles.z\n") if persistent
+        tiles = (("#define PERSISTENT 1\n#define TILE_PARAMS , int64_t, int64_t, GHTensorMap, GHTensorMap\n"
+                  "#define TILE_ARGS , (int64_t)emu_tiles.y, (int64_t)emu_tiles.z, emu_map_a, emu_map_b\n") if persistent
                  else "#define PERSISTENT 0\n#define TILE_PARAMS\n#define TILE_ARGS\n")
         defines = (tiles + f"#define FAMILY \"{family}\"\n#define TILE_ROWS {rows}\n#define TILE_COLS {cols}\n#define THREADS {threads}\n"
                    f"#define FORWARD grouped_gemm_forward{suffix}\n#define SUFFIXED(NAME) NAME{paste}\n"

@@ -110,6 +110,12 @@ public final class Driver: @unchecked Sendable {
         UnsafeMutablePointer<UnsafeMutableRawPointer?>?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?
     ) -> CUresult
     public let cuFuncSetAttribute: @convention(c) (Handle?, Int32, Int32) -> CUresult
+    /// Describes a tensor for the Hopper tensor-memory accelerator (``TensorMap``); nil where the
+    /// driver predates CUDA 12.
+    public let cuTensorMapEncodeTiled: (@convention(c) (
+        UnsafeMutableRawPointer?, Int32, UInt32, UnsafeMutableRawPointer?, UnsafePointer<UInt64>?, UnsafePointer<UInt64>?,
+        UnsafePointer<UInt32>?, UnsafePointer<UInt32>?, Int32, Int32, Int32, Int32
+    ) -> CUresult)?
     public let cuGetErrorName: @convention(c) (CUresult, UnsafeMutablePointer<UnsafePointer<CChar>?>?) -> CUresult
     public let cuGetErrorString: @convention(c) (CUresult, UnsafeMutablePointer<UnsafePointer<CChar>?>?) -> CUresult
     /// Stream capture and graphs (``CUDAGraph``); nil where the driver predates `cuGraphInstantiateWithFlags` (CUDA 11.4).
@@ -164,6 +170,7 @@ public final class Driver: @unchecked Sendable {
         cuModuleUnload = try library.symbol("cuModuleUnload")
         cuLaunchKernel = try library.symbol("cuLaunchKernel")
         cuFuncSetAttribute = try library.symbol("cuFuncSetAttribute")
+        cuTensorMapEncodeTiled = library.optionalSymbol("cuTensorMapEncodeTiled")
         cuGetErrorName = try library.symbol("cuGetErrorName")
         cuGetErrorString = try library.symbol("cuGetErrorString")
         graphs = GraphFunctions(library)

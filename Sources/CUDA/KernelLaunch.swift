@@ -30,12 +30,21 @@ public enum KernelArgument: Sendable, Equatable {
     case int64(Int64)
     case float(Float)
     case double(Double)
+    /// A `const __grid_constant__ CUtensorMap` parameter (128 bytes, 64-byte aligned).
+    case tensorMap(TensorMap)
+
+    /// Bytes the parameter takes, which is also its alignment.
+    var size: Int {
+        if case .tensorMap = self { return 128 }
+        return 8
+    }
 }
 
 /// Enqueues `function` on `stream` with a `grid` of blocks of `block` threads.
 ///
-/// The parameters are written into 8-byte-aligned slots of a temporary buffer that lives for the call
-/// (`cuLaunchKernel` copies them before returning), with an array of pointers to the slots.
+/// The parameters are written into slots of a temporary buffer that lives for the call
+/// (`cuLaunchKernel` copies them before returning), each aligned to its size (8 bytes; a tensor map's
+/// 128 to 64), with an array of pointers to the slots.
 /// A launch the driver rejects (bad configuration, too much shared memory) stops the program with the
 /// kernel's name and the CUDA error. In debug builds (`-DDEBUG`, SwiftPM's default for `swift build`)
 /// every launch is followed by a stream synchronization, so a fault inside the kernel is reported here,
@@ -61,11 +70,18 @@ public func launch(
     let driver = stream.driver
     let count = arguments.count
     stream.makeContextCurrent()
-    let result = withUnsafeTemporaryAllocation(byteCount: max(count, 1) * 8, alignment: 16) { slots -> CUresult in
+    var offsets: [Int] = [], end = 0
+    for argument in arguments {
+        let alignment = min(argument.size, 64)
+        end = (end + alignment - 1) / alignment * alignment
+        offsets.append(end)
+        end += argument.size
+    }
+    let result = withUnsafeTemporaryAllocation(byteCount: max(end, 8), alignment: 64) { slots -> CUresult in
         withUnsafeTemporaryAllocation(of: UnsafeMutableRawPointer?.self, capacity: max(count, 1)) { pointers -> CUresult in
             let base = slots.baseAddress!
             for (index, argument) in arguments.enumerated() {
-                let slot = base + index * 8
+                let slot = base + offsets[index]
                 switch argument {
                 case .pointer(let value): slot.storeBytes(of: value, as: UInt64.self)
                 case .int32(let value): slot.storeBytes(of: value, as: Int32.self)
@@ -73,6 +89,8 @@ public func launch(
                 case .int64(let value): slot.storeBytes(of: value, as: Int64.self)
                 case .float(let value): slot.storeBytes(of: value, as: Float.self)
                 case .double(let value): slot.storeBytes(of: value, as: Double.self)
+                case .tensorMap(let map):
+                    for (word, value) in map.words.enumerated() { slot.storeBytes(of: value, toByteOffset: 8 * word, as: UInt64.self) }
                 }
                 pointers[index] = slot
             }

@@ -112,8 +112,11 @@ extension CUDABackend {
             .pointer(epilogue.bias), columnSums?.arg ?? .pointer(epilogue.preactivation)]
         var grid = tileGrid
         if kernel.persistent {
-            // One block an SM walks the tiles (`GroupedGemmHopperKernels`).
-            arguments += [.int64(Int64(tileGrid.1)), .int64(Int64(tileGrid.2))]
+            // One block an SM walks the tiles (`GroupedGemmHopperKernels`); the row-tiled products
+            // read their operands through tensor maps.
+            let maps = product == .weightGradient ? (TensorMap.unused, TensorMap.unused)
+                : operandMaps(product, a: a, b: b, m: m, n: n, k: k, lda: lda, ldb: ldb, bStride: bStride, experts: groups.count)
+            arguments += [.int64(Int64(tileGrid.1)), .int64(Int64(tileGrid.2)), .tensorMap(maps.0), .tensorMap(maps.1)]
             grid = (min(tileGrid.0 * tileGrid.1 * tileGrid.2, gpu.multiprocessorCount), 1, 1)
         }
         launch(kernel.function, grid: grid, block: (kernel.threads, 1, 1), sharedMemory: kernel.sharedBytes, stream: gpu.stream,
@@ -121,11 +124,33 @@ extension CUDABackend {
         withExtendedLifetime(table) {}
     }
 
+    /// The wgmma kernel's tensor maps of a forward or data-gradient product (bfloat16): A's rows
+    /// (`[rows, k]`, K-contiguous) in boxes of 128 rows by 64 of K; B per expert, K-contiguous
+    /// (`[E, n, k]`, the forward) in boxes of 128 columns by 64 of K, or N-contiguous (`[E, k, n]`,
+    /// the data gradient) in boxes of 64 by 64.
+    private func operandMaps(_ product: GroupedProduct, a: Tensor, b: Tensor, m: Int, n: Int, k: Int, lda: Int, ldb: Int,
+                             bStride: Int, experts: Int) -> (TensorMap, TensorMap) {
+        let bytes = 2
+        do {
+            let mapA = try TensorMap(driver: gpu.driver, address: a.pointer, dimensions: [k, a.shape[0]], strides: [lda * bytes],
+                                     box: [64, 128])
+            let mapB = product == .forward
+                ? try TensorMap(driver: gpu.driver, address: b.pointer, dimensions: [k, n, experts],
+                                strides: [ldb * bytes, bStride * bytes], box: [64, 128, 1])
+                : try TensorMap(driver: gpu.driver, address: b.pointer, dimensions: [n, k, experts],
+                                strides: [ldb * bytes, bStride * bytes], box: [64, 64, 1])
+            return (mapA, mapB)
+        } catch {
+            fatalError("the wgmma kernel's tensor maps: \(error)")
+        }
+    }
+
     /// Whether the grouped kernel runs on wgmma (`GroupedGemmHopperKernels`): bfloat16 under `.wgmma`
     /// or `.automatic`, on a device that runs it.
     func runsWgmma(_ dtype: DType) -> Bool {
         let strategy = Self.groupedGemmStrategy
-        return dtype == .bfloat16 && (strategy == .wgmma || strategy == .automatic) && (try? gpu.compiler().targetsHopperFeatures) == true
+        return dtype == .bfloat16 && (strategy == .wgmma || strategy == .automatic) && gpu.driver.cuTensorMapEncodeTiled != nil
+            && (try? gpu.compiler().targetsHopperFeatures) == true
     }
 
     /// A grouped kernel as launched: its threads a block and dynamic shared memory, and whether its

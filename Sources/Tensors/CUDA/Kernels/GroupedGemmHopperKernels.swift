@@ -147,6 +147,24 @@ enum GroupedGemmHopperKernels {
     __device__ __forceinline__ void gh_bar_arrive_copies(uint32_t bar) {
         asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" :: "r"(bar) : "memory");
     }
+    /// Arrives on `bar` and expects `bytes` more of asynchronous copies before its phase completes.
+    __device__ __forceinline__ void gh_bar_expect(uint32_t bar, uint32_t bytes) {
+        asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n" :: "r"(bar), "r"(bytes) : "memory");
+    }
+
+    /// A `CUtensorMap` (`TensorMap` on the host), passed as a `__grid_constant__` parameter.
+    struct alignas(64) GHTensorMap { unsigned long long opaque[16]; };
+    /// Copies the box of `map` at element coordinates (`x` contiguous, `y`, `z`) to shared address
+    /// `dst` (1024-byte aligned, so the 128-byte swizzle lands as the descriptors read it), out-of-range
+    /// elements as zeros, and counts its bytes on `bar`.
+    __device__ __forceinline__ void gh_tma_2d(uint32_t dst, const GHTensorMap* map, int x, int y, uint32_t bar) {
+        asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+                     :: "r"(dst), "l"((uint64_t)map), "r"(x), "r"(y), "r"(bar) : "memory");
+    }
+    __device__ __forceinline__ void gh_tma_3d(uint32_t dst, const GHTensorMap* map, int x, int y, int z, uint32_t bar) {
+        asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n"
+                     :: "r"(dst), "l"((uint64_t)map), "r"(x), "r"(y), "r"(z), "r"(bar) : "memory");
+    }
 
     /// Tile `L` of the launch's tiles (`tilesY` rows of `columnTiles` columns, then `tilesZ` such
     /// planes): its problem and first column; false past the last row tile.
@@ -159,7 +177,8 @@ enum GroupedGemmHopperKernels {
     }
 
     template <bool A_K, bool B_K, bool VARY_K, int MODE, int ACT>
-    __device__ __forceinline__ void grouped_gemm_wgmma(GG_PARAMS, int64_t tilesY, int64_t tilesZ) {
+    __device__ __forceinline__ void grouped_gemm_wgmma(GG_PARAMS, int64_t tilesY, int64_t tilesZ, const GHTensorMap* mapA,
+                                                       const GHTensorMap* mapB) {
         extern __shared__ __align__(1024) bf16_t gh_shared[];
         // The swizzle repeats every 1024 bytes of address: the stages start on such a boundary.
         const uint32_t sA = (gg_shared_address(gh_shared) + 1023) & ~1023u, sB = sA + GH_STAGES * GH_TILE_BYTES;
@@ -177,7 +196,9 @@ enum GroupedGemmHopperKernels {
         auto partials = [&](int buffer) { return (float*)(bytes + ringBytes + buffer * bufferBytes + GH_STAGED_BYTES); };
         const int tid = threadIdx.x, role = tid >> 7;
         if (tid == 0) {
-            for (int s = 0; s < GH_STAGES; s++) { gh_bar_init(full(s), 128); gh_bar_init(empty(s), 128); }
+            // A stage is full once the producer's 128 threads' copies landed (`cp.async`) or its one
+            // thread's tensor copies brought all their bytes (TMA).
+            for (int s = 0; s < GH_STAGES; s++) { gh_bar_init(full(s), VARY_K ? 128 : 1); gh_bar_init(empty(s), 128); }
             for (int b = 0; b < 2; b++) { gh_bar_init(stagedFull(b), 128); gh_bar_init(drained(b), 128); }
             asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         }
@@ -188,6 +209,31 @@ enum GroupedGemmHopperKernels {
             // The producer: every K tile of every tile of this block, in order.
             asm volatile("setmaxnreg.dec.sync.aligned.u32 \#(producerRegisters);\n" ::: "memory");
             uint32_t p = 0;
+            if (!VARY_K) {
+                // Row tiles and K tiles of whole operands: one thread copies a K tile as two (B
+                // K-contiguous) or three tensor boxes of 64 × 128 or 64 × 64, A's by rows of the
+                // routed tokens (a tile's rows past its expert feed only outputs never stored), B's
+                // from expert t.g's weights.
+                if (tid != 0) return;
+                for (int64_t L = blockIdx.x; L < total; L += gridDim.x) {
+                    GroupedTile t; int64_t n0;
+                    if (!gh_tile<VARY_K>(L, columnTiles, tilesY, offsets, tiles, M, K, t, n0)) continue;
+                    const int kTiles = (int)((K + GH_BK - 1) / GH_BK);
+                    for (int kt = 0; kt < kTiles; kt++, p++) {
+                        const uint32_t s = p % GH_STAGES, k = kt * GH_BK;
+                        gh_bar_wait(empty(s), ((p / GH_STAGES) & 1) ^ 1);
+                        gh_bar_expect(full(s), 2 * GH_TILE_BYTES);
+                        gh_tma_2d(sA + s * GH_TILE_BYTES, mapA, k, (int)t.m0, full(s));
+                        if (B_K) {
+                            gh_tma_3d(sB + s * GH_TILE_BYTES, mapB, k, (int)n0, t.g, full(s));
+                        } else {
+                            gh_tma_3d(sB + s * GH_TILE_BYTES, mapB, (int)n0, k, t.g, full(s));
+                            gh_tma_3d(sB + s * GH_TILE_BYTES + 8192, mapB, (int)n0 + 64, k, t.g, full(s));
+                        }
+                    }
+                }
+                return;
+            }
             for (int64_t L = blockIdx.x; L < total; L += gridDim.x) {
                 GroupedTile t; int64_t n0;
                 if (!gh_tile<VARY_K>(L, columnTiles, tilesY, offsets, tiles, M, K, t, n0)) continue;
@@ -241,8 +287,9 @@ enum GroupedGemmHopperKernels {
                 for (int kt = 0; kt < kTiles; kt++, p++) {
                     const uint32_t s = p % GH_STAGES;
                     gh_bar_wait(full(s), (p / GH_STAGES) & 1);
-                    // The copies landed through the generic proxy; the tensor cores read through the async one.
-                    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+                    // `cp.async` copies land through the generic proxy, the tensor cores read through
+                    // the async one (as the tensor copies write).
+                    if (VARY_K) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
                     const uint64_t stage = (uint64_t)s * stageStep;
                     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
                     #pragma unroll
@@ -340,8 +387,9 @@ enum GroupedGemmHopperKernels {
         }
     }
     #define GH_ENTRY(NAME, AK, BK, VK, MODE, ACT) \
-    extern "C" __global__ void __launch_bounds__(\#(threads), 1) NAME(GG_PARAMS, int64_t tilesY, int64_t tilesZ) { \
-        grouped_gemm_wgmma<AK, BK, VK, MODE, ACT>(GG_ARGS, tilesY, tilesZ); }
+    extern "C" __global__ void __launch_bounds__(\#(threads), 1) NAME(GG_PARAMS, int64_t tilesY, int64_t tilesZ, \
+        const __grid_constant__ GHTensorMap mapA, const __grid_constant__ GHTensorMap mapB) { \
+        grouped_gemm_wgmma<AK, BK, VK, MODE, ACT>(GG_ARGS, tilesY, tilesZ, &mapA, &mapB); }
     // The entries of `GroupedGemmKernels`, under the same names with `_wgmma` appended.
     GG_ENTRIES(GH_ENTRY, _wgmma)
     #endif
