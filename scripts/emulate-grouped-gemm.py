@@ -11,7 +11,9 @@ ISA's definitions: `cp.async` as an immediate copy (zero-filled past its source 
 and `mma.sync` as warp-collective exchanges of the documented fragments, `wgmma` as each thread
 computing its accumulators from shared memory through the descriptors' canonical layouts (none
 and the 128-byte swizzle), `mbarrier` as a phase counter under a lock (an arrive after copies:
-at once, the copies being done). The persistent wgmma kernel runs on a grid of three blocks, so
+at once, the copies being done; expected bytes counted down by the tensor copies), a tensor copy
+(`cp.async.bulk.tensor`, TMA) as a box read from a tensor map the harness encodes its own way and
+stored with the 128-byte swizzle. The persistent wgmma kernel runs on a grid of three blocks, so
 each walks several tiles and its two epilogue warpgroups take turns. So a pass says the kernels'
 own indexing, pipelining and epilogues are right under that reading of the ISA; the hardware has the last word (`CUDARoutingTests` on a GPU). The `mma.sync`
 family has passed on an H200, which checks the emulation of `ldmatrix` and `mma.sync` themselves.

@@ -33,10 +33,23 @@ public enum KernelArgument: Sendable, Equatable {
     /// A `const __grid_constant__ CUtensorMap` parameter (128 bytes, 64-byte aligned).
     case tensorMap(TensorMap)
 
-    /// Bytes the parameter takes, which is also its alignment.
+    /// Bytes the parameter takes.
     var size: Int {
         if case .tensorMap = self { return 128 }
         return 8
+    }
+
+    /// Where each parameter goes in the launch's buffer, each aligned to its size (at most 64: a
+    /// tensor map's alignment), and the buffer's size.
+    static func slots(_ arguments: [KernelArgument]) -> (offsets: [Int], bytes: Int) {
+        var offsets: [Int] = [], end = 0
+        for argument in arguments {
+            let alignment = min(argument.size, 64)
+            end = (end + alignment - 1) / alignment * alignment
+            offsets.append(end)
+            end += argument.size
+        }
+        return (offsets, end)
     }
 }
 
@@ -70,13 +83,7 @@ public func launch(
     let driver = stream.driver
     let count = arguments.count
     stream.makeContextCurrent()
-    var offsets: [Int] = [], end = 0
-    for argument in arguments {
-        let alignment = min(argument.size, 64)
-        end = (end + alignment - 1) / alignment * alignment
-        offsets.append(end)
-        end += argument.size
-    }
+    let (offsets, end) = KernelArgument.slots(arguments)
     let result = withUnsafeTemporaryAllocation(byteCount: max(end, 8), alignment: 64) { slots -> CUresult in
         withUnsafeTemporaryAllocation(of: UnsafeMutableRawPointer?.self, capacity: max(count, 1)) { pointers -> CUresult in
             let base = slots.baseAddress!

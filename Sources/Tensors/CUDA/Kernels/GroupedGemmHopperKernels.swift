@@ -2,15 +2,21 @@
 /// the same three products, group table, epilogues and arguments, so it replaces the `mma.sync`
 /// kernel on a compute capability 9.x device. Its launch differs: persistent blocks, one an SM,
 /// walk the tiles of the grid the other families launch (columns fastest, then row tiles, then, for
-/// the weight gradient, experts), given as two arguments more (`tilesY`, `tilesZ`).
+/// the weight gradient, experts), given as two arguments more (`tilesY`, `tilesZ`), and the forward
+/// and data-gradient products read their operands through two tensor maps (`TensorMap`) after those.
 ///
 /// Why persistent and warp-specialised: with one block a tile, a tile's pipeline fill and its
 /// epilogue left the tensor cores idle, and at short K (512–1024, 8–16 K tiles) that halved the
 /// rate against cuBLAS (perf-notes, change 19). Here a block has four warpgroups:
 /// - the producer (warpgroup 0, few registers) copies the K tiles of the block's tiles, one after
-///   the other, into a ring of `stages` shared-memory stages with `cp.async`; each copy arrives on
-///   its stage's *full* barrier when it lands, so the producer never waits for its own copies, only
-///   for a stage to be *empty*;
+///   the other, into a ring of `stages` shared-memory stages, never waiting for its own copies,
+///   only for a stage to be *empty*. The forward and data-gradient products' tiles are boxes of
+///   whole tensors, which one thread copies with the tensor memory accelerator (TMA: two or three
+///   `cp.async.bulk.tensor` a K tile, counted in bytes on the stage's *full* barrier). The weight
+///   gradient's K runs over an expert's rows, which a box cannot stop at, so its 128 threads copy
+///   16-byte chunks with `cp.async`, each arriving on the *full* barrier when its copies land.
+///   (With `cp.async` for all products, the copies and the epilogue's loads and stores contended for
+///   the SM's load/store path: perf-notes, changes 26 and 27.)
 /// - the MMA warpgroup (1, most registers) computes the tiles one after the other, a whole 128×128
 ///   tile each (two `wgmma.m64n128k16` a 16-wide K step, 128 float32 accumulators a thread), and
 ///   stages each in bfloat16 (what the epilogue's first step rounds to) in one of two buffers;
@@ -18,7 +24,8 @@
 ///   applied, so an epilogue may take two tiles' MMAs long before the tensor cores wait for it. (With
 ///   two consumers doing both, CUTLASS's "ping-pong", an epilogue at short K was as long as the
 ///   other consumer's MMAs: change 24.)
-/// Barriers: `full[s]` counts the producer's 128 threads (`cp.async.mbarrier.arrive.noinc`), `empty[s]`
+/// Barriers: `full[s]` counts the producer's one thread and the bytes it expects (TMA) or its 128
+/// threads (`cp.async.mbarrier.arrive.noinc`), `empty[s]`
 /// the MMA warpgroup's, each arriving once the MMAs that read the stage are done (one K tile's MMAs
 /// stay in flight). The ring position `p` counts K tiles over the block's tiles; stage `p % stages`
 /// is filled for the `p / stages`-th time, so its barriers' phase parity is `(p / stages) & 1`. A
@@ -37,9 +44,11 @@
 /// - K-contiguous: row `r` holds its 64 K values at `r·128`; 16 more of K start 32 bytes on;
 /// - M- or N-contiguous: K row `k` of the 64 values of block `r/64` at `(r/64)·8192 + k·128`
 ///   (leading offset 8192); 16 more of K start 2048 bytes on.
-/// The `cp.async` writes of 8 adjacent threads fill one row's 8 chunks: no bank conflict. A staged
-/// tile's rows are 136 values (against bank conflicts); the epilogue writes 16-byte vectors of 8
-/// columns.
+/// A tensor copy with the 128-byte swizzle lands a box of 64-value rows in exactly this layout (from
+/// a 1024-byte aligned address): 128 rows by 64 of K for a K-contiguous operand, two boxes of 64 K
+/// rows by 64 for an N-contiguous one. The `cp.async` writes of 8 adjacent threads fill one row's 8
+/// chunks: no bank conflict. A staged tile's rows are 136 values (against bank conflicts); the
+/// epilogue writes 16-byte vectors of 8 columns.
 enum GroupedGemmHopperKernels {
     /// Stages of the shared-memory ring, and K tiles whose MMAs are left running while the next
     /// tile's are issued (two measured no faster on the fine rows and the medium layer).
