@@ -76,8 +76,8 @@ def kernel_source(family):
             kernels = kernels.replace("\\#(" + name + ")", value)
     body = common + "\n" + kernels
     for helper in ["gg_shared_address", "gg_copy16", "gg_ldsm_t", "gg_ldsm", "gg_mma", "gh_fence_accumulator",
-                   "gh_bar_init", "gh_bar_wait", "gh_bar_arrive_copies", "gh_bar_arrive", "gh_pack_bf16x2",
-                   "gh_bar_expect", "gh_tma_2d", "gh_tma_3d"]:
+                   "gh_bar_init", "gh_bar_wait", "gh_bar_arrive", "gh_pack_bf16x2", "gh_bar_expect",
+                   "gh_tma_2d", "gh_tma_3d", "gh_sync_warpgroup"]:
         body = strip_function(body, helper)
     # The remaining inline PTX orders asynchronous work (commit, wait, fences): the emulation's copies
     # and MMAs complete when issued, so these are no-ops.
@@ -108,7 +108,7 @@ thread_local Dim threadIdx, blockIdx;
 Dim blockDim, gridDim;
 alignas(1024) unsigned char emu_smem[256 * 1024];
 std::barrier<>* emu_block_barrier;
-std::vector<std::barrier<>*> emu_warp_barriers;
+std::vector<std::barrier<>*> emu_warp_barriers, emu_group_barriers;
 
 #define __global__
 #define __device__
@@ -143,6 +143,8 @@ inline void gg_copy16(uint32_t dst, const void* src, bool valid) {
 struct WarpScratch { uint32_t address[32]; uint32_t a[32][4]; uint32_t b[32][2]; };
 static WarpScratch emu_warp_scratch[32];
 inline void emu_warp_sync() { emu_warp_barriers[threadIdx.x >> 5]->arrive_and_wait(); }
+// `bar.sync id, 128` as the kernels use it: the 128 threads of one warpgroup.
+inline void gh_sync_warpgroup(int) { emu_group_barriers[threadIdx.x >> 7]->arrive_and_wait(); }
 inline uint16_t emu_b16(uint32_t address) { uint16_t v; std::memcpy(&v, emu_smem + address, 2); return v; }
 // ldmatrix .x4: lane L names row L%8 of matrix L/8; register j of lane t holds matrix j's row t/4,
 // columns 2(t%4), 2(t%4)+1 (transposed: rows 2(t%4), 2(t%4)+1 of column t/4).
@@ -246,7 +248,6 @@ inline void emu_bar_update(uint32_t bar, int arrivals, long bytes) {
     if (b.pending == 0 && b.tx == 0) { b.phases++; b.pending = b.count; emu_bar_changed.notify_all(); }
 }
 inline void gh_bar_arrive(uint32_t bar) { emu_bar_update(bar, 1, 0); }
-inline void gh_bar_arrive_copies(uint32_t bar) { gh_bar_arrive(bar); }
 inline void gh_bar_expect(uint32_t bar, uint32_t bytes) { emu_bar_update(bar, 1, bytes); }
 // A tensor map as the harness encodes it (`emu_encode`) in the 128 bytes of a `CUtensorMap`: 16-bit
 // elements, box rows of 64 elements stored with the 128-byte swizzle (chunk c of box row r at chunk
@@ -287,9 +288,9 @@ typedef void (*Kernel)(const T*, const T*, T*, const int*, const int*, int64_t, 
 // A persistent family's blocks walk the tile grid a one-block-a-tile family is launched on.
 static Dim emu_tiles;
 #if PERSISTENT
-// The tensor maps of the next forward or data-gradient launch, as `CUDAGroupedKernel.operandMaps`
-// makes them: A [rows, k] in boxes of 64 × 128; B [E, n, k] (forward) in boxes of 64 × 128 × 1, or
-// [E, k, n] (data gradient) in boxes of 64 × 64 × 1.
+// The tensor maps of the next launch, as `CUDAGroupedKernel.operandMaps` makes them: A [rows, k] in
+// boxes of 64 × 128; B [E, n, k] (forward) in boxes of 64 × 128 × 1, or [E, k, n] (data gradient)
+// in boxes of 64 × 64 × 1; the weight gradient's gy [rows, m] and x [rows, n] in boxes of 64 × 64.
 static GHTensorMap emu_map_a, emu_map_b;
 static GHTensorMap emu_encode(const T* base, int rank, std::vector<int64_t> dims, std::vector<int64_t> strides, std::vector<int> box) {
     EmuMap m{};
@@ -300,6 +301,10 @@ static GHTensorMap emu_encode(const T* base, int rank, std::vector<int64_t> dims
     std::memcpy(&map, &m, sizeof m);
     return map;
 }
+static void emu_weight_maps(const T* gy, const T* x, int64_t rows, int64_t m, int64_t n, int64_t ldgy, int64_t ldx) {
+    emu_map_a = emu_encode(gy, 2, {m, rows}, {ldgy * 2}, {64, 64});
+    emu_map_b = emu_encode(x, 2, {n, rows}, {ldx * 2}, {64, 64});
+}
 static void emu_maps(bool forward, const T* a, const T* b, int64_t rows, int64_t n, int64_t k, int64_t lda, int64_t ldb,
                      int64_t bStride, int experts) {
     emu_map_a = emu_encode(a, 2, {k, rows}, {lda * 2}, {64, 128});
@@ -307,8 +312,10 @@ static void emu_maps(bool forward, const T* a, const T* b, int64_t rows, int64_t
                         : emu_encode(b, 3, {n, k, experts}, {ldb * 2, bStride * 2}, {64, 64, 1});
 }
 #define EMU_MAPS(...) emu_maps(__VA_ARGS__)
+#define EMU_WEIGHT_MAPS(...) emu_weight_maps(__VA_ARGS__)
 #else
 #define EMU_MAPS(...)
+#define EMU_WEIGHT_MAPS(...)
 #endif
 
 // The entry of each epilogue (`GG_ENTRIES`): mode 0 plain, 1 bias, 2 activation `act`.
@@ -345,6 +352,9 @@ static void launch(Kernel kernel, Dim grid, int threads, std::function<void(Kern
     std::vector<std::barrier<>*> warps;
     for (int w = 0; w < threads / 32; w++) warps.push_back(new std::barrier<>(32));
     emu_warp_barriers = warps;
+    std::vector<std::barrier<>*> groups;
+    for (int g = 0; g < (threads + 127) / 128; g++) groups.push_back(new std::barrier<>(128));
+    emu_group_barriers = groups;
     for (unsigned z = 0; z < grid.z; z++)
         for (unsigned y = 0; y < grid.y; y++)
             for (unsigned x = 0; x < grid.x; x++) {
@@ -355,6 +365,7 @@ static void launch(Kernel kernel, Dim grid, int threads, std::function<void(Kern
                 for (auto& th : pool) th.join();
             }
     for (auto* b : warps) delete b;
+    for (auto* b : groups) delete b;
 }
 
 static std::mt19937_64 rng(7);
@@ -520,6 +531,7 @@ int run_all() {
         // Weight gradient gW_g = gy_gᵀ x_g (zeros for an expert without rows).
         {
             std::vector<T> gw((size_t)E * outW * inW, poison());
+            EMU_WEIGHT_MAPS(gy.data(), x.data(), S, outW, inW, outW, inW);
             launch(WEIGHT_GRADIENT, Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)((outW + TILE_ROWS - 1) / TILE_ROWS), (unsigned)E},
                    THREADS, [&](Kernel k) {
                 k(gy.data(), x.data(), gw.data(), offsets, tiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, nullptr TILE_ARGS);
@@ -536,7 +548,8 @@ int run_all() {
             // The wgmma kernel also sums gy's columns per expert (the bias gradient) when given `aux`.
             if (std::strcmp(FAMILY, "wgmma") == 0) {
                 std::vector<T> gw2((size_t)E * outW * inW, poison()), sums((size_t)E * outW, poison());
-                launch(WEIGHT_GRADIENT, Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)((outW + TILE_ROWS - 1) / TILE_ROWS), (unsigned)E},
+                EMU_WEIGHT_MAPS(gy.data(), x.data(), S, outW, inW, outW, inW);
+            launch(WEIGHT_GRADIENT, Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)((outW + TILE_ROWS - 1) / TILE_ROWS), (unsigned)E},
                        THREADS, [&](Kernel k) {
                     k(gy.data(), x.data(), gw2.data(), offsets, tiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, sums.data() TILE_ARGS);
                 });

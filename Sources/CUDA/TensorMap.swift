@@ -10,10 +10,8 @@ public struct TensorMap: Sendable, Equatable {
     /// The descriptor's 16 words, as the driver wrote them.
     public let words: [UInt64]
 
-    /// Zeros, for a kernel's tensor-map parameter that it does not read.
-    public static let unused = TensorMap(words: [UInt64](repeating: 0, count: 16))
-
-    private init(words: [UInt64]) { self.words = words }
+    /// A descriptor from its words (tests).
+    init(words: [UInt64]) { self.words = words }
 
     /// - Parameters:
     ///   - address: the tensor's first element, 16-byte aligned.

@@ -112,10 +112,9 @@ extension CUDABackend {
             .pointer(epilogue.bias), columnSums?.arg ?? .pointer(epilogue.preactivation)]
         var grid = tileGrid
         if kernel.persistent {
-            // One block an SM walks the tiles (`GroupedGemmHopperKernels`); the row-tiled products
-            // read their operands through tensor maps.
-            let maps = product == .weightGradient ? (TensorMap.unused, TensorMap.unused)
-                : operandMaps(product, a: a, b: b, m: m, n: n, k: k, lda: lda, ldb: ldb, bStride: bStride, experts: groups.count)
+            // One block an SM walks the tiles (`GroupedGemmHopperKernels`), reading the operands
+            // through tensor maps.
+            let maps = operandMaps(product, a: a, b: b, m: m, n: n, k: k, lda: lda, ldb: ldb, bStride: bStride, experts: groups.count)
             arguments += [.int64(Int64(tileGrid.1)), .int64(Int64(tileGrid.2)), .tensorMap(maps.0), .tensorMap(maps.1)]
             grid = (min(tileGrid.0 * tileGrid.1 * tileGrid.2, gpu.multiprocessorCount), 1, 1)
         }
@@ -124,14 +123,22 @@ extension CUDABackend {
         withExtendedLifetime(table) {}
     }
 
-    /// The wgmma kernel's tensor maps of a forward or data-gradient product (bfloat16): A's rows
-    /// (`[rows, k]`, K-contiguous) in boxes of 128 rows by 64 of K; B per expert, K-contiguous
-    /// (`[E, n, k]`, the forward) in boxes of 128 columns by 64 of K, or N-contiguous (`[E, k, n]`,
-    /// the data gradient) in boxes of 64 by 64.
+    /// The wgmma kernel's tensor maps of its operands (bfloat16), in the boxes its stage tiles are
+    /// made of. Forward and data gradient: A's rows (`[rows, k]`, K-contiguous) in boxes of 128 rows
+    /// by 64 of K; B per expert, K-contiguous (`[E, n, k]`, the forward) in boxes of 128 columns by
+    /// 64 of K, or N-contiguous (`[E, k, n]`, the data gradient) in boxes of 64 by 64. Weight
+    /// gradient: gy (`[rows, m]`) and x (`[rows, n]`), both summed over their rows, in boxes of 64
+    /// rows by 64.
     private func operandMaps(_ product: GroupedProduct, a: Tensor, b: Tensor, m: Int, n: Int, k: Int, lda: Int, ldb: Int,
                              bStride: Int, experts: Int) -> (TensorMap, TensorMap) {
         let bytes = 2
         do {
+            if product == .weightGradient {
+                return (try TensorMap(driver: gpu.driver, address: a.pointer, dimensions: [m, a.shape[0]], strides: [lda * bytes],
+                                      box: [64, 64]),
+                        try TensorMap(driver: gpu.driver, address: b.pointer, dimensions: [n, b.shape[0]], strides: [ldb * bytes],
+                                      box: [64, 64]))
+            }
             let mapA = try TensorMap(driver: gpu.driver, address: a.pointer, dimensions: [k, a.shape[0]], strides: [lda * bytes],
                                      box: [64, 128])
             let mapB = product == .forward

@@ -10,13 +10,12 @@
 /// rate against cuBLAS (perf-notes, change 19). Here a block has four warpgroups:
 /// - the producer (warpgroup 0, few registers) copies the K tiles of the block's tiles, one after
 ///   the other, into a ring of `stages` shared-memory stages, never waiting for its own copies,
-///   only for a stage to be *empty*. The forward and data-gradient products' tiles are boxes of
-///   whole tensors, which one thread copies with the tensor memory accelerator (TMA: two or three
-///   `cp.async.bulk.tensor` a K tile, counted in bytes on the stage's *full* barrier). The weight
-///   gradient's K runs over an expert's rows, which a box cannot stop at, so its 128 threads copy
-///   16-byte chunks with `cp.async`, each arriving on the *full* barrier when its copies land.
-///   (With `cp.async` for all products, the copies and the epilogue's loads and stores contended for
-///   the SM's load/store path: perf-notes, changes 26 and 27.)
+///   only for a stage to be *empty*: one thread copies each operand's tile as one or two boxes of a
+///   tensor with the tensor memory accelerator (TMA: `cp.async.bulk.tensor`, counted in bytes on
+///   the stage's *full* barrier). (With 128 threads' `cp.async` copies, the copies and the
+///   epilogue's loads and stores contended for the SM's load/store path: perf-notes, changes 26-28.)
+///   A weight gradient's K runs over an expert's rows, where a box does not stop: the MMA
+///   warpgroup zeroes the rows of the expert's last K tile that belong to the next one.
 /// - the MMA warpgroup (1, most registers) computes the tiles one after the other, a whole 128×128
 ///   tile each (two `wgmma.m64n128k16` a 16-wide K step, 128 float32 accumulators a thread), and
 ///   stages each in bfloat16 (what the epilogue's first step rounds to) in one of two buffers;
@@ -24,9 +23,8 @@
 ///   applied, so an epilogue may take two tiles' MMAs long before the tensor cores wait for it. (With
 ///   two consumers doing both, CUTLASS's "ping-pong", an epilogue at short K was as long as the
 ///   other consumer's MMAs: change 24.)
-/// Barriers: `full[s]` counts the producer's one thread and the bytes it expects (TMA) or its 128
-/// threads (`cp.async.mbarrier.arrive.noinc`), `empty[s]`
-/// the MMA warpgroup's, each arriving once the MMAs that read the stage are done (one K tile's MMAs
+/// Barriers: `full[s]` counts the producer's one arrival and the bytes it expects, `empty[s]` the
+/// MMA warpgroup's 128 threads, each arriving once the MMAs that read the stage are done (one K tile's MMAs
 /// stay in flight). The ring position `p` counts K tiles over the block's tiles; stage `p % stages`
 /// is filled for the `p / stages`-th time, so its barriers' phase parity is `(p / stages) & 1`. A
 /// buffer is *staged* by the MMA warpgroup and *drained* by its epilogue warpgroup. A wait names a
@@ -46,9 +44,8 @@
 ///   (leading offset 8192); 16 more of K start 2048 bytes on.
 /// A tensor copy with the 128-byte swizzle lands a box of 64-value rows in exactly this layout (from
 /// a 1024-byte aligned address): 128 rows by 64 of K for a K-contiguous operand, two boxes of 64 K
-/// rows by 64 for an N-contiguous one. The `cp.async` writes of 8 adjacent threads fill one row's 8
-/// chunks: no bank conflict. A staged tile's rows are 136 values (against bank conflicts); the
-/// epilogue writes 16-byte vectors of 8 columns.
+/// rows by 64 for an M- or N-contiguous one. A staged tile's rows are 136 values (against bank
+/// conflicts); the epilogue writes 16-byte vectors of 8 columns.
 enum GroupedGemmHopperKernels {
     /// Stages of the shared-memory ring, and K tiles whose MMAs are left running while the next
     /// tile's are issued (two measured no faster on the fine rows and the medium layer).
@@ -87,44 +84,6 @@ enum GroupedGemmHopperKernels {
         return (uint64_t)((address & 0x3FFFF) >> 4) | ((uint64_t)(leading >> 4) << 16) | ((uint64_t)(stride >> 4) << 32) | (1ull << 62);
     }
     \#(wgmmaHelper)
-    /// The producer thread `tid`'s share of one operand's stage tiles: chunks `tid + 128i` (16 bytes,
-    /// i < 8) of the tile of rows (M or N) `r0 ..< rEnd` from `base` (leading dimension `ld`), for the
-    /// K tiles from `k0` on. K-contiguous (`KC`): chunk `id` is row id/8, K values (id%8)·8 ...+8, so
-    /// chunk i is chunk 0 sixteen rows down (2048 bytes on in the tile); otherwise it is K row id/16,
-    /// values (id%16)·8 ...+8 along M or N, and chunk i is chunk 0 eight K rows down (1024 bytes on).
-    /// In the tile, row `r` of 128 bytes holds chunk `c` at `c ^ (r % 8)`; a non-K-contiguous tile
-    /// holds 64 values of M or N a row, its second 64 at 8192. Set up once a tile, so a K tile's
-    /// copies cost an add each.
-    template <bool KC>
-    struct GHOperandCopy {
-        const bf16_t* src;   // chunk 0 of the next K tile
-        int64_t next, kStep; // chunk i + 1 against chunk i, and one K tile on, in the source
-        uint32_t dst;        // chunk 0's place in a stage tile
-        int rows;            // KC: rows from chunk 0's to rEnd (chunk i exists while 16i < rows); else 1 if its columns exist
-        int kPos;            // chunk 0's K position in the tile
-
-        __device__ __forceinline__ GHOperandCopy(int tid, const bf16_t* base, int64_t r0, int64_t rEnd, int64_t k0, int64_t ld) {
-            if (KC) {
-                const int row = tid >> 3, c = tid & 7;
-                src = base + (r0 + row) * ld + k0 + c * 8; next = 16 * ld; kStep = GH_BK;
-                dst = row * 128 + ((c ^ (row & 7)) << 4); rows = (int)(rEnd - r0 - row); kPos = c * 8;
-            } else {
-                const int kr = tid >> 4, c = tid & 15;
-                src = base + (k0 + kr) * ld + r0 + c * 8; next = 8 * ld; kStep = GH_BK * ld;
-                dst = (c >> 3) * 8192 + kr * 128 + (((c & 7) ^ (kr & 7)) << 4); rows = r0 + c * 8 < rEnd ? 1 : 0; kPos = kr;
-            }
-        }
-        /// Copies this thread's chunks of the next K tile into the tile at shared address `tile`;
-        /// chunks past the rows or at or past K's end (`kLeft` values left) read zeros.
-        __device__ __forceinline__ void copy(uint32_t tile, int kLeft, const bf16_t* fallback) {
-            #pragma unroll
-            for (int i = 0; i < 8; i++) {
-                const bool ok = KC ? 16 * i < rows && kPos < kLeft : rows > 0 && kPos + 8 * i < kLeft;
-                gg_copy16(tile + dst + i * (KC ? 2048 : 1024), ok ? src + i * next : fallback, ok);
-            }
-            src += kStep;
-        }
-    };
     /// Two float32 values rounded to bfloat16 in one instruction, `lo` in the low half: what two calls
     /// of `float_to_bf16` give for every value but a NaN (whose payload this does not keep). The
     /// software rounding cost a consumer's epilogue ~5 instructions a value.
@@ -138,8 +97,7 @@ enum GroupedGemmHopperKernels {
     __device__ __forceinline__ void gh_fence_accumulator(float& r) { asm volatile("" : "+f"(r) :: "memory"); }
 
     /// The shared-memory barriers (`mbarrier`): set up for `count` arrivals a phase; wait until the
-    /// phase of parity `parity` is complete; arrive; arrive when this thread's `cp.async` copies so
-    /// far have landed (counted as one of the `count`).
+    /// phase of parity `parity` is complete; arrive.
     __device__ __forceinline__ void gh_bar_init(uint32_t bar, int count) {
         asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" :: "r"(bar), "r"(count) : "memory");
     }
@@ -153,9 +111,8 @@ enum GroupedGemmHopperKernels {
     __device__ __forceinline__ void gh_bar_arrive(uint32_t bar) {
         asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" :: "r"(bar) : "memory");
     }
-    __device__ __forceinline__ void gh_bar_arrive_copies(uint32_t bar) {
-        asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" :: "r"(bar) : "memory");
-    }
+    /// A barrier among the 128 threads of one warpgroup (hardware barrier `id`, 1 or more: 0 is `__syncthreads`).
+    __device__ __forceinline__ void gh_sync_warpgroup(int id) { asm volatile("bar.sync %0, 128;\n" :: "r"(id) : "memory"); }
     /// Arrives on `bar` and expects `bytes` more of asynchronous copies before its phase completes.
     __device__ __forceinline__ void gh_bar_expect(uint32_t bar, uint32_t bytes) {
         asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n" :: "r"(bar), "r"(bytes) : "memory");
@@ -205,9 +162,8 @@ enum GroupedGemmHopperKernels {
         auto partials = [&](int buffer) { return (float*)(bytes + ringBytes + buffer * bufferBytes + GH_STAGED_BYTES); };
         const int tid = threadIdx.x, role = tid >> 7;
         if (tid == 0) {
-            // A stage is full once the producer's 128 threads' copies landed (`cp.async`) or its one
-            // thread's tensor copies brought all their bytes (TMA).
-            for (int s = 0; s < GH_STAGES; s++) { gh_bar_init(full(s), VARY_K ? 128 : 1); gh_bar_init(empty(s), 128); }
+            // A stage is full once the producer's tensor copies brought all their bytes.
+            for (int s = 0; s < GH_STAGES; s++) { gh_bar_init(full(s), 1); gh_bar_init(empty(s), 128); }
             for (int b = 0; b < 2; b++) { gh_bar_init(stagedFull(b), 128); gh_bar_init(drained(b), 128); }
             asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         }
@@ -217,48 +173,40 @@ enum GroupedGemmHopperKernels {
         if (role == 0) {
             // The producer: every K tile of every tile of this block, in order.
             asm volatile("setmaxnreg.dec.sync.aligned.u32 \#(producerRegisters);\n" ::: "memory");
+            // One thread copies a K tile as two to four tensor boxes of 64 × 128 or 64 × 64: A's by
+            // rows of the routed tokens (K-contiguous, a row tile's rows past its expert feed only
+            // outputs never stored) or, in the weight gradient, as K rows of gy (M-contiguous);
+            // B from expert t.g's weights (a 3-D map over the experts) or, in the weight gradient,
+            // as K rows of x. A weight gradient's K tile past its expert's rows is cut short by the
+            // MMA warpgroup.
+            if (tid != 0) return;
             uint32_t p = 0;
-            if (!VARY_K) {
-                // Row tiles and K tiles of whole operands: one thread copies a K tile as two (B
-                // K-contiguous) or three tensor boxes of 64 × 128 or 64 × 64, A's by rows of the
-                // routed tokens (a tile's rows past its expert feed only outputs never stored), B's
-                // from expert t.g's weights.
-                if (tid != 0) return;
-                for (int64_t L = blockIdx.x; L < total; L += gridDim.x) {
-                    GroupedTile t; int64_t n0;
-                    if (!gh_tile<VARY_K>(L, columnTiles, tilesY, offsets, tiles, M, K, t, n0)) continue;
-                    const int kTiles = (int)((K + GH_BK - 1) / GH_BK);
-                    for (int kt = 0; kt < kTiles; kt++, p++) {
-                        const uint32_t s = p % GH_STAGES, k = kt * GH_BK;
-                        gh_bar_wait(empty(s), ((p / GH_STAGES) & 1) ^ 1);
-                        gh_bar_expect(full(s), 2 * GH_TILE_BYTES);
-                        gh_tma_2d(sA + s * GH_TILE_BYTES, mapA, k, (int)t.m0, full(s));
-                        if (B_K) {
-                            gh_tma_3d(sB + s * GH_TILE_BYTES, mapB, k, (int)n0, t.g, full(s));
-                        } else {
-                            gh_tma_3d(sB + s * GH_TILE_BYTES, mapB, (int)n0, k, t.g, full(s));
-                            gh_tma_3d(sB + s * GH_TILE_BYTES + 8192, mapB, (int)n0 + 64, k, t.g, full(s));
-                        }
-                    }
-                }
-                return;
-            }
             for (int64_t L = blockIdx.x; L < total; L += gridDim.x) {
                 GroupedTile t; int64_t n0;
                 if (!gh_tile<VARY_K>(L, columnTiles, tilesY, offsets, tiles, M, K, t, n0)) continue;
-                GHOperandCopy<A_K> copyA(tid, a, t.m0, t.mEnd, t.k0, lda);
-                GHOperandCopy<B_K> copyB(tid, VARY_K ? b : b + t.g * bStride, n0, N, t.k0, ldb);
                 const int kTiles = (int)((t.kEnd - t.k0 + GH_BK - 1) / GH_BK);
                 for (int kt = 0; kt < kTiles; kt++, p++) {
-                    const uint32_t s = p % GH_STAGES;
+                    const uint32_t s = p % GH_STAGES, tileA = sA + s * GH_TILE_BYTES, tileB = sB + s * GH_TILE_BYTES;
+                    const int k = (int)t.k0 + kt * GH_BK, m0 = (int)t.m0, n = (int)n0;
                     gh_bar_wait(empty(s), ((p / GH_STAGES) & 1) ^ 1);
-                    const int kLeft = (int)(t.kEnd - t.k0) - kt * GH_BK;
-                    copyA.copy(sA + s * GH_TILE_BYTES, kLeft, a);
-                    copyB.copy(sB + s * GH_TILE_BYTES, kLeft, b);
-                    gh_bar_arrive_copies(full(s));
+                    gh_bar_expect(full(s), 2 * GH_TILE_BYTES);
+                    if (A_K) {
+                        gh_tma_2d(tileA, mapA, k, m0, full(s));
+                    } else {
+                        gh_tma_2d(tileA, mapA, m0, k, full(s));
+                        gh_tma_2d(tileA + 8192, mapA, m0 + 64, k, full(s));
+                    }
+                    if (B_K) {
+                        gh_tma_3d(tileB, mapB, k, n, t.g, full(s));
+                    } else if (VARY_K) {
+                        gh_tma_2d(tileB, mapB, n, k, full(s));
+                        gh_tma_2d(tileB + 8192, mapB, n + 64, k, full(s));
+                    } else {
+                        gh_tma_3d(tileB, mapB, n, k, t.g, full(s));
+                        gh_tma_3d(tileB + 8192, mapB, n + 64, k, t.g, full(s));
+                    }
                 }
             }
-            asm volatile("cp.async.wait_all;\n" ::: "memory");
             return;
         }
 
@@ -296,9 +244,20 @@ enum GroupedGemmHopperKernels {
                 for (int kt = 0; kt < kTiles; kt++, p++) {
                     const uint32_t s = p % GH_STAGES;
                     gh_bar_wait(full(s), (p / GH_STAGES) & 1);
-                    // `cp.async` copies land through the generic proxy, the tensor cores read through
-                    // the async one (as the tensor copies write).
-                    if (VARY_K) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+                    const int kLeft = (int)(t.kEnd - t.k0) - kt * GH_BK;
+                    if (VARY_K && kLeft < GH_BK) {
+                        // The expert's last K tile: the boxes brought the next expert's rows too.
+                        // Zero K rows kLeft ... 63 of both operands (each 128 bytes in each of two
+                        // blocks, both M- or N-contiguous), then let the tensor cores, which read
+                        // through the async proxy, see the writes.
+                        for (int i = mtid; i < (GH_BK - kLeft) * 32; i += 128) {
+                            const int row = kLeft + (i >> 5), part = (i >> 3) & 3;
+                            char* const at = bytes + (part >> 1) * GH_STAGES * GH_TILE_BYTES + s * GH_TILE_BYTES + (part & 1) * 8192;
+                            *(GHWords*)(at + row * 128 + (i & 7) * 16) = GHWords{};
+                        }
+                        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+                        gh_sync_warpgroup(1);
+                    }
                     const uint64_t stage = (uint64_t)s * stageStep;
                     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
                     #pragma unroll
