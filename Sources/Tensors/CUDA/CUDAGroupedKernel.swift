@@ -93,6 +93,13 @@ extension CUDABackend {
     func enqueueGroupedKernel(_ product: GroupedProduct, a: Tensor, b: Tensor, c: Tensor, groups: RowGroups,
                               m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int, bStride: Int, cStride: Int,
                               epilogue: KernelEpilogue = .none, columnSums: Tensor? = nil) {
+        if product == .weightGradient && a.shape[0] == 0 {
+            // No rows at all (a rank that received no tokens): every gradient is zero, and there is no
+            // tensor to describe to the wgmma kernel's copies.
+            gpu.stream.memsetD8(c.pointer, value: 0, count: groups.count * cStride * c.dtype.byteSize)
+            if let columnSums { gpu.stream.memsetD8(columnSums.pointer, value: 0, count: columnSums.byteCount) }
+            return
+        }
         let dtype = c.dtype
         let (tileRows, tileCols) = Self.groupedKernelTile(dtype)
         let table = groupTable(groups, rows: a.shape[0], tileRows: tileRows)
