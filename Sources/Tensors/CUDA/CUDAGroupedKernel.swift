@@ -138,24 +138,22 @@ extension CUDABackend {
     /// rows by 64.
     private func operandMaps(_ product: GroupedProduct, a: Tensor, b: Tensor, m: Int, n: Int, k: Int, lda: Int, ldb: Int,
                              bStride: Int, experts: Int) -> (TensorMap, TensorMap) {
-        let bytes = 2
-        do {
-            if product == .weightGradient {
-                return (try TensorMap(driver: gpu.driver, address: a.pointer, dimensions: [m, a.shape[0]], strides: [lda * bytes],
-                                      box: [64, 64]),
-                        try TensorMap(driver: gpu.driver, address: b.pointer, dimensions: [n, b.shape[0]], strides: [ldb * bytes],
-                                      box: [64, 64]))
+        // Strides are given in elements and passed in bytes (a `TensorMap`'s elements are 16-bit).
+        func map(_ tensor: Tensor, _ dimensions: [Int], strides: [Int], box: [Int]) -> TensorMap {
+            do {
+                return try TensorMap(driver: gpu.driver, address: tensor.pointer, dimensions: dimensions, strides: strides.map { $0 * 2 },
+                                     box: box)
+            } catch {
+                fatalError("the wgmma kernel's tensor maps: \(error)")
             }
-            let mapA = try TensorMap(driver: gpu.driver, address: a.pointer, dimensions: [k, a.shape[0]], strides: [lda * bytes],
-                                     box: [64, 128])
-            let mapB = product == .forward
-                ? try TensorMap(driver: gpu.driver, address: b.pointer, dimensions: [k, n, experts],
-                                strides: [ldb * bytes, bStride * bytes], box: [64, 128, 1])
-                : try TensorMap(driver: gpu.driver, address: b.pointer, dimensions: [n, k, experts],
-                                strides: [ldb * bytes, bStride * bytes], box: [64, 64, 1])
-            return (mapA, mapB)
-        } catch {
-            fatalError("the wgmma kernel's tensor maps: \(error)")
+        }
+        switch product {
+        case .forward:
+            return (map(a, [k, a.shape[0]], strides: [lda], box: [64, 128]), map(b, [k, n, experts], strides: [ldb, bStride], box: [64, 128, 1]))
+        case .dataGradient:
+            return (map(a, [k, a.shape[0]], strides: [lda], box: [64, 128]), map(b, [n, k, experts], strides: [ldb, bStride], box: [64, 64, 1]))
+        case .weightGradient:
+            return (map(a, [m, a.shape[0]], strides: [lda], box: [64, 64]), map(b, [n, b.shape[0]], strides: [ldb], box: [64, 64]))
         }
     }
 
