@@ -77,7 +77,7 @@ def kernel_source(family):
     body = common + "\n" + kernels
     for helper in ["gg_shared_address", "gg_copy16", "gg_ldsm_t", "gg_ldsm", "gg_mma", "gh_fence_accumulator",
                    "gh_bar_init", "gh_bar_wait", "gh_bar_arrive", "gh_pack_bf16x2", "gh_bar_expect",
-                   "gh_tma_2d", "gh_tma_3d", "gh_tma_store_2d", "gh_tma_store_3d", "gh_sync_warpgroup"]:
+                   "gh_tma_2d", "gh_tma_3d", "gh_sync_warpgroup"]:
         body = strip_function(body, helper)
     # The remaining inline PTX orders asynchronous work (commit, wait, fences): the emulation's copies
     # and MMAs complete when issued, so these are no-ops.
@@ -271,26 +271,6 @@ inline void emu_tma(uint32_t dst, const void* map, int x, int y, int z, uint32_t
         }
     emu_bar_update(bar, 0, -(long)planes * m.box[1] * m.box[0] * 2);
 }
-// A tensor store: the box at (x, y, z) from shared address `src` in the layout a copy lands,
-// leaving out the elements outside the tensor.
-inline void emu_tma_store(const void* map, int x, int y, int z, uint32_t src) {
-    EmuMap m; std::memcpy(&m, map, sizeof m);
-    const int planes = m.rank == 3 ? m.box[2] : 1;
-    for (int zz = 0; zz < planes; zz++)
-        for (int yy = 0; yy < m.box[1]; yy++) {
-            const int row = zz * m.box[1] + yy;
-            const int64_t Y = y + yy, Z = z + zz;
-            for (int xx = 0; xx < m.box[0]; xx++) {
-                const int64_t X = x + xx;
-                if (!(X >= 0 && X < m.dims[0] && Y >= 0 && Y < m.dims[1] && (m.rank < 3 || (Z >= 0 && Z < m.dims[2])))) continue;
-                const int chunk = (xx * 2) / 16;
-                std::memcpy((unsigned char*)m.base + X * 2 + Y * m.strides[0] + (m.rank == 3 ? Z * m.strides[1] : 0),
-                            emu_smem + src + row * 128 + ((chunk ^ (row & 7)) << 4) + (xx * 2) % 16, 2);
-            }
-        }
-}
-inline void gh_tma_store_2d(const void* map, int x, int y, uint32_t src) { emu_tma_store(map, x, y, 0, src); }
-inline void gh_tma_store_3d(const void* map, int x, int y, int z, uint32_t src) { emu_tma_store(map, x, y, z, src); }
 inline void gh_tma_2d(uint32_t dst, const void* map, int x, int y, uint32_t bar) { emu_tma(dst, map, x, y, 0, bar); }
 inline void gh_tma_3d(uint32_t dst, const void* map, int x, int y, int z, uint32_t bar) { emu_tma(dst, map, x, y, z, bar); }
 // The phase of parity `parity` is complete once the completed phases' parity differs from it (the
@@ -308,11 +288,10 @@ typedef void (*Kernel)(const T*, const T*, T*, const int*, const int*, int64_t, 
 // A persistent family's blocks walk the tile grid a one-block-a-tile family is launched on.
 static Dim emu_tiles;
 #if PERSISTENT
-// The tensor maps of the next launch, as `CUDAGroupedKernel.tensorMaps` makes them: A [rows, k] in
+// The tensor maps of the next launch, as `CUDAGroupedKernel.operandMaps` makes them: A [rows, k] in
 // boxes of 64 × 128; B [E, n, k] (forward) in boxes of 64 × 128 × 1, or [E, k, n] (data gradient)
-// in boxes of 64 × 64 × 1; C [rows, n] in boxes of 64 × 128; the weight gradient's gy [rows, m] and
-// x [rows, n] in boxes of 64 × 64, and C [E, m, n] in boxes of 64 × 128 × 1.
-static GHTensorMap emu_map_a, emu_map_b, emu_map_c;
+// in boxes of 64 × 64 × 1; the weight gradient's gy [rows, m] and x [rows, n] in boxes of 64 × 64.
+static GHTensorMap emu_map_a, emu_map_b;
 static GHTensorMap emu_encode(const T* base, int rank, std::vector<int64_t> dims, std::vector<int64_t> strides, std::vector<int> box) {
     EmuMap m{};
     m.base = (const unsigned char*)base; m.rank = rank;
@@ -322,18 +301,15 @@ static GHTensorMap emu_encode(const T* base, int rank, std::vector<int64_t> dims
     std::memcpy(&map, &m, sizeof m);
     return map;
 }
-static void emu_weight_maps(const T* gy, const T* x, const T* c, int64_t rows, int64_t m, int64_t n, int64_t ldgy, int64_t ldx,
-                            int experts) {
+static void emu_weight_maps(const T* gy, const T* x, int64_t rows, int64_t m, int64_t n, int64_t ldgy, int64_t ldx) {
     emu_map_a = emu_encode(gy, 2, {m, rows}, {ldgy * 2}, {64, 64});
     emu_map_b = emu_encode(x, 2, {n, rows}, {ldx * 2}, {64, 64});
-    emu_map_c = emu_encode(c, 3, {n, m, experts}, {n * 2, m * n * 2}, {64, 128, 1});
 }
-static void emu_maps(bool forward, const T* a, const T* b, const T* c, int64_t rows, int64_t n, int64_t k, int64_t lda, int64_t ldb,
+static void emu_maps(bool forward, const T* a, const T* b, int64_t rows, int64_t n, int64_t k, int64_t lda, int64_t ldb,
                      int64_t bStride, int experts) {
     emu_map_a = emu_encode(a, 2, {k, rows}, {lda * 2}, {64, 128});
     emu_map_b = forward ? emu_encode(b, 3, {k, n, experts}, {ldb * 2, bStride * 2}, {64, 128, 1})
                         : emu_encode(b, 3, {n, k, experts}, {ldb * 2, bStride * 2}, {64, 64, 1});
-    emu_map_c = emu_encode(c, 2, {n, rows}, {n * 2}, {64, 128});
 }
 #define EMU_MAPS(...) emu_maps(__VA_ARGS__)
 #define EMU_WEIGHT_MAPS(...) emu_weight_maps(__VA_ARGS__)
@@ -483,7 +459,7 @@ int run_all() {
         for (int mode = 0; mode <= 2; mode++)
             for (int act : mode == 2 ? std::vector<int>{5, 7, 8, 9} : std::vector<int>{0}) {
                 std::vector<T> y((size_t)S * outW, poison()), pre((size_t)S * outW, poison());
-                EMU_MAPS(true, x.data(), w.data(), y.data(), S, outW, inW, inW, inW, (int64_t)outW * inW, E);
+                EMU_MAPS(true, x.data(), w.data(), S, outW, inW, inW, inW, (int64_t)outW * inW, E);
                 launch(forward(mode, act), Dim{(unsigned)((outW + TILE_COLS - 1) / TILE_COLS), (unsigned)rowTiles, 1}, THREADS, [&](Kernel k) {
                     k(x.data(), w.data(), y.data(), offsets, tiles, S, outW, inW, inW, inW, outW, (int64_t)outW * inW, 0,
                       mode ? bias.data() : nullptr, pre.data() TILE_ARGS);
@@ -510,7 +486,7 @@ int run_all() {
             const int extra = 37;
             std::vector<T> xs = x; xs.resize((size_t)(S + extra) * inW, ST((acc_t)1));
             std::vector<T> y((size_t)(S + extra) * outW, poison());
-            EMU_MAPS(true, xs.data(), w.data(), y.data(), S + extra, outW, inW, inW, inW, (int64_t)outW * inW, E);
+            EMU_MAPS(true, xs.data(), w.data(), S + extra, outW, inW, inW, inW, (int64_t)outW * inW, E);
             launch(FORWARD, Dim{(unsigned)((outW + TILE_COLS - 1) / TILE_COLS), (unsigned)maxTiles, 1}, THREADS, [&](Kernel k) {
                 k(xs.data(), w.data(), y.data(), built.data(), built.data() + E + 1, S + extra, outW, inW, inW, inW, outW,
                   (int64_t)outW * inW, 0, nullptr, nullptr TILE_ARGS);
@@ -535,7 +511,7 @@ int run_all() {
             for (int act : mode == 3 ? std::vector<int>{5, 7, 8, 9} : std::vector<int>{0}) {
                 // Here the product is [S, inW] and the aux matrix (pre-activation) is laid out like it.
                 std::vector<T> gx((size_t)S * inW, poison()), aux = randoms((size_t)S * inW, 1);
-                EMU_MAPS(false, gy.data(), w.data(), gx.data(), S, inW, outW, outW, inW, (int64_t)outW * inW, E);
+                EMU_MAPS(false, gy.data(), w.data(), S, inW, outW, outW, inW, (int64_t)outW * inW, E);
                 launch(dataGradient(act), Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)rowTiles, 1}, THREADS, [&](Kernel k) {
                     k(gy.data(), w.data(), gx.data(), offsets, tiles, S, inW, outW, outW, inW, inW, (int64_t)outW * inW, 0,
                       nullptr, aux.data() TILE_ARGS);
@@ -555,7 +531,7 @@ int run_all() {
         // Weight gradient gW_g = gy_gᵀ x_g (zeros for an expert without rows).
         {
             std::vector<T> gw((size_t)E * outW * inW, poison());
-            EMU_WEIGHT_MAPS(gy.data(), x.data(), gw.data(), S, outW, inW, outW, inW, E);
+            EMU_WEIGHT_MAPS(gy.data(), x.data(), S, outW, inW, outW, inW);
             launch(WEIGHT_GRADIENT, Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)((outW + TILE_ROWS - 1) / TILE_ROWS), (unsigned)E},
                    THREADS, [&](Kernel k) {
                 k(gy.data(), x.data(), gw.data(), offsets, tiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, nullptr TILE_ARGS);
@@ -572,8 +548,8 @@ int run_all() {
             // The wgmma kernel also sums gy's columns per expert (the bias gradient) when given `aux`.
             if (std::strcmp(FAMILY, "wgmma") == 0) {
                 std::vector<T> gw2((size_t)E * outW * inW, poison()), sums((size_t)E * outW, poison());
-                EMU_WEIGHT_MAPS(gy.data(), x.data(), gw2.data(), S, outW, inW, outW, inW, E);
-                launch(WEIGHT_GRADIENT, Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)((outW + TILE_ROWS - 1) / TILE_ROWS), (unsigned)E},
+                EMU_WEIGHT_MAPS(gy.data(), x.data(), S, outW, inW, outW, inW);
+            launch(WEIGHT_GRADIENT, Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)((outW + TILE_ROWS - 1) / TILE_ROWS), (unsigned)E},
                        THREADS, [&](Kernel k) {
                     k(gy.data(), x.data(), gw2.data(), offsets, tiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, sums.data() TILE_ARGS);
                 });
@@ -617,8 +593,8 @@ def main():
     for family in args.family or sorted(FAMILIES):
         suffix, rows, cols, threads, persistent = FAMILIES[family]
         paste = "##" + suffix if suffix else ""
-        tiles = (("#define PERSISTENT 1\n#define TILE_PARAMS , int64_t, int64_t, GHTensorMap, GHTensorMap, GHTensorMap\n"
-                  "#define TILE_ARGS , (int64_t)emu_tiles.y, (int64_t)emu_tiles.z, emu_map_a, emu_map_b, emu_map_c\n") if persistent
+        tiles = (("#define PERSISTENT 1\n#define TILE_PARAMS , int64_t, int64_t, GHTensorMap, GHTensorMap\n"
+                  "#define TILE_ARGS , (int64_t)emu_tiles.y, (int64_t)emu_tiles.z, emu_map_a, emu_map_b\n") if persistent
                  else "#define PERSISTENT 0\n#define TILE_PARAMS\n#define TILE_ARGS\n")
         defines = (tiles + f"#define FAMILY \"{family}\"\n#define TILE_ROWS {rows}\n#define TILE_COLS {cols}\n#define THREADS {threads}\n"
                    f"#define FORWARD grouped_gemm_forward{suffix}\n#define SUFFIXED(NAME) NAME{paste}\n"

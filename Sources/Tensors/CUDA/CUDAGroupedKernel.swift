@@ -119,11 +119,10 @@ extension CUDABackend {
             .pointer(epilogue.bias), columnSums?.arg ?? .pointer(epilogue.preactivation)]
         var grid = tileGrid
         if kernel.persistent {
-            // One block an SM walks the tiles (`GroupedGemmHopperKernels`), reading the operands and
-            // writing the product through tensor maps.
-            let maps = tensorMaps(product, a: a, b: b, c: c, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc, bStride: bStride,
-                                  cStride: cStride, experts: groups.count)
-            arguments += [.int64(Int64(tileGrid.1)), .int64(Int64(tileGrid.2))] + maps.map { .tensorMap($0) }
+            // One block an SM walks the tiles (`GroupedGemmHopperKernels`), reading the operands
+            // through tensor maps.
+            let maps = operandMaps(product, a: a, b: b, m: m, n: n, k: k, lda: lda, ldb: ldb, bStride: bStride, experts: groups.count)
+            arguments += [.int64(Int64(tileGrid.1)), .int64(Int64(tileGrid.2)), .tensorMap(maps.0), .tensorMap(maps.1)]
             grid = (min(tileGrid.0 * tileGrid.1 * tileGrid.2, gpu.multiprocessorCount), 1, 1)
         }
         launch(kernel.function, grid: grid, block: (kernel.threads, 1, 1), sharedMemory: kernel.sharedBytes, stream: gpu.stream,
@@ -131,15 +130,14 @@ extension CUDABackend {
         withExtendedLifetime(table) {}
     }
 
-    /// The wgmma kernel's tensor maps (bfloat16) of A, B and C, in the boxes its stage and output
-    /// tiles are made of. Forward and data gradient: A's rows (`[rows, k]`, K-contiguous) in boxes
-    /// of 128 rows by 64 of K; B per expert, K-contiguous (`[E, n, k]`, the forward) in boxes of 128
-    /// columns by 64 of K, or N-contiguous (`[E, k, n]`, the data gradient) in boxes of 64 by 64;
-    /// C's rows (`[rows, n]`) in boxes of 128 rows by 64 columns. Weight gradient: gy (`[rows, m]`)
-    /// and x (`[rows, n]`), both summed over their rows, in boxes of 64 rows by 64; C per expert
-    /// (`[E, m, n]`) in boxes of 128 rows by 64 columns.
-    private func tensorMaps(_ product: GroupedProduct, a: Tensor, b: Tensor, c: Tensor, m: Int, n: Int, k: Int, lda: Int, ldb: Int,
-                            ldc: Int, bStride: Int, cStride: Int, experts: Int) -> [TensorMap] {
+    /// The wgmma kernel's tensor maps of its operands (bfloat16), in the boxes its stage tiles are
+    /// made of. Forward and data gradient: A's rows (`[rows, k]`, K-contiguous) in boxes of 128 rows
+    /// by 64 of K; B per expert, K-contiguous (`[E, n, k]`, the forward) in boxes of 128 columns by
+    /// 64 of K, or N-contiguous (`[E, k, n]`, the data gradient) in boxes of 64 by 64. Weight
+    /// gradient: gy (`[rows, m]`) and x (`[rows, n]`), both summed over their rows, in boxes of 64
+    /// rows by 64.
+    private func operandMaps(_ product: GroupedProduct, a: Tensor, b: Tensor, m: Int, n: Int, k: Int, lda: Int, ldb: Int,
+                             bStride: Int, experts: Int) -> (TensorMap, TensorMap) {
         // Strides are given in elements and passed in bytes (a `TensorMap`'s elements are 16-bit).
         func map(_ tensor: Tensor, _ dimensions: [Int], strides: [Int], box: [Int]) -> TensorMap {
             do {
@@ -151,14 +149,11 @@ extension CUDABackend {
         }
         switch product {
         case .forward:
-            return [map(a, [k, a.shape[0]], strides: [lda], box: [64, 128]), map(b, [k, n, experts], strides: [ldb, bStride], box: [64, 128, 1]),
-                    map(c, [n, c.shape[0]], strides: [ldc], box: [64, 128])]
+            return (map(a, [k, a.shape[0]], strides: [lda], box: [64, 128]), map(b, [k, n, experts], strides: [ldb, bStride], box: [64, 128, 1]))
         case .dataGradient:
-            return [map(a, [k, a.shape[0]], strides: [lda], box: [64, 128]), map(b, [n, k, experts], strides: [ldb, bStride], box: [64, 64, 1]),
-                    map(c, [n, c.shape[0]], strides: [ldc], box: [64, 128])]
+            return (map(a, [k, a.shape[0]], strides: [lda], box: [64, 128]), map(b, [n, k, experts], strides: [ldb, bStride], box: [64, 64, 1]))
         case .weightGradient:
-            return [map(a, [m, a.shape[0]], strides: [lda], box: [64, 64]), map(b, [n, b.shape[0]], strides: [ldb], box: [64, 64]),
-                    map(c, [n, m, experts], strides: [ldc, cStride], box: [64, 128, 1])]
+            return (map(a, [m, a.shape[0]], strides: [lda], box: [64, 64]), map(b, [n, b.shape[0]], strides: [ldb], box: [64, 64]))
         }
     }
 

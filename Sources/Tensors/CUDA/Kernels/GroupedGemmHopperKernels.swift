@@ -22,9 +22,7 @@
 /// - two epilogue warpgroups (2 and 3) take the staged tiles in turn and write them out, epilogue
 ///   applied, so an epilogue may take two tiles' MMAs long before the tensor cores wait for it. (With
 ///   two consumers doing both, CUTLASS's "ping-pong", an epilogue at short K was as long as the
-///   other consumer's MMAs: change 24.) A tile inside its expert's rows is finished in place and
-///   written by the TMA (`cp.async.bulk.tensor` from shared memory), so its stores, as its loads,
-///   stay off the SM's load/store path (change 29).
+///   other consumer's MMAs: change 24.)
 /// Barriers: `full[s]` counts the producer's one arrival and the bytes it expects, `empty[s]` the
 /// MMA warpgroup's 128 threads, each arriving once the MMAs that read the stage are done (one K tile's MMAs
 /// stay in flight). The ring position `p` counts K tiles over the block's tiles; stage `p % stages`
@@ -46,8 +44,8 @@
 ///   (leading offset 8192); 16 more of K start 2048 bytes on.
 /// A tensor copy with the 128-byte swizzle lands a box of 64-value rows in exactly this layout (from
 /// a 1024-byte aligned address): 128 rows by 64 of K for a K-contiguous operand, two boxes of 64 K
-/// rows by 64 for an M- or N-contiguous one. A staged output tile has the same layout, two boxes of
-/// 128 rows by 64 columns (`gh_staged_offset`), which a tensor store reads as it is.
+/// rows by 64 for an M- or N-contiguous one. A staged tile's rows are 136 values (against bank
+/// conflicts); the epilogue writes 16-byte vectors of 8 columns.
 enum GroupedGemmHopperKernels {
     /// Stages of the shared-memory ring, and K tiles whose MMAs are left running while the next
     /// tile's are issued (two measured no faster on the fine rows and the medium layer).
@@ -63,10 +61,10 @@ enum GroupedGemmHopperKernels {
         128 * (producerRegisters + mmaRegisters) + 256 * epilogueRegisters <= threads * (65536 / threads / 8 * 8)
     }
     /// Dynamic shared memory of a block: room to align to the swizzle's 1024 bytes, the stages' two
-    /// 128×64 bfloat16 tiles each, two staging buffers (a tile's 128×128 bfloat16 and its
+    /// 128×64 bfloat16 tiles each, two staging buffers (a tile's 128 rows of 136 bfloat16 and its
     /// column sums' partials, 8×128 float32), a full and an empty barrier a stage and a staged and a
     /// drained barrier a buffer.
-    static let sharedMemoryBytes = 1024 + stages * 2 * 128 * 64 * 2 + 2 * (128 * 128 * 2 + 8 * 128 * 4) + (2 * stages + 4) * 8
+    static let sharedMemoryBytes = 1024 + stages * 2 * 128 * 64 * 2 + 2 * (128 * 136 * 2 + 8 * 128 * 4) + (2 * stages + 4) * 8
 
     static let source = #"""
     #if defined(FM_BF16)
@@ -76,7 +74,8 @@ enum GroupedGemmHopperKernels {
     #define GH_STAGES \#(stages)
     #define GH_IN_FLIGHT \#(mmasInFlight)       // K tiles whose MMAs a consumer leaves running
     #define GH_TILE_BYTES (128 * GH_BK * 2)    // one operand's tile of a stage
-    #define GH_STAGED_BYTES (GH_BM * GH_BN * 2)
+    #define GH_CSTRIDE (GH_BN + 8)             // a staged bfloat16 output row: 8 values of padding against bank conflicts
+    #define GH_STAGED_BYTES (GH_BM * GH_CSTRIDE * 2)
     #define GH_PARTIAL_BYTES (8 * GH_BM * 4)
 
     /// A shared-memory matrix descriptor for the 128-byte swizzle (layout type 1, bits 62-63): start
@@ -114,13 +113,6 @@ enum GroupedGemmHopperKernels {
     }
     /// A barrier among the 128 threads of one warpgroup (hardware barrier `id`, 1 or more: 0 is `__syncthreads`).
     __device__ __forceinline__ void gh_sync_warpgroup(int id) { asm volatile("bar.sync %0, 128;\n" :: "r"(id) : "memory"); }
-    /// Byte `(r, col)` of a staged output tile: two halves of 64 columns, each 128 rows of 128 bytes
-    /// with the operand tiles' swizzle (16-byte chunk `c` of row `r` at chunk `c ^ (r % 8)`), the
-    /// layout a tensor store with the 128-byte swizzle reads. Eight rows' chunk of one column, or
-    /// one row's eight chunks, spread over all banks.
-    __device__ __forceinline__ uint32_t gh_staged_offset(int r, int col) {
-        return (col >> 6) * (GH_BM * 128) + r * 128 + ((((col >> 3) & 7) ^ (r & 7)) << 4) + (col & 7) * 2;
-    }
     /// Arrives on `bar` and expects `bytes` more of asynchronous copies before its phase completes.
     __device__ __forceinline__ void gh_bar_expect(uint32_t bar, uint32_t bytes) {
         asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n" :: "r"(bar), "r"(bytes) : "memory");
@@ -140,19 +132,6 @@ enum GroupedGemmHopperKernels {
                      :: "r"(dst), "l"((uint64_t)map), "r"(x), "r"(y), "r"(z), "r"(bar) : "memory");
     }
 
-    /// Writes the box of `map` at (`x`, `y`[, `z`]) from shared address `src` (1024-byte aligned,
-    /// laid out as `gh_staged_offset` says), leaving out what lies outside the tensor.
-    __device__ __forceinline__ void gh_tma_store_2d(const GHTensorMap* map, int x, int y, uint32_t src) {
-        asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n"
-                     :: "l"((uint64_t)map), "r"(x), "r"(y), "r"(src) : "memory");
-    }
-    __device__ __forceinline__ void gh_tma_store_3d(const GHTensorMap* map, int x, int y, int z, uint32_t src) {
-        asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%1, %2, %3}], [%4];\n"
-                     :: "l"((uint64_t)map), "r"(x), "r"(y), "r"(z), "r"(src) : "memory");
-    }
-    /// Makes this thread's writes to shared memory visible to tensor copies and stores (the async proxy).
-    __device__ __forceinline__ void gh_fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
     /// Tile `L` of the launch's tiles (`tilesY` rows of `columnTiles` columns, then `tilesZ` such
     /// planes): its problem and first column; false past the last row tile.
     template <bool VARY_K>
@@ -165,7 +144,7 @@ enum GroupedGemmHopperKernels {
 
     template <bool A_K, bool B_K, bool VARY_K, int MODE, int ACT>
     __device__ __forceinline__ void grouped_gemm_wgmma(GG_PARAMS, int64_t tilesY, int64_t tilesZ, const GHTensorMap* mapA,
-                                                       const GHTensorMap* mapB, const GHTensorMap* mapC) {
+                                                       const GHTensorMap* mapB) {
         extern __shared__ __align__(1024) bf16_t gh_shared[];
         // The swizzle repeats every 1024 bytes of address: the stages start on such a boundary.
         const uint32_t sA = (gg_shared_address(gh_shared) + 1023) & ~1023u, sB = sA + GH_STAGES * GH_TILE_BYTES;
@@ -179,7 +158,7 @@ enum GroupedGemmHopperKernels {
         auto empty = [&](uint32_t s) { return bars + 8 * (GH_STAGES + s); };
         auto stagedFull = [&](int buffer) { return bars + 8 * (2 * GH_STAGES + buffer); };
         auto drained = [&](int buffer) { return bars + 8 * (2 * GH_STAGES + 2 + buffer); };
-        auto staged = [&](int buffer) { return bytes + ringBytes + buffer * bufferBytes; };
+        auto stagedRows = [&](int buffer) { return (bf16_t*)(bytes + ringBytes + buffer * bufferBytes); };
         auto partials = [&](int buffer) { return (float*)(bytes + ringBytes + buffer * bufferBytes + GH_STAGED_BYTES); };
         const int tid = threadIdx.x, role = tid >> 7;
         if (tid == 0) {
@@ -276,7 +255,7 @@ enum GroupedGemmHopperKernels {
                             char* const at = bytes + (part >> 1) * GH_STAGES * GH_TILE_BYTES + s * GH_TILE_BYTES + (part & 1) * 8192;
                             *(GHWords*)(at + row * 128 + (i & 7) * 16) = GHWords{};
                         }
-                        gh_fence_async_shared();
+                        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
                         gh_sync_warpgroup(1);
                     }
                     const uint64_t stage = (uint64_t)s * stageStep;
@@ -311,7 +290,7 @@ enum GroupedGemmHopperKernels {
                 const int buffer = turn & 1;
                 if (turn >= 2) gh_bar_wait(drained(buffer), ((turn >> 1) - 1) & 1);
                 turn++;
-                char* const tile = staged(buffer);
+                bf16_t* const staged = stagedRows(buffer);
                 #pragma unroll
                 for (int half = 0; half < 2; half++)
                     #pragma unroll
@@ -319,10 +298,9 @@ enum GroupedGemmHopperKernels {
                         const int r = half * 64 + warp * 16 + (lane >> 2) + h * 8;
                         #pragma unroll
                         for (int j = 0; j < 16; j++)
-                            *(uint32_t*)(tile + gh_staged_offset(r, j * 8 + (lane & 3) * 2)) =
+                            *(uint32_t*)&staged[r * GH_CSTRIDE + j * 8 + (lane & 3) * 2] =
                                 gh_pack_bf16x2(acc[64 * half + 4 * j + 2 * h], acc[64 * half + 4 * j + 2 * h + 1]);
                     }
-                gh_fence_async_shared();   // an epilogue may store the tile as staged
                 if (sumsA) {
                     float* const partial = partials(buffer);
                     #pragma unroll
@@ -336,8 +314,7 @@ enum GroupedGemmHopperKernels {
         // An epilogue warpgroup: every other tile of this block, from its staging buffer.
         asm volatile("setmaxnreg.dec.sync.aligned.u32 \#(epilogueRegisters);\n" ::: "memory");
         const int me = role - 2, etid = tid & 127;
-        char* const tile = staged(me);
-        const uint32_t tileAddress = sA + (uint32_t)(tile - bytes);
+        bf16_t* const staged = stagedRows(me);
         const float* const partial = partials(me);
         int turn = 0;
         for (int64_t L = blockIdx.x; L < total; L += gridDim.x) {
@@ -352,57 +329,35 @@ enum GroupedGemmHopperKernels {
                 for (int kg = 0; kg < 8; kg++) sum += partial[kg * GH_BM + etid];
                 if (t.m0 + etid < t.mEnd) aux[(int64_t)t.g * M + t.m0 + etid] = ST(sum);
             }
-            // A tile whose rows all belong to its expert (every weight-gradient tile) is finished in
-            // the staging buffer and written by tensor stores (one thread, two boxes of 64 columns;
-            // the columns past N are left out by the store); a row tile running into the next
-            // expert's rows, where a box does not stop, by 16-byte vectors from each thread. Either
-            // way a thread finishes 8 adjacent columns of a row at a time, a warp two whole rows,
-            // reading the bias and pre-activation from global memory.
-            const bool tensorStore = VARY_K || t.m0 + GH_BM <= t.mEnd;
+            // Each thread finishes 8 adjacent columns of a row: the epilogue reads the bias and
+            // pre-activation and writes C as 16-byte vectors, a warp two whole rows.
             T* const ct = VARY_K ? c + t.g * cStride : c;
-            if (MODE != 0 || !tensorStore) {
-                #pragma unroll 4
-                for (int i = 0; i < GH_BM * GH_BN / 8 / 128; i++) {
-                    const int id = etid + i * 128, r = id / (GH_BN / 8), c8 = (id % (GH_BN / 8)) * 8;
-                    const int64_t row = t.m0 + r, col = n0 + c8, at = row * ldc + col;
-                    if (row >= t.mEnd || col >= N) continue;
-                    GGVector<8>* const s8 = (GGVector<8>*)(tile + gh_staged_offset(r, c8));
-                    if (MODE == 0) {
-                        *(GGVector<8>*)(ct + at) = *s8;   // already the rounded result
-                    } else {
-                        float v[8];
-                        #pragma unroll
-                        for (int e = 0; e < 8; e++) v[e] = LD(s8->v[e]);
-                        gg_epilogue<MODE, ACT, 8>(v, bias, aux, t.g, N, at, col);
-                        GHWords out;
-                        #pragma unroll
-                        for (int e = 0; e < 4; e++) out.w[e] = gh_pack_bf16x2(v[2 * e], v[2 * e + 1]);
-                        if (tensorStore) *(GHWords*)s8 = out; else *(GHWords*)(ct + at) = out;
-                    }
-                }
-            }
-            if (tensorStore) {
-                gh_fence_async_shared();
-                gh_sync_warpgroup(2 + me);
-                if (etid == 0) {
-                    for (int half = 0; half < 2 && n0 + 64 * half < N; half++) {
-                        const uint32_t src = tileAddress + half * (GH_BM * 128);
-                        if (VARY_K) gh_tma_store_3d(mapC, (int)n0 + 64 * half, (int)t.m0, t.g, src);
-                        else gh_tma_store_2d(mapC, (int)n0 + 64 * half, (int)t.m0, src);
-                    }
-                    // The buffer is drained once the stores have read it.
-                    asm volatile("cp.async.bulk.commit_group;\ncp.async.bulk.wait_group.read 0;\n" ::: "memory");
+            #pragma unroll 4
+            for (int i = 0; i < GH_BM * GH_BN / 8 / 128; i++) {
+                const int id = etid + i * 128, r = id / (GH_BN / 8), c8 = (id % (GH_BN / 8)) * 8;
+                const int64_t row = t.m0 + r, col = n0 + c8, at = row * ldc + col;
+                if (row >= t.mEnd || col >= N) continue;
+                const GGVector<8> s8 = *(const GGVector<8>*)&staged[r * GH_CSTRIDE + c8];
+                if (MODE == 0) {
+                    *(GGVector<8>*)(ct + at) = s8;   // already the rounded result
+                } else {
+                    float v[8];
+                    #pragma unroll
+                    for (int e = 0; e < 8; e++) v[e] = LD(s8.v[e]);
+                    gg_epilogue<MODE, ACT, 8>(v, bias, aux, t.g, N, at, col);
+                    GHWords out;
+                    #pragma unroll
+                    for (int e = 0; e < 4; e++) out.w[e] = gh_pack_bf16x2(v[2 * e], v[2 * e + 1]);
+                    *(GHWords*)(ct + at) = out;
                 }
             }
             gh_bar_arrive(drained(me));
         }
-        // The stores' writes done before the block ends.
-        if (etid == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
     }
     #define GH_ENTRY(NAME, AK, BK, VK, MODE, ACT) \
     extern "C" __global__ void __launch_bounds__(\#(threads), 1) NAME(GG_PARAMS, int64_t tilesY, int64_t tilesZ, \
-        const __grid_constant__ GHTensorMap mapA, const __grid_constant__ GHTensorMap mapB, const __grid_constant__ GHTensorMap mapC) { \
-        grouped_gemm_wgmma<AK, BK, VK, MODE, ACT>(GG_ARGS, tilesY, tilesZ, &mapA, &mapB, &mapC); }
+        const __grid_constant__ GHTensorMap mapA, const __grid_constant__ GHTensorMap mapB) { \
+        grouped_gemm_wgmma<AK, BK, VK, MODE, ACT>(GG_ARGS, tilesY, tilesZ, &mapA, &mapB); }
     // The entries of `GroupedGemmKernels`, under the same names with `_wgmma` appended.
     GG_ENTRIES(GH_ENTRY, _wgmma)
     #endif
