@@ -378,6 +378,34 @@ struct CUDARoutingTests {
         return [out.doubles(), x.grad!.doubles(), score.grad!.doubles()]
     }
 
+    /// Without a host count the experts get all T·k permuted rows (`TokenDispatcher`): the combine's
+    /// backward gives each kept row its score times its token's gradient, as on the CPU, and the
+    /// rows past the kept ones exact zeros (the allocator poisons fresh memory).
+    @Test(arguments: [DType.float32, .bfloat16])
+    func combineGradientCoversEveryRowOfAllSlots(dtype: DType) {
+        CUDABackend.poisonAllocations = true
+        defer { CUDABackend.poisonAllocations = false }
+        let table = RoutingTable(tokens: 333, k: 3, experts: 9, skew: 0.4, unrouted: 0.1)
+        let (expertValues, _) = table.values(seed: 5)
+        let slots = table.tokens * table.k, d = 40
+        func run(on device: Device, _ dtype: DType) -> (rows: [Double], score: [Double], kept: Int) {
+            var g = RandomGenerator(seed: 17)
+            func input(_ shape: [Int]) -> Tensor {
+                Tensor.randomNormal(shape, generator: &g).cast(to: .bfloat16).cast(to: dtype).to(device).requiringGradient()
+            }
+            let y = input([slots, d]), score = input([table.tokens, table.k]), upstream = input([table.tokens, d]).detached()
+            let plan = routingPlan(Tensor(expertValues, shape: [table.tokens, table.k]).to(device), expertCount: table.experts, capacity: 20)
+            (unpermuteTokens(y, by: plan, score: score) * upstream).sum().backward()
+            return (y.grad!.doubles(), score.grad!.doubles(), plan.keptCounts.int32s().reduce(0) { $0 + Int($1) })
+        }
+        let cpu = run(on: .cpu, .float32), cuda = run(on: gpu, dtype)
+        #expect(cuda.kept == cpu.kept && cuda.kept < slots - 50, "\(dtype): \(cuda.kept) of \(slots) rows kept")
+        let tolerance = dtype == .float32 ? 1e-5 : 2e-2
+        #expect(relativeError(cuda.rows, cpu.rows) <= tolerance, "\(dtype): row gradients")
+        #expect(relativeError(cuda.score, cpu.score) <= tolerance, "\(dtype): score gradients")
+        #expect(cuda.rows[(cuda.kept * d)...].allSatisfy { $0 == 0 }, "\(dtype): rows past the kept ones")
+    }
+
     /// The combine and the permutation's backward sum a token's k rows in a fixed order, with no
     /// atomics: the GPU matches the CPU, and two GPU runs agree bit for bit for every k.
     @Test(arguments: [(1, nil), (2, 3), (3, nil), (3, 40), (4, 7)] as [(Int, Int?)])

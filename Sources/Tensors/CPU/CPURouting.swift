@@ -150,22 +150,31 @@ extension CPUBackend: MoEBackend {
         }
     }
 
-    public func gatheredRowDots(_ x: Tensor, indices: Tensor, _ g: Tensor, _ out: Tensor) {
-        let cols = x.lastDimension, rows = x.rowCount, k = indices.lastDimension
-        let idx = indices.host(Int32.self)
+    public func combineBackward(_ y: Tensor, indices: Tensor, slotOfRow: Tensor, _ g: Tensor, score: Tensor,
+                                rowGradient: Tensor?, scoreGradient: Tensor?) {
+        let cols = y.lastDimension, rows = y.rowCount, k = indices.lastDimension
+        let idx = indices.host(Int32.self), slotOf = slotOfRow.host(Int32.self)
         func run<T: CPUFloat>(_: T.Type) {
-            let a = x.host(T.self), b = g.host(T.self), o = out.host(T.self)
+            let a = y.host(T.self), b = g.host(T.self), w = score.host(T.self)
+            let gy = rowGradient?.host(T.self), dots = scoreGradient?.host(T.self)
+            // Slot s writes row idx[s] of gy (each row named by at most one slot) and zeroes row s
+            // if no slot names it: no two slots write the same row.
             parallelFor(indices.count, cost: cols) { range in
                 for s in range {
-                    let r = Int(idx[s])
-                    guarantee(r < rows, "gatheredRowDots: index \(r) outside [0, \(rows))")
-                    var sum: T = 0
-                    if r >= 0 { for c in 0..<cols { sum += a[r * cols + c] * b[(s / k) * cols + c] } }
-                    o[s] = sum
+                    let r = Int(idx[s]), gt = (s / k) * cols
+                    guarantee(r < rows, "combineBackward: index \(r) outside [0, \(rows))")
+                    if let dots {
+                        var sum: T = 0
+                        if r >= 0 { for c in 0..<cols { sum += a[r * cols + c] * b[gt + c] } }
+                        dots[s] = sum
+                    }
+                    guard let gy else { continue }
+                    if r >= 0 { for c in 0..<cols { gy[r * cols + c] = w[s] * b[gt + c] } }
+                    if s < rows && slotOf[s] < 0 { for c in 0..<cols { gy[s * cols + c] = 0 } }
                 }
             }
         }
-        dispatchFloat(x.dtype, "gatheredRowDots") { run(Float.self) } double: { run(Double.self) }
+        dispatchFloat(y.dtype, "combineBackward") { run(Float.self) } double: { run(Double.self) }
     }
 }
 

@@ -282,14 +282,16 @@ extension CUDABackend: MoEBackend {
                arguments: [bias.arg, routed.arg, .int32(Int32(routed.count)), .float(Float(rate)), squares.arg])
     }
 
-    public func gatheredRowDots(_ x: Tensor, indices: Tensor, _ g: Tensor, _ out: Tensor) {
-        let slots = indices.count, cols = x.lastDimension
-        guard slots > 0 else { return }
-        let vector = Self.vectorizable(rowBytes: cols * x.dtype.byteSize, x, g)
-        // One warp per slot, eight slots a block.
-        launch(kernel("gathered_row_dots", x.dtype), grid: ((slots + 7) / 8, 1, 1), block: (256, 1, 1), stream: gpu.stream,
-               arguments: [x.arg, indices.arg, g.arg, out.arg, .int64(Int64(slots)), .int64(Int64(indices.lastDimension)),
-                           .int64(Int64(cols)), .int64(Int64(x.rowCount)), .int32(vector ? 1 : 0)])
+    public func combineBackward(_ y: Tensor, indices: Tensor, slotOfRow: Tensor, _ g: Tensor, score: Tensor,
+                                rowGradient: Tensor?, scoreGradient: Tensor?) {
+        let slots = indices.count, cols = y.lastDimension
+        guard slots > 0, rowGradient != nil || scoreGradient != nil else { return }
+        let vector = Self.vectorizable(rowBytes: cols * y.dtype.byteSize, y, g, rowGradient)
+        // One warp a slot, eight slots a block.
+        launch(kernel("combine_backward", y.dtype), grid: ((slots + 7) / 8, 1, 1), block: (256, 1, 1), stream: gpu.stream,
+               arguments: [y.arg, indices.arg, slotOfRow.arg, g.arg, score.arg, rowGradient.arg, scoreGradient.arg,
+                           .int64(Int64(slots)), .int64(Int64(indices.lastDimension)), .int64(Int64(cols)), .int64(Int64(y.rowCount)),
+                           .int32(vector ? 1 : 0)])
     }
 
     /// Whether this grouped product over `rows` rows runs on `GroupedGemmKernels`: with `.kernel` (or `.wgmma`), or

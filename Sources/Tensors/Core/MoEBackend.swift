@@ -96,11 +96,16 @@ public protocol MoEBackend: Backend {
     /// `routerTopK`'s backward in one pass; the default runs the composed primitives.
     func routerTopKBackward(score: Tensor, expert: Tensor, gradScore: Tensor, _ gradLogits: Tensor)
 
-    /// The combine's score gradient: `out[t, j] = Σ_c x[indices[t, j], c] · g[t, c]` with `indices`
-    /// `[T, k]` int32 (`rowOfSlot`), `x` `[S, c]`, `g` `[T, c]`, `out` `[T, k]`, all of `x`'s dtype,
-    /// summed in float32 (float64 for float64); 0 where the index is negative. Without materialising
-    /// the `[T·k, c]` gathered rows.
-    func gatheredRowDots(_ x: Tensor, indices: Tensor, _ g: Tensor, _ out: Tensor)
+    /// The combine's backward (`unpermuteTokens`) in one pass over its slots, with `indices` `[T, k]`
+    /// int32 (`rowOfSlot`), `slotOfRow` (at least `S` int32: the slot of each row, negative past the
+    /// kept ones), the expert outputs `y` `[S, c]`, the output's gradient `g` `[T, c]` and the combine
+    /// weights `score` `[T, k]`, all float tensors of `y`'s dtype:
+    /// - `rowGradient` `[S, c]`: row `indices[t, j]` is `score[t, j] · g[t]`; a row no slot names is zero;
+    /// - `scoreGradient` `[T, k]`: `Σ_c y[indices[t, j], c] · g[t, c]`, 0 where the index is negative,
+    ///   summed in float32 (float64 for float64).
+    /// Either may be nil. Neither materialises the `[T·k, c]` gathered rows.
+    func combineBackward(_ y: Tensor, indices: Tensor, slotOfRow: Tensor, _ g: Tensor, score: Tensor,
+                         rowGradient: Tensor?, scoreGradient: Tensor?)
     /// A bias-balanced router's step on the device (MOE_SEMANTICS: DeepSeek-V3's bias balancing):
     /// `bias[e] += rate · sign(mean − routed[e])` with `routed` `[N]` int32 (the step's routed counts,
     /// `mean` their mean) and `bias` `[N]` float32, in place; nothing when `skipUnlessFinite` (a

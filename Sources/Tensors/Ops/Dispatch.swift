@@ -96,9 +96,9 @@ public func permuteTokens(_ x: Tensor, by plan: RoutingPlan) -> Tensor {
 /// `y [S, d]` in the plan's row order; a dropped slot contributes an exact zero (MOE_SEMANTICS §1:
 /// scores are not renormalised). Differentiable in `y` and `score`; `score` is cast to `y`'s dtype.
 ///
-/// Backward: `gy[r] = score[slotOfRow[r]] · g[tokenOfRow[r]]` (a gather and a per-row scale) and
-/// `gscore[t, j] = ⟨g[t], y[rowOfSlot[t*k + j]]⟩` (a gather and a batched product), both in a fixed
-/// order.
+/// Backward: `gy[r] = score[slotOfRow[r]] · g[tokenOfRow[r]]` (zero for a row past the kept ones)
+/// and `gscore[t, j] = ⟨g[t], y[rowOfSlot[t*k + j]]⟩`, in one pass over the slots
+/// (`MoEBackend.combineBackward`), in a fixed order.
 /// ```swift
 /// let out = unpermuteTokens(expertOutputs, by: plan, score: routing.score)   // [T, d]
 /// ```
@@ -118,20 +118,10 @@ public func unpermuteTokens(_ y: Tensor, by plan: RoutingPlan, score: Tensor) ->
     let out = Tensor.empty([t, d], dtype: y.dtype, device: y.device)
     y.backend.gatherSumRows(y, indices: slotIndex, weights: weights, out)
     return out.recording("unpermuteTokens", [y, weights]) { g in
-        var gy: Tensor?, gw: Tensor?
-        if y.requiresGrad {
-            // gy[r] = score(r) · g[token(r)]: a one-term summing gather, weighted by each row's score.
-            let scoreOfRow = weights.reshaped([t * k]).indexSelect(rows: plan.slotOfRow.rows(0..<s))
-            let rowGradient = Tensor.empty(y.shape, dtype: y.dtype, device: y.device)
-            g.backend.gatherSumRows(g, indices: plan.tokenOfRow.rows(0..<s).reshaped([s, 1]), weights: scoreOfRow.reshaped([s, 1]), rowGradient)
-            gy = rowGradient
-        }
-        if weights.requiresGrad {
-            // gw[t, j] = y[rowOfSlot(t, j)] · g[t].
-            let slotGradient = Tensor.empty([t, k], dtype: y.dtype, device: y.device)
-            y.moeBackend("unpermuteTokens").gatheredRowDots(y, indices: slotIndex, g, slotGradient)
-            gw = slotGradient
-        }
+        let gy = y.requiresGrad ? Tensor.empty(y.shape, dtype: y.dtype, device: y.device) : nil
+        let gw = weights.requiresGrad ? Tensor.empty([t, k], dtype: y.dtype, device: y.device) : nil
+        y.moeBackend("unpermuteTokens").combineBackward(y, indices: slotIndex, slotOfRow: plan.slotOfRow, g, score: weights,
+                                                       rowGradient: gy, scoreGradient: gw)
         return [gy, gw]
     }
 }

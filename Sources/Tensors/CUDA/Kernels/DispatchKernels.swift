@@ -1,7 +1,7 @@
 /// The MoE permutation's row kernels: the summing gather (`Backend.gatherSumRows`: the combine of the
 /// `k` expert outputs of each token, and the backward of the token permutation), the grouped bias
-/// (`MoEBackend.addIndexedRows`) and its gradient (`groupedColumnSums`), and the combine's score
-/// gradient (`MoEBackend.gatheredRowDots`).
+/// (`MoEBackend.addIndexedRows`) and its gradient (`groupedColumnSums`), and the combine's backward
+/// (`MoEBackend.combineBackward`).
 ///
 /// Every output element is summed by one thread (or, for the dots, one warp) in a fixed order with
 /// no atomics, so results are bit-reproducible for every `k`. They are bandwidth-bound: the `_vec`
@@ -117,29 +117,51 @@ enum DispatchKernels {
         }
     }
 
-    /// out[s] = dot(x[idx[s]], g[s / k]), one warp per slot (0 where idx[s] < 0).
-    extern "C" __global__ void gathered_row_dots(const T* x, const int32_t* idx, const T* g, T* out,
-                                                 int64_t slots, int64_t k, int64_t cols, int64_t rows, int vectorized) {
-        int64_t s = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    /// The combine's backward, one warp a slot s = t·k + j with row r = idx[s] (either output may
+    /// be null): gy[r] = w[s]·g[t], and dots[s] = ⟨y[r], g[t]⟩ (0 where r < 0). Warp s also zeroes
+    /// row s of gy when no slot names it (slot_of_row[s] < 0: the rows past the kept ones). A
+    /// token's k slots run in one block, so its row of g is read from memory once for both
+    /// outputs (two kernels read it, and y, once each: perf-notes, change 30).
+    extern "C" __global__ void combine_backward(const T* y, const int32_t* idx, const int32_t* slot_of_row, const T* g, const T* w,
+                                                T* gy, T* dots, int64_t slots, int64_t k, int64_t cols, int64_t rows, int vectorized) {
+        const int64_t s = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
         if (s >= slots) return;
-        int lane = threadIdx.x & 31;
-        int32_t r = idx[s];
+        const int lane = threadIdx.x & 31;
+        const int32_t r = idx[s];
+        const T* const gt = g + (s / k) * cols;
         acc_t sum = (acc_t)0;
         if (r >= 0 && r < rows) {
-            const T* a = x + (int64_t)r * cols;
-            const T* b = g + (s / k) * cols;
+            const T* const yr = y + (int64_t)r * cols;
+            T* const out = gy ? gy + (int64_t)r * cols : nullptr;
+            const acc_t weight = out ? LD(w[s]) : (acc_t)0;
             if (vectorized) {
                 for (int64_t c = (int64_t)lane * VEC; c < cols; c += 32 * VEC) {
-                    vec_t va = *(const vec_t*)(a + c), vb = *(const vec_t*)(b + c);
-                    #pragma unroll
-                    for (int v = 0; v < VEC; v++) sum += LD(va.v[v]) * LD(vb.v[v]);
+                    const vec_t vg = *(const vec_t*)(gt + c);
+                    if (dots) {
+                        const vec_t vy = *(const vec_t*)(yr + c);
+                        #pragma unroll
+                        for (int v = 0; v < VEC; v++) sum += LD(vy.v[v]) * LD(vg.v[v]);
+                    }
+                    if (out) {
+                        vec_t o;
+                        #pragma unroll
+                        for (int v = 0; v < VEC; v++) o.v[v] = ST(weight * LD(vg.v[v]));
+                        *(vec_t*)(out + c) = o;
+                    }
                 }
             } else {
-                for (int64_t c = lane; c < cols; c += 32) sum += LD(a[c]) * LD(b[c]);
+                for (int64_t c = lane; c < cols; c += 32) {
+                    if (dots) sum += LD(yr[c]) * LD(gt[c]);
+                    if (out) out[c] = ST(weight * LD(gt[c]));
+                }
             }
         }
-        sum = warp_sum(sum);
-        if (lane == 0) out[s] = ST(sum);
+        if (dots) {
+            sum = warp_sum(sum);
+            if (lane == 0) dots[s] = ST(sum);
+        }
+        if (gy && s < rows && slot_of_row[s] < 0)
+            for (int64_t c = lane; c < cols; c += 32) gy[s * cols + c] = ST((acc_t)0);
     }
     """#
 }
