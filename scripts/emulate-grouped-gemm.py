@@ -128,6 +128,8 @@ inline double __longlong_as_double(long long u) { double f; std::memcpy(&f, &u, 
 template <class V> V __shfl_xor_sync(unsigned, V, int) { std::abort(); }
 template <class P> P atomicCAS(P*, P, P) { std::abort(); }
 template <class P, class V> void atomicAdd(P*, V) { std::abort(); }
+inline float __expf(float x) { return std::exp(x); }
+inline float __fdividef(float a, float b) { return a / b; }
 struct alignas(16) float4 { float x, y, z, w; };
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 struct alignas(8) float2 { float x, y; };

@@ -16,11 +16,12 @@ enum ElementwiseKernels {
         case 3: return FM_SQRT(x);                           // sqrt
         case 4: return FM_TANH(x);                           // tanh
         case 5: return x > 0 ? x : (acc_t)0;                 // relu
-        case 6: return (acc_t)1 / ((acc_t)1 + FM_EXP(-x));   // sigmoid
-        case 7: return x / ((acc_t)1 + FM_EXP(-x));          // silu
+        // The logistic ones through FM_EXP_FAST and FM_DIV (KernelPrelude: approximations in bfloat16).
+        case 6: return FM_DIV((acc_t)1, (acc_t)1 + FM_EXP_FAST(-x));   // sigmoid
+        case 7: return FM_DIV(x, (acc_t)1 + FM_EXP_FAST(-x));          // silu
         // gelu tanh: 0.5·x·(1 + tanh(u)) = x·sigmoid(2u), one exp instead of tanh's longer sequence.
         case 8: { acc_t u = (acc_t)0.7978845608028654 * (x + (acc_t)0.044715 * x * x * x);   // geluTanh
-                  return x / ((acc_t)1 + FM_EXP((acc_t)-2 * u)); }
+                  return FM_DIV(x, (acc_t)1 + FM_EXP_FAST((acc_t)-2 * u)); }
         case 9: return (acc_t)0.5 * x * ((acc_t)1 + FM_ERF(x * (acc_t)0.7071067811865476)); // geluErf
         case 10: return x * x;                               // square
         case 11: return (acc_t)1 / x;                        // reciprocal
@@ -38,10 +39,10 @@ enum ElementwiseKernels {
         case 3: return (acc_t)1 / ((acc_t)2 * FM_SQRT(x));   // sqrt
         case 4: { acc_t t = FM_TANH(x); return (acc_t)1 - t * t; }   // tanh
         case 5: return x > 0 ? (acc_t)1 : (acc_t)0;          // relu
-        case 6: { acc_t s = (acc_t)1 / ((acc_t)1 + FM_EXP(-x)); return s * ((acc_t)1 - s); }   // sigmoid
-        case 7: { acc_t s = (acc_t)1 / ((acc_t)1 + FM_EXP(-x)); return s * ((acc_t)1 + x * ((acc_t)1 - s)); }   // silu
+        case 6: { acc_t s = FM_DIV((acc_t)1, (acc_t)1 + FM_EXP_FAST(-x)); return s * ((acc_t)1 - s); }   // sigmoid
+        case 7: { acc_t s = FM_DIV((acc_t)1, (acc_t)1 + FM_EXP_FAST(-x)); return s * ((acc_t)1 + x * ((acc_t)1 - s)); }   // silu
         case 8: { acc_t inner = (acc_t)0.7978845608028654 * (x + (acc_t)0.044715 * x * x * x);   // geluTanh
-                  acc_t t = (acc_t)2 / ((acc_t)1 + FM_EXP((acc_t)-2 * inner)) - (acc_t)1;   // tanh(inner)
+                  acc_t t = FM_DIV((acc_t)2, (acc_t)1 + FM_EXP_FAST((acc_t)-2 * inner)) - (acc_t)1;   // tanh(inner)
                   acc_t d = (acc_t)0.7978845608028654 * ((acc_t)1 + (acc_t)3 * (acc_t)0.044715 * x * x);
                   return (acc_t)0.5 * ((acc_t)1 + t) + (acc_t)0.5 * x * ((acc_t)1 - t * t) * d; }
         case 9: return (acc_t)0.5 * ((acc_t)1 + FM_ERF(x * (acc_t)0.7071067811865476))   // geluErf

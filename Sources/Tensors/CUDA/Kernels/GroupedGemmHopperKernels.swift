@@ -329,26 +329,44 @@ enum GroupedGemmHopperKernels {
                 for (int kg = 0; kg < 8; kg++) sum += partial[kg * GH_BM + etid];
                 if (t.m0 + etid < t.mEnd) aux[(int64_t)t.g * M + t.m0 + etid] = ST(sum);
             }
-            // Each thread finishes 8 adjacent columns of a row: the epilogue reads the bias and
-            // pre-activation and writes C as 16-byte vectors, a warp two whole rows.
+            // Each thread finishes the same 8 adjacent columns of every 8th row (a warp writes two
+            // whole rows as 16-byte vectors): their bias is loaded once a tile, and the
+            // pre-activations a backward reads eight rows ahead of the stores. (Loaded next to each
+            // row, a load could not pass the previous row's store to C, which might alias it: one
+            // load latency a row left the activations' epilogues 2-3× the MMAs at short K, change 30.)
             T* const ct = VARY_K ? c + t.g * cStride : c;
-            #pragma unroll 4
-            for (int i = 0; i < GH_BM * GH_BN / 8 / 128; i++) {
-                const int id = etid + i * 128, r = id / (GH_BN / 8), c8 = (id % (GH_BN / 8)) * 8;
-                const int64_t row = t.m0 + r, col = n0 + c8, at = row * ldc + col;
-                if (row >= t.mEnd || col >= N) continue;
-                const GGVector<8> s8 = *(const GGVector<8>*)&staged[r * GH_CSTRIDE + c8];
-                if (MODE == 0) {
-                    *(GGVector<8>*)(ct + at) = s8;   // already the rounded result
-                } else {
-                    float v[8];
+            const int c8 = (etid % (GH_BN / 8)) * 8, r0 = etid / (GH_BN / 8);
+            const int64_t col = n0 + c8;
+            GGVector<8> b;
+            if ((MODE == 1 || MODE == 2) && bias && col < N) b = *(const GGVector<8>*)(bias + t.g * N + col);
+            for (int i0 = 0; i0 < GH_BM / 8 && col < N; i0 += 8) {
+                GGVector<8> h[8];
+                if (MODE == 3) {
                     #pragma unroll
-                    for (int e = 0; e < 8; e++) v[e] = LD(s8.v[e]);
-                    gg_epilogue<MODE, ACT, 8>(v, bias, aux, t.g, N, at, col);
-                    GHWords out;
-                    #pragma unroll
-                    for (int e = 0; e < 4; e++) out.w[e] = gh_pack_bf16x2(v[2 * e], v[2 * e + 1]);
-                    *(GHWords*)(ct + at) = out;
+                    for (int u = 0; u < 8; u++) {
+                        const int64_t row = t.m0 + r0 + 8 * (i0 + u);
+                        if (row < t.mEnd) h[u] = *(const GGVector<8>*)(aux + row * ldc + col);
+                    }
+                }
+                #pragma unroll
+                for (int u = 0; u < 8; u++) {
+                    const int r = r0 + 8 * (i0 + u);
+                    const int64_t row = t.m0 + r, at = row * ldc + col;
+                    if (row >= t.mEnd) break;
+                    const GGVector<8> s8 = *(const GGVector<8>*)&staged[r * GH_CSTRIDE + c8];
+                    if (MODE == 0) {
+                        *(GGVector<8>*)(ct + at) = s8;   // already the rounded result
+                    } else {
+                        float v[8];
+                        #pragma unroll
+                        for (int e = 0; e < 8; e++) v[e] = LD(s8.v[e]);
+                        gg_epilogue_math<MODE, ACT, 8>(v, b, bias != nullptr, h[u]);
+                        if (MODE == 2) *(GGVector<8>*)(aux + at) = h[u];
+                        GHWords out;
+                        #pragma unroll
+                        for (int e = 0; e < 4; e++) out.w[e] = gh_pack_bf16x2(v[2 * e], v[2 * e + 1]);
+                        *(GHWords*)(ct + at) = out;
+                    }
                 }
             }
             gh_bar_arrive(drained(me));

@@ -51,24 +51,31 @@ enum GroupedGemmKernels {
     /// theirs. (With the mode and activation read at run time, every result carried a switch over
     /// all activations: the kernels ran 30-45% slower on small experts and took seconds to compile.)
     template <int W> struct alignas(W * sizeof(T)) GGVector { T v[W]; };
+    /// `gg_epilogue`'s arithmetic, its operands loaded: the bias `b` (where `hasBias`), the
+    /// pre-activation `h` (read in mode 3, set in mode 2).
     template <int MODE, int ACT, int W>
-    __device__ __forceinline__ void gg_epilogue(float (&v)[W], const T* bias, T* aux, int g, int64_t n, int64_t at, int64_t col) {
+    __device__ __forceinline__ void gg_epilogue_math(float (&v)[W], const GGVector<W>& b, bool hasBias, GGVector<W>& h) {
         if (MODE == 0) return;
         if (MODE == 3) {
-            const GGVector<W> h = *(const GGVector<W>*)(aux + at);
             #pragma unroll
             for (int e = 0; e < W; e++) v[e] = LD(ST(v[e])) * unary_derivative(ACT, LD(h.v[e]));
             return;
         }
-        GGVector<W> b, h;
-        if (bias) b = *(const GGVector<W>*)(bias + g * n + col);
         #pragma unroll
         for (int e = 0; e < W; e++) {
             const acc_t p = LD(ST(v[e]));
-            const acc_t x = bias ? LD(ST(p + LD(b.v[e]))) : p;
+            const acc_t x = hasBias ? LD(ST(p + LD(b.v[e]))) : p;
             h.v[e] = ST(x);
             v[e] = MODE == 1 ? x : unary_value(ACT, x);
         }
+    }
+    template <int MODE, int ACT, int W>
+    __device__ __forceinline__ void gg_epilogue(float (&v)[W], const T* bias, T* aux, int g, int64_t n, int64_t at, int64_t col) {
+        if (MODE == 0) return;
+        GGVector<W> b, h;
+        if (MODE == 3) h = *(const GGVector<W>*)(aux + at);
+        if (MODE != 3 && bias) b = *(const GGVector<W>*)(bias + g * n + col);
+        gg_epilogue_math<MODE, ACT, W>(v, b, bias != nullptr, h);
         if (MODE == 2) *(GGVector<W>*)(aux + at) = h;
     }
 

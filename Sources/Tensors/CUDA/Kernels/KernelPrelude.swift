@@ -38,6 +38,13 @@ enum KernelPrelude {
     #define FM_TANH tanhf
     #define FM_ERF erff
     #define FM_SQRT sqrtf
+    // What the logistic activations (sigmoid, SiLU, GELU tanh) are made of, where the result is
+    // rounded to bfloat16: the hardware's exp2 and reciprocal approximations (relative errors near
+    // 2^-21, far below bfloat16's 2^-9) in place of the library's `expf` and IEEE division, whose
+    // ~40 instructions a value made the grouped GEMMs' activation epilogues cost more than their
+    // MMAs at short K (perf-notes, change 30).
+    #define FM_EXP_FAST __expf
+    #define FM_DIV(a, b) __fdividef(a, b)
     #else
     typedef float T; typedef float acc_t;
     __device__ __forceinline__ acc_t LD(T v) { return v; }
@@ -47,6 +54,10 @@ enum KernelPrelude {
     #define FM_TANH tanhf
     #define FM_ERF erff
     #define FM_SQRT sqrtf
+    #endif
+    #ifndef FM_EXP_FAST
+    #define FM_EXP_FAST FM_EXP
+    #define FM_DIV(a, b) ((a) / (b))
     #endif
 
     /// Saved row statistics: float, or double for float64 inputs (DType.statistics).
