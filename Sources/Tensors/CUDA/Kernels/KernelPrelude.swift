@@ -3,7 +3,8 @@
 /// (`FM_F32`, `FM_F64` or `FM_BF16`).
 ///
 /// No CUDA headers: NVRTC compiles this on a machine that may have only the driver and the runtime
-/// libraries, so bfloat16 is a 16-bit integer converted by hand (round to nearest even, as the CPU does).
+/// libraries, so bfloat16 is a 16-bit integer, rounded to nearest even as the CPU does (by hand
+/// before Ampere's conversion instruction).
 enum KernelPrelude {
     static let source = #"""
     typedef unsigned int uint32_t;
@@ -14,10 +15,18 @@ enum KernelPrelude {
 
     __device__ __forceinline__ float bf16_to_float(bf16_t v) { return __uint_as_float(((uint32_t)v) << 16); }
     __device__ __forceinline__ bf16_t float_to_bf16(float f) {
+    #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+        // One instruction from Ampere on, rounding as below (a NaN becomes the canonical one): the
+        // six the bit arithmetic takes were a visible share of the grouped GEMMs' epilogues.
+        bf16_t r;
+        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
+        return r;
+    #else
         uint32_t u = __float_as_uint(f);
         if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)((u >> 16) | 0x40u);
         u += 0x7fffu + ((u >> 16) & 1u);
         return (bf16_t)(u >> 16);
+    #endif
     }
 
     #if defined(FM_F64)
