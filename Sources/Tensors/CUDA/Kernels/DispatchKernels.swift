@@ -121,7 +121,7 @@ enum DispatchKernels {
     /// be null): gy[r] = w[s]·g[t], and dots[s] = ⟨y[r], g[t]⟩ (0 where r < 0). Warp s also zeroes
     /// row s of gy when no slot names it (slot_of_row[s] < 0: the rows past the kept ones). A
     /// token's k slots run in one block, so its row of g is read from memory once for both
-    /// outputs (two kernels read it, and y, once each: perf-notes, change 30).
+    /// outputs (two kernels read it, and y, once each: perf-notes, change 31).
     extern "C" __global__ void combine_backward(const T* y, const int32_t* idx, const int32_t* slot_of_row, const T* g, const T* w,
                                                 T* gy, T* dots, int64_t slots, int64_t k, int64_t cols, int64_t rows, int vectorized) {
         const int64_t s = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
