@@ -360,7 +360,7 @@ enum GroupedGemmHopperKernels {
                         float v[8];
                         #pragma unroll
                         for (int e = 0; e < 8; e++) v[e] = LD(s8.v[e]);
-                        gg_epilogue_math<MODE, ACT, 8>(v, b, bias != nullptr, h[u]);
+                        gg_epilogue_math<MODE, ACT, 8, true>(v, b, bias != nullptr, h[u]);
                         if (MODE == 2) *(GGVector<8>*)(aux + at) = h[u];
                         GHWords out;
                         #pragma unroll

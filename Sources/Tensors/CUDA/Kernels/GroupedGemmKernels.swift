@@ -52,18 +52,19 @@ enum GroupedGemmKernels {
     /// all activations: the kernels ran 30-45% slower on small experts and took seconds to compile.)
     template <int W> struct alignas(W * sizeof(T)) GGVector { T v[W]; };
     /// `gg_epilogue`'s arithmetic, its operands loaded: the bias `b` (where `hasBias`), the
-    /// pre-activation `h` (read in mode 3, set in mode 2).
-    template <int MODE, int ACT, int W>
+    /// pre-activation `h` (read in mode 3, set in mode 2). `ROUNDED`: `v` already holds T values
+    /// (the wgmma kernel's staged tile), so the product's rounding is left out: it would change nothing.
+    template <int MODE, int ACT, int W, bool ROUNDED = false>
     __device__ __forceinline__ void gg_epilogue_math(float (&v)[W], const GGVector<W>& b, bool hasBias, GGVector<W>& h) {
         if (MODE == 0) return;
         if (MODE == 3) {
             #pragma unroll
-            for (int e = 0; e < W; e++) v[e] = LD(ST(v[e])) * unary_derivative(ACT, LD(h.v[e]));
+            for (int e = 0; e < W; e++) v[e] = (ROUNDED ? v[e] : LD(ST(v[e]))) * unary_derivative(ACT, LD(h.v[e]));
             return;
         }
         #pragma unroll
         for (int e = 0; e < W; e++) {
-            const acc_t p = LD(ST(v[e]));
+            const acc_t p = ROUNDED ? v[e] : LD(ST(v[e]));
             const acc_t x = hasBias ? LD(ST(p + LD(b.v[e]))) : p;
             h.v[e] = ST(x);
             v[e] = MODE == 1 ? x : unary_value(ACT, x);
