@@ -22,8 +22,8 @@
 /// Both need the dimensions read in 16-byte vectors to be multiples of 8 (bf16) or 4 (fp32)
 /// (`CUDABackend.groupedKernelFits`).
 enum GroupedGemmKernels {
-    /// Shared with `GroupedGemmHopperKernels`: the block's problem, and (bfloat16) shared-memory
-    /// addresses and 16-byte asynchronous copies.
+    /// Shared with `GroupedGemmHopperKernels`: the block's problem, its epilogues, and (bfloat16)
+    /// shared-memory addresses.
     static let common = #"""
     #if defined(FM_BF16) || defined(FM_F32)
     /// The problem of the tile at row `y`, expert `z` of the launch's tiles (one block a tile: the
@@ -114,9 +114,6 @@ enum GroupedGemmKernels {
         asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
         return r;
     }
-    __device__ __forceinline__ void gg_copy16(uint32_t dst, const void* src, bool valid) {
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(dst), "l"(src), "r"(valid ? 16 : 0));
-    }
     #endif
     """#
 
@@ -131,6 +128,10 @@ enum GroupedGemmKernels {
     #define GG_KSTRIDE (GG_BK + 8)     // a K-contiguous tile row: 32 values + 16 bytes of padding
     #define GG_MSTRIDE (GG_BM + 8)     // a tile row of 128 M (or N) values + padding
     #define GG_TILE 5120               // max(128 * GG_KSTRIDE, 32 * GG_MSTRIDE) values per operand and stage
+
+    __device__ __forceinline__ void gg_copy16(uint32_t dst, const void* src, bool valid) {
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(dst), "l"(src), "r"(valid ? 16 : 0));
+    }
 
     __device__ __forceinline__ void gg_ldsm(uint32_t addr, uint32_t* r) {
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"

@@ -45,10 +45,10 @@ enum MovementKernels {
     extern "C" __global__ void cast_bf16_f32_x8(const uint4* x, float4* out, int64_t n8) {
         GRID_STRIDE(i, n8) {
             const uint4 a = x[i];
-            out[2 * i] = make_float4(__uint_as_float(a.x << 16), __uint_as_float(a.x & 0xffff0000u),
-                                     __uint_as_float(a.y << 16), __uint_as_float(a.y & 0xffff0000u));
-            out[2 * i + 1] = make_float4(__uint_as_float(a.z << 16), __uint_as_float(a.z & 0xffff0000u),
-                                         __uint_as_float(a.w << 16), __uint_as_float(a.w & 0xffff0000u));
+            out[2 * i] = make_float4(bf16_to_float((bf16_t)a.x), bf16_to_float((bf16_t)(a.x >> 16)),
+                                     bf16_to_float((bf16_t)a.y), bf16_to_float((bf16_t)(a.y >> 16)));
+            out[2 * i + 1] = make_float4(bf16_to_float((bf16_t)a.z), bf16_to_float((bf16_t)(a.z >> 16)),
+                                         bf16_to_float((bf16_t)a.w), bf16_to_float((bf16_t)(a.w >> 16)));
         }
     }
 
