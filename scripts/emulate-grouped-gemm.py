@@ -388,6 +388,13 @@ static std::vector<int> table(const std::vector<int>& sizes, int tileRows, int& 
         for (int s = 0; s < sizes[g]; s += tileRows) { v.push_back((int)g); v.push_back(v[g] + s); rowTiles++; }
     return v;
 }
+// The experts most rows first, ties by index: the weight gradient's order (`GroupTable`).
+static std::vector<int> expert_order(const std::vector<int>& sizes) {
+    std::vector<int> order(sizes.size());
+    for (size_t g = 0; g < sizes.size(); g++) order[g] = (int)g;
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return sizes[a] > sizes[b]; });
+    return order;
+}
 static double activation(int act, double x) {
     switch (act) {
     case 5: return x > 0 ? x : 0;                                                       // relu
@@ -430,11 +437,12 @@ int run_all() {
         int S = 0; for (int s : sizes) S += s;
         char label[160];
         int rowTiles = 0;
-        std::vector<int> tab = table(sizes, TILE_ROWS, rowTiles);
+        std::vector<int> tab = table(sizes, TILE_ROWS, rowTiles), order = expert_order(sizes);
         const int* offsets = tab.data(); const int* tiles = tab.data() + E + 1;
-        // The same table built by `grouped_tile_table`, with room for the most tiles S rows can need.
+        // The same table built by `grouped_tile_table`, with room for the most tiles S rows can
+        // need, then the experts' order.
         const int maxTiles = (S + TILE_ROWS - 1) / TILE_ROWS + E;
-        std::vector<int> built(E + 1 + 2 * maxTiles, 12345);
+        std::vector<int> built(E + 1 + 2 * maxTiles + E, 12345);
         {
             std::vector<int> counts(sizes.begin(), sizes.end());
             blockDim = {1024, 1, 1};
@@ -447,7 +455,8 @@ int run_all() {
             for (auto& th : pool) th.join();
             bool same = true;
             for (int i = 0; i < (int)built.size(); i++) {
-                int want = i < (int)tab.size() ? tab[i] : ((i - (E + 1)) % 2 == 0 ? -1 : 0);
+                const int past = E + 1 + 2 * maxTiles;   // where the order starts
+                int want = i >= past ? order[i - past] : i < (int)tab.size() ? tab[i] : ((i - (E + 1)) % 2 == 0 ? -1 : 0);
                 same = same && built[i] == want;
             }
             if (!same) failures++;
@@ -536,7 +545,7 @@ int run_all() {
             EMU_WEIGHT_MAPS(gy.data(), x.data(), S, outW, inW, outW, inW);
             launch(WEIGHT_GRADIENT, Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)((outW + TILE_ROWS - 1) / TILE_ROWS), (unsigned)E},
                    THREADS, [&](Kernel k) {
-                k(gy.data(), x.data(), gw.data(), offsets, tiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, nullptr TILE_ARGS);
+                k(gy.data(), x.data(), gw.data(), offsets, order.data(), outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, nullptr TILE_ARGS);
             });
             std::vector<double> want((size_t)E * outW * inW, 0);
             for (int r = 0; r < S; r++) {
@@ -553,7 +562,7 @@ int run_all() {
                 EMU_WEIGHT_MAPS(gy.data(), x.data(), S, outW, inW, outW, inW);
             launch(WEIGHT_GRADIENT, Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)((outW + TILE_ROWS - 1) / TILE_ROWS), (unsigned)E},
                        THREADS, [&](Kernel k) {
-                    k(gy.data(), x.data(), gw2.data(), offsets, tiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, sums.data() TILE_ARGS);
+                    k(gy.data(), x.data(), gw2.data(), offsets, order.data(), outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, sums.data() TILE_ARGS);
                 });
                 std::vector<double> wantSums((size_t)E * outW, 0);
                 for (int r = 0; r < S; r++)

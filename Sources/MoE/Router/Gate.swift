@@ -40,7 +40,13 @@ public struct GateOutput: @unchecked Sendable {
     public var plan: RoutingPlan?
     /// `[T, N]`: every expert's score for every token, normalised over the experts (softmax, or the
     /// sigmoids over their sum), differentiable; for the sequence-wise balance loss. Nil if not given.
-    public var probabilities: Tensor?
+    /// Computed when read, where the gate did not need it itself (a `[T, N]` softmax that no one
+    /// reads was a kernel a layer in every step), so read it once.
+    public var probabilities: Tensor? {
+        get { probabilitiesSource() }
+        set { probabilitiesSource = { newValue } }
+    }
+    private var probabilitiesSource: () -> Tensor?
     /// Expert choice in training: the fraction of the evaluation routing's slots (per-token top-k of
     /// the same scores) that this routing did not choose (0 = the two agree). Nil for other gates.
     public var routingDisagreement: Double?
@@ -50,7 +56,7 @@ public struct GateOutput: @unchecked Sendable {
     public var batchTokenCounts: Tensor?
 
     public init(expert: Tensor, score: Tensor, auxLoss: Tensor? = nil, zLoss: Tensor? = nil, plan: RoutingPlan? = nil,
-                probabilities: Tensor? = nil, routingDisagreement: Double? = nil, batchTokenCounts: Tensor? = nil) {
+                probabilities: @autoclosure @escaping () -> Tensor? = nil, routingDisagreement: Double? = nil, batchTokenCounts: Tensor? = nil) {
         guarantee(expert.dtype == .int32 && expert.rank == 2 && score.shape == expert.shape,
                      "GateOutput: expert \(expert.shape) \(expert.dtype) and score \(score.shape) must both be [T, k], expert int32")
         self.expert = expert
@@ -58,7 +64,7 @@ public struct GateOutput: @unchecked Sendable {
         self.auxLoss = auxLoss
         self.zLoss = zLoss
         self.plan = plan
-        self.probabilities = probabilities
+        probabilitiesSource = probabilities
         self.routingDisagreement = routingDisagreement
         self.batchTokenCounts = batchTokenCounts
     }

@@ -56,19 +56,21 @@ public final class TopKGate: Module, Gate, BiasBalancedGate, @unchecked Sendable
             return GateOutput(expert: expert, score: score, zLoss: zLoss, probabilities: z.softmax())
         }
         let zr = GateMath.routerPrecision(z)
-        let expert: Tensor, score: Tensor, p: Tensor
+        let expert: Tensor, score: Tensor, probabilities: () -> Tensor
         switch scoreFunction {
         case .softmax:
-            p = zr.softmax()
+            probabilities = { zr.softmax() }
             (expert, score) = zr.routerTopK(topK, by: .probabilities, bias: expertBias?.value.cast(to: zr.dtype))
         case .sigmoid:
             let s = zr.sigmoid()
-            p = s / s.sum(lastAxis: ()).reshaped([-1, 1])
+            probabilities = { s / s.sum(lastAxis: ()).reshaped([-1, 1]) }
             expert = GateMath.choose(s, k: topK, bias: expertBias)
             let chosen = s.gather(lastAxis: expert)
             score = chosen / chosen.sum(lastAxis: ()).reshaped([-1, 1])
         }
-        let aux = balance == .aux ? GateMath.balanceLoss(probabilities: p, top1: expert, over: statisticsGroup) : nil
-        return GateOutput(expert: expert, score: score, auxLoss: aux, zLoss: zLoss, probabilities: p)
+        // The full distribution only where the aux loss or a reader needs it.
+        let p = balance == .aux ? probabilities() : nil
+        let aux = p.map { GateMath.balanceLoss(probabilities: $0, top1: expert, over: statisticsGroup) }
+        return GateOutput(expert: expert, score: score, auxLoss: aux, zLoss: zLoss, probabilities: p ?? probabilities())
     }
 }

@@ -21,14 +21,16 @@ extension CUDABackend {
 
     /// One grouping of rows by expert on the device, as `GroupedGemmKernels` reads it: int32
     /// `offsets[E+1]` (the exclusive scan of the sizes), then `(expert, first row)` for each of
-    /// `rowTiles` row tiles of `tileRows` rows, expert by expert; a table built on the device has
-    /// room for the most tiles the rows can need, and `(-1, 0)` past the last.
+    /// `rowTiles` row tiles of `tileRows` rows, expert by expert (a table built on the device has
+    /// room for the most tiles the rows can need, and `(-1, 0)` past the last); then the experts
+    /// most rows first (ties by index), the order of the wgmma kernel's weight-gradient tiles.
     final class GroupTable: @unchecked Sendable {
         let storage: Storage
         let experts: Int
         let rowTiles: Int
         var offsets: CUdeviceptr { CUdeviceptr(storage.address) }
         var tiles: CUdeviceptr { offsets + CUdeviceptr((experts + 1) * 4) }
+        var order: CUdeviceptr { tiles + CUdeviceptr(2 * rowTiles * 4) }
 
         init(storage: Storage, experts: Int, rowTiles: Int) {
             (self.storage, self.experts, self.rowTiles) = (storage, experts, rowTiles)
@@ -104,7 +106,8 @@ extension CUDABackend {
         let (tileRows, tileCols) = Self.groupedKernelTile(dtype)
         let table = groupTable(groups, rows: a.shape[0], tileRows: tileRows)
         if product != .weightGradient && table.rowTiles == 0 { return }
-        let rowTiles = table.rowTiles, offsets = table.offsets, tiles = table.tiles
+        // The weight gradient reads the experts' order where the others read the row tiles.
+        let rowTiles = table.rowTiles, offsets = table.offsets, tiles = product == .weightGradient ? table.order : table.tiles
         // Column tiles along x (see `GroupedGemmKernels`), row tiles along y (at most 65535).
         let columnTiles = (n + tileCols - 1) / tileCols
         let tileGrid = product == .weightGradient
@@ -205,7 +208,7 @@ extension CUDABackend {
         if groups.knownSizes == nil, let counts = groups.deviceCounts, groups.count <= 4096 {
             return groups.derived("cuda.groupTable.\(rows).\(tileRows)") {
                 let experts = groups.count, maxTiles = (rows + tileRows - 1) / tileRows + experts
-                let storage = allocate(byteCount: (experts + 1 + 2 * maxTiles) * 4)
+                let storage = allocate(byteCount: (2 * experts + 1 + 2 * maxTiles) * 4)
                 launch(kernel("grouped_tile_table", nil), grid: (1, 1, 1), block: (1024, 1, 1), sharedMemory: 2 * (experts + 1) * 4,
                        stream: gpu.stream, arguments: [counts.arg, .int32(Int32(experts)), .int32(Int32(tileRows)), .int32(Int32(maxTiles)),
                                                        .pointer(CUdeviceptr(storage.address))])
@@ -227,6 +230,7 @@ extension CUDABackend {
                 rowTiles += 1
             }
         }
+        values += sizes.indices.sorted { (sizes[$0], $1) > (sizes[$1], $0) }.map { Int32($0) }
         let storage = allocate(byteCount: values.count * 4)
         gpu.stream.upload(values, to: CUdeviceptr(storage.address))
         let table = GroupTable(storage: storage, experts: sizes.count, rowTiles: rowTiles)

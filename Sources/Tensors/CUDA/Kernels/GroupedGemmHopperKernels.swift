@@ -134,12 +134,27 @@ enum GroupedGemmHopperKernels {
 
     /// Tile `L` of the launch's tiles (`tilesY` rows of `columnTiles` columns, then `tilesZ` such
     /// planes): its problem and first column; false past the last row tile.
+    ///
+    /// A weight gradient's tile takes time in proportion to its expert's rows, and block `b` walks
+    /// tiles `b`, `b + G`, ... (G blocks): taken expert by expert, a block that drew two tiles of a
+    /// crowded expert set the product's time (2-3.5× the balanced one in training's first steps,
+    /// change 35). So its tiles are ranked longest first (`tiles` holds the experts by rank,
+    /// `grouped_tile_table`) and dealt out in a snake: round `r` gives rank `rG + b` to block `b`,
+    /// or `rG + (G' - 1 - b)` in odd rounds (G' the round's tiles), so a block that drew a long
+    /// tile in one round draws a short one in the next.
     template <bool VARY_K>
-    __device__ __forceinline__ bool gh_tile(int64_t L, int64_t columnTiles, int64_t tilesY, const int* offsets, const int* tiles,
-                                            int64_t M, int64_t K, GroupedTile& t, int64_t& n0) {
+    __device__ __forceinline__ bool gh_tile(int64_t L, int64_t columnTiles, int64_t tilesY, int64_t tilesZ, const int* offsets,
+                                            const int* tiles, int64_t M, int64_t K, GroupedTile& t, int64_t& n0) {
+        if (VARY_K) {
+            const int64_t G = gridDim.x, perExpert = columnTiles * tilesY, total = perExpert * tilesZ;
+            const int64_t r = L / G, b = L % G, round = total - r * G < G ? total - r * G : G;
+            const int64_t rank = r * G + ((r & 1) ? round - 1 - b : b), tile = rank % perExpert;
+            n0 = (tile % columnTiles) * GH_BN;
+            return grouped_tile<true>(GH_BM, (int)(tile / columnTiles), tiles[rank / perExpert], offsets, tiles, M, K, t);
+        }
         const int64_t yz = L / columnTiles;
         n0 = (L % columnTiles) * GH_BN;
-        return grouped_tile<VARY_K>(GH_BM, (int)(yz % tilesY), (int)(yz / tilesY), offsets, tiles, M, K, t);
+        return grouped_tile<false>(GH_BM, (int)(yz % tilesY), (int)(yz / tilesY), offsets, tiles, M, K, t);
     }
 
     template <bool A_K, bool B_K, bool VARY_K, int MODE, int ACT>
@@ -183,7 +198,7 @@ enum GroupedGemmHopperKernels {
             uint32_t p = 0;
             for (int64_t L = blockIdx.x; L < total; L += gridDim.x) {
                 GroupedTile t; int64_t n0;
-                if (!gh_tile<VARY_K>(L, columnTiles, tilesY, offsets, tiles, M, K, t, n0)) continue;
+                if (!gh_tile<VARY_K>(L, columnTiles, tilesY, tilesZ, offsets, tiles, M, K, t, n0)) continue;
                 const int kTiles = (int)((t.kEnd - t.k0 + GH_BK - 1) / GH_BK);
                 for (int kt = 0; kt < kTiles; kt++, p++) {
                     const uint32_t s = p % GH_STAGES, tileA = sA + s * GH_TILE_BYTES, tileB = sB + s * GH_TILE_BYTES;
@@ -232,7 +247,7 @@ enum GroupedGemmHopperKernels {
             int turn = 0;
             for (int64_t L = blockIdx.x; L < total; L += gridDim.x) {
                 GroupedTile t; int64_t n0;
-                if (!gh_tile<VARY_K>(L, columnTiles, tilesY, offsets, tiles, M, K, t, n0)) continue;
+                if (!gh_tile<VARY_K>(L, columnTiles, tilesY, tilesZ, offsets, tiles, M, K, t, n0)) continue;
                 const int kTiles = (int)((t.kEnd - t.k0 + GH_BK - 1) / GH_BK);
                 const bool sumsA = VARY_K && !A_K && aux != nullptr && n0 == 0;
                 float acc[128];
@@ -319,7 +334,7 @@ enum GroupedGemmHopperKernels {
         int turn = 0;
         for (int64_t L = blockIdx.x; L < total; L += gridDim.x) {
             GroupedTile t; int64_t n0;
-            if (!gh_tile<VARY_K>(L, columnTiles, tilesY, offsets, tiles, M, K, t, n0)) continue;
+            if (!gh_tile<VARY_K>(L, columnTiles, tilesY, tilesZ, offsets, tiles, M, K, t, n0)) continue;
             if ((turn & 1) != me) { turn++; continue; }
             gh_bar_wait(stagedFull(me), (turn >> 1) & 1);   // this warpgroup's (turn / 2)-th tile
             turn++;

@@ -158,8 +158,10 @@ enum RoutingKernels {
     /// The grouped GEMM kernels' table (`CUDAGroupedKernel.GroupTable`) from the group sizes on the
     /// device, so that no one waits for them: `table[0..E]` the offsets (the exclusive scan of
     /// `counts`, then their sum), then `(expert, first row)` for each of `max_tiles` row tiles of
-    /// `tile_rows` rows, expert by expert, and `(-1, 0)` past the last. One block; the offsets and
-    /// each expert's first tile in `2·(E + 1)` ints of dynamic shared memory.
+    /// `tile_rows` rows, expert by expert, and `(-1, 0)` past the last; then the experts by rank,
+    /// most rows first (ties by index), the order in which the wgmma kernel takes a weight
+    /// gradient's tiles. One block; the offsets and each expert's first tile in `2·(E + 1)` ints of
+    /// dynamic shared memory.
     extern "C" __global__ void grouped_tile_table(const int32_t* counts, int experts, int tile_rows, int max_tiles, int32_t* table) {
         extern __shared__ int32_t gt_shared[];
         int32_t* offset = gt_shared;
@@ -186,6 +188,16 @@ enum RoutingKernels {
             }
             tile[2 * t] = lo;
             tile[2 * t + 1] = offset[lo] + (t - first_tile[lo]) * tile_rows;
+        }
+        int32_t* order = tile + 2 * max_tiles;
+        for (int g = threadIdx.x; g < experts; g += blockDim.x) {
+            const int32_t rows = offset[g + 1] - offset[g];
+            int rank = 0;
+            for (int h = 0; h < experts; h++) {
+                const int32_t other = offset[h + 1] - offset[h];
+                rank += other > rows || (other == rows && h < g);
+            }
+            order[rank] = g;
         }
     }
     """#
