@@ -64,7 +64,8 @@ def function_text(source, name):
 def kernel_source(family):
     prelude = raw_strings("KernelPrelude.swift")[0]
     # The table the grouped kernels read, built on the device (RoutingKernels, dtype-independent).
-    table = function_text(raw_strings("RoutingKernels.swift")[0], "grouped_tile_table")
+    routing = raw_strings("RoutingKernels.swift")[0]
+    table = function_text(routing, "grouped_tile_table") + "\n" + function_text(routing, "grouped_weight_units")
     table = re.sub(r'extern __shared__ (\w+) (\w+)\[\];', r'\1* \2 = (\1*)emu_smem;', table)
     unary = raw_strings("ElementwiseKernels.swift")[0]
     common, kernels = raw_strings("GroupedGemmKernels.swift")[:2]
@@ -294,6 +295,7 @@ static Dim emu_tiles;
 // boxes of 64 × 128; B [E, n, k] (forward) in boxes of 64 × 128 × 1, or [E, k, n] (data gradient)
 // in boxes of 64 × 64 × 1; the weight gradient's gy [rows, m] and x [rows, n] in boxes of 64 × 64.
 static GHTensorMap emu_map_a, emu_map_b;
+static float* emu_work = nullptr;   // the weight gradient's partials (`grouped_weight_finish`)
 static GHTensorMap emu_encode(const T* base, int rank, std::vector<int64_t> dims, std::vector<int64_t> strides, std::vector<int> box) {
     EmuMap m{};
     m.base = (const unsigned char*)base; m.rank = rank;
@@ -370,6 +372,21 @@ static void launch(Kernel kernel, Dim grid, int threads, std::function<void(Kern
     for (auto* b : groups) delete b;
 }
 
+// Blocks of `grid` one after the other, each `threads` host threads running `body`.
+static void run_blocks(Dim grid, int threads, std::function<void()> body) {
+    blockDim = {(unsigned)threads, 1, 1};
+    gridDim = grid;
+    std::barrier<> block(threads);
+    emu_block_barrier = &block;
+    for (unsigned y = 0; y < grid.y; y++)
+        for (unsigned x = 0; x < grid.x; x++) {
+            std::vector<std::thread> pool;
+            for (int i = 0; i < threads; i++)
+                pool.emplace_back([&, i] { threadIdx = {(unsigned)i, 0, 0}; blockIdx = {x, y, 0}; body(); });
+            for (auto& th : pool) th.join();
+        }
+}
+
 static std::mt19937_64 rng(7);
 static std::vector<T> randoms(size_t n, double scale) {
     std::normal_distribution<double> d(0, scale);
@@ -387,13 +404,6 @@ static std::vector<int> table(const std::vector<int>& sizes, int tileRows, int& 
     for (size_t g = 0; g < sizes.size(); g++)
         for (int s = 0; s < sizes[g]; s += tileRows) { v.push_back((int)g); v.push_back(v[g] + s); rowTiles++; }
     return v;
-}
-// The experts most rows first, ties by index: the weight gradient's order (`GroupTable`).
-static std::vector<int> expert_order(const std::vector<int>& sizes) {
-    std::vector<int> order(sizes.size());
-    for (size_t g = 0; g < sizes.size(); g++) order[g] = (int)g;
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return sizes[a] > sizes[b]; });
-    return order;
 }
 static double activation(int act, double x) {
     switch (act) {
@@ -437,12 +447,11 @@ int run_all() {
         int S = 0; for (int s : sizes) S += s;
         char label[160];
         int rowTiles = 0;
-        std::vector<int> tab = table(sizes, TILE_ROWS, rowTiles), order = expert_order(sizes);
+        std::vector<int> tab = table(sizes, TILE_ROWS, rowTiles);
         const int* offsets = tab.data(); const int* tiles = tab.data() + E + 1;
-        // The same table built by `grouped_tile_table`, with room for the most tiles S rows can
-        // need, then the experts' order.
+        // The same table built by `grouped_tile_table`, with room for the most tiles S rows can need.
         const int maxTiles = (S + TILE_ROWS - 1) / TILE_ROWS + E;
-        std::vector<int> built(E + 1 + 2 * maxTiles + E, 12345);
+        std::vector<int> built(E + 1 + 2 * maxTiles, 12345);
         {
             std::vector<int> counts(sizes.begin(), sizes.end());
             blockDim = {1024, 1, 1};
@@ -455,8 +464,7 @@ int run_all() {
             for (auto& th : pool) th.join();
             bool same = true;
             for (int i = 0; i < (int)built.size(); i++) {
-                const int past = E + 1 + 2 * maxTiles;   // where the order starts
-                int want = i >= past ? order[i - past] : i < (int)tab.size() ? tab[i] : ((i - (E + 1)) % 2 == 0 ? -1 : 0);
+                int want = i < (int)tab.size() ? tab[i] : ((i - (E + 1)) % 2 == 0 ? -1 : 0);
                 same = same && built[i] == want;
             }
             if (!same) failures++;
@@ -539,14 +547,38 @@ int run_all() {
                 check(label, want, gx, tolerance);
             }
 
-        // Weight gradient gW_g = gy_gᵀ x_g (zeros for an expert without rows).
+        // Weight gradient gW_g = gy_gᵀ x_g (zeros for an expert without rows). The wgmma kernel
+        // walks the units of `grouped_weight_units`, here with chunks of at most 128 rows so the
+        // crowded experts are split, and `grouped_weight_finish` sums their partials.
+        const unsigned colTiles = (inW + TILE_COLS - 1) / TILE_COLS, rowTilesW = (outW + TILE_ROWS - 1) / TILE_ROWS;
+        const int perUnit = (int)(colTiles * rowTilesW), maxUnits = E + 16, maxSplits = E, maxSlots = 64;
+        std::vector<int> units(4 * maxUnits, 12345), splits(3 * maxSplits, 12345), scratch(4 * maxUnits);
+        std::vector<float> partials((size_t)maxSlots * GH_PART_FLOATS_VALUE, NAN);
+        const bool walksUnits = PERSISTENT;
+        if (walksUnits) {
+            run_blocks(Dim{1, 1, 1}, 64, [&] { grouped_weight_units(offsets, E, 128, perUnit, maxUnits, maxSplits, maxSlots,
+                                                                   units.data(), splits.data(), scratch.data()); });
+            int split = 0, crowded = 0;
+            for (int i = 0; i < maxSplits; i++) split += splits[3 * i] >= 0;
+            for (int g = 0; g < E; g++) crowded += sizes[g] > 128;
+            if (split != crowded) failures++;
+            std::printf("%s %s S=%d E=%d weight-gradient units: %d experts split\n", split == crowded ? "ok  " : "FAIL", FAMILY, S, E, split);
+        }
+        const Dim weightGrid{colTiles, rowTilesW, walksUnits ? (unsigned)maxUnits : (unsigned)E};
+        const int* weightTiles = walksUnits ? units.data() : tiles;
+        auto finish = [&](T* gw, T* sums) {
+            if (!walksUnits) return;
+            run_blocks(Dim{(unsigned)(8 * perUnit), (unsigned)maxSplits, 1}, 128, [&] {
+                FINISH(partials.data(), splits.data(), gw, sums, outW, inW, inW, (int64_t)outW * inW, colTiles); });
+        };
         {
             std::vector<T> gw((size_t)E * outW * inW, poison());
             EMU_WEIGHT_MAPS(gy.data(), x.data(), S, outW, inW, outW, inW);
-            launch(WEIGHT_GRADIENT, Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)((outW + TILE_ROWS - 1) / TILE_ROWS), (unsigned)E},
-                   THREADS, [&](Kernel k) {
-                k(gy.data(), x.data(), gw.data(), offsets, order.data(), outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, nullptr TILE_ARGS);
+            emu_work_set(partials.data());
+            launch(WEIGHT_GRADIENT, weightGrid, THREADS, [&](Kernel k) {
+                k(gy.data(), x.data(), gw.data(), offsets, weightTiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, nullptr TILE_ARGS);
             });
+            finish(gw.data(), nullptr);
             std::vector<double> want((size_t)E * outW * inW, 0);
             for (int r = 0; r < S; r++) {
                 int g = expertOfRow[r];
@@ -560,10 +592,11 @@ int run_all() {
             if (std::strcmp(FAMILY, "wgmma") == 0) {
                 std::vector<T> gw2((size_t)E * outW * inW, poison()), sums((size_t)E * outW, poison());
                 EMU_WEIGHT_MAPS(gy.data(), x.data(), S, outW, inW, outW, inW);
-            launch(WEIGHT_GRADIENT, Dim{(unsigned)((inW + TILE_COLS - 1) / TILE_COLS), (unsigned)((outW + TILE_ROWS - 1) / TILE_ROWS), (unsigned)E},
-                       THREADS, [&](Kernel k) {
-                    k(gy.data(), x.data(), gw2.data(), offsets, order.data(), outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, sums.data() TILE_ARGS);
+                std::fill(partials.begin(), partials.end(), NAN);
+                launch(WEIGHT_GRADIENT, weightGrid, THREADS, [&](Kernel k) {
+                    k(gy.data(), x.data(), gw2.data(), offsets, weightTiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, sums.data() TILE_ARGS);
                 });
+                finish(gw2.data(), sums.data());
                 std::vector<double> wantSums((size_t)E * outW, 0);
                 for (int r = 0; r < S; r++)
                     for (int o = 0; o < outW; o++) wantSums[(size_t)expertOfRow[r] * outW + o] += value(gy[(size_t)r * outW + o]);
@@ -604,12 +637,15 @@ def main():
     for family in args.family or sorted(FAMILIES):
         suffix, rows, cols, threads, persistent = FAMILIES[family]
         paste = "##" + suffix if suffix else ""
-        tiles = (("#define PERSISTENT 1\n#define TILE_PARAMS , int64_t, int64_t, GHTensorMap, GHTensorMap\n"
-                  "#define TILE_ARGS , (int64_t)emu_tiles.y, (int64_t)emu_tiles.z, emu_map_a, emu_map_b\n") if persistent
+        tiles = (("#define PERSISTENT 1\n#define TILE_PARAMS , int64_t, int64_t, float*, GHTensorMap, GHTensorMap\n"
+                  "#define TILE_ARGS , (int64_t)emu_tiles.y, (int64_t)emu_tiles.z, emu_work, emu_map_a, emu_map_b\n") if persistent
                  else "#define PERSISTENT 0\n#define TILE_PARAMS\n#define TILE_ARGS\n")
         defines = (tiles + f"#define FAMILY \"{family}\"\n#define TILE_ROWS {rows}\n#define TILE_COLS {cols}\n#define THREADS {threads}\n"
                    f"#define FORWARD grouped_gemm_forward{suffix}\n#define SUFFIXED(NAME) NAME{paste}\n"
-                   f"#define WEIGHT_GRADIENT grouped_gemm_weight_gradient{suffix}\n")
+                   f"#define WEIGHT_GRADIENT grouped_gemm_weight_gradient{suffix}\n"
+                   + ("#define FINISH grouped_weight_finish\n#define GH_PART_FLOATS_VALUE GH_PART_FLOATS\n"
+                      "#define emu_work_set(p) (emu_work = (p))\n" if persistent else
+                      "#define FINISH(...)\n#define GH_PART_FLOATS_VALUE 1\n#define emu_work_set(p)\n"))
         source = os.path.join(directory, f"{family}.cpp")
         with open(source, "w") as f:
             f.write(SHIM + kernel_source(family) + defines + HARNESS)

@@ -204,7 +204,9 @@ struct CUDARoutingTests {
     /// of three column tiles with a partial last one (264) and a sum of 200 (a partial last K tile
     /// of 32 or 64), on fresh random data, against the CPU; an empty expert's weight gradient
     /// exactly zero. `.wgmma` runs the Hopper kernel in bfloat16 on a compute capability 9.x device
-    /// (the test checks that it is the one that ran there), the CUDA-core kernel in float32.
+    /// (the test checks that it is the one that ran there), the CUDA-core kernel in float32; its
+    /// weight gradient splits the 300- and 517-row experts into chunks (more than 256 rows, over
+    /// an even share of 6 tiles' work on 36 or 24 blocks) and sums their partials.
     @Test(arguments: [(DType.float32, GroupedGemmStrategy.kernel), (.bfloat16, .kernel), (.bfloat16, .wgmma)])
     func groupedKernelMatchesTheCPU(dtype: DType, strategy: GroupedGemmStrategy) throws {
         CUDABackend.poisonAllocations = true

@@ -21,16 +21,14 @@ extension CUDABackend {
 
     /// One grouping of rows by expert on the device, as `GroupedGemmKernels` reads it: int32
     /// `offsets[E+1]` (the exclusive scan of the sizes), then `(expert, first row)` for each of
-    /// `rowTiles` row tiles of `tileRows` rows, expert by expert (a table built on the device has
-    /// room for the most tiles the rows can need, and `(-1, 0)` past the last); then the experts
-    /// most rows first (ties by index), the order of the wgmma kernel's weight-gradient tiles.
+    /// `rowTiles` row tiles of `tileRows` rows, expert by expert; a table built on the device has
+    /// room for the most tiles the rows can need, and `(-1, 0)` past the last.
     final class GroupTable: @unchecked Sendable {
         let storage: Storage
         let experts: Int
         let rowTiles: Int
         var offsets: CUdeviceptr { CUdeviceptr(storage.address) }
         var tiles: CUdeviceptr { offsets + CUdeviceptr((experts + 1) * 4) }
-        var order: CUdeviceptr { tiles + CUdeviceptr(2 * rowTiles * 4) }
 
         init(storage: Storage, experts: Int, rowTiles: Int) {
             (self.storage, self.experts, self.rowTiles) = (storage, experts, rowTiles)
@@ -106,31 +104,43 @@ extension CUDABackend {
         let (tileRows, tileCols) = Self.groupedKernelTile(dtype)
         let table = groupTable(groups, rows: a.shape[0], tileRows: tileRows)
         if product != .weightGradient && table.rowTiles == 0 { return }
-        // The weight gradient reads the experts' order where the others read the row tiles.
-        let rowTiles = table.rowTiles, offsets = table.offsets, tiles = product == .weightGradient ? table.order : table.tiles
+        let rowTiles = table.rowTiles, offsets = table.offsets
         // Column tiles along x (see `GroupedGemmKernels`), row tiles along y (at most 65535).
         let columnTiles = (n + tileCols - 1) / tileCols
-        let tileGrid = product == .weightGradient
+        var tileGrid = product == .weightGradient
             ? (columnTiles, (m + tileRows - 1) / tileRows, groups.count)
             : (columnTiles, rowTiles, 1)
         let kernel = groupedKernel(product, dtype, epilogue: epilogue.suffix)
         if kernel.sharedBytes > 48 * 1024 { Self.allowSharedMemory(kernel.function, kernel.sharedBytes) }
+        // The wgmma weight gradient walks units (`CUDAGroupedWeightUnits`) instead of experts.
+        let units = product == .weightGradient && kernel.persistent
+            ? weightUnits(table, groups: groups, rows: a.shape[0], perUnit: tileGrid.0 * tileGrid.1) : nil
+        if let units { tileGrid.2 = units.maxUnits }
         var arguments: [KernelArgument] = [
-            a.arg, b.arg, c.arg, .pointer(offsets), .pointer(tiles),
+            a.arg, b.arg, c.arg, .pointer(offsets), .pointer(units?.units ?? table.tiles),
             .int64(Int64(m)), .int64(Int64(n)), .int64(Int64(k)), .int64(Int64(lda)), .int64(Int64(ldb)),
             .int64(Int64(ldc)), .int64(Int64(bStride)), .int64(Int64(cStride)),
             .pointer(epilogue.bias), columnSums?.arg ?? .pointer(epilogue.preactivation)]
         var grid = tileGrid
+        // Room for the partials of the units' split experts (float32, freed in stream order after the finish).
+        let partials = units.flatMap { $0.maxSplits == 0 ? nil : allocate(byteCount: $0.maxSlots * Self.weightPartialFloats * 4) }
         if kernel.persistent {
             // One block an SM walks the tiles (`GroupedGemmHopperKernels`), reading the operands
             // through tensor maps.
             let maps = operandMaps(product, a: a, b: b, m: m, n: n, k: k, lda: lda, ldb: ldb, bStride: bStride, experts: groups.count)
-            arguments += [.int64(Int64(tileGrid.1)), .int64(Int64(tileGrid.2)), .tensorMap(maps.0), .tensorMap(maps.1)]
+            arguments += [.int64(Int64(tileGrid.1)), .int64(Int64(tileGrid.2)), .pointer(partials.map { CUdeviceptr($0.address) } ?? 0),
+                          .tensorMap(maps.0), .tensorMap(maps.1)]
             grid = (min(tileGrid.0 * tileGrid.1 * tileGrid.2, gpu.multiprocessorCount), 1, 1)
         }
         launch(kernel.function, grid: grid, block: (kernel.threads, 1, 1), sharedMemory: kernel.sharedBytes, stream: gpu.stream,
                arguments: arguments)
-        withExtendedLifetime(table) {}
+        if let units, let partials {
+            // Units come with the wgmma module, which holds the finish too.
+            launch(hopperKernel("grouped_weight_finish")!, grid: (8 * tileGrid.0 * tileGrid.1, units.maxSplits, 1), block: (128, 1, 1), sharedMemory: 0, stream: gpu.stream,
+                   arguments: [.pointer(CUdeviceptr(partials.address)), .pointer(units.splits), c.arg, columnSums?.arg ?? .pointer(0),
+                               .int64(Int64(m)), .int64(Int64(n)), .int64(Int64(ldc)), .int64(Int64(cStride)), .int64(Int64(columnTiles))])
+        }
+        withExtendedLifetime((table, units, partials)) {}
     }
 
     /// The wgmma kernel's tensor maps of its operands (bfloat16), in the boxes its stage tiles are
@@ -208,7 +218,7 @@ extension CUDABackend {
         if groups.knownSizes == nil, let counts = groups.deviceCounts, groups.count <= 4096 {
             return groups.derived("cuda.groupTable.\(rows).\(tileRows)") {
                 let experts = groups.count, maxTiles = (rows + tileRows - 1) / tileRows + experts
-                let storage = allocate(byteCount: (2 * experts + 1 + 2 * maxTiles) * 4)
+                let storage = allocate(byteCount: (experts + 1 + 2 * maxTiles) * 4)
                 launch(kernel("grouped_tile_table", nil), grid: (1, 1, 1), block: (1024, 1, 1), sharedMemory: 2 * (experts + 1) * 4,
                        stream: gpu.stream, arguments: [counts.arg, .int32(Int32(experts)), .int32(Int32(tileRows)), .int32(Int32(maxTiles)),
                                                        .pointer(CUdeviceptr(storage.address))])
@@ -230,7 +240,6 @@ extension CUDABackend {
                 rowTiles += 1
             }
         }
-        values += sizes.indices.sorted { (sizes[$0], $1) > (sizes[$1], $0) }.map { Int32($0) }
         let storage = allocate(byteCount: values.count * 4)
         gpu.stream.upload(values, to: CUdeviceptr(storage.address))
         let table = GroupTable(storage: storage, experts: sizes.count, rowTiles: rowTiles)

@@ -77,6 +77,7 @@ enum GroupedGemmHopperKernels {
     #define GH_CSTRIDE (GH_BN + 8)             // a staged bfloat16 output row: 8 values of padding against bank conflicts
     #define GH_STAGED_BYTES (GH_BM * GH_CSTRIDE * 2)
     #define GH_PARTIAL_BYTES (8 * GH_BM * 4)
+    #define GH_PART_FLOATS (GH_BM * GH_BN + 8 * GH_BM)   // a weight-gradient partial: the tile, then its column sums' partials
 
     /// A shared-memory matrix descriptor for the 128-byte swizzle (layout type 1, bits 62-63): start
     /// address, then the leading and stride byte distances, each in 16-byte units.
@@ -133,24 +134,30 @@ enum GroupedGemmHopperKernels {
     }
 
     /// Tile `L` of the launch's tiles (`tilesY` rows of `columnTiles` columns, then `tilesZ` such
-    /// planes): its problem and first column; false past the last row tile.
+    /// planes): its problem, first column and, for a weight gradient, its partial's slot (`part`,
+    /// -1 for a tile written out whole); false where there is no tile.
     ///
     /// A weight gradient's tile takes time in proportion to its expert's rows, and block `b` walks
     /// tiles `b`, `b + G`, ... (G blocks): taken expert by expert, a block that drew two tiles of a
-    /// crowded expert set the product's time (2-3.5× the balanced one in training's first steps,
-    /// change 35). So its tiles are ranked longest first (`tiles` holds the experts by rank,
-    /// `grouped_tile_table`) and dealt out in a snake: round `r` gives rank `rG + b` to block `b`,
-    /// or `rG + (G' - 1 - b)` in odd rounds (G' the round's tiles), so a block that drew a long
-    /// tile in one round draws a short one in the next.
+    /// crowded expert set the product's time (in training's first steps, before the router
+    /// balances, 2-3.5× the balanced one: perf-notes change 35). So its planes are the units of
+    /// `grouped_weight_units` (an expert's rows, or a chunk of a crowded expert's, whose tiles leave
+    /// float32 partials), longest first, and the tiles are dealt out in a snake: round `r` gives
+    /// rank `rG + b` to block `b`, or `rG + (G' - 1 - b)` in odd rounds (G' the round's tiles), so a
+    /// block that drew a long tile in one round draws a short one in the next.
     template <bool VARY_K>
     __device__ __forceinline__ bool gh_tile(int64_t L, int64_t columnTiles, int64_t tilesY, int64_t tilesZ, const int* offsets,
                                             const int* tiles, int64_t M, int64_t K, GroupedTile& t, int64_t& n0) {
         if (VARY_K) {
-            const int64_t G = gridDim.x, perExpert = columnTiles * tilesY, total = perExpert * tilesZ;
+            const int64_t G = gridDim.x, perUnit = columnTiles * tilesY, total = perUnit * tilesZ;
             const int64_t r = L / G, b = L % G, round = total - r * G < G ? total - r * G : G;
-            const int64_t rank = r * G + ((r & 1) ? round - 1 - b : b), tile = rank % perExpert;
+            const int64_t rank = r * G + ((r & 1) ? round - 1 - b : b), tile = rank % perUnit;
+            const int* unit = tiles + 4 * (rank / perUnit);
+            if (unit[0] < 0) return false;
+            t.g = unit[0]; t.m0 = (tile / columnTiles) * GH_BM; t.mEnd = M; t.k0 = unit[1]; t.kEnd = unit[2];
+            t.part = unit[3] < 0 ? -1 : unit[3] + tile;
             n0 = (tile % columnTiles) * GH_BN;
-            return grouped_tile<true>(GH_BM, (int)(tile / columnTiles), tiles[rank / perExpert], offsets, tiles, M, K, t);
+            return true;
         }
         const int64_t yz = L / columnTiles;
         n0 = (L % columnTiles) * GH_BN;
@@ -158,7 +165,7 @@ enum GroupedGemmHopperKernels {
     }
 
     template <bool A_K, bool B_K, bool VARY_K, int MODE, int ACT>
-    __device__ __forceinline__ void grouped_gemm_wgmma(GG_PARAMS, int64_t tilesY, int64_t tilesZ, const GHTensorMap* mapA,
+    __device__ __forceinline__ void grouped_gemm_wgmma(GG_PARAMS, int64_t tilesY, int64_t tilesZ, float* work, const GHTensorMap* mapA,
                                                        const GHTensorMap* mapB) {
         extern __shared__ __align__(1024) bf16_t gh_shared[];
         // The swizzle repeats every 1024 bytes of address: the stages start on such a boundary.
@@ -298,6 +305,18 @@ enum GroupedGemmHopperKernels {
                 for (int d = kTiles < GH_IN_FLIGHT ? kTiles : GH_IN_FLIGHT; d > 0; d--) gh_bar_arrive(empty((p - d) % GH_STAGES));
                 #pragma unroll
                 for (int i = 0; i < 128; i++) gh_fence_accumulator(acc[i]);
+                if (VARY_K && t.part >= 0) {
+                    // A chunk of a crowded expert's rows: its float32 partial, thread by thread (coalesced),
+                    // for `grouped_weight_finish`; no epilogue warpgroup takes it.
+                    float* const out = work + t.part * GH_PART_FLOATS;
+                    #pragma unroll
+                    for (int i = 0; i < 128; i++) out[i * 128 + mtid] = acc[i];
+                    if (sumsA) {
+                        #pragma unroll
+                        for (int e = 0; e < 8; e++) out[GH_BM * GH_BN + skg * GH_BM + sc * 8 + e] = colSum[e];
+                    }
+                    continue;
+                }
 
                 // Staged in bfloat16 (what the epilogue's first step rounds to) in buffer `turn % 2`,
                 // once its epilogue warpgroup is done with tile turn - 2 (its (turn / 2 - 1)-th).
@@ -335,6 +354,7 @@ enum GroupedGemmHopperKernels {
         for (int64_t L = blockIdx.x; L < total; L += gridDim.x) {
             GroupedTile t; int64_t n0;
             if (!gh_tile<VARY_K>(L, columnTiles, tilesY, tilesZ, offsets, tiles, M, K, t, n0)) continue;
+            if (VARY_K && t.part >= 0) continue;   // a partial, not staged
             if ((turn & 1) != me) { turn++; continue; }
             gh_bar_wait(stagedFull(me), (turn >> 1) & 1);   // this warpgroup's (turn / 2)-th tile
             turn++;
@@ -388,11 +408,54 @@ enum GroupedGemmHopperKernels {
         }
     }
     #define GH_ENTRY(NAME, AK, BK, VK, MODE, ACT) \
-    extern "C" __global__ void __launch_bounds__(\#(threads), 1) NAME(GG_PARAMS, int64_t tilesY, int64_t tilesZ, \
+    extern "C" __global__ void __launch_bounds__(\#(threads), 1) NAME(GG_PARAMS, int64_t tilesY, int64_t tilesZ, float* work, \
         const __grid_constant__ GHTensorMap mapA, const __grid_constant__ GHTensorMap mapB) { \
-        grouped_gemm_wgmma<AK, BK, VK, MODE, ACT>(GG_ARGS, tilesY, tilesZ, &mapA, &mapB); }
+        grouped_gemm_wgmma<AK, BK, VK, MODE, ACT>(GG_ARGS, tilesY, tilesZ, work, &mapA, &mapB); }
     // The entries of `GroupedGemmKernels`, under the same names with `_wgmma` appended.
     GG_ENTRIES(GH_ENTRY, _wgmma)
+
+    /// The weight gradients of the experts `grouped_weight_units` split: each tile's float32
+    /// partials, one a chunk of the expert's rows, summed in chunk order and rounded once, as the
+    /// MMA warpgroup would have staged the whole sum; and with `aux`, the chunks' column sums (the
+    /// experts' bias gradients). Block (8·tile + q, split) of 128 threads: thread `t` sums what the
+    /// MMA warpgroup's thread `t` held in accumulators 16q ... 16q + 15, all 16 loads of a chunk in
+    /// flight at once. (A block a tile, one accumulator at a time, took 54 µs a medium product;
+    /// 32 accumulators a thread in blocks of four quarters, 12 µs: too few blocks.) Accumulator
+    /// `i` = 64·half + 4·j + 2·h + e is row 64·half + 16·warp + lane/4 + 8h, column
+    /// 8j + 2·(lane%4) + e of the tile.
+    extern "C" __global__ void __launch_bounds__(128) grouped_weight_finish(const float* __restrict__ work, const int* __restrict__ splits,
+        bf16_t* __restrict__ c, bf16_t* __restrict__ aux, int64_t M, int64_t N, int64_t ldc, int64_t cStride, int64_t columnTiles) {
+        const int* split = splits + 3 * blockIdx.y;
+        const int g = split[0];
+        if (g < 0) return;
+        const int64_t tile = blockIdx.x >> 3, perUnit = gridDim.x >> 3, first = split[1], chunks = split[2];
+        const int q = blockIdx.x & 7, t = threadIdx.x, lane = t & 31, warp = t >> 5;
+        const int64_t m0 = (tile / columnTiles) * GH_BM, n0 = (tile % columnTiles) * GH_BN;
+        float v[16];
+        #pragma unroll
+        for (int i = 0; i < 16; i++) v[i] = 0.f;
+        for (int64_t j = 0; j < chunks; j++) {
+            const float* p = work + (first + j * perUnit + tile) * GH_PART_FLOATS + 16 * q * 128 + t;
+            #pragma unroll
+            for (int i = 0; i < 16; i++) v[i] += p[i * 128];
+        }
+        bf16_t* const ct = c + g * cStride;
+        #pragma unroll
+        for (int i = 0; i < 16; i += 2) {
+            const int a = 16 * q + i, half = a >> 6, j8 = (a & 63) >> 2, h = (a >> 1) & 1;
+            const int64_t row = m0 + half * 64 + warp * 16 + (lane >> 2) + h * 8, col = n0 + j8 * 8 + (lane & 3) * 2;
+            if (row < M && col < N) *(uint32_t*)&ct[row * ldc + col] = gh_pack_bf16x2(v[i], v[i + 1]);
+        }
+        if (aux != nullptr && n0 == 0 && q == 0) {
+            float sum = 0.f;
+            for (int64_t j = 0; j < chunks; j++) {
+                const float* p = work + (first + j * perUnit + tile) * GH_PART_FLOATS + GH_BM * GH_BN;
+                #pragma unroll
+                for (int kg = 0; kg < 8; kg++) sum += p[kg * GH_BM + t];
+            }
+            if (m0 + t < M) aux[(int64_t)g * M + m0 + t] = ST(sum);
+        }
+    }
     #endif
     """#
 

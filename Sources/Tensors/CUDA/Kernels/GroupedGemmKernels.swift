@@ -29,7 +29,8 @@ enum GroupedGemmKernels {
     /// The problem of the tile at row `y`, expert `z` of the launch's tiles (one block a tile: the
     /// block's y and z): its expert, its rows [m0, mEnd) and its sum over [k0, kEnd); false for a
     /// tile past the last row tile.
-    struct GroupedTile { int g; int64_t m0, mEnd, k0, kEnd; };
+    // `part`: the wgmma weight gradient's partial slot (`gh_tile`), -1 where the tile is written whole.
+    struct GroupedTile { int g; int64_t m0, mEnd, k0, kEnd, part = -1; };
     template <bool VARY_K>
     __device__ __forceinline__ bool grouped_tile(int bm, int y, int z, const int* offsets, const int* tiles, int64_t M, int64_t K, GroupedTile& t) {
         if (VARY_K) {

@@ -158,10 +158,8 @@ enum RoutingKernels {
     /// The grouped GEMM kernels' table (`CUDAGroupedKernel.GroupTable`) from the group sizes on the
     /// device, so that no one waits for them: `table[0..E]` the offsets (the exclusive scan of
     /// `counts`, then their sum), then `(expert, first row)` for each of `max_tiles` row tiles of
-    /// `tile_rows` rows, expert by expert, and `(-1, 0)` past the last; then the experts by rank,
-    /// most rows first (ties by index), the order in which the wgmma kernel takes a weight
-    /// gradient's tiles. One block; the offsets and each expert's first tile in `2·(E + 1)` ints of
-    /// dynamic shared memory.
+    /// `tile_rows` rows, expert by expert, and `(-1, 0)` past the last. One block; the offsets and
+    /// each expert's first tile in `2·(E + 1)` ints of dynamic shared memory.
     extern "C" __global__ void grouped_tile_table(const int32_t* counts, int experts, int tile_rows, int max_tiles, int32_t* table) {
         extern __shared__ int32_t gt_shared[];
         int32_t* offset = gt_shared;
@@ -189,15 +187,54 @@ enum RoutingKernels {
             tile[2 * t] = lo;
             tile[2 * t + 1] = offset[lo] + (t - first_tile[lo]) * tile_rows;
         }
-        int32_t* order = tile + 2 * max_tiles;
-        for (int g = threadIdx.x; g < experts; g += blockDim.x) {
-            const int32_t rows = offset[g + 1] - offset[g];
-            int rank = 0;
-            for (int h = 0; h < experts; h++) {
-                const int32_t other = offset[h + 1] - offset[h];
-                rank += other > rows || (other == rows && h < g);
+    }
+
+    /// The wgmma kernel's weight-gradient work (`CUDAGroupedKernel.WeightUnits`) from the group
+    /// offsets. A unit is an expert's rows, or, for an expert of more than `chunk` rows, one of
+    /// `n = ⌈rows / chunk⌉` chunks of them as equal as may be, whose tiles leave
+    /// float32 partials in slots `slot + tile` for `grouped_weight_finish`: `units` holds
+    /// `(expert, first row, end row, slot or -1)` longest first (ties in expert, then chunk, order;
+    /// `(-1, 0, 0, -1)` past the last), `splits` each split expert's `(expert, first slot, n)`
+    /// (`(-1, 0, 0)` past the last). An expert that would overrun `max_units`, `max_splits` or
+    /// `max_slots` stays whole. One block; `scratch` (4 · `max_units` ints) holds the units in expert
+    /// order while they are ranked.
+    extern "C" __global__ void grouped_weight_units(const int32_t* offsets, int experts, int chunk, int per_expert, int max_units,
+                                                    int max_splits, int max_slots, int32_t* units, int32_t* splits, int32_t* scratch) {
+        __shared__ int32_t unit_count;
+        if (threadIdx.x == 0) {
+            int u = 0, s = 0, slot = 0;
+            for (int g = 0; g < experts; g++) {
+                const int32_t first = offsets[g], end = offsets[g + 1], rows = end - first;
+                const int n = (rows + chunk - 1) / chunk;
+                // Room for this expert's chunks and one unit for each expert after it.
+                const bool split = n > 1 && s < max_splits && u + n + (experts - 1 - g) <= max_units && slot + n * per_expert <= max_slots;
+                if (!split) {
+                    scratch[4 * u] = g; scratch[4 * u + 1] = first; scratch[4 * u + 2] = end; scratch[4 * u + 3] = -1;
+                    u++;
+                    continue;
+                }
+                splits[3 * s] = g; splits[3 * s + 1] = slot; splits[3 * s + 2] = n;
+                s++;
+                for (int j = 0; j < n; j++, u++) {
+                    const int32_t from = first + (int32_t)((int64_t)j * rows / n), to = first + (int32_t)((int64_t)(j + 1) * rows / n);
+                    scratch[4 * u] = g; scratch[4 * u + 1] = from; scratch[4 * u + 2] = to; scratch[4 * u + 3] = slot + j * per_expert;
+                }
+                slot += n * per_expert;
             }
-            order[rank] = g;
+            for (; s < max_splits; s++) { splits[3 * s] = -1; splits[3 * s + 1] = 0; splits[3 * s + 2] = 0; }
+            unit_count = u;
+        }
+        __syncthreads();
+        const int count = unit_count;
+        for (int u = threadIdx.x; u < max_units; u += blockDim.x) {
+            if (u >= count) { units[4 * u] = -1; units[4 * u + 1] = 0; units[4 * u + 2] = 0; units[4 * u + 3] = -1; continue; }
+            const int32_t length = scratch[4 * u + 2] - scratch[4 * u + 1];
+            int rank = 0;
+            for (int v = 0; v < count; v++) {
+                const int32_t other = scratch[4 * v + 2] - scratch[4 * v + 1];
+                rank += other > length || (other == length && v < u);
+            }
+            for (int i = 0; i < 4; i++) units[4 * rank + i] = scratch[4 * u + i];
         }
     }
     """#
