@@ -136,8 +136,8 @@ extension CUDABackend {
                arguments: arguments)
         if let units, let partials {
             // Units come with the wgmma module, which holds the finish too.
-            launch(hopperKernel("grouped_weight_finish")!, grid: (8 * tileGrid.0 * tileGrid.1, units.maxSplits, 1), block: (128, 1, 1), sharedMemory: 0, stream: gpu.stream,
-                   arguments: [.pointer(CUdeviceptr(partials.address)), .pointer(units.splits), c.arg, columnSums?.arg ?? .pointer(0),
+            launch(hopperKernel("grouped_weight_finish")!, grid: (8 * tileGrid.0 * tileGrid.1, units.maxSplits, 1), block: (128, 1, 1),
+                   sharedMemory: 0, stream: gpu.stream, arguments: [.pointer(CUdeviceptr(partials.address)), .pointer(units.splits), c.arg, columnSums?.arg ?? .pointer(0),
                                .int64(Int64(m)), .int64(Int64(n)), .int64(Int64(ldc)), .int64(Int64(cStride)), .int64(Int64(columnTiles))])
         }
         withExtendedLifetime((table, units, partials)) {}

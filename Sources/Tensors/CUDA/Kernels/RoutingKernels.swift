@@ -189,8 +189,8 @@ enum RoutingKernels {
         }
     }
 
-    /// The wgmma kernel's weight-gradient work (`CUDAGroupedKernel.WeightUnits`) from the group
-    /// offsets. A unit is an expert's rows, or, for an expert of more than `chunk` rows, one of
+    /// The wgmma kernel's weight-gradient work (`CUDABackend.WeightUnits`) from the group offsets,
+    /// experts taken in index order. A unit is an expert's rows, or, for an expert of more than `chunk` rows, one of
     /// `n = ⌈rows / chunk⌉` chunks of them as equal as may be, whose tiles leave
     /// float32 partials in slots `slot + tile` for `grouped_weight_finish`: `units` holds
     /// `(expert, first row, end row, slot or -1)` longest first (ties in expert, then chunk, order;
