@@ -289,15 +289,15 @@ inline void gh_bar_wait(uint32_t bar, uint32_t parity) {
 HARNESS = r"""
 
 typedef void (*Kernel)(const T*, const T*, T*, const int*, const int*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                       int64_t, int64_t, const T*, T* TILE_PARAMS);
+                       int64_t, int64_t, const T*, T*, float* TILE_PARAMS);
 // A persistent family's blocks walk the tile grid a one-block-a-tile family is launched on.
 static Dim emu_tiles;
+static float* emu_work = nullptr;   // the weight gradient's partials (`grouped_weight_finish`, `grouped_weight_sum`)
 #if PERSISTENT
 // The tensor maps of the next launch, as `CUDAGroupedKernel.operandMaps` makes them: A [rows, k] in
 // boxes of 64 × 128; B [E, n, k] (forward) in boxes of 64 × 128 × 1, or [E, k, n] (data gradient)
 // in boxes of 64 × 64 × 1; the weight gradient's gy [rows, m] and x [rows, n] in boxes of 64 × 64.
 static GHTensorMap emu_map_a, emu_map_b;
-static float* emu_work = nullptr;   // the weight gradient's partials (`grouped_weight_finish`)
 static GHTensorMap emu_encode(const T* base, int rank, std::vector<int64_t> dims, std::vector<int64_t> strides, std::vector<int> box) {
     EmuMap m{};
     m.base = (const unsigned char*)base; m.rank = rank;
@@ -549,15 +549,15 @@ int run_all() {
                 check(label, want, gx, tolerance);
             }
 
-        // Weight gradient gW_g = gy_gᵀ x_g (zeros for an expert without rows). The wgmma kernel
-        // walks the units of `grouped_weight_units`, here with chunks of at most 128 rows so the
-        // crowded experts are split, and `grouped_weight_finish` sums their partials.
+        // Weight gradient gW_g = gy_gᵀ x_g (zeros for an expert without rows). The kernels walk
+        // the units of `grouped_weight_units`, here with chunks of at most 128 rows so the crowded
+        // experts are split, and `grouped_weight_finish` (wgmma) or `grouped_weight_sum` (the
+        // others) sums their partials.
         const unsigned colTiles = (inW + TILE_COLS - 1) / TILE_COLS, rowTilesW = (outW + TILE_ROWS - 1) / TILE_ROWS;
         const int perUnit = (int)(colTiles * rowTilesW), maxUnits = E + 16, maxSplits = E, maxSlots = 64;
         std::vector<int> units(4 * maxUnits, 12345), splits(3 * maxSplits, 12345), scratch(4 * maxUnits);
-        std::vector<float> partials((size_t)maxSlots * GH_PART_FLOATS_VALUE, NAN);
-        const bool walksUnits = PERSISTENT;
-        if (walksUnits) {
+        std::vector<float> partials((size_t)maxSlots * PART_FLOATS, NAN);
+        {
             run_blocks(Dim{1, 1, 1}, 64, [&] { grouped_weight_units(offsets, E, 128, perUnit, maxUnits, maxSplits, maxSlots,
                                                                    units.data(), splits.data(), scratch.data()); });
             int split = 0, crowded = 0;
@@ -566,17 +566,21 @@ int run_all() {
             if (split != crowded) failures++;
             std::printf("%s %s S=%d E=%d weight-gradient units: %d experts split\n", split == crowded ? "ok  " : "FAIL", FAMILY, S, E, split);
         }
-        const Dim weightGrid{colTiles, rowTilesW, walksUnits ? (unsigned)maxUnits : (unsigned)E};
-        const int* weightTiles = walksUnits ? units.data() : tiles;
+        const Dim weightGrid{colTiles, rowTilesW, (unsigned)maxUnits};
+        const int* weightTiles = units.data();
         auto finish = [&](T* gw, T* sums) {
-            if (!walksUnits) return;
+#if PERSISTENT
             run_blocks(Dim{(unsigned)(8 * perUnit), (unsigned)maxSplits, 1}, 128, [&] {
-                FINISH(partials.data(), splits.data(), gw, sums, outW, inW, inW, (int64_t)outW * inW, colTiles); });
+                grouped_weight_finish(partials.data(), splits.data(), gw, sums, outW, inW, inW, (int64_t)outW * inW, colTiles); });
+#else
+            run_blocks(Dim{(unsigned)(PART_FLOATS / 1024 * perUnit), (unsigned)maxSplits, 1}, 256, [&] {
+                grouped_weight_sum(partials.data(), splits.data(), gw, outW, inW, inW, (int64_t)outW * inW, colTiles, TILE_ROWS, TILE_COLS); });
+#endif
         };
         {
             std::vector<T> gw((size_t)E * outW * inW, poison());
             EMU_WEIGHT_MAPS(gy.data(), x.data(), S, outW, inW, outW, inW);
-            emu_work_set(partials.data());
+            emu_work = partials.data();
             launch(WEIGHT_GRADIENT, weightGrid, THREADS, [&](Kernel k) {
                 k(gy.data(), x.data(), gw.data(), offsets, weightTiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, nullptr TILE_ARGS);
             });
@@ -639,15 +643,13 @@ def main():
     for family in args.family or sorted(FAMILIES):
         suffix, rows, cols, threads, persistent = FAMILIES[family]
         paste = "##" + suffix if suffix else ""
-        tiles = (("#define PERSISTENT 1\n#define TILE_PARAMS , int64_t, int64_t, float*, GHTensorMap, GHTensorMap\n"
-                  "#define TILE_ARGS , (int64_t)emu_tiles.y, (int64_t)emu_tiles.z, emu_work, emu_map_a, emu_map_b\n") if persistent
-                 else "#define PERSISTENT 0\n#define TILE_PARAMS\n#define TILE_ARGS\n")
+        tiles = (("#define PERSISTENT 1\n#define TILE_PARAMS , int64_t, int64_t, GHTensorMap, GHTensorMap\n"
+                  "#define TILE_ARGS , emu_work, (int64_t)emu_tiles.y, (int64_t)emu_tiles.z, emu_map_a, emu_map_b\n"
+                  "#define PART_FLOATS GH_PART_FLOATS\n") if persistent
+                 else f"#define PERSISTENT 0\n#define TILE_PARAMS\n#define TILE_ARGS , emu_work\n#define PART_FLOATS {rows * cols}\n")
         defines = (tiles + f"#define FAMILY \"{family}\"\n#define TILE_ROWS {rows}\n#define TILE_COLS {cols}\n#define THREADS {threads}\n"
                    f"#define FORWARD grouped_gemm_forward{suffix}\n#define SUFFIXED(NAME) NAME{paste}\n"
-                   f"#define WEIGHT_GRADIENT grouped_gemm_weight_gradient{suffix}\n"
-                   + ("#define FINISH grouped_weight_finish\n#define GH_PART_FLOATS_VALUE GH_PART_FLOATS\n"
-                      "#define emu_work_set(p) (emu_work = (p))\n" if persistent else
-                      "#define FINISH(...)\n#define GH_PART_FLOATS_VALUE 1\n#define emu_work_set(p)\n"))
+                   f"#define WEIGHT_GRADIENT grouped_gemm_weight_gradient{suffix}\n")
         source = os.path.join(directory, f"{family}.cpp")
         with open(source, "w") as f:
             f.write(SHIM + kernel_source(family) + defines + HARNESS)

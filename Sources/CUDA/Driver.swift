@@ -110,6 +110,7 @@ public final class Driver: @unchecked Sendable {
         UnsafeMutablePointer<UnsafeMutableRawPointer?>?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?
     ) -> CUresult
     public let cuFuncSetAttribute: @convention(c) (Handle?, Int32, Int32) -> CUresult
+    public let cuOccupancyMaxActiveBlocksPerMultiprocessor: @convention(c) (UnsafeMutablePointer<Int32>?, Handle?, Int32, Int) -> CUresult
     /// Describes a tensor for the Hopper tensor-memory accelerator (``TensorMap``); nil where the
     /// driver predates CUDA 12.
     public let cuTensorMapEncodeTiled: (@convention(c) (
@@ -170,6 +171,7 @@ public final class Driver: @unchecked Sendable {
         cuModuleUnload = try library.symbol("cuModuleUnload")
         cuLaunchKernel = try library.symbol("cuLaunchKernel")
         cuFuncSetAttribute = try library.symbol("cuFuncSetAttribute")
+        cuOccupancyMaxActiveBlocksPerMultiprocessor = try library.symbol("cuOccupancyMaxActiveBlocksPerMultiprocessor")
         cuTensorMapEncodeTiled = library.optionalSymbol("cuTensorMapEncodeTiled")
         cuGetErrorName = try library.symbol("cuGetErrorName")
         cuGetErrorString = try library.symbol("cuGetErrorString")

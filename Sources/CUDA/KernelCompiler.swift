@@ -220,4 +220,15 @@ public final class CUDAFunction: @unchecked Sendable {
         try driver.check(driver.cuFuncSetAttribute(handle, DriverConstant.functionAttributeMaxDynamicSharedSizeBytes, Int32(bytes)),
                          "cuFuncSetAttribute(\(name), MAX_DYNAMIC_SHARED_SIZE_BYTES, \(bytes))")
     }
+
+    /// How many blocks of `threads` threads and `sharedBytes` of dynamic shared memory one SM holds
+    /// at once, given the kernel's registers and static shared memory (at least 1).
+    public func residentBlocksPerMultiprocessor(threads: Int, sharedBytes: Int) throws -> Int {
+        let driver = module.driver
+        _ = driver.cuCtxSetCurrent(module.context)
+        var blocks: Int32 = 0
+        try driver.check(driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, handle, Int32(threads), sharedBytes),
+                         "cuOccupancyMaxActiveBlocksPerMultiprocessor(\(name), \(threads), \(sharedBytes))")
+        return max(Int(blocks), 1)
+    }
 }

@@ -110,37 +110,63 @@ extension CUDABackend {
         var tileGrid = product == .weightGradient
             ? (columnTiles, (m + tileRows - 1) / tileRows, groups.count)
             : (columnTiles, rowTiles, 1)
-        let kernel = groupedKernel(product, dtype, epilogue: epilogue.suffix)
-        if kernel.sharedBytes > 48 * 1024 { Self.allowSharedMemory(kernel.function, kernel.sharedBytes) }
-        // The wgmma weight gradient walks units (`CUDAGroupedWeightUnits`) instead of experts.
-        let units = product == .weightGradient && kernel.persistent
-            ? weightUnits(table, groups: groups, rows: a.shape[0], perUnit: tileGrid.0 * tileGrid.1) : nil
+        let grouped = groupedKernel(product, dtype, epilogue: epilogue.suffix)
+        if grouped.sharedBytes > 48 * 1024 { Self.allowSharedMemory(grouped.function, grouped.sharedBytes) }
+        // The weight gradient walks units (`CUDAGroupedWeightUnits`) instead of experts.
+        let perUnit = tileGrid.0 * tileGrid.1
+        let units = product == .weightGradient
+            ? weightUnits(table, groups: groups, rows: a.shape[0], perUnit: perUnit, blocks: weightGradientBlocks(grouped, dtype, tiles: perUnit * groups.count))
+            : nil
         if let units { tileGrid.2 = units.maxUnits }
+        // Room for the partials of the units' split experts (float32, freed in stream order after the finish).
+        let partialFloats = grouped.persistent ? Self.wgmmaPartialFloats : tileRows * tileCols
+        let partials = units.flatMap { $0.maxSplits == 0 ? nil : allocate(byteCount: $0.maxSlots * partialFloats * 4) }
         var arguments: [KernelArgument] = [
             a.arg, b.arg, c.arg, .pointer(offsets), .pointer(units?.units ?? table.tiles),
             .int64(Int64(m)), .int64(Int64(n)), .int64(Int64(k)), .int64(Int64(lda)), .int64(Int64(ldb)),
             .int64(Int64(ldc)), .int64(Int64(bStride)), .int64(Int64(cStride)),
-            .pointer(epilogue.bias), columnSums?.arg ?? .pointer(epilogue.preactivation)]
+            .pointer(epilogue.bias), columnSums?.arg ?? .pointer(epilogue.preactivation), .pointer(partials.map { CUdeviceptr($0.address) } ?? 0)]
         var grid = tileGrid
-        // Room for the partials of the units' split experts (float32, freed in stream order after the finish).
-        let partials = units.flatMap { $0.maxSplits == 0 ? nil : allocate(byteCount: $0.maxSlots * Self.weightPartialFloats * 4) }
-        if kernel.persistent {
+        if grouped.persistent {
             // One block an SM walks the tiles (`GroupedGemmHopperKernels`), reading the operands
             // through tensor maps.
             let maps = operandMaps(product, a: a, b: b, m: m, n: n, k: k, lda: lda, ldb: ldb, bStride: bStride, experts: groups.count)
-            arguments += [.int64(Int64(tileGrid.1)), .int64(Int64(tileGrid.2)), .pointer(partials.map { CUdeviceptr($0.address) } ?? 0),
-                          .tensorMap(maps.0), .tensorMap(maps.1)]
+            arguments += [.int64(Int64(tileGrid.1)), .int64(Int64(tileGrid.2)), .tensorMap(maps.0), .tensorMap(maps.1)]
             grid = (min(tileGrid.0 * tileGrid.1 * tileGrid.2, gpu.multiprocessorCount), 1, 1)
         }
-        launch(kernel.function, grid: grid, block: (kernel.threads, 1, 1), sharedMemory: kernel.sharedBytes, stream: gpu.stream,
+        launch(grouped.function, grid: grid, block: (grouped.threads, 1, 1), sharedMemory: grouped.sharedBytes, stream: gpu.stream,
                arguments: arguments)
         if let units, let partials {
-            // Units come with the wgmma module, which holds the finish too.
-            launch(hopperKernel("grouped_weight_finish")!, grid: (8 * tileGrid.0 * tileGrid.1, units.maxSplits, 1), block: (128, 1, 1),
-                   sharedMemory: 0, stream: gpu.stream, arguments: [.pointer(CUdeviceptr(partials.address)), .pointer(units.splits), c.arg, columnSums?.arg ?? .pointer(0),
-                               .int64(Int64(m)), .int64(Int64(n)), .int64(Int64(ldc)), .int64(Int64(cStride)), .int64(Int64(columnTiles))])
+            let work = CUdeviceptr(partials.address)
+            if grouped.persistent {
+                // The wgmma partials hold the column sums' too (`grouped_weight_finish`, in the Hopper module).
+                launch(hopperKernel("grouped_weight_finish")!, grid: (8 * perUnit, units.maxSplits, 1), block: (128, 1, 1),
+                       sharedMemory: 0, stream: gpu.stream, arguments: [.pointer(work), .pointer(units.splits), c.arg, columnSums?.arg ?? .pointer(0),
+                                   .int64(Int64(m)), .int64(Int64(n)), .int64(Int64(ldc)), .int64(Int64(cStride)), .int64(Int64(columnTiles))])
+            } else {
+                // Defined in the bfloat16 and float32 modules only.
+                let sum = dtype == .bfloat16 ? kernel("grouped_weight_sum", .bfloat16) : kernel("grouped_weight_sum", .float32)
+                launch(sum, grid: (partialFloats / 1024 * perUnit, units.maxSplits, 1), block: (256, 1, 1),
+                       sharedMemory: 0, stream: gpu.stream, arguments: [.pointer(work), .pointer(units.splits), c.arg, .int64(Int64(m)),
+                                   .int64(Int64(n)), .int64(Int64(ldc)), .int64(Int64(cStride)), .int64(Int64(columnTiles)),
+                                   .int32(Int32(tileRows)), .int32(Int32(tileCols))])
+            }
         }
         withExtendedLifetime((table, units, partials)) {}
+    }
+
+    /// How many blocks a weight gradient's units should keep busy (`weightUnits`), for `tiles`
+    /// output tiles in all. On the tensor cores, as many as run at once (one an SM for the
+    /// persistent wgmma kernel) or fewer where the tiles are fewer: a balanced product there takes
+    /// a few µs, about what its partials' round trip through memory would. On the CUDA cores
+    /// (float32), every block the SMs hold at once, so balanced experts split too: the small
+    /// preset's experts have 16 tiles each, 128 in all against 528 blocks the SMs hold, and a
+    /// fresh model's crowded experts split only at 9/8 of that even share still left its step at
+    /// 7.37 ms, against 6.78 ms filling them all (perf-notes change 37).
+    private func weightGradientBlocks(_ kernel: GroupedKernel, _ dtype: DType, tiles: Int) -> Int {
+        let perSM = kernel.persistent ? 1 : Self.residentBlocks(kernel.function, threads: kernel.threads, sharedBytes: kernel.sharedBytes)
+        let resident = perSM * gpu.multiprocessorCount
+        return dtype == .float32 ? resident : min(tiles, resident)
     }
 
     /// The wgmma kernel's tensor maps of its operands (bfloat16), in the boxes its stage tiles are
@@ -263,4 +289,15 @@ extension CUDABackend {
         do { try function.setMaxDynamicSharedMemory(bytes) } catch { fatalError("\(error)") }
     }
     private static let sharedMemoryRaised = Mutex<Set<ObjectIdentifier>>([])
+
+    /// The blocks of a loaded function one SM holds at once, asked of the driver once per function.
+    private static func residentBlocks(_ function: CUDAFunction, threads: Int, sharedBytes: Int) -> Int {
+        let key = ObjectIdentifier(function)
+        if let known = residentBlockCounts.withLock({ $0[key] }) { return known }
+        let blocks: Int
+        do { blocks = try function.residentBlocksPerMultiprocessor(threads: threads, sharedBytes: sharedBytes) } catch { fatalError("\(error)") }
+        residentBlockCounts.withLock { $0[key] = blocks }
+        return blocks
+    }
+    private static let residentBlockCounts = Mutex<[ObjectIdentifier: Int]>([:])
 }

@@ -1,11 +1,11 @@
 import CUDA
 
-// The wgmma kernel's weight gradient under imbalance. A tile of expert g's weight gradient sums
+// The grouped kernels' weight gradient under imbalance. A tile of expert g's weight gradient sums
 // over g's rows, so its time grows with them; one crowded expert (routing before the router has
-// balanced: 40-50% of the slots on one expert of eight) made a block that drew its tiles set the
+// balanced: 40-50% of the slots on one expert of eight) made the blocks that drew its tiles set the
 // product's time. `grouped_weight_units` cuts such an expert's rows into chunks whose tiles leave
-// float32 partials, orders all the work longest first, and `grouped_weight_finish` sums the
-// partials in a fixed order: deterministic, no atomics (perf-notes change 35).
+// float32 partials, orders all the work longest first, and a finishing kernel sums the partials
+// in a fixed order: deterministic, no atomics (perf-notes changes 35 and 37).
 
 extension CUDABackend {
     /// One grouping's weight-gradient work for products of `perUnit` output tiles an expert, as
@@ -23,22 +23,22 @@ extension CUDABackend {
         }
     }
 
-    /// Floats of one partial (`GH_PART_FLOATS`): a 128×128 tile and its 8×128 column-sum partials.
-    static let weightPartialFloats = 128 * 128 + 8 * 128
+    /// Floats of one wgmma partial (`GH_PART_FLOATS`): a 128×128 tile and its 8×128 column-sum partials.
+    static let wgmmaPartialFloats = 128 * 128 + 8 * 128
 
     /// The units of `table`'s grouping of `rows` rows, built on the device once per grouping and
-    /// output shape. An expert is split where its rows exceed what a block would walk if the work
-    /// were even, and 1/8 more (`chunk = 9/8 · perUnit · rows / blocks`, at least 256): balanced
-    /// routing splits nothing, and where an expert's tiles are many enough to fill the GPU
-    /// (`chunk ≥ rows`) nothing is ever split and no room for partials is taken. Their partials get
-    /// at most `blocks` slots (a wave's tiles: 9 MB on 132 SMs), beyond which an expert stays
-    /// whole. That holds top-2 routing's worst collapse at the medium size, every token on the
-    /// same two experts: 8192 rows each, 2 chunks of 32 tiles each (with chunks of exactly the even
-    /// share, 3 each, 192 slots: the second expert stayed whole and its product took 72 µs, not 44).
-    func weightUnits(_ table: GroupTable, groups: RowGroups, rows: Int, perUnit: Int) -> WeightUnits {
-        groups.derived("cuda.weightUnits.\(rows).\(perUnit)") {
+    /// output shape, to keep `blocks` blocks busy. An expert is split where its rows exceed what a
+    /// block would walk if the work were even, and 1/8 more (`chunk = 9/8 · perUnit · rows /
+    /// blocks`, at least 256): balanced routing splits nothing where the experts' tiles fill the
+    /// blocks, and where an expert's tiles alone do (`chunk ≥ rows`) nothing is ever split and no
+    /// room for partials is taken. Their partials get at most `blocks` slots (a wave's tiles: 9 MB
+    /// for the wgmma kernel on 132 SMs), beyond which an expert stays whole. That holds
+    /// top-2 routing's worst collapse at the medium size, every token on the same two experts: 8192
+    /// rows each, 2 chunks of 32 tiles each (with chunks of exactly the even share, 3 each, 192
+    /// slots: the second expert stayed whole and its product took 72 µs, not 44).
+    func weightUnits(_ table: GroupTable, groups: RowGroups, rows: Int, perUnit: Int, blocks: Int) -> WeightUnits {
+        groups.derived("cuda.weightUnits.\(rows).\(perUnit).\(blocks)") {
             let experts = table.experts
-            let blocks = max(1, min(perUnit * experts, gpu.multiprocessorCount))
             let chunk = max((9 * perUnit * rows + 8 * blocks - 1) / (8 * blocks), 256)
             let maxSplits = rows > chunk ? rows / chunk + 1 : 0, maxSlots = maxSplits > 0 ? blocks : 0
             let maxUnits = experts + (maxSplits > 0 ? 2 * blocks / perUnit + 1 : 0)

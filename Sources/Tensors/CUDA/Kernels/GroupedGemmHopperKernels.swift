@@ -152,21 +152,15 @@ enum GroupedGemmHopperKernels {
         if (VARY_K) {
             const int64_t G = gridDim.x, perUnit = columnTiles * tilesY, total = perUnit * tilesZ;
             const int64_t r = L / G, b = L % G, round = total - r * G < G ? total - r * G : G;
-            const int64_t rank = r * G + ((r & 1) ? round - 1 - b : b), tile = rank % perUnit;
-            const int* unit = tiles + 4 * (rank / perUnit);
-            if (unit[0] < 0) return false;
-            t.g = unit[0]; t.m0 = (tile / columnTiles) * GH_BM; t.mEnd = M; t.k0 = unit[1]; t.kEnd = unit[2];
-            t.part = unit[3] < 0 ? -1 : unit[3] + tile;
-            n0 = (tile % columnTiles) * GH_BN;
-            return true;
+            const int64_t rank = r * G + ((r & 1) ? round - 1 - b : b);
+            return grouped_unit_tile(tiles, rank / perUnit, rank % perUnit, columnTiles, GH_BM, GH_BN, M, t, n0);
         }
-        const int64_t yz = L / columnTiles;
         n0 = (L % columnTiles) * GH_BN;
-        return grouped_tile<false>(GH_BM, (int)(yz % tilesY), (int)(yz / tilesY), offsets, tiles, M, K, t);
+        return grouped_row_tile(GH_BM, (int)((L / columnTiles) % tilesY), offsets, tiles, K, t);
     }
 
     template <bool A_K, bool B_K, bool VARY_K, int MODE, int ACT>
-    __device__ __forceinline__ void grouped_gemm_wgmma(GG_PARAMS, int64_t tilesY, int64_t tilesZ, float* work, const GHTensorMap* mapA,
+    __device__ __forceinline__ void grouped_gemm_wgmma(GG_PARAMS, int64_t tilesY, int64_t tilesZ, const GHTensorMap* mapA,
                                                        const GHTensorMap* mapB) {
         extern __shared__ __align__(1024) bf16_t gh_shared[];
         // The swizzle repeats every 1024 bytes of address: the stages start on such a boundary.
@@ -409,9 +403,9 @@ enum GroupedGemmHopperKernels {
         }
     }
     #define GH_ENTRY(NAME, AK, BK, VK, MODE, ACT) \
-    extern "C" __global__ void __launch_bounds__(\#(threads), 1) NAME(GG_PARAMS, int64_t tilesY, int64_t tilesZ, float* work, \
+    extern "C" __global__ void __launch_bounds__(\#(threads), 1) NAME(GG_PARAMS, int64_t tilesY, int64_t tilesZ, \
         const __grid_constant__ GHTensorMap mapA, const __grid_constant__ GHTensorMap mapB) { \
-        grouped_gemm_wgmma<AK, BK, VK, MODE, ACT>(GG_ARGS, tilesY, tilesZ, work, &mapA, &mapB); }
+        grouped_gemm_wgmma<AK, BK, VK, MODE, ACT>(GG_ARGS, tilesY, tilesZ, &mapA, &mapB); }
     // The entries of `GroupedGemmKernels`, under the same names with `_wgmma` appended.
     GG_ENTRIES(GH_ENTRY, _wgmma)
 

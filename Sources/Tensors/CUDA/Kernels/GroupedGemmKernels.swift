@@ -26,21 +26,36 @@ enum GroupedGemmKernels {
     /// shared-memory addresses.
     static let common = #"""
     #if defined(FM_BF16) || defined(FM_F32)
-    /// The problem of the tile at row `y`, expert `z` of the launch's tiles (one block a tile: the
-    /// block's y and z): its expert, its rows [m0, mEnd) and its sum over [k0, kEnd); false for a
-    /// tile past the last row tile.
-    // `part`: the wgmma weight gradient's partial slot (`gh_tile`), -1 where the tile is written whole.
+    /// The problem of a row-varying product's row tile `y` (its expert, its rows [m0, mEnd), its sum
+    /// over [k0, kEnd)); false for a tile past the last row tile.
+    // `part`: a weight-gradient tile's float32 partial slot (`grouped_unit_tile`), -1 where the tile is written whole.
     struct GroupedTile { int g; int64_t m0, mEnd, k0, kEnd, part = -1; };
-    template <bool VARY_K>
-    __device__ __forceinline__ bool grouped_tile(int bm, int y, int z, const int* offsets, const int* tiles, int64_t M, int64_t K, GroupedTile& t) {
-        if (VARY_K) {
-            t.g = z; t.m0 = (int64_t)y * bm; t.mEnd = M; t.k0 = offsets[t.g]; t.kEnd = offsets[t.g + 1];
-            return true;
-        }
+    __device__ __forceinline__ bool grouped_row_tile(int bm, int y, const int* offsets, const int* tiles, int64_t K, GroupedTile& t) {
         t.g = tiles[2 * y];
         if (t.g < 0) return false;
         t.m0 = tiles[2 * y + 1]; t.mEnd = offsets[t.g + 1]; t.k0 = 0; t.kEnd = K;
         return true;
+    }
+    /// The weight gradient's tile `tile` (of `columnTiles` by M / bm an expert) of work unit `unit`
+    /// (`grouped_weight_units`: an expert, the rows it sums, and where a crowded expert was split,
+    /// the first partial slot of the chunk): its problem and first column; false past the last unit.
+    __device__ __forceinline__ bool grouped_unit_tile(const int* units, int64_t unit, int64_t tile, int64_t columnTiles, int bm, int bn,
+                                                      int64_t M, GroupedTile& t, int64_t& n0) {
+        const int* u = units + 4 * unit;
+        if (u[0] < 0) return false;
+        t.g = u[0]; t.m0 = (tile / columnTiles) * bm; t.mEnd = M; t.k0 = u[1]; t.kEnd = u[2];
+        t.part = u[3] < 0 ? -1 : u[3] + tile;
+        n0 = (tile % columnTiles) * bn;
+        return true;
+    }
+    /// The tile of a one-block-a-tile launch (grid x: column tiles; y: row tiles, or for the
+    /// weight gradient the output's row tiles; z: the weight gradient's units, given as `tiles`).
+    template <bool VARY_K>
+    __device__ __forceinline__ bool grouped_block_tile(int bm, int bn, const int* offsets, const int* tiles, int64_t M, int64_t K,
+                                                       GroupedTile& t, int64_t& n0) {
+        if (VARY_K) return grouped_unit_tile(tiles, blockIdx.z, (int64_t)blockIdx.y * gridDim.x + blockIdx.x, gridDim.x, bm, bn, M, t, n0);
+        n0 = (int64_t)blockIdx.x * bn;
+        return grouped_row_tile(bm, blockIdx.y, offsets, tiles, K, t);
     }
 
     /// The epilogue of a row-varying product (`GroupedEpilogue`), fixed at compile time so a plain
@@ -105,8 +120,8 @@ enum GroupedGemmKernels {
     /// them, and their names, to pass them on: the contract all three families share.
     #define GG_PARAMS const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ c, const int* __restrict__ offsets, \
         const int* __restrict__ tiles, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, \
-        int64_t bStride, int64_t cStride, const T* bias, T* aux
-    #define GG_ARGS a, b, c, offsets, tiles, M, N, K, lda, ldb, ldc, bStride, cStride, bias, aux
+        int64_t bStride, int64_t cStride, const T* bias, T* aux, float* __restrict__ work
+    #define GG_ARGS a, b, c, offsets, tiles, M, N, K, lda, ldb, ldc, bStride, cStride, bias, aux, work
     #endif
 
     #if defined(FM_BF16)
@@ -152,10 +167,10 @@ enum GroupedGemmKernels {
     __device__ __forceinline__ void grouped_gemm_mma(GG_PARAMS) {
         extern __shared__ __align__(16) bf16_t gg_tiles_bf16[];
         GroupedTile t;
-        if (!grouped_tile<VARY_K>(GG_BM, blockIdx.y, blockIdx.z, offsets, tiles, M, K, t)) return;
+        int64_t n0;
+        if (!grouped_block_tile<VARY_K>(GG_BM, GG_BN, offsets, tiles, M, K, t, n0)) return;
         if (VARY_K) c += t.g * cStride; else b += t.g * bStride;
         const int64_t m0 = t.m0, mEnd = t.mEnd, k0 = t.k0, kEnd = t.kEnd;
-        const int64_t n0 = (int64_t)blockIdx.x * GG_BN;
         const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 2, wn = warp & 3;
         const uint32_t sA = gg_shared_address(gg_tiles_bf16), sB = sA + GG_STAGES * GG_TILE * 2;
         const int kTiles = (int)((kEnd - k0 + GG_BK - 1) / GG_BK);
@@ -273,6 +288,10 @@ enum GroupedGemmKernels {
                     const int64_t col = n0 + wn * 32 + ni * 8 + (lane & 3) * 2, at = row * ldc + col;
                     if (col >= N) continue;
                     float v[2] = {acc[mi][ni][half * 2], acc[mi][ni][half * 2 + 1]};
+                    if (VARY_K && t.part >= 0) {
+                        *(float2*)(work + t.part * (GG_BM * GG_BN) + (row - m0) * GG_BN + (col - n0)) = make_float2(v[0], v[1]);
+                        continue;
+                    }
                     gg_epilogue<MODE, ACT, 2>(v, bias, aux, t.g, N, at, col);
                     *(uint32_t*)(c + at) = (uint32_t)float_to_bf16(v[0]) | ((uint32_t)float_to_bf16(v[1]) << 16);
                 }
@@ -319,10 +338,10 @@ enum GroupedGemmKernels {
         __shared__ __align__(16) float As[2][GS_BK][GS_BM];
         __shared__ __align__(16) float Bs[2][GS_BK][GS_BN];
         GroupedTile t;
-        if (!grouped_tile<VARY_K>(GS_BM, blockIdx.y, blockIdx.z, offsets, tiles, M, K, t)) return;
+        int64_t n0;
+        if (!grouped_block_tile<VARY_K>(GS_BM, GS_BN, offsets, tiles, M, K, t, n0)) return;
         if (VARY_K) c += t.g * cStride; else b += t.g * bStride;
         const int64_t m0 = t.m0, mEnd = t.mEnd, k0 = t.k0, kEnd = t.kEnd;
-        const int64_t n0 = (int64_t)blockIdx.x * GS_BN;
         // 128 threads of 8×8 outputs: rows ty·4 + {0..3} and 32 + ty·4 + {0..3}, columns tx·4 + {0..3}
         // and 64 + tx·4 + {0..3}, so each k step reads four float4 of shared memory for 64 FMAs.
         const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
@@ -377,6 +396,10 @@ enum GroupedGemmKernels {
                 const int64_t col = n0 + h * 64 + tx * 4, at = row * ldc + col;
                 if (col >= N) continue;
                 float v[4] = {acc[i][h * 4], acc[i][h * 4 + 1], acc[i][h * 4 + 2], acc[i][h * 4 + 3]};
+                if (VARY_K && t.part >= 0) {
+                    *(float4*)(work + t.part * (GS_BM * GS_BN) + (row - m0) * GS_BN + (col - n0)) = make_float4(v[0], v[1], v[2], v[3]);
+                    continue;
+                }
                 gg_epilogue<MODE, ACT, 4>(v, bias, aux, t.g, N, at, col);
                 *(float4*)(c + at) = make_float4(v[0], v[1], v[2], v[3]);
             }
@@ -388,6 +411,31 @@ enum GroupedGemmKernels {
 
     #if defined(FM_BF16) || defined(FM_F32)
     GG_ENTRIES(GG_ENTRY, )
+
+    /// The weight gradients of the experts `grouped_weight_units` split: each of their tiles is the
+    /// sum of float32 partials (`tileRows × tileCols`, row-major), one a chunk of the expert's rows,
+    /// added in chunk order and rounded once, so the result does not depend on which block ran
+    /// first. Block (tile · parts + p, split) of 256 threads, four adjacent values a thread: part
+    /// `p` of `parts = tileRows · tileCols / 1024` of the tile.
+    extern "C" __global__ void __launch_bounds__(256) grouped_weight_sum(const float* __restrict__ work, const int* __restrict__ splits,
+        T* __restrict__ c, int64_t M, int64_t N, int64_t ldc, int64_t cStride, int64_t columnTiles, int tileRows, int tileCols) {
+        const int* split = splits + 3 * blockIdx.y;
+        const int g = split[0];
+        if (g < 0) return;
+        const int64_t tileFloats = (int64_t)tileRows * tileCols, parts = tileFloats / 1024;
+        const int64_t tile = blockIdx.x / parts, perUnit = gridDim.x / parts, first = split[1], chunks = split[2];
+        const int64_t at = (blockIdx.x % parts) * 1024 + 4 * threadIdx.x;
+        const int64_t row = (tile / columnTiles) * tileRows + at / tileCols, col = (tile % columnTiles) * tileCols + at % tileCols;
+        if (row >= M || col >= N) return;
+        float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int64_t j = 0; j < chunks; j++) {
+            const float4 p = *(const float4*)(work + (first + j * perUnit + tile) * tileFloats + at);
+            sum.x += p.x; sum.y += p.y; sum.z += p.z; sum.w += p.w;
+        }
+        GGVector<4> out;
+        out.v[0] = ST(sum.x); out.v[1] = ST(sum.y); out.v[2] = ST(sum.z); out.v[3] = ST(sum.w);
+        *(GGVector<4>*)(c + g * cStride + row * ldc + col) = out;
+    }
     #endif
     """#
 }
