@@ -14,9 +14,10 @@ and the 128-byte swizzle), `mbarrier` as a phase counter under a lock (an arrive
 at once, the copies being done; expected bytes counted down by the tensor copies), a tensor copy
 (`cp.async.bulk.tensor`, TMA) as a box read from a tensor map the harness encodes its own way and
 stored with the 128-byte swizzle. The persistent wgmma kernel runs on a grid of three blocks, so
-each walks several tiles and its two epilogue warpgroups take turns; its weight gradient walks the
-units `grouped_weight_units` builds (with chunks of at most 128 rows here, so the crowded experts
-split) and `grouped_weight_finish` sums the split experts' partials. So a pass says the kernels'
+each walks several tiles and its two epilogue warpgroups take turns. Every family's weight gradient
+walks the units `grouped_weight_units` builds (with chunks of at most 128 rows here, so the crowded
+experts split), and `grouped_weight_finish` (wgmma) or `grouped_weight_sum` (the others) sums the
+split experts' partials. So a pass says the kernels'
 own indexing, pipelining and epilogues are right under that reading of the ISA; the hardware has the last word (`CUDARoutingTests` on a GPU). The `mma.sync`
 family has passed on an H200, which checks the emulation of `ldmatrix` and `mma.sync` themselves.
 """

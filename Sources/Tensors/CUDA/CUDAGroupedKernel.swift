@@ -160,9 +160,10 @@ extension CUDABackend {
     /// persistent wgmma kernel) or fewer where the tiles are fewer: a balanced product there takes
     /// a few µs, about what its partials' round trip through memory would. On the CUDA cores
     /// (float32), every block the SMs hold at once, so balanced experts split too: the small
-    /// preset's experts have 16 tiles each, 128 in all against 528 blocks the SMs hold, and a
-    /// fresh model's crowded experts split only at 9/8 of that even share still left its step at
-    /// 7.37 ms, against 6.78 ms filling them all (perf-notes change 37).
+    /// preset's experts have 16 tiles each, 128 in all against 396 blocks the SMs hold (three of
+    /// 128 threads an SM, by their registers); splitting only crowded experts, at 9/8 of the
+    /// 128 tiles' even share, left a fresh model's step at 7.37 ms, filling them all 6.78 ms
+    /// (perf-notes change 37).
     private func weightGradientBlocks(_ kernel: GroupedKernel, _ dtype: DType, tiles: Int) -> Int {
         let perSM = kernel.persistent ? 1 : Self.residentBlocks(kernel.function, threads: kernel.threads, sharedBytes: kernel.sharedBytes)
         let resident = perSM * gpu.multiprocessorCount

@@ -9,8 +9,10 @@
 ///   give the expert and first row of the grid's row tile `t = blockIdx.y` (expert -1: past the
 ///   last tile);
 /// - varying K (`VARY_K` true: the weight gradient `gy_gᵀ x_g`): the sum runs over rows
-///   `offsets[g] ..< offsets[g+1]` of both operands, `C_g = c + g·cStride` (`blockIdx.z` = g), and an
-///   expert without rows gets zeros.
+///   `offsets[g] ..< offsets[g+1]` of both operands, `C_g = c + g·cStride`, and an expert without
+///   rows gets zeros. `tiles` holds the work units of `grouped_weight_units` instead (`blockIdx.z`
+///   = unit): an expert's rows, or a chunk of a crowded expert's, whose tiles write float32
+///   partials to `work` for `grouped_weight_sum`.
 /// Column tiles are the grid's fastest index, so the blocks resident at once share a few row tiles
 /// of `A`, each read from memory once: with row tiles fastest, every column sweep re-read all of
 /// `A` from DRAM (ncu, H200, the E = 8 forward: 44% of DRAM bandwidth, 58% L2 hits, L2-bound).
