@@ -75,6 +75,41 @@ struct LinearOpTests {
         }
     }
 
+    /// The fused MLPs' backward holds two `[N, H]` buffers at a time, not three: `a` is let go once
+    /// the second weight gradient read it, `h` once the activation's backward did (`SavedTensor`).
+    /// Held to the end of the rule, `h`, `a` and `dh` were all live (peak ≈ 3 buffers). Measured in a
+    /// process of its own: the host allocator's statistics are process-wide.
+    @Test func fusedMLPsHoldTwoHiddenBuffersInTheBackward() async throws {
+        let child = await #expect(processExitsWith: .success, observing: [\.standardOutputContent]) {
+            let n = 512, d = 4, h = 1024, experts = 2
+            func peak(_ f: ([Tensor]) -> Tensor, _ shapes: [[Int]]) -> Int {
+                let leaves = shapes.enumerated().map { randn($1, seed: 120 + UInt64($0)).cast(to: .float32).requiringGradient() }
+                let upstream = randn([n, d], seed: 130).cast(to: .float32)
+                let backend = Backends.backend(for: .cpu)
+                let before = backend.memoryStatistics.allocated
+                Backends.resetPeakMemory(.cpu)
+                f(leaves).backward(upstream)
+                return backend.memoryStatistics.peak - before
+            }
+            let dense = peak({ geluFeedForward($0[0], weight1: $0[1], bias1: $0[2], weight2: $0[3], bias2: $0[4]) },
+                             [[n, d], [h, d], [h], [d, h], [d]])
+            let sizes = [200, n - 200], expertOfRow = Tensor(sizes.enumerated().flatMap { Array(repeating: Int32($0.offset), count: $0.element) })
+            let grouped = peak({ groupedFeedForward($0[0], weight1: $0[1], bias1: $0[2], weight2: $0[3], bias2: $0[4], activation: .geluTanh,
+                                                    groupSizes: sizes, expertOfRow: expertOfRow) },
+                               [[n, d], [experts, h, d], [experts, h], [experts, d, h], [experts, d]])
+            print("peaks \(dense) \(grouped)")
+        }
+        let output = String(decoding: child?.standardOutputContent ?? [], as: UTF8.self)
+        let line = try #require(output.split(separator: "\n").first { $0.hasPrefix("peaks ") }, "child printed: \(output)")
+        let peaks = line.split(separator: " ").dropFirst().compactMap { Int($0) }
+        // One [N, H] float32 buffer is 2 MiB; the parameters, their gradients, x, y and dx add ~0.2 MiB.
+        let buffer = 512 * 1024 * 4
+        #expect(peaks.count == 2)
+        for (name, peak) in zip(["geluFeedForward", "groupedFeedForward"], peaks) {
+            #expect(peak >= 2 * buffer && peak < 2 * buffer + buffer / 4, "\(name): peak \(peak) bytes, [N, H] \(buffer)")
+        }
+    }
+
     @Test func noGraphWithoutGradients() {
         let inputs = Self.cases[3].shapes.enumerated().map { randn($1, seed: 100 + UInt64($0)) }
         #expect(!Self.cases[3].fused(inputs).requiresGrad)

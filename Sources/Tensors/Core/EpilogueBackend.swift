@@ -32,25 +32,21 @@ public protocol EpilogueBackend: Backend {
 extension Backend {
     /// The epilogue as separate primitives after a plain `matmul`: the same primitives, in the same
     /// order, as the unfused ops (`matmul`, `+ bias`, `gelu`, their backward, `sumRows`) that
-    /// `Linear` and `MLP` composed before, so the CPU results did not change.
+    /// `Linear` and `MLP` composed before, so the CPU results did not change. Each runs in place on
+    /// the product, which goes straight into the output (or the pre-activation): a product of its own
+    /// made the MLP's forward and backward hold a third `[N, H]` buffer.
     public func unfusedMatmul(_ a: Tensor, _ b: Tensor, _ out: Tensor, transposeA: Bool, transposeB: Bool, epilogue: MatmulEpilogue) {
-        func product() -> Tensor {
-            let p = Tensor.empty(out.shape, dtype: out.dtype, device: out.device)
-            matmul(a, b, p, transposeA: transposeA, transposeB: transposeB, alpha: 1, beta: 0)
-            return p
-        }
         switch epilogue {
         case .bias(let bias):
-            binary(.add, product(), bias, .row, out)
+            matmul(a, b, out, transposeA: transposeA, transposeB: transposeB, alpha: 1, beta: 0)
+            binary(.add, out, bias, .row, out)
         case .gelu(let bias, let preactivation):
-            if let bias {
-                binary(.add, product(), bias, .row, preactivation)
-            } else {
-                matmul(a, b, preactivation, transposeA: transposeA, transposeB: transposeB, alpha: 1, beta: 0)
-            }
+            matmul(a, b, preactivation, transposeA: transposeA, transposeB: transposeB, alpha: 1, beta: 0)
+            if let bias { binary(.add, preactivation, bias, .row, preactivation) }
             unary(.geluTanh, preactivation, out)
         case .geluBackward(let preactivation, let biasGradient):
-            unaryBackward(.geluTanh, x: preactivation, gradOut: product(), out)
+            matmul(a, b, out, transposeA: transposeA, transposeB: transposeB, alpha: 1, beta: 0)
+            unaryBackward(.geluTanh, x: preactivation, gradOut: out, out)
             if let biasGradient { sumRows(out, biasGradient) }
         case .biasGradientOfA(let biasGradient):
             matmul(a, b, out, transposeA: transposeA, transposeB: transposeB, alpha: 1, beta: 0)

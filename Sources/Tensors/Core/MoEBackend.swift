@@ -151,9 +151,9 @@ extension MoEBackend {
             if let bias { addIndexedRows(bias, indices: expertOfRow, into: preactivation) }
             unary(op, preactivation, out)
         case .activationBackward(let op, let preactivation):
-            let product = Tensor.empty(out.shape, dtype: out.dtype, device: out.device)
-            groupedMatmul(x, weight: weight, groups: groups, transposeWeight: transposeWeight, product)
-            unaryBackward(op, x: preactivation, gradOut: product, out)
+            // In place: a product of its own was a third `[N, H]` buffer beside `h` and `dh`.
+            groupedMatmul(x, weight: weight, groups: groups, transposeWeight: transposeWeight, out)
+            unaryBackward(op, x: preactivation, gradOut: out, out)
         }
     }
 }

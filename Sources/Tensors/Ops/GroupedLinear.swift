@@ -64,10 +64,14 @@ public func groupedFeedForward(_ x: Tensor, weight1: Tensor, bias1: Tensor?, wei
         backend.groupedMatmul(a, weight: weight2, groups: groups, transposeWeight: true, y)
     }
     let inputs = [x, weight1, weight2] + [bias1, bias2].compactMap { $0 }
+    // `a` is let go after the second layer's weight gradient reads it, `h` after the activation's
+    // backward: `dh` never shares the memory with both.
+    let savedA = SavedTensor(a), savedH = SavedTensor(h)
     return y.recording("groupedFeedForward", inputs) { g in
-        let (dW2, db2) = groupedParameterGradients(backend, g, a, weight2, bias2, groups)
+        let (dW2, db2) = groupedParameterGradients(backend, g, savedA.take(), weight2, bias2, groups)
         var dx: Tensor?, dW1: Tensor?, db1: Tensor?
         if x.requiresGrad || weight1.requiresGrad || bias1?.requiresGrad == true {
+            let h = savedH.take()
             let dh = Tensor.empty(h.shape, dtype: h.dtype, device: h.device)
             backend.groupedMatmul(g, weight: weight2, groups: groups, transposeWeight: false,
                                   epilogue: .activationBackward(activation, preactivation: h), dh)

@@ -60,13 +60,15 @@ public func geluFeedForward(_ x: Tensor, weight1: Tensor, bias1: Tensor?, weight
     let a = epilogueMatmul(rows, weight1, transposeB: true, .gelu(bias: bias1, preactivation: h))
     let y = epilogueMatmul(a, weight2, transposeB: true, bias2.map { .bias($0) })
     let inputs = [rows, weight1, weight2] + [bias1, bias2].compactMap { $0 }
+    // `a` is let go after its weight gradient reads it, `h` after GELU's backward.
+    let savedA = SavedTensor(a), savedH = SavedTensor(h)
     let out = y.recording("geluFeedForward", inputs) { g in
         // `a` needs no gradient of its own: the second layer's input gradient is `dh`, computed here.
-        let second = linearGradients(g, x: a, weight: weight2, bias: bias2)
+        let second = linearGradients(g, x: savedA.take(), weight: weight2, bias: bias2)
         var first: (x: Tensor?, weight: Tensor?, bias: Tensor?) = (nil, nil, nil)
         if rows.requiresGrad || weight1.requiresGrad || bias1?.requiresGrad == true {
             let db1 = bias1?.requiresGrad == true ? Tensor.empty([weight1.shape[0]], dtype: g.dtype, device: g.device) : nil
-            let dh = epilogueMatmul(g, weight2, .geluBackward(preactivation: h, biasGradient: db1))
+            let dh = epilogueMatmul(g, weight2, .geluBackward(preactivation: savedH.take(), biasGradient: db1))
             first = linearGradients(dh, x: rows, weight: weight1, bias: bias1, biasGradient: db1)
         }
         return [first.x, first.weight, second.weight] + (bias1 == nil ? [] : [first.bias]) + (bias2 == nil ? [] : [second.bias])
