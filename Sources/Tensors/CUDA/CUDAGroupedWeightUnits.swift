@@ -32,10 +32,10 @@ extension CUDABackend {
     /// blocks`, at least 256): balanced routing splits nothing where the experts' tiles fill the
     /// blocks, and where an expert's tiles alone do (`chunk ≥ rows`) nothing is ever split and no
     /// room for partials is taken. Their partials get at most `blocks` slots (a wave's tiles: 9 MB
-    /// for the wgmma kernel on 132 SMs, 13 MB for the float32 one), beyond which an expert stays whole. That holds
-    /// top-2 routing's worst collapse at the medium size, every token on the same two experts: 8192
-    /// rows each, 2 chunks of 32 tiles each (with chunks of exactly the even share, 3 each, 192
-    /// slots: the second expert stayed whole and its product took 72 µs, not 44).
+    /// for the wgmma kernel on 132 SMs, 13 MB for the float32 one), beyond which an expert stays
+    /// whole. That holds top-2 routing's worst collapse at the medium size, every token on the same
+    /// two experts: 8192 rows each, 2 chunks of 32 tiles each (with chunks of exactly the even
+    /// share, 3 each, 192 slots: the second expert stayed whole and its product took 72 µs, not 44).
     func weightUnits(_ table: GroupTable, groups: RowGroups, rows: Int, perUnit: Int, blocks: Int) -> WeightUnits {
         groups.derived("cuda.weightUnits.\(rows).\(perUnit).\(blocks)") {
             let experts = table.experts
