@@ -17,7 +17,7 @@ stored with the 128-byte swizzle. The persistent wgmma kernel runs on a grid of 
 each walks several tiles and its two epilogue warpgroups take turns. Every family's weight gradient
 walks the units `grouped_weight_units` builds (with chunks of at most 128 rows here, so the crowded
 experts split), and `grouped_weight_finish` (wgmma) or `grouped_weight_sum` (the others) sums the
-split experts' partials. So a pass says the kernels'
+split experts' partials; then again with too little room for partials, where they stay whole. So a pass says the kernels'
 own indexing, pipelining and epilogues are right under that reading of the ISA; the hardware has the last word (`CUDARoutingTests` on a GPU). The `mma.sync`
 family has passed on an H200, which checks the emulation of `ldmatrix` and `mma.sync` themselves.
 """
@@ -555,62 +555,67 @@ int run_all() {
         // experts are split, and `grouped_weight_finish` (wgmma) or `grouped_weight_sum` (the
         // others) sums their partials.
         const unsigned colTiles = (inW + TILE_COLS - 1) / TILE_COLS, rowTilesW = (outW + TILE_ROWS - 1) / TILE_ROWS;
-        const int perUnit = (int)(colTiles * rowTilesW), maxUnits = E + 16, maxSplits = E, maxSlots = 64;
-        std::vector<int> units(4 * maxUnits, 12345), splits(3 * maxSplits, 12345), scratch(4 * maxUnits);
-        std::vector<float> partials((size_t)maxSlots * PART_FLOATS, NAN);
-        {
-            run_blocks(Dim{1, 1, 1}, 64, [&] { grouped_weight_units(offsets, E, 128, perUnit, maxUnits, maxSplits, maxSlots,
-                                                                   units.data(), splits.data(), scratch.data()); });
-            int split = 0, crowded = 0;
-            for (int i = 0; i < maxSplits; i++) split += splits[3 * i] >= 0;
-            for (int g = 0; g < E; g++) crowded += sizes[g] > 128;
-            if (split != crowded) failures++;
-            std::printf("%s %s S=%d E=%d weight-gradient units: %d experts split\n", split == crowded ? "ok  " : "FAIL", FAMILY, S, E, split);
-        }
-        const Dim weightGrid{colTiles, rowTilesW, (unsigned)maxUnits};
-        const int* weightTiles = units.data();
-        auto finish = [&](T* gw, T* sums) {
-#if PERSISTENT
-            run_blocks(Dim{(unsigned)(8 * perUnit), (unsigned)maxSplits, 1}, 128, [&] {
-                grouped_weight_finish(partials.data(), splits.data(), gw, sums, outW, inW, inW, (int64_t)outW * inW, colTiles); });
-#else
-            run_blocks(Dim{(unsigned)(PART_FLOATS / 1024 * perUnit), (unsigned)maxSplits, 1}, 256, [&] {
-                grouped_weight_sum(partials.data(), splits.data(), gw, outW, inW, inW, (int64_t)outW * inW, colTiles, TILE_ROWS, TILE_COLS); });
-#endif
-        };
-        {
-            std::vector<T> gw((size_t)E * outW * inW, poison());
-            EMU_WEIGHT_MAPS(gy.data(), x.data(), S, outW, inW, outW, inW);
-            emu_work = partials.data();
-            launch(WEIGHT_GRADIENT, weightGrid, THREADS, [&](Kernel k) {
-                k(gy.data(), x.data(), gw.data(), offsets, weightTiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, nullptr TILE_ARGS);
-            });
-            finish(gw.data(), nullptr);
-            std::vector<double> want((size_t)E * outW * inW, 0);
-            for (int r = 0; r < S; r++) {
-                int g = expertOfRow[r];
-                for (int o = 0; o < outW; o++)
-                    for (int i = 0; i < inW; i++)
-                        want[((size_t)g * outW + o) * inW + i] += value(gy[(size_t)r * outW + o]) * value(x[(size_t)r * inW + i]);
+        const int perUnit = (int)(colTiles * rowTilesW), maxUnits = E + 16, maxSplits = E;
+        // Room for every split, then for less than one split expert's chunks: there the crowded
+        // experts stay whole (`grouped_weight_units` checks the room before it splits).
+        for (int maxSlots : {64, perUnit}) {
+            std::vector<int> units(4 * maxUnits, 12345), splits(3 * maxSplits, 12345), scratch(4 * maxUnits);
+            std::vector<float> partials((size_t)maxSlots * PART_FLOATS, NAN);
+            {
+                run_blocks(Dim{1, 1, 1}, 64, [&] { grouped_weight_units(offsets, E, 128, perUnit, maxUnits, maxSplits, maxSlots,
+                                                                       units.data(), splits.data(), scratch.data()); });
+                int split = 0, crowded = 0;
+                for (int i = 0; i < maxSplits; i++) split += splits[3 * i] >= 0;
+                for (int g = 0; g < E; g++) crowded += sizes[g] > 128 && maxSlots > perUnit;
+                if (split != crowded) failures++;
+                std::printf("%s %s S=%d E=%d weight-gradient units, %d partial slots: %d experts split\n", split == crowded ? "ok  " : "FAIL",
+                            FAMILY, S, E, maxSlots, split);
             }
-            std::snprintf(label, sizeof label, "%s S=%d E=%d weight gradient", FAMILY, S, E);
-            check(label, want, gw, tolerance);
-            // The wgmma kernel also sums gy's columns per expert (the bias gradient) when given `aux`.
-            if (std::strcmp(FAMILY, "wgmma") == 0) {
-                std::vector<T> gw2((size_t)E * outW * inW, poison()), sums((size_t)E * outW, poison());
+            const Dim weightGrid{colTiles, rowTilesW, (unsigned)maxUnits};
+            const int* weightTiles = units.data();
+            auto finish = [&](T* gw, T* sums) {
+#if PERSISTENT
+                run_blocks(Dim{(unsigned)(8 * perUnit), (unsigned)maxSplits, 1}, 128, [&] {
+                    grouped_weight_finish(partials.data(), splits.data(), gw, sums, outW, inW, inW, (int64_t)outW * inW, colTiles); });
+#else
+                run_blocks(Dim{(unsigned)(PART_FLOATS / 1024 * perUnit), (unsigned)maxSplits, 1}, 256, [&] {
+                    grouped_weight_sum(partials.data(), splits.data(), gw, outW, inW, inW, (int64_t)outW * inW, colTiles, TILE_ROWS, TILE_COLS); });
+#endif
+            };
+            {
+                std::vector<T> gw((size_t)E * outW * inW, poison());
                 EMU_WEIGHT_MAPS(gy.data(), x.data(), S, outW, inW, outW, inW);
-                std::fill(partials.begin(), partials.end(), NAN);
+                emu_work = partials.data();
                 launch(WEIGHT_GRADIENT, weightGrid, THREADS, [&](Kernel k) {
-                    k(gy.data(), x.data(), gw2.data(), offsets, weightTiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, sums.data() TILE_ARGS);
+                    k(gy.data(), x.data(), gw.data(), offsets, weightTiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, nullptr TILE_ARGS);
                 });
-                finish(gw2.data(), sums.data());
-                std::vector<double> wantSums((size_t)E * outW, 0);
-                for (int r = 0; r < S; r++)
-                    for (int o = 0; o < outW; o++) wantSums[(size_t)expertOfRow[r] * outW + o] += value(gy[(size_t)r * outW + o]);
-                std::snprintf(label, sizeof label, "%s S=%d E=%d weight gradient with the bias gradient", FAMILY, S, E);
-                check(label, want, gw2, tolerance);
-                std::strcat(label, " (column sums)");
-                check(label, wantSums, sums, tolerance);
+                finish(gw.data(), nullptr);
+                std::vector<double> want((size_t)E * outW * inW, 0);
+                for (int r = 0; r < S; r++) {
+                    int g = expertOfRow[r];
+                    for (int o = 0; o < outW; o++)
+                        for (int i = 0; i < inW; i++)
+                            want[((size_t)g * outW + o) * inW + i] += value(gy[(size_t)r * outW + o]) * value(x[(size_t)r * inW + i]);
+                }
+                std::snprintf(label, sizeof label, "%s S=%d E=%d weight gradient, %d slots", FAMILY, S, E, maxSlots);
+                check(label, want, gw, tolerance);
+                // The wgmma kernel also sums gy's columns per expert (the bias gradient) when given `aux`.
+                if (std::strcmp(FAMILY, "wgmma") == 0) {
+                    std::vector<T> gw2((size_t)E * outW * inW, poison()), sums((size_t)E * outW, poison());
+                    EMU_WEIGHT_MAPS(gy.data(), x.data(), S, outW, inW, outW, inW);
+                    std::fill(partials.begin(), partials.end(), NAN);
+                    launch(WEIGHT_GRADIENT, weightGrid, THREADS, [&](Kernel k) {
+                        k(gy.data(), x.data(), gw2.data(), offsets, weightTiles, outW, inW, 0, outW, inW, inW, 0, (int64_t)outW * inW, nullptr, sums.data() TILE_ARGS);
+                    });
+                    finish(gw2.data(), sums.data());
+                    std::vector<double> wantSums((size_t)E * outW, 0);
+                    for (int r = 0; r < S; r++)
+                        for (int o = 0; o < outW; o++) wantSums[(size_t)expertOfRow[r] * outW + o] += value(gy[(size_t)r * outW + o]);
+                    std::snprintf(label, sizeof label, "%s S=%d E=%d weight gradient with the bias gradient, %d slots", FAMILY, S, E, maxSlots);
+                    check(label, want, gw2, tolerance);
+                    std::strcat(label, " (column sums)");
+                    check(label, wantSums, sums, tolerance);
+                }
             }
         }
     }
