@@ -3,8 +3,8 @@
 /// kernel on a compute capability 9.x device. Its launch differs: persistent blocks, one an SM,
 /// walk the tiles of the grid the other families launch (columns fastest, then row tiles; for the
 /// weight gradient, then the units of `grouped_weight_units` instead of the experts), given as two
-/// arguments more (`tilesY`, `tilesZ`), then room for the weight gradient's float32 partials, and
-/// the operands are read through two tensor maps (`TensorMap`) after those.
+/// arguments more (`tilesY`, `tilesZ`), and the operands are read through two tensor maps
+/// (`TensorMap`) after those.
 ///
 /// Why persistent and warp-specialised: with one block a tile, a tile's pipeline fill and its
 /// epilogue left the tensor cores idle, and at short K (512–1024, 8–16 K tiles) that halved the

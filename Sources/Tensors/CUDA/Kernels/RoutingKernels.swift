@@ -189,10 +189,11 @@ enum RoutingKernels {
         }
     }
 
-    /// The wgmma kernel's weight-gradient work (`CUDABackend.WeightUnits`) from the group offsets,
-    /// experts taken in index order. A unit is an expert's rows, or, for an expert of more than `chunk` rows, one of
-    /// `n = ⌈rows / chunk⌉` chunks of them as equal as may be, whose tiles leave
-    /// float32 partials in slots `slot + tile` for `grouped_weight_finish`: `units` holds
+    /// The grouped kernels' weight-gradient work (`CUDABackend.WeightUnits`) from the group offsets,
+    /// experts taken in index order. A unit is an expert's rows, or, for an expert of more than
+    /// `chunk` rows, one of `n = ⌈rows / chunk⌉` chunks of them as equal as may be, whose tiles leave
+    /// float32 partials in slots `slot + tile` for `grouped_weight_finish` (wgmma) or
+    /// `grouped_weight_sum` (the others): `units` holds
     /// `(expert, first row, end row, slot or -1)` longest first (ties in expert, then chunk, order;
     /// `(-1, 0, 0, -1)` past the last), `splits` each split expert's `(expert, first slot, n)`
     /// (`(-1, 0, 0)` past the last). An expert that would overrun `max_units`, `max_splits` or
