@@ -556,17 +556,18 @@ int run_all() {
         // others) sums their partials.
         const unsigned colTiles = (inW + TILE_COLS - 1) / TILE_COLS, rowTilesW = (outW + TILE_ROWS - 1) / TILE_ROWS;
         const int perUnit = (int)(colTiles * rowTilesW), maxUnits = E + 16, maxSplits = E;
-        // Room for every split, then for less than one split expert's chunks: there the crowded
-        // experts stay whole (`grouped_weight_units` checks the room before it splits).
-        for (int maxSlots : {64, perUnit}) {
+        // Room for every split, then for less than one split expert's partials: there the crowded
+        // experts stay whole (`grouped_weight_units` checks the room before it splits). A float32
+        // output takes each split expert's first chunk itself (IN_PLACE), as the host asks.
+        for (int maxSlots : {64, IN_PLACE ? perUnit - 1 : perUnit}) {
             std::vector<int> units(4 * maxUnits, 12345), splits(3 * maxSplits, 12345), scratch(4 * maxUnits);
             std::vector<float> partials((size_t)maxSlots * PART_FLOATS, NAN);
             {
                 run_blocks(Dim{1, 1, 1}, 64, [&] { grouped_weight_units(offsets, E, 128, perUnit, maxUnits, maxSplits, maxSlots,
-                                                                       units.data(), splits.data(), scratch.data()); });
+                                                                       IN_PLACE, units.data(), splits.data(), scratch.data()); });
                 int split = 0, crowded = 0;
                 for (int i = 0; i < maxSplits; i++) split += splits[3 * i] >= 0;
-                for (int g = 0; g < E; g++) crowded += sizes[g] > 128 && maxSlots > perUnit;
+                for (int g = 0; g < E; g++) crowded += sizes[g] > 128 && maxSlots == 64;
                 if (split != crowded) failures++;
                 std::printf("%s %s S=%d E=%d weight-gradient units, %d partial slots: %d experts split\n", split == crowded ? "ok  " : "FAIL",
                             FAMILY, S, E, maxSlots, split);
@@ -579,7 +580,8 @@ int run_all() {
                     grouped_weight_finish(partials.data(), splits.data(), gw, sums, outW, inW, inW, (int64_t)outW * inW, colTiles); });
 #else
                 run_blocks(Dim{(unsigned)(PART_FLOATS / 1024 * perUnit), (unsigned)maxSplits, 1}, 256, [&] {
-                    grouped_weight_sum(partials.data(), splits.data(), gw, outW, inW, inW, (int64_t)outW * inW, colTiles, TILE_ROWS, TILE_COLS); });
+                    grouped_weight_sum(partials.data(), splits.data(), gw, outW, inW, inW, (int64_t)outW * inW, colTiles, TILE_ROWS, TILE_COLS,
+                                       IN_PLACE); });
 #endif
             };
             {
@@ -651,8 +653,9 @@ def main():
         paste = "##" + suffix if suffix else ""
         tiles = (("#define PERSISTENT 1\n#define TILE_PARAMS , int64_t, int64_t, GHTensorMap, GHTensorMap\n"
                   "#define TILE_ARGS , emu_work, (int64_t)emu_tiles.y, (int64_t)emu_tiles.z, emu_map_a, emu_map_b\n"
-                  "#define PART_FLOATS GH_PART_FLOATS\n") if persistent
-                 else f"#define PERSISTENT 0\n#define TILE_PARAMS\n#define TILE_ARGS , emu_work\n#define PART_FLOATS {rows * cols}\n")
+                  "#define PART_FLOATS GH_PART_FLOATS\n#define IN_PLACE 0\n") if persistent
+                 else f"#define PERSISTENT 0\n#define TILE_PARAMS\n#define TILE_ARGS , emu_work\n#define PART_FLOATS {rows * cols}\n"
+                    f"#define IN_PLACE {int(family == 'simt')}\n")
         defines = (tiles + f"#define FAMILY \"{family}\"\n#define TILE_ROWS {rows}\n#define TILE_COLS {cols}\n#define THREADS {threads}\n"
                    f"#define FORWARD grouped_gemm_forward{suffix}\n#define SUFFIXED(NAME) NAME{paste}\n"
                    f"#define WEIGHT_GRADIENT grouped_gemm_weight_gradient{suffix}\n")

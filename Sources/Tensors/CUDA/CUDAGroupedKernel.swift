@@ -112,10 +112,13 @@ extension CUDABackend {
             : (columnTiles, rowTiles, 1)
         let grouped = groupedKernel(product, dtype, epilogue: epilogue.suffix)
         if grouped.sharedBytes > 48 * 1024 { Self.allowSharedMemory(grouped.function, grouped.sharedBytes) }
-        // The weight gradient walks units (`CUDAGroupedWeightUnits`) instead of experts.
+        // The weight gradient walks units (`CUDAGroupedWeightUnits`) instead of experts; a float32
+        // output holds a split expert's first chunk itself.
         let perUnit = tileGrid.0 * tileGrid.1
+        let inPlace = dtype == .float32
         let units = product == .weightGradient
-            ? weightUnits(table, groups: groups, rows: a.shape[0], perUnit: perUnit, blocks: weightGradientBlocks(grouped, dtype, tiles: perUnit * groups.count))
+            ? weightUnits(table, groups: groups, rows: a.shape[0], perUnit: perUnit,
+                          blocks: weightGradientBlocks(grouped, dtype, tiles: perUnit * groups.count), inPlace: inPlace)
             : nil
         if let units { tileGrid.2 = units.maxUnits }
         // Room for the partials of the units' split experts (float32, freed in stream order after the finish).
@@ -149,7 +152,7 @@ extension CUDABackend {
                 launch(sum, grid: (partialFloats / 1024 * perUnit, units.maxSplits, 1), block: (256, 1, 1),
                        sharedMemory: 0, stream: gpu.stream, arguments: [.pointer(work), .pointer(units.splits), c.arg, .int64(Int64(m)),
                                    .int64(Int64(n)), .int64(Int64(ldc)), .int64(Int64(cStride)), .int64(Int64(columnTiles)),
-                                   .int32(Int32(tileRows)), .int32(Int32(tileCols))])
+                                   .int32(Int32(tileRows)), .int32(Int32(tileCols)), .int32(inPlace ? 1 : 0)])
             }
         }
         withExtendedLifetime((table, units, partials)) {}

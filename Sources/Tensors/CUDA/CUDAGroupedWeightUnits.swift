@@ -32,22 +32,26 @@ extension CUDABackend {
     /// blocks`, at least 256): balanced routing splits nothing where the experts' tiles fill the
     /// blocks, and where an expert's tiles alone do (`chunk ≥ rows`) nothing is ever split and no
     /// room for partials is taken. Their partials get at most `blocks` slots (a wave's tiles: 9 MB
-    /// for the wgmma kernel on 132 SMs, 13 MB for the float32 one), beyond which an expert stays
-    /// whole. That holds top-2 routing's worst collapse at the medium size, every token on the same
-    /// two experts: 8192 rows each, 2 chunks of 32 tiles each (with chunks of exactly the even
-    /// share, 3 each, 192 slots: the second expert stayed whole and its product took 72 µs, not 44).
-    func weightUnits(_ table: GroupTable, groups: RowGroups, rows: Int, perUnit: Int, blocks: Int) -> WeightUnits {
-        groups.derived("cuda.weightUnits.\(rows).\(perUnit).\(blocks)") {
+    /// for the wgmma kernel on 132 SMs), beyond which an expert stays whole. That holds top-2
+    /// routing's worst collapse at the medium size, every token on the same two experts: 8192 rows
+    /// each, 2 chunks of 32 tiles each (with chunks of exactly the even share, 3 each, 192 slots:
+    /// the second expert stayed whole and its product took 72 µs, not 44). `inPlace` (a float32
+    /// output): first chunks write the output, and the other chunks, at most `rows / chunk` in
+    /// all, need no more slots than that many chunks' tiles: never fewer than a split takes, so the
+    /// same experts split in less room (the small preset's layer on 132 SMs: 11 MB, not 13).
+    func weightUnits(_ table: GroupTable, groups: RowGroups, rows: Int, perUnit: Int, blocks: Int, inPlace: Bool) -> WeightUnits {
+        groups.derived("cuda.weightUnits.\(rows).\(perUnit).\(blocks).\(inPlace)") {
             let experts = table.experts
             let chunk = max((9 * perUnit * rows + 8 * blocks - 1) / (8 * blocks), 256)
-            let maxSplits = rows > chunk ? rows / chunk + 1 : 0, maxSlots = maxSplits > 0 ? blocks : 0
+            let maxSplits = rows > chunk ? rows / chunk + 1 : 0
+            let maxSlots = maxSplits == 0 ? 0 : inPlace ? min(blocks, rows / chunk * perUnit) : blocks
             let maxUnits = experts + (maxSplits > 0 ? 2 * blocks / perUnit + 1 : 0)
             let storage = allocate(byteCount: (4 * maxUnits + 3 * maxSplits + 4 * maxUnits) * 4)
             let units = WeightUnits(storage: storage, maxUnits: maxUnits, maxSplits: maxSplits, maxSlots: maxSlots)
             let scratch = units.splits + CUdeviceptr(3 * maxSplits * 4)
             launch(kernel("grouped_weight_units", nil), grid: (1, 1, 1), block: (1024, 1, 1), sharedMemory: 0, stream: gpu.stream,
                    arguments: [.pointer(table.offsets), .int32(Int32(experts)), .int32(Int32(chunk)), .int32(Int32(perUnit)),
-                               .int32(Int32(maxUnits)), .int32(Int32(maxSplits)), .int32(Int32(maxSlots)),
+                               .int32(Int32(maxUnits)), .int32(Int32(maxSplits)), .int32(Int32(maxSlots)), .int32(inPlace ? 1 : 0),
                                .pointer(units.units), .pointer(units.splits), .pointer(scratch)])
             return units
         }

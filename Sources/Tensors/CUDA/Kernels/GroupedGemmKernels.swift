@@ -335,6 +335,24 @@ enum GroupedGemmKernels {
         }
     }
 
+    /// One stage's multiply-adds of a thread's 8×8 outputs (`grouped_gemm_simt`), for its first
+    /// `ROWS` rows: 4 where its warp's upper rows lie past the tile's last row.
+    template <int ROWS>
+    __device__ __forceinline__ void gs_multiply(float (&acc)[8][8], const float (*As)[GS_BM], const float (*Bs)[GS_BN], int ty, int tx) {
+        #pragma unroll
+        for (int k = 0; k < GS_BK; k++) {
+            const float4 a0 = *(const float4*)&As[k][ty * 4];
+            const float4 a1 = ROWS == 8 ? *(const float4*)&As[k][32 + ty * 4] : a0;
+            const float4 b0 = *(const float4*)&Bs[k][tx * 4], b1 = *(const float4*)&Bs[k][64 + tx * 4];
+            const float ar[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+            const float br[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+            #pragma unroll
+            for (int i = 0; i < ROWS; i++)
+                #pragma unroll
+                for (int j = 0; j < 8; j++) acc[i][j] = fmaf(ar[i], br[j], acc[i][j]);
+        }
+    }
+
     template <bool A_K, bool B_K, bool VARY_K, int MODE, int ACT>
     __device__ __forceinline__ void grouped_gemm_simt(GG_PARAMS) {
         __shared__ __align__(16) float As[2][GS_BK][GS_BM];
@@ -348,6 +366,12 @@ enum GroupedGemmKernels {
         // and 64 + tx·4 + {0..3}, so each k step reads four float4 of shared memory for 64 FMAs.
         const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
         const int kTiles = (int)((kEnd - k0 + GS_BK - 1) / GS_BK);
+        // Warp w holds rows 8w ..< 8w + 8 and 32 + 8w ..< 32 + 8w + 8. In an expert's last row tile
+        // some lie past its last row: their multiply-adds would be thrown away, so the warp skips
+        // them and leaves its issue slots to the SM's other blocks (at E = 128 of the paper's rows,
+        // experts of 64 ± 8 rows, about a third of the tiles are such remainders).
+        const int64_t warpRow = m0 + 8 * (tid >> 5);
+        const bool lowRows = warpRow < mEnd, highRows = warpRow + 32 < mEnd;
         // Per thread and tile: two float4 of A, four of B, held in registers while the previous tile computes.
         float4 ra[2], rb[4];
         auto fetch = [&](int kt) {
@@ -374,17 +398,8 @@ enum GroupedGemmKernels {
         for (int kt = 0; kt < kTiles; kt++) {
             const int s = kt & 1;
             if (kt + 1 < kTiles) fetch(kt + 1);
-            #pragma unroll
-            for (int k = 0; k < GS_BK; k++) {
-                const float4 a0 = *(const float4*)&As[s][k][ty * 4], a1 = *(const float4*)&As[s][k][32 + ty * 4];
-                const float4 b0 = *(const float4*)&Bs[s][k][tx * 4], b1 = *(const float4*)&Bs[s][k][64 + tx * 4];
-                const float ar[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-                const float br[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
-                #pragma unroll
-                for (int i = 0; i < 8; i++)
-                    #pragma unroll
-                    for (int j = 0; j < 8; j++) acc[i][j] = fmaf(ar[i], br[j], acc[i][j]);
-            }
+            if (highRows) gs_multiply<8>(acc, As[s], Bs[s], ty, tx);
+            else if (lowRows) gs_multiply<4>(acc, As[s], Bs[s], ty, tx);
             // The other buffer was last read in the previous iteration, before this one's barrier.
             if (kt + 1 < kTiles) store(s ^ 1);
             __syncthreads();
@@ -417,10 +432,12 @@ enum GroupedGemmKernels {
     /// The weight gradients of the experts `grouped_weight_units` split: each of their tiles is the
     /// sum of float32 partials (`tileRows × tileCols`, row-major), one a chunk of the expert's rows,
     /// added in chunk order and rounded once, so the result does not depend on which block ran
-    /// first. Block (tile · parts + p, split) of 256 threads, four adjacent values a thread: part
-    /// `p` of `parts = tileRows · tileCols / 1024` of the tile.
+    /// first; with `inPlace` (float32 only) the first chunk's partial is the output's tile itself.
+    /// Block (tile · parts + p, split) of 256 threads, four adjacent values a thread: part `p` of
+    /// `parts = tileRows · tileCols / 1024` of the tile.
     extern "C" __global__ void __launch_bounds__(256) grouped_weight_sum(const float* __restrict__ work, const int* __restrict__ splits,
-        T* __restrict__ c, int64_t M, int64_t N, int64_t ldc, int64_t cStride, int64_t columnTiles, int tileRows, int tileCols) {
+        T* __restrict__ c, int64_t M, int64_t N, int64_t ldc, int64_t cStride, int64_t columnTiles, int tileRows, int tileCols,
+        int inPlace) {
         const int* split = splits + 3 * blockIdx.y;
         const int g = split[0];
         if (g < 0) return;
@@ -429,14 +446,19 @@ enum GroupedGemmKernels {
         const int64_t at = (blockIdx.x % parts) * 1024 + 4 * threadIdx.x;
         const int64_t row = (tile / columnTiles) * tileRows + at / tileCols, col = (tile % columnTiles) * tileCols + at % tileCols;
         if (row >= M || col >= N) return;
+        GGVector<4>* out = (GGVector<4>*)(c + g * cStride + row * ldc + col);
         float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (inPlace) {
+            const GGVector<4> chunk0 = *out;
+            sum = make_float4(LD(chunk0.v[0]), LD(chunk0.v[1]), LD(chunk0.v[2]), LD(chunk0.v[3]));
+        }
         for (int64_t j = 0; j < chunks; j++) {
             const float4 p = *(const float4*)(work + (first + j * perUnit + tile) * tileFloats + at);
             sum.x += p.x; sum.y += p.y; sum.z += p.z; sum.w += p.w;
         }
-        GGVector<4> out;
-        out.v[0] = ST(sum.x); out.v[1] = ST(sum.y); out.v[2] = ST(sum.z); out.v[3] = ST(sum.w);
-        *(GGVector<4>*)(c + g * cStride + row * ldc + col) = out;
+        GGVector<4> result;
+        result.v[0] = ST(sum.x); result.v[1] = ST(sum.y); result.v[2] = ST(sum.z); result.v[3] = ST(sum.w);
+        *out = result;
     }
     #endif
     """#

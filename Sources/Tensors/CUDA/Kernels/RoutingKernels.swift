@@ -195,12 +195,15 @@ enum RoutingKernels {
     /// float32 partials in slots `slot + tile` for `grouped_weight_finish` (wgmma) or
     /// `grouped_weight_sum` (the others): `units` holds
     /// `(expert, first row, end row, slot or -1)` longest first (ties in expert, then chunk, order;
-    /// `(-1, 0, 0, -1)` past the last), `splits` each split expert's `(expert, first slot, n)`
-    /// (`(-1, 0, 0)` past the last). An expert that would overrun `max_units`, `max_splits` or
-    /// `max_slots` stays whole. One block; `scratch` (4 · `max_units` ints) holds the units in expert
-    /// order while they are ranked.
+    /// `(-1, 0, 0, -1)` past the last), `splits` each split expert's `(expert, first slot, number
+    /// of chunks with partials)` (`(-1, 0, 0)` past the last). With `in_place` (a float32 output,
+    /// which a partial is already), an expert's first chunk writes its tiles to the output itself
+    /// (slot -1) and the sum starts from them, so a split takes one chunk's slots fewer. An expert
+    /// that would overrun `max_units`, `max_splits` or `max_slots` stays whole. One block; `scratch`
+    /// (4 · `max_units` ints) holds the units in expert order while they are ranked.
     extern "C" __global__ void grouped_weight_units(const int32_t* offsets, int experts, int chunk, int per_expert, int max_units,
-                                                    int max_splits, int max_slots, int32_t* units, int32_t* splits, int32_t* scratch) {
+                                                    int max_splits, int max_slots, int in_place, int32_t* units, int32_t* splits,
+                                                    int32_t* scratch) {
         __shared__ int32_t unit_count;
         if (threadIdx.x == 0) {
             int u = 0, s = 0, slot = 0;
@@ -208,19 +211,22 @@ enum RoutingKernels {
                 const int32_t first = offsets[g], end = offsets[g + 1], rows = end - first;
                 const int n = (rows + chunk - 1) / chunk;
                 // Room for this expert's chunks and one unit for each expert after it.
-                const bool split = n > 1 && s < max_splits && u + n + (experts - 1 - g) <= max_units && slot + n * per_expert <= max_slots;
+                const int partials = n - in_place;
+                const bool split = n > 1 && s < max_splits && u + n + (experts - 1 - g) <= max_units
+                                   && slot + partials * per_expert <= max_slots;
                 if (!split) {
                     scratch[4 * u] = g; scratch[4 * u + 1] = first; scratch[4 * u + 2] = end; scratch[4 * u + 3] = -1;
                     u++;
                     continue;
                 }
-                splits[3 * s] = g; splits[3 * s + 1] = slot; splits[3 * s + 2] = n;
+                splits[3 * s] = g; splits[3 * s + 1] = slot; splits[3 * s + 2] = partials;
                 s++;
                 for (int j = 0; j < n; j++, u++) {
                     const int32_t from = first + (int32_t)((int64_t)j * rows / n), to = first + (int32_t)((int64_t)(j + 1) * rows / n);
-                    scratch[4 * u] = g; scratch[4 * u + 1] = from; scratch[4 * u + 2] = to; scratch[4 * u + 3] = slot + j * per_expert;
+                    const int p = j - in_place;
+                    scratch[4 * u] = g; scratch[4 * u + 1] = from; scratch[4 * u + 2] = to; scratch[4 * u + 3] = p < 0 ? -1 : slot + p * per_expert;
                 }
-                slot += n * per_expert;
+                slot += partials * per_expert;
             }
             for (; s < max_splits; s++) { splits[3 * s] = -1; splits[3 * s + 1] = 0; splits[3 * s + 2] = 0; }
             unit_count = u;
