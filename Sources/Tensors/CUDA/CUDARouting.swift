@@ -216,7 +216,7 @@ extension CUDABackend: MoEBackend {
     public func groupedMatmulWeightGradient(_ gy: Tensor, _ x: Tensor, groups: RowGroups, _ out: Tensor, biasGradient: Tensor?) {
         guard let biasGradient else { return groupedMatmulWeightGradient(gy, x, groups: groups, out) }
         let outRows = out.shape[1], inCols = out.shape[2]
-        if outRows * inCols > 0 && runsWgmma(gy.dtype) && biasGradient.dtype == gy.dtype && usesGroupedKernel(weight: out, rows: gy.shape[0], gy, x) {
+        if outRows * inCols > 0 && runsWgmma(gy.dtype) && biasGradient.dtype == gy.dtype && usesGroupedKernel(weight: out, rows: gy.shape[0], gy, x, weightGradient: true) {
             return enqueueGroupedKernel(.weightGradient, a: gy, b: x, c: out, groups: groups, m: outRows, n: inCols, k: 0,
                                         lda: outRows, ldb: inCols, ldc: inCols, bStride: 0, cStride: outRows * inCols, columnSums: biasGradient)
         }
@@ -228,7 +228,7 @@ extension CUDABackend: MoEBackend {
         let types = Self.gemmTypes(gy.dtype, "groupedMatmulWeightGradient")
         let outRows = out.shape[1], inCols = out.shape[2], matrix = outRows * inCols, size = gy.dtype.byteSize
         guard matrix > 0 else { return }
-        if usesGroupedKernel(weight: out, rows: gy.shape[0], gy, x) {
+        if usesGroupedKernel(weight: out, rows: gy.shape[0], gy, x, weightGradient: true) {
             return enqueueGroupedKernel(.weightGradient, a: gy, b: x, c: out, groups: groups, m: outRows, n: inCols, k: 0,
                                         lda: outRows, ldb: inCols, ldc: inCols, bStride: 0, cStride: matrix)
         }
@@ -297,7 +297,7 @@ extension CUDABackend: MoEBackend {
     /// Whether this grouped product over `rows` rows runs on `GroupedGemmKernels`: with `.kernel` (or `.wgmma`), or
     /// with `.automatic` where the kernel pays (`GroupedGemmStrategy.kernelPays`) or a graph is being
     /// captured, and only where the shapes fit it; elsewhere one GEMM per expert.
-    private func usesGroupedKernel(weight: Tensor, rows: Int, _ a: Tensor, _ b: Tensor) -> Bool {
+    private func usesGroupedKernel(weight: Tensor, rows: Int, _ a: Tensor, _ b: Tensor, weightGradient: Bool = false) -> Bool {
         let experts = weight.shape[0]
         switch Self.groupedGemmStrategy {
         case .kernel, .wgmma: break
@@ -308,7 +308,8 @@ extension CUDABackend: MoEBackend {
             // With TF32 allowed, cuBLAS runs float32 on tensor cores, far past our CUDA-core kernel.
             if weight.dtype == .float32 && ((try? gpu.blas().usesTF32) ?? false) { return false }
             guard GroupedGemmStrategy.kernelPays(bfloat16: weight.dtype == .bfloat16, wgmma: runsWgmma(weight.dtype), meanRows: rows / max(experts, 1),
-                                                 outWidth: weight.shape[1], inWidth: weight.shape[2]) else { return false }
+                                                 outWidth: weight.shape[1], inWidth: weight.shape[2], weightGradient: weightGradient)
+            else { return false }
         default: return false
         }
         // The row tiles of the row-varying products run along the grid's y (at most 65535 blocks).

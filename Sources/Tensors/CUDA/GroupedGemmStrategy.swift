@@ -5,7 +5,7 @@
 /// each and for `fastmoe bench moe-layer --grouped-gemm` to compare them.
 public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
     /// The fastest path measured for the shapes: our kernel for small and mid-sized experts
-    /// (``kernelPays(bfloat16:wgmma:meanRows:outWidth:inWidth:)``; in bfloat16 on Hopper its wgmma
+    /// (``kernelPays(bfloat16:wgmma:meanRows:outWidth:inWidth:weightGradient:)``; in bfloat16 on Hopper its wgmma
     /// form), else `.lanes`.
     case automatic
     /// One `cublasGemmGroupedBatchedEx` call (cuBLAS ≥ 12.5), one group per distinct shape.
@@ -70,9 +70,23 @@ public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
     ///   0.77, 23.6 GFLOP 2.73 → 4.67: limit 2 GFLOP;
     /// - float32 (CUDA cores, change 8): 0.27 GFLOP 1.14 → 0.71, 0.54 (the paper's E=128) 15.2 →
     ///   15.1, 2.1 GFLOP 2.89 → 3.21: limit 1 GFLOP.
-    public static func kernelPays(bfloat16: Bool, wgmma: Bool = false, meanRows: Int, outWidth: Int, inWidth: Int) -> Bool {
-        2 * Double(meanRows) * Double(outWidth) * Double(inWidth) < kernelFLOPLimit(bfloat16: bfloat16, wgmma: wgmma)
+    ///
+    /// Past the limit, float32's row-varying products (forward, data gradient) still take our
+    /// kernel where an expert has at most `fewRows` rows: cuBLAS rounds each expert's rows up to its
+    /// 128- or 256-row tiles (or splits K), our kernel to 64. The paper's E=32 (256 rows, 2.1 GFLOP
+    /// an expert, perf-notes change 40), fwd+bwd: everything on the lanes 11.25–11.30 ms, on our
+    /// kernel 11.40–11.51, the row-varying products on it and the weight gradients on the lanes
+    /// 11.03–11.09, the reverse 11.70–11.75; at E=8 (1024 rows) the lanes won every mix (9.41–9.45
+    /// against 10.01–11.02).
+    public static func kernelPays(bfloat16: Bool, wgmma: Bool = false, meanRows: Int, outWidth: Int, inWidth: Int,
+                                  weightGradient: Bool = false) -> Bool {
+        if 2 * Double(meanRows) * Double(outWidth) * Double(inWidth) < kernelFLOPLimit(bfloat16: bfloat16, wgmma: wgmma) { return true }
+        return !bfloat16 && !weightGradient && meanRows <= fewRows
     }
+
+    /// An expert's rows at or below which float32's row-varying products take our kernel whatever
+    /// their FLOPs (`kernelPays`).
+    public static let fewRows = 512
 
     /// One expert's GEMM FLOPs below which `.automatic` takes our kernel.
     public static func kernelFLOPLimit(bfloat16: Bool, wgmma: Bool = false) -> Double {
