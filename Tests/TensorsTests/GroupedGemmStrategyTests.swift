@@ -40,12 +40,14 @@ struct GroupedGemmStrategyTests {
     }
 
     /// Float32 experts of few rows past the FLOP limit (the paper's E = 32: 256 rows, 4096 × 1024):
-    /// the row-varying products on our kernel, the weight gradient on the lanes; with 1024 rows (E
-    /// = 8) everything on the lanes, and bfloat16 goes by its FLOP limit alone.
+    /// the row-varying products on our kernel, the weight gradient on the lanes; with 512 rows (E =
+    /// 16, and the fine sizes' E = 64 K = 2) everything on the lanes, and bfloat16 goes by its FLOP
+    /// limit alone.
     @Test func float32ExpertsOfFewRowsTakeTheKernelForTheirRowVaryingProducts() {
         #expect(GroupedGemmStrategy.kernelPays(bfloat16: false, meanRows: 256, outWidth: 4096, inWidth: 1024))
         #expect(!GroupedGemmStrategy.kernelPays(bfloat16: false, meanRows: 256, outWidth: 4096, inWidth: 1024, weightGradient: true))
-        #expect(!GroupedGemmStrategy.kernelPays(bfloat16: false, meanRows: 1024, outWidth: 4096, inWidth: 1024))
+        #expect(!GroupedGemmStrategy.kernelPays(bfloat16: false, meanRows: 512, outWidth: 4096, inWidth: 1024))
+        #expect(!GroupedGemmStrategy.kernelPays(bfloat16: false, meanRows: 512, outWidth: 1408, inWidth: 2048))
         #expect(!GroupedGemmStrategy.kernelPays(bfloat16: true, meanRows: 256, outWidth: 4096, inWidth: 1024))
         // Under the FLOP limit every product takes the kernel (the paper's E = 128: 64 rows).
         #expect(GroupedGemmStrategy.kernelPays(bfloat16: false, meanRows: 64, outWidth: 4096, inWidth: 1024, weightGradient: true))

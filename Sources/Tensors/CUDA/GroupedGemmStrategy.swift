@@ -76,8 +76,9 @@ public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
     /// 128- or 256-row tiles (or splits K), our kernel to 64. The paper's E=32 (256 rows, 2.1 GFLOP
     /// an expert, perf-notes change 40), fwd+bwd: everything on the lanes 11.25–11.30 ms, on our
     /// kernel 11.40–11.51, the row-varying products on it and the weight gradients on the lanes
-    /// 11.03–11.09, the reverse 11.70–11.75; at E=8 (1024 rows) the lanes won every mix (9.41–9.45
-    /// against 10.01–11.02).
+    /// 11.03–11.09, the reverse 11.70–11.75. With 512 rows the lanes won: the paper's sizes at E=16
+    /// 9.61–9.67 against 10.62–10.66, the fine sizes in float32 at E=64 K=2 28.94–29.02 against
+    /// 29.65–29.78; at E=8 (1024 rows) every mix (9.41–9.45 against 10.01–11.02).
     public static func kernelPays(bfloat16: Bool, wgmma: Bool = false, meanRows: Int, outWidth: Int, inWidth: Int,
                                   weightGradient: Bool = false) -> Bool {
         if 2 * Double(meanRows) * Double(outWidth) * Double(inWidth) < kernelFLOPLimit(bfloat16: bfloat16, wgmma: wgmma) { return true }
@@ -86,7 +87,7 @@ public enum GroupedGemmStrategy: Int, Sendable, CaseIterable {
 
     /// An expert's rows at or below which float32's row-varying products take our kernel whatever
     /// their FLOPs (`kernelPays`).
-    public static let fewRows = 512
+    public static let fewRows = 256
 
     /// One expert's GEMM FLOPs below which `.automatic` takes our kernel.
     public static func kernelFLOPLimit(bfloat16: Bool, wgmma: Bool = false) -> Double {
