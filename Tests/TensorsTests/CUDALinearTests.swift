@@ -74,6 +74,8 @@ struct CUDALinearTests {
         Case(name: "feed-forward, 1000 rows, D 200, H 768, row view", kind: .feedForward, rows: 1000, width: 200, hidden: 768, rowView: true),
         Case(name: "feed-forward, no biases, 37 rows, D 768, H 24", kind: .feedForward, rows: 37, width: 768, hidden: 24, biases: false),
         Case(name: "feed-forward, H 100 (GELU epilogues unfused)", kind: .feedForward, rows: 37, width: 24, hidden: 100),
+        // 40 chunks of 128 rows for the bias gradient's sums: more than the finishing kernel's 32 lanes.
+        Case(name: "feed-forward, 5000 rows, D 64, H 256", kind: .feedForward, rows: 5000, width: 64, hidden: 256),
     ]
 
     /// Fresh inputs: x ~ N(0, 1), weights ~ N(0, 1/fan-in) so pre-activations are O(1) and cross
@@ -150,6 +152,27 @@ struct CUDALinearTests {
         let (inputs, upstream) = self.inputs(c, seed: 5)
         let first = run(c, inputs, upstream, on: gpu, dtype: .bfloat16)
         #expect(run(c, inputs, upstream, on: gpu, dtype: .bfloat16) == first)
+    }
+
+    /// The GELU backward and its bias gradient in one pass (`columnSums` mode 2) give the two
+    /// primitives' bits, the gradient in place and its column sums, over more chunks of rows than the
+    /// finishing kernel has lanes and a partial block of columns.
+    @Test(arguments: [DType.float32, .bfloat16])
+    func onePassGELUBackwardIsTheTwoPassOneBitForBit(_ dtype: DType) {
+        let backend = Backends.backend(for: gpu) as! CUDABackend
+        var g = RandomGenerator(seed: 11)
+        let rows = 5000, cols = 264
+        let h = Tensor.randomNormal([rows, cols], generator: &g).cast(to: dtype).to(gpu)
+        let upstream = Tensor.randomNormal([rows, cols], generator: &g).cast(to: dtype)
+        let onePass = upstream.to(gpu), onePassSums = Tensor.empty([cols], dtype: dtype, device: gpu)
+        let twoPass = Tensor.empty([rows, cols], dtype: dtype, device: gpu), twoPassSums = Tensor.empty([cols], dtype: dtype, device: gpu)
+        #expect(CUDABackend.geluBackwardFitsOnePass(preactivation: h, gradient: onePass))
+        backend.columnSums(mode: 2, x: h, g: onePass, mean: nil, rstd: nil, out0: onePassSums, out1: nil)
+        backend.unaryBackward(.geluTanh, x: h, gradOut: upstream.to(gpu), twoPass)
+        backend.sumRows(twoPass, twoPassSums)
+        #expect(onePass.doubles() == twoPass.doubles())
+        #expect(onePassSums.doubles() == twoPassSums.doubles())
+        #expect(onePass.doubles() != upstream.doubles(), "the one pass left the gradient as it was")
     }
 
     /// cuBLASLt's GELU is the tanh approximation, as `gelu(approximate: true)`: with an identity

@@ -145,7 +145,9 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     }
 
     /// Column sums in two deterministic stages (see `column_partials`): mode 0 sums `x` into `out0`;
-    /// mode 1 writes the layer-norm parameter gradients Σ g·x̂ into `out0` and Σ g into `out1`.
+    /// mode 1 writes the layer-norm parameter gradients Σ g·x̂ into `out0` and Σ g into `out1`; mode
+    /// 2 takes GELU's backward in place on `g` (`x` the pre-activation) and sums the result into
+    /// `out0` (`gelu_bwd_column_partials`: `geluBackwardFitsOnePass`).
     func columnSums(mode: Int32, x: Tensor, g: Tensor?, mean: Tensor?, rstd: Tensor?, out0: Tensor?, out1: Tensor?) {
         let rows = x.rowCount, cols = x.lastDimension
         guard cols > 0 else { return }
@@ -156,10 +158,16 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         let chunk = 128, chunks = (rows + chunk - 1) / chunk
         let p0 = Tensor.empty([chunks, cols], dtype: x.dtype.statistics, device: device)
         let p1 = mode == 1 ? Tensor.empty([chunks, cols], dtype: x.dtype.statistics, device: device) : nil
-        launch(kernel("column_partials", x.dtype), grid: ((cols + 31) / 32, chunks, 1), block: (32, 8, 1), stream: gpu.stream,
-               arguments: [x.arg, (g ?? x).arg, mean.arg, rstd.arg, p0.arg, p1.arg, .int64(Int64(rows)), .int64(Int64(cols)),
-                           .int64(Int64(chunk)), .int32(mode)])
-        launch(kernel("column_finish", x.dtype), grid: ((cols + 255) / 256, 1, 1), block: (256, 1, 1), stream: gpu.stream,
+        if mode == 2, let g {
+            let vector = 16 / x.dtype.byteSize
+            launch(kernel("gelu_bwd_column_partials", x.dtype), grid: ((cols / vector + 31) / 32, chunks, 1), block: (32, 8, 1),
+                   stream: gpu.stream, arguments: [x.arg, g.arg, p0.arg, .int64(Int64(rows)), .int64(Int64(cols)), .int64(Int64(chunk))])
+        } else {
+            launch(kernel("column_partials", x.dtype), grid: ((cols + 31) / 32, chunks, 1), block: (32, 8, 1), stream: gpu.stream,
+                   arguments: [x.arg, (g ?? x).arg, mean.arg, rstd.arg, p0.arg, p1.arg, .int64(Int64(rows)), .int64(Int64(cols)),
+                               .int64(Int64(chunk)), .int32(mode)])
+        }
+        launch(kernel("column_finish", x.dtype), grid: ((cols + 31) / 32, 1, 1), block: (32, 32, 1), stream: gpu.stream,
                arguments: [p0.arg, p1.arg, out0.arg, out1.arg, .int64(Int64(chunks)), .int64(Int64(cols))])
     }
 
@@ -332,6 +340,12 @@ public final class CUDABackend: Backend, @unchecked Sendable {
 
     public func sumRows(_ x: Tensor, _ out: Tensor) {
         columnSums(mode: 0, x: x, g: nil, mean: nil, rstd: nil, out0: out, out1: nil)
+    }
+
+    /// Whether `columnSums` mode 2 can take GELU's backward on `gradient` (rows of whole 16-byte
+    /// vectors, both operands aligned to them).
+    static func geluBackwardFitsOnePass(preactivation: Tensor, gradient: Tensor) -> Bool {
+        gradient.lastDimension % (16 / gradient.dtype.byteSize) == 0 && [preactivation, gradient].allSatisfy { $0.address % 16 == 0 }
     }
 
     public func softmax(_ x: Tensor, _ out: Tensor, log: Bool) {
