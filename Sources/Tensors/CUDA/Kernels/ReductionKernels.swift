@@ -114,7 +114,8 @@ enum ReductionKernels {
     /// column partial sums of the result as `column_partials` mode 0 adds them (the same rows in the
     /// same order, so the sums are the unfused pair's to the bit): the bias gradient of a GELU layer
     /// in one pass over its gradient instead of two. Block (32, 8) as `column_partials`, each thread
-    /// owning COLUMN_VECTOR adjacent columns (one 16-byte vector): `cols` a multiple of COLUMN_VECTOR, `x` and `g` aligned.
+    /// owning one 16-byte vector of adjacent columns: `cols` a multiple of COLUMN_VECTOR, `x` and
+    /// `g` 16-byte aligned.
     #define COLUMN_VECTOR (16 / (int)sizeof(T))
     struct alignas(16) ColumnVector { T v[COLUMN_VECTOR]; };
     extern "C" __global__ void gelu_bwd_column_partials(const T* x, T* g, acc_t* p0, int64_t rows, int64_t cols, int64_t chunk) {
