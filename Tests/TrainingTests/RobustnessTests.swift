@@ -71,6 +71,17 @@ import Testing
             + "batches of 8 windows; evaluated 23")
     }
 
+    /// A gate whose weights are normalised over the k chosen gives a top-1 run weights of 1, so its
+    /// router learns nothing from the loss: the run says so before its first step; top-2 and the
+    /// Switch gate (weights from the full softmax) do not.
+    @Test(arguments: [("topk", 1, true), ("noisy", 1, true), ("topk", 2, false), ("switch", 1, false)])
+    func topOneWithWeightsNormalizedOverKIsNoted(gate: String, topK: Int, noted: Bool) throws {
+        let dir = TemporaryDirectory()
+        let trainer = try Trainer.prepare(overrides: tinyRun(out: dir.file("out"), ["experts": .int(4), "gate": .string(gate),
+                                                                                     "top_k": .int(topK)]))
+        #expect(trainer.notes.contains { $0.hasPrefix("--gate \(gate) with --top-k 1:") } == noted, "notes: \(trainer.notes)")
+    }
+
     // MARK: Names and paths
 
     @Test func outAndNameMustBeUsable() {

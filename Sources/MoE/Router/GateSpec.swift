@@ -72,15 +72,19 @@ public struct GateSpec: Sendable, Equatable, CustomStringConvertible {
     public let defaultCapacityFactor: Double
     /// A line for `--help` when the gate has a trap users must know (expert choice is not causal).
     public let note: String?
+    /// Whether its combine weights are normalised over the `k` chosen experts (softmax or sigmoid
+    /// over the k): with `k = 1` every weight is then 1, and the loss gives the gate no gradient.
+    public let weightsNormalizedOverK: Bool
     let build: @Sendable (GateOptions, inout RandomGenerator) -> any Gate
 
     init(name: String, summary: String, fixedTopK: Int?, hasCapacity: Bool, hasBalanceLoss: Bool,
          balances: [RoutingBalance] = [.none], defaultBalance: RoutingBalance = .none, scores: [RouterScore] = [.softmax],
-         tokenChoice: Bool = true, defaultCapacityFactor: Double = 1.2, note: String? = nil,
+         tokenChoice: Bool = true, defaultCapacityFactor: Double = 1.2, note: String? = nil, weightsNormalizedOverK: Bool = false,
          build: @escaping @Sendable (GateOptions, inout RandomGenerator) -> any Gate) {
         (self.name, self.summary, self.fixedTopK, self.hasCapacity, self.hasBalanceLoss) = (name, summary, fixedTopK, hasCapacity, hasBalanceLoss)
         (self.balances, self.defaultBalance, self.scores, self.tokenChoice, self.defaultCapacityFactor, self.note) =
             (balances, defaultBalance, scores, tokenChoice, defaultCapacityFactor, note)
+        self.weightsNormalizedOverK = weightsNormalizedOverK
         self.build = build
     }
 
@@ -110,7 +114,7 @@ public struct GateSpec: Sendable, Equatable, CustomStringConvertible {
         name: "topk", summary: "top-k of a linear gate, softmax (or --score sigmoid) over the k (FastMoE's NaiveGate; "
             + "balanced by --balance bias or aux, FastMoE's exact gate with --balance none)",
         fixedTopK: nil, hasCapacity: false, hasBalanceLoss: false, balances: [.aux, .bias, .none], defaultBalance: .none,
-        scores: [.softmax, .sigmoid]) { o, g in
+        scores: [.softmax, .sigmoid], weightsNormalizedOverK: true) { o, g in
         TopKGate(dModel: o.dModel, globalExpertCount: o.globalExpertCount, topK: o.topK, zLossWeight: o.zLossWeight,
                  balance: o.balance ?? .none, score: o.score, biasUpdateRate: o.biasUpdateRate,
                  dtype: o.dtype, device: o.device, generator: &g)
@@ -119,7 +123,8 @@ public struct GateSpec: Sendable, Equatable, CustomStringConvertible {
     /// `NoisyTopKGate`.
     public static let noisyTopK = GateSpec(
         name: "noisy", summary: "noisy top-k (Shazeer et al. 2017) with the importance and load balance losses",
-        fixedTopK: nil, hasCapacity: false, hasBalanceLoss: true, balances: [.aux, .bias, .none], defaultBalance: .aux) { o, g in
+        fixedTopK: nil, hasCapacity: false, hasBalanceLoss: true, balances: [.aux, .bias, .none], defaultBalance: .aux,
+        weightsNormalizedOverK: true) { o, g in
         NoisyTopKGate(dModel: o.dModel, globalExpertCount: o.globalExpertCount, topK: o.topK, zLossWeight: o.zLossWeight,
                       balance: o.balance ?? .aux, biasUpdateRate: o.biasUpdateRate, dtype: o.dtype, device: o.device, generator: &g)
     }

@@ -113,6 +113,13 @@ public final class Trainer {
             notes.append("--eval-batches \(config.evalBatches): the validation data (\(Format.count(dataset.validation.count)) tokens) "
                 + "holds \(distinct) distinct batch\(distinct == 1 ? "" : "es") of \(globalBatch) windows; evaluating on \(distinct)")
         }
+        if config.isMoE, let spec = config.gateSpec, spec.weightsNormalizedOverK, config.effectiveTopK == 1 {
+            // FastMoE's gate does the same; a run that means to learn its routing from the loss
+            // should know (benchmarks.md: this run trailed every other MoE shape).
+            notes.append("--gate \(spec.name) with --top-k 1: a token's one weight is normalised over itself, so it is always 1 "
+                + "and the loss gives the gate no gradient (it learns only from balancing); --gate switch weighs the expert "
+                + "by its probability")
+        }
         validation = dataset.validationBatches(batchSize: globalBatch, seqLen: config.seqLen, count: min(config.evalBatches, distinct))
             .map { [parallel] in TrainingData.tensors(parallel.slice($0), batchSize: config.batchSize, seqLen: config.seqLen, device: device) }
         fingerprint = DataFingerprint(dataset)
