@@ -37,6 +37,9 @@ struct CompareCommand: ParsableCommand {
                 + BenchRow.pad(Format.fixed(summary.finalValLoss, 4), 10)
                 + BenchRow.pad(Format.fixed(summary.elapsedSeconds, 1) + " s", 11) + Format.fixed(summary.tokensPerSecond, 0))
         }
+        if let reading = try EqualTimeReading.read(runDirectories: [dense.outputDirectory, moe.outputDirectory]) {
+            print("equal time: \(reading.summary)")
+        }
         print("report: \(report)")
     }
 }
