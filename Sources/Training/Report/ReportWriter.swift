@@ -19,8 +19,8 @@ public enum ReportWriter {
     }
 
     /// Writes one page to `output` comparing the runs in `runDirectories`: validation loss against
-    /// step and against wall-clock seconds, and training loss against step, one series per run with
-    /// a legend naming each.
+    /// step and against wall-clock seconds with its equal-time reading (`EqualTimeReading`), and
+    /// training loss against step, one series per run with a legend naming each.
     public static func writeComparison(runDirectories: [String], output: String) throws {
         guard !runDirectories.isEmpty else {
             throw MetricsError(description: "compare: no run directories given; name at least one run directory")
