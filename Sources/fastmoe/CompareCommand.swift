@@ -37,7 +37,8 @@ struct CompareCommand: ParsableCommand {
                 + BenchRow.pad(Format.fixed(summary.finalValLoss, 4), 10)
                 + BenchRow.pad(Format.fixed(summary.elapsedSeconds, 1) + " s", 11) + Format.fixed(summary.tokensPerSecond, 0))
         }
-        if let reading = try EqualTimeReading.read(runDirectories: [dense.outputDirectory, moe.outputDirectory]) {
+        // The runs and their reports are written by now: a reading that cannot be made is left out, not an error.
+        if let reading = (try? EqualTimeReading.read(runDirectories: [dense.outputDirectory, moe.outputDirectory])) ?? nil {
             print("equal time: \(reading.summary)")
         }
         print("report: \(report)")

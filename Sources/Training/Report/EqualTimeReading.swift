@@ -54,7 +54,7 @@ public struct EqualTimeReading: Sendable {
         EqualTimeReading(try runDirectories.map { try RunData.load(directory: $0) }.map { ($0.name, $0.eval) })
     }
 
-    /// One line: `at 39.4 s (dense's end): dense 0.8642 (step 3000), moe-8e-top2 ≈ 0.8840 (≈ step 2557)`.
+    /// One line: `at 39.4 s (dense's end): dense 0.8660 (step 3000), moe-8e-top2 ≈ 0.8837 (≈ step 2558)`.
     public var summary: String {
         "at \(Format.fixed(seconds, 1)) s (\(finishedFirst)'s end): " + entries.map { e in
             e.interpolated
