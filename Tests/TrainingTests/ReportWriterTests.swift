@@ -122,7 +122,7 @@ func occurrences(of needle: String, in text: String) -> Int { text.ranges(of: ne
         #expect(occurrences(of: ">dense 25M</text>", in: html) == 3 && occurrences(of: ">moe 8x</text>", in: html) == 3)
         #expect(html.contains("<td>dense 25M</td>") && html.contains("<td>moe 8x</td>"))
         // The faster run ends first; the other is read off its evaluations at that time.
-        #expect(html.contains("At equal time, at ") && html.contains("(dense 25M&#39;s end): dense 25M ")
+        #expect(html.contains("Equal-time reading, at ") && html.contains("(dense 25M&#39;s end): dense 25M ")
             && html.contains("(step 2000), moe 8x ≈ "))
         #expect(errorMessage { try ReportWriter.writeComparison(runDirectories: [], output: base + "/x.html") }
             == "compare: no run directories given; name at least one run directory")

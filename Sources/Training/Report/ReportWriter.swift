@@ -117,7 +117,7 @@ public enum ReportWriter {
             LineChart(id: "val-time", xLabel: "wall-clock seconds", yLabel: "validation loss (nats/token)",
                       series: series({ $0.eval.map { ($0.elapsedSeconds, $0.valLoss) } }, markers: true), logY: true).svg())
         if let reading = EqualTimeReading(runs.map { ($0.name, $0.eval) }) {
-            body += "<p class=\"note\">At equal time, \(escapeHTML(reading.summary)). A run read between its "
+            body += "<p class=\"note\">Equal-time reading, \(escapeHTML(reading.summary)). A run read between its "
                 + "evaluations (≈) is interpolated, on its own schedule, not annealed to that time.</p>\n"
         }
         body += section("Training loss by step", note: nil,
