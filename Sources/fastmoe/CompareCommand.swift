@@ -25,7 +25,7 @@ struct CompareCommand: ParsableCommand {
         comparison.dense.cudaGraph = cudaGraph
         comparison.moe.cudaGraph = cudaGraph
         let console = ConsoleReporter()
-        let (dense, moe, report) = try comparison.run(onEvent: console.handle)
+        let (dense, moe, report, equalTime) = try comparison.run(onEvent: console.handle)
         let d = comparison.dense, m = comparison.moe
         print("")
         print("comparison (\(comparison.directory))")
@@ -37,10 +37,7 @@ struct CompareCommand: ParsableCommand {
                 + BenchRow.pad(Format.fixed(summary.finalValLoss, 4), 10)
                 + BenchRow.pad(Format.fixed(summary.elapsedSeconds, 1) + " s", 11) + Format.fixed(summary.tokensPerSecond, 0))
         }
-        // The runs and their reports are written by now: a reading that cannot be made is left out, not an error.
-        if let reading = (try? EqualTimeReading.read(runDirectories: [dense.outputDirectory, moe.outputDirectory])) ?? nil {
-            print("equal time: \(reading.summary)")
-        }
+        if let equalTime { print("equal time: \(equalTime.summary)") }
         print("report: \(report)")
     }
 }

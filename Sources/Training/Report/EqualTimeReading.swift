@@ -6,7 +6,8 @@
 /// A run read between evaluations is on its own schedule there, not annealed to that time: the
 /// curve a longer run passed through, not the loss a run of that length would end at.
 /// ```swift
-/// let reading = try EqualTimeReading.read(runDirectories: ["runs/cmp/dense", "runs/cmp/moe-8e"])
+/// let reading = try ReportWriter.writeComparison(runDirectories: ["runs/cmp/dense", "runs/cmp/moe-8e"],
+///                                                output: "runs/cmp/compare.html")
 /// print(reading?.summary ?? "no evaluations to compare")
 /// ```
 public struct EqualTimeReading: Sendable {
@@ -28,11 +29,11 @@ public struct EqualTimeReading: Sendable {
     /// Nil unless at least two runs have evaluations that reach `seconds` from both sides.
     init?(_ runs: [(name: String, eval: [EvalRecord])]) {
         let runs = runs.map { run in
-            (run.name, run.eval.filter { $0.valLoss.isFinite }.sorted { $0.elapsedSeconds < $1.elapsedSeconds })
+            (name: run.name, eval: run.eval.filter { $0.valLoss.isFinite }.sorted { $0.elapsedSeconds < $1.elapsedSeconds })
         }
-        guard runs.count >= 2, runs.allSatisfy({ !$0.1.isEmpty }),
-              let first = runs.min(by: { $0.1.last!.elapsedSeconds < $1.1.last!.elapsedSeconds }) else { return nil }
-        let t = first.1.last!.elapsedSeconds
+        guard runs.count >= 2, runs.allSatisfy({ !$0.eval.isEmpty }),
+              let first = runs.min(by: { $0.eval.last!.elapsedSeconds < $1.eval.last!.elapsedSeconds }) else { return nil }
+        let t = first.eval.last!.elapsedSeconds
         var entries: [Entry] = []
         for (name, eval) in runs {
             // Every run's last evaluation is at t or later, so `after` exists.
@@ -46,12 +47,7 @@ public struct EqualTimeReading: Sendable {
             entries.append(Entry(name: name, valLoss: a.valLoss + f * (b.valLoss - a.valLoss),
                                  step: Double(a.step) + f * Double(b.step - a.step), interpolated: true))
         }
-        (seconds, finishedFirst, self.entries) = (t, first.0, entries)
-    }
-
-    /// The reading of the runs in `runDirectories` (their metrics.jsonl; names from state.json).
-    public static func read(runDirectories: [String]) throws -> EqualTimeReading? {
-        EqualTimeReading(try runDirectories.map { try RunData.load(directory: $0) }.map { ($0.name, $0.eval) })
+        (seconds, finishedFirst, self.entries) = (t, first.name, entries)
     }
 
     /// One line: `at 39.4 s (dense's end): dense 0.8660 (step 3000), moe-8e-top2 ≈ 0.8837 (≈ step 2558)`.

@@ -20,8 +20,10 @@ public enum ReportWriter {
 
     /// Writes one page to `output` comparing the runs in `runDirectories`: validation loss against
     /// step and against wall-clock seconds with its equal-time reading (`EqualTimeReading`), and
-    /// training loss against step, one series per run with a legend naming each.
-    public static func writeComparison(runDirectories: [String], output: String) throws {
+    /// training loss against step, one series per run with a legend naming each. Returns the
+    /// equal-time reading the page shows (nil where none can be made).
+    @discardableResult
+    public static func writeComparison(runDirectories: [String], output: String) throws -> EqualTimeReading? {
         guard !runDirectories.isEmpty else {
             throw MetricsError(description: "compare: no run directories given; name at least one run directory")
         }
@@ -31,8 +33,10 @@ public enum ReportWriter {
         for i in runs.indices where names.filter({ $0 == runs[i].name }).count > 1 {
             runs[i].name = runs[i].directory
         }
-        let html = renderComparison(runs)
+        let reading = EqualTimeReading(runs.map { ($0.name, $0.eval) })
+        let html = renderComparison(runs, reading: reading)
         try AtomicFile.write(bytes: Array(html.utf8), to: output)
+        return reading
     }
 
     // MARK: Pages
@@ -101,7 +105,7 @@ public enum ReportWriter {
         return page(title: "Run report: \(run.name)", body: body)
     }
 
-    static func renderComparison(_ runs: [RunData]) -> String {
+    static func renderComparison(_ runs: [RunData], reading: EqualTimeReading?) -> String {
         var body = "<h1>Comparison of \(runs.count) runs</h1>\n" + summaryTable(runs)
         func series(_ points: (RunData) -> [(x: Double, y: Double)], markers: Bool) -> [ChartSeries] {
             runs.enumerated().map { (i, run) in
@@ -116,7 +120,7 @@ public enum ReportWriter {
             + "comparison when runs differ in speed.",
             LineChart(id: "val-time", xLabel: "wall-clock seconds", yLabel: "validation loss (nats/token)",
                       series: series({ $0.eval.map { ($0.elapsedSeconds, $0.valLoss) } }, markers: true), logY: true).svg())
-        if let reading = EqualTimeReading(runs.map { ($0.name, $0.eval) }) {
+        if let reading {
             body += "<p class=\"note\">Equal-time reading, \(escapeHTML(reading.summary)). A run read between its "
                 + "evaluations (≈) is interpolated, on its own schedule, not annealed to that time.</p>\n"
         }

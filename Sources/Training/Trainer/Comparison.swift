@@ -54,9 +54,10 @@ public struct Comparison {
         return Comparison(dense: dense, moe: moe, directory: directory)
     }
 
-    /// Trains the dense run, then the MoE run, then writes `compare.html` and each run's report.
+    /// Trains the dense run, then the MoE run, then writes `compare.html` and each run's report;
+    /// returns the page's equal-time reading with the summaries.
     public func run(onEvent: @escaping (TrainingEvent) -> Void = { _ in }) throws
-        -> (dense: TrainingSummary, moe: TrainingSummary, report: String) {
+        -> (dense: TrainingSummary, moe: TrainingSummary, report: String, equalTime: EqualTimeReading?) {
         dense.onEvent = onEvent
         moe.onEvent = onEvent
         let denseSummary = try dense.run()
@@ -64,7 +65,7 @@ public struct Comparison {
         let report = directory + "/compare.html"
         try ReportWriter.writeReport(runDirectory: dense.outputDirectory)
         try ReportWriter.writeReport(runDirectory: moe.outputDirectory)
-        try ReportWriter.writeComparison(runDirectories: [dense.outputDirectory, moe.outputDirectory], output: report)
-        return (denseSummary, moeSummary, report)
+        let equalTime = try ReportWriter.writeComparison(runDirectories: [dense.outputDirectory, moe.outputDirectory], output: report)
+        return (denseSummary, moeSummary, report, equalTime)
     }
 }
