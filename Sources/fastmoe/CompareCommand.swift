@@ -9,7 +9,9 @@ struct CompareCommand: ParsableCommand {
         Both runs take the same settings (preset, config file, flags) and seed; the MoE run adds the MoE \
         flags (--experts, default 4; --top-k, --gate, …), with each expert mlp-hidden / top-k wide so a \
         token costs the FLOPs of the dense MLP. The runs go to OUT/dense and OUT/moe-<E>e, one after the \
-        other; OUT/compare.html plots validation loss against steps and against wall-clock time.
+        other; OUT/compare.html plots validation loss against steps and against wall-clock time. Both it and \
+        the summary printed at the end give the equal-time reading: each run's validation loss when the faster \
+        one finished (the other's read between its evaluations).
         """)
 
     @OptionGroup var options: RunOptions
