@@ -153,6 +153,19 @@ struct CUDATrainingTests {
         #expect(trainer.optimizer.stepCount == 10)
     }
 
+    /// `fastmoe compare` compiles its modules before either run (`compileModules`): after a bf16 MoE
+    /// run, every module this process has compiled must be one that call compiles for some dtype, or
+    /// a run could still compile inside its timed steps.
+    @Test func compareCompilesEveryKindOfModuleARunUses() throws {
+        _ = try losses(device: "cuda", precision: "bf16", ["experts": .int(4), "top_k": .int(2), "steps": .int(3)])
+        let cuda = try #require(Backends.backend(for: .cuda(0)) as? CUDABackend)
+        cuda.compileModules(for: .bfloat16)
+        let prepared = Set([DType.bfloat16, .float32, .float64].flatMap { CUDABackend.moduleKeys(compiledFor: $0) })
+        let loaded = cuda.loadedModuleKeys
+        #expect(loaded.isSubset(of: prepared), "\(loaded.subtracting(prepared)) not compiled up front")
+        #expect(loaded.isSuperset(of: CUDABackend.moduleKeys(compiledFor: .bfloat16).filter { !$0.hasPrefix("hopper") }))
+    }
+
     @Test func bfloat16LossCurveFollowsTheCPU() throws {
         let cpu = try losses(device: "cpu", precision: "fp32")
         let cuda = try losses(device: "cuda", precision: "bf16")

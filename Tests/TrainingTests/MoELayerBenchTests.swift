@@ -16,7 +16,7 @@ import Tensors
         config.gate = gate
         let r = try MoELayerBenchmark.run(config, device: .cpu)
         for (name, ms) in [("fwd", r.forwardMs), ("fwd+bwd", r.forwardBackwardMs), ("dense fwd", r.denseForwardMs),
-                           ("dense fwd+bwd", r.denseForwardBackwardMs)] + r.denseGemmMs.map({ ("gemm", $0) }) {
+                           ("dense fwd+bwd", r.denseForwardBackwardMs), ("gemm chain", r.denseGemmChainMs)] + r.denseGemmMs.map({ ("gemm", $0) }) {
             #expect(ms.isFinite && ms > 0, "\(name): \(ms) ms")
         }
         #expect(r.denseGemmMs.count == 6)
@@ -33,6 +33,7 @@ import Tensors
         }
         for key in ["fwd_ms", "fwd_bwd_ms", "fwd_tflops", "fwd_bwd_tflops", "dense_fwd_ms", "dense_fwd_bwd_ms",
                     "dense_fwd_bwd_tflops", "ratio_fwd", "ratio_fwd_bwd", "dense_gemm_sum_ms", "dense_over_gemm_sum",
+                    "dense_gemm_chain_ms", "dense_over_gemm_chain",
                     "peak_over_must_keep", "load_max_over_mean"] {
             let v = json[key]?.doubleValue ?? .nan
             #expect(v.isFinite && v > 0, "\(key) = \(v)")

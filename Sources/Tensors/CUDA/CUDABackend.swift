@@ -61,20 +61,51 @@ public final class CUDABackend: Backend, @unchecked Sendable {
 
     /// The function `name` from the module for `dtype` (nil: the dtype-independent movement module).
     func kernel(_ name: String, _ dtype: DType?) -> CUDAFunction {
-        let key = dtype == nil || dtype == .int32 ? "movement" : "ops_" + dtype!.rawValue
-        return function(name, module: key, options: KernelOptions()) { CUDABackend.moduleSource(dtype) }
+        function(name, in: module(for: dtype))
     }
 
     /// The function `name` of `GroupedGemmHopperKernels`, or nil where the device cannot run them
     /// (they need the `sm_90a` target: a compute capability 9.x device and a CUBIN-building NVRTC).
     func hopperKernel(_ name: String) -> CUDAFunction? {
-        guard (try? gpu.compiler().targetsHopperFeatures) == true else { return nil }
-        return function(name, module: "hopper_bf16", options: KernelOptions(architectureSpecific: true)) { CUDABackend.hopperModuleSource }
+        hopperModule().map { function(name, in: $0) }
     }
 
-    /// The function `name` of module `key`, compiled from `source` on first use.
-    private func function(_ name: String, module key: String, options: KernelOptions, source: () -> String) -> CUDAFunction {
-        let module = modules.withLock { cache -> CUDAModule in
+    /// Compiles, or loads from the kernel cache, every module a run whose activations are `dtype` can
+    /// launch: that dtype's, float32's (master weights, the optimizer), the movement module and, on
+    /// Hopper, the wgmma module. A timed run that starts after this compiles nothing: `fastmoe compare`
+    /// calls it before its runs, so neither run's clock holds compilation the other was spared.
+    public func compileModules(for dtype: DType) {
+        for d in Set([dtype, .float32]) { _ = module(for: d) }
+        _ = module(for: nil)
+        _ = hopperModule()
+    }
+
+    /// The keys of the modules `compileModules(for: dtype)` compiles, the Hopper one included.
+    public static func moduleKeys(compiledFor dtype: DType) -> Set<String> {
+        [moduleKey(dtype), moduleKey(.float32), moduleKey(nil), hopperModuleKey]
+    }
+
+    /// The keys of the modules compiled so far.
+    public var loadedModuleKeys: Set<String> { modules.withLock { Set($0.keys) } }
+
+    private static func moduleKey(_ dtype: DType?) -> String {
+        dtype == nil || dtype == .int32 ? "movement" : "ops_" + dtype!.rawValue
+    }
+
+    private static let hopperModuleKey = "hopper_bf16"
+
+    private func module(for dtype: DType?) -> CUDAModule {
+        module(Self.moduleKey(dtype), options: KernelOptions()) { CUDABackend.moduleSource(dtype) }
+    }
+
+    private func hopperModule() -> CUDAModule? {
+        guard (try? gpu.compiler().targetsHopperFeatures) == true else { return nil }
+        return module(Self.hopperModuleKey, options: KernelOptions(architectureSpecific: true)) { CUDABackend.hopperModuleSource }
+    }
+
+    /// Module `key`, compiled from `source` on first use.
+    private func module(_ key: String, options: KernelOptions, source: () -> String) -> CUDAModule {
+        modules.withLock { cache -> CUDAModule in
             if let m = cache[key] { return m }
             do {
                 let m = try gpu.compiler().module(source: source(), name: "fastmoe_\(key)", options: options)
@@ -84,6 +115,9 @@ public final class CUDABackend: Backend, @unchecked Sendable {
                 fatalError("CUDA kernels for \(key) failed to compile: \(error)")
             }
         }
+    }
+
+    private func function(_ name: String, in module: CUDAModule) -> CUDAFunction {
         do { return try module.function(name) } catch { fatalError("\(error)") }
     }
 

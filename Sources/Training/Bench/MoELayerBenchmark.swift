@@ -144,6 +144,9 @@ public struct MoELayerBenchResult: Sendable {
     /// The six GEMMs of the dense line's forward and backward, each timed alone through the backend's
     /// GEMM (cuBLAS on CUDA) on pre-made operands, in the order fc1, fc2, fc2 dA, fc2 dW, fc1 dX, fc1 dW.
     public var denseGemmMs: [Double]
+    /// The same six GEMMs one after another in one timed region: what they take back to back, as a
+    /// layer runs them, at the clock the GPU holds under that load (NaN where not measured).
+    public var denseGemmChainMs: Double = .nan
     /// Bytes the layer's forward + backward allocated at its peak beyond what was live before it (the
     /// parameters and inputs), gradients of the parameters and the input included.
     public var peakBytes: Int
@@ -169,6 +172,8 @@ public struct MoELayerBenchResult: Sendable {
     public var forwardRatio: Double { forwardMs / denseForwardMs }
     /// Dense fwd+bwd time over the sum of its GEMMs alone (1 = no overhead around the GEMMs).
     public var denseOverGemmSum: Double { denseForwardBackwardMs / denseGemmSumMs }
+    /// Dense fwd+bwd time over its GEMMs chained (1 = nothing but the GEMMs, back to back).
+    public var denseOverGemmChain: Double { denseForwardBackwardMs / denseGemmChainMs }
     public var peakOverMustKeep: Double { Double(peakBytes) / Double(max(mustKeepBytes, 1)) }
 
     /// One JSON object on one line, for tools (non-finite numbers as null).
@@ -202,6 +207,7 @@ public struct MoELayerBenchResult: Sendable {
             d("ratio_fwd", forwardRatio), d("ratio_fwd_bwd", ratio),
             JSONMember("dense_gemm_ms", .array(denseGemmMs.map { .double($0) })),
             d("dense_gemm_sum_ms", denseGemmSumMs), d("dense_over_gemm_sum", denseOverGemmSum),
+            d("dense_gemm_chain_ms", denseGemmChainMs), d("dense_over_gemm_chain", denseOverGemmChain),
             i("peak_bytes", peakBytes), i("must_keep_bytes", mustKeepBytes), d("peak_over_must_keep", peakOverMustKeep),
             i("dense_peak_bytes", densePeakBytes), i("dense_must_keep_bytes", denseMustKeepBytes),
         ]
@@ -272,8 +278,8 @@ public enum MoELayerBenchmark {
         let denseParameterBytes = dense.parameters().reduce(0) { $0 + $1.value.byteCount }
         return MoELayerBenchResult(
             config: c, device: device, forwardMs: moeTimes.forward, forwardBackwardMs: moeTimes.forwardBackward,
-            denseForwardMs: denseTimes.forward, denseForwardBackwardMs: denseTimes.forwardBackward, denseGemmMs: gemms,
-            peakBytes: moePeak, mustKeepBytes: mustKeepBytes(c, parameterBytes: moeParameterBytes),
+            denseForwardMs: denseTimes.forward, denseForwardBackwardMs: denseTimes.forwardBackward, denseGemmMs: gemms.alone,
+            denseGemmChainMs: gemms.chained, peakBytes: moePeak, mustKeepBytes: mustKeepBytes(c, parameterBytes: moeParameterBytes),
             densePeakBytes: densePeak, denseMustKeepBytes: denseMustKeepBytes(c, parameterBytes: denseParameterBytes),
             loadMaxOverMean: loadMaxOverMean)
     }
@@ -329,11 +335,12 @@ public enum MoELayerBenchmark {
         return max(0, peak - before)
     }
 
-    /// The dense line's six GEMMs, row-major, each alone on pre-made random operands through the backend's
-    /// GEMM primitive (one cuBLAS call on CUDA, nothing allocated in the timed region). With W1 [H, D] and
-    /// W2 [D, H] as `Linear` stores them: fc1 X·W1ᵀ, fc2 A·W2ᵀ, fc2's dA = dY·W2 and dW2 = dYᵀ·A, fc1's
-    /// dX = dH·W1 and dW1 = dHᵀ·X.
-    static func denseGemmMilliseconds(_ c: MoELayerBenchConfig, rows n: Int, device: Device, generator g: inout RandomGenerator) -> [Double] {
+    /// The dense line's six GEMMs, row-major, on pre-made random operands through the backend's GEMM
+    /// primitive (one cuBLAS call on CUDA, nothing allocated in the timed region): each timed alone, and
+    /// the six chained in one timed region. With W1 [H, D] and W2 [D, H] as `Linear` stores them: fc1
+    /// X·W1ᵀ, fc2 A·W2ᵀ, fc2's dA = dY·W2 and dW2 = dYᵀ·A, fc1's dX = dH·W1 and dW1 = dHᵀ·X.
+    static func denseGemmMilliseconds(_ c: MoELayerBenchConfig, rows n: Int, device: Device, generator g: inout RandomGenerator)
+        -> (alone: [Double], chained: Double) {
         let d = c.dModel, h = c.hidden
         // (a shape, b shape, transposeA, transposeB, out shape)
         let problems: [([Int], [Int], Bool, Bool, [Int])] = [
@@ -345,14 +352,15 @@ public enum MoELayerBenchmark {
             ([n, h], [n, d], true, false, [h, d]),   // fc1 backward: dW1
         ]
         let backend = Backends.backend(for: device)
-        return problems.map { aShape, bShape, transposeA, transposeB, outShape in
+        let gemms: [() -> Void] = problems.map { aShape, bShape, transposeA, transposeB, outShape in
             let a = Tensor.randomNormal(aShape, dtype: c.dtype, device: device, generator: &g)
             let b = Tensor.randomNormal(bShape, dtype: c.dtype, device: device, generator: &g)
             let out = Tensor.empty(outShape, dtype: c.dtype, device: device)
-            return medianMilliseconds(device, c, { _ in }) { _ in
-                backend.matmul(a, b, out, transposeA: transposeA, transposeB: transposeB, alpha: 1, beta: 0)
-            }
+            return { backend.matmul(a, b, out, transposeA: transposeA, transposeB: transposeB, alpha: 1, beta: 0) }
         }
+        let alone = gemms.map { gemm in medianMilliseconds(device, c, { _ in }) { _ in gemm() } }
+        let chained = medianMilliseconds(device, c, { _ in }) { _ in gemms.forEach { $0() } }
+        return (alone, chained)
     }
 
     /// Median milliseconds of `body(i)` over `iterations` after `warmup` untimed ones, with `prepare(i)`

@@ -1,3 +1,5 @@
+import Tensors
+
 /// The FastMoE paper's experiment at any size: a dense GPT and an MoE GPT of (nearly) equal training
 /// FLOPs per token, trained for the same steps on the same data with the same seed, then one report
 /// of validation loss against steps and against wall-clock time (`fastmoe compare`).
@@ -60,6 +62,11 @@ public struct Comparison {
         -> (dense: TrainingSummary, moe: TrainingSummary, report: String, equalTime: EqualTimeReading?) {
         dense.onEvent = onEvent
         moe.onEvent = onEvent
+        // Kernels compile on their first use: done here, neither run's clock holds compilation that the
+        // other was spared.
+        if let cuda = Backends.backend(for: dense.device) as? CUDABackend {
+            cuda.compileModules(for: dense.config.activationDType ?? .float32)
+        }
         let denseSummary = try dense.run()
         let moeSummary = try moe.run()
         let report = directory + "/compare.html"

@@ -109,16 +109,17 @@ struct MoELayerBench: ParsableCommand {
 
     static func printTable(_ results: [MoELayerBenchResult], title: String) {
         let columns = [("config", 44), ("fwd ms", 9), ("fwd+bwd ms", 11), ("TFLOP/s", 9), ("dense ms", 10), ("ratio", 7),
-                       ("GEMMs ms", 10), ("dense/GEMMs", 12), ("peak MiB", 10), ("/must keep", 11), ("load max/mean", 0)]
+                       ("GEMMs ms", 10), ("dense/GEMMs", 12), ("chained ms", 11), ("dense/chain", 12), ("peak MiB", 10), ("/must keep", 11), ("load max/mean", 0)]
         let rows = results.map { r in
             [r.config.label, Format.fixed(r.forwardMs, 3), Format.fixed(r.forwardBackwardMs, 3), Format.fixed(r.forwardBackwardTFLOPs, 2),
              Format.fixed(r.denseForwardBackwardMs, 3), Format.fixed(r.ratio, 2) + "×", Format.fixed(r.denseGemmSumMs, 3),
-             Format.fixed(r.denseOverGemmSum, 3) + "×", Format.fixed(Double(r.peakBytes) / 1_048_576, 1),
+             Format.fixed(r.denseOverGemmSum, 3) + "×", Format.fixed(r.denseGemmChainMs, 3), Format.fixed(r.denseOverGemmChain, 3) + "×",
+             Format.fixed(Double(r.peakBytes) / 1_048_576, 1),
              Format.fixed(r.peakOverMustKeep, 2) + "×", Format.fixed(r.loadMaxOverMean, 2)]
         }
         BenchRow.printColumns(columns, rows: rows, title: title, footer:
             "ratio = MoE fwd+bwd / dense fwd+bwd (the dense line: MLP(D,H) over T·K rows, same run); "
-            + "GEMMs = the dense line's 6 GEMMs timed alone (its ceiling); peak = allocator peak of one fwd+bwd beyond "
+            + "GEMMs = the dense line's 6 GEMMs timed alone (its ceiling), chained = the 6 back to back in one timed region; peak = allocator peak of one fwd+bwd beyond "
             + "parameters and inputs, over what it must keep")
     }
 }
