@@ -94,6 +94,30 @@ struct CUDAOpTests {
         #expect(Tensor.full([5], 2.5, dtype: .bfloat16, device: gpu).scalars() == [2.5, 2.5, 2.5, 2.5, 2.5])
     }
 
+    /// The embedding backward at a training step's size: 8192 ids over 256 rows, a third of them on
+    /// one row and every seventh -1. Bit-reproducible on the GPU (atomics, which it used before, add in
+    /// whatever order they land), and the CPU's sums to the dtype's rounding.
+    @Test(arguments: [DType.float32, .bfloat16])
+    func embeddingGradientIsBitReproducible(_ dtype: DType) {
+        var g = RandomGenerator(seed: 31)
+        let id: [Int32] = (0..<8192).map { (i: Int) -> Int32 in
+            if i % 7 == 0 { return -1 }
+            return Int32(i % 3 == 0 ? 5 : (i * 37) % 256)
+        }
+        let ids = Tensor(id, shape: [8192])
+        let table = Tensor.randomNormal([256, 512], generator: &g).cast(to: dtype)
+        let upstream = Tensor.randomNormal([8192, 512], generator: &g).cast(to: dtype)
+        func gradient(on device: Device) -> [Double] {
+            let t = (device == .cpu ? table.cast(to: .float32) : table.to(device)).detached().requiringGradient()
+            embedding(t, ids.to(device)).backward(device == .cpu ? upstream.cast(to: .float32) : upstream.to(device))
+            return t.grad!.doubles()
+        }
+        let first = gradient(on: gpu), second = gradient(on: gpu)
+        #expect(first == second, "two runs of the same embedding backward differ")
+        let error = relativeError(first, gradient(on: .cpu))
+        #expect(error < (dtype == .float32 ? 1e-5 : 1e-2), "\(dtype): relative error \(error) against the CPU")
+    }
+
     @Test func topKMatchesTheCPU() {
         var g = RandomGenerator(seed: 4)
         let x = Tensor.randomNormal([333, 64], generator: &g)

@@ -459,10 +459,26 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     static func vectorSuffix(_ vector: Bool) -> String { vector ? "_vec" : "" }
 
     public func scatterAddRows(_ x: Tensor, indices: Tensor, _ out: Tensor) {
-        let cols = x.lastDimension
-        launchElementwise("scatter_add_rows", x.dtype, count: indices.count * cols,
-                          [x.arg, indices.arg, out.arg, .int64(Int64(indices.count)), .int64(Int64(cols)), .int64(Int64(out.rowCount))])
+        let n = indices.count, cols = x.lastDimension, rows = out.rowCount
+        guard n > 0, cols > 0, rows > 0 else { return }
+        if x.dtype != .float64 && n * rows <= Self.oneHotScatterLimit {
+            // out += onehot(indices)ᵀ · x: one GEMM sums each output row's inputs in a fixed order, so
+            // the embedding gradient is bit-reproducible (atomics add in whatever order they land).
+            // Exact products (by 0 and 1), so not on TF32 even in a TF32 run.
+            let oneHot = Tensor.zeros([n, rows], dtype: x.dtype, device: device)
+            launchElementwise("one_hot_rows", x.dtype, count: n, [indices.arg, oneHot.arg, .int64(Int64(n)), .int64(Int64(rows))])
+            Backends.withTF32(false) {
+                matmul(oneHot, x, out, transposeA: true, transposeB: false, alpha: 1, beta: 1)
+            }
+            return
+        }
+        launchElementwise("scatter_add_rows", x.dtype, count: n * cols,
+                          [x.arg, indices.arg, out.arg, .int64(Int64(n)), .int64(Int64(cols)), .int64(Int64(rows))])
     }
+
+    /// The largest one-hot matrix (`indices × rows` values) `scatterAddRows` builds: 2²⁶, 256 MB in
+    /// float32; a byte-level embedding's 256 rows take it to 262,144 indices a step.
+    static let oneHotScatterLimit = 1 << 26
 
     public func topK(_ x: Tensor, k: Int, values: Tensor, indices: Tensor) {
         guarantee(k <= 32, "topK(\(k)) on CUDA supports k ≤ 32")

@@ -171,10 +171,12 @@ public protocol Backend: AnyObject, Sendable {
 
     // Indexing. Indices are int32; a negative index selects nothing (a zero row / no write).
     func gatherRows(_ table: Tensor, indices: Tensor, _ out: Tensor)
-    /// `out[indices[i]] += x[i]`. On the CPU rows are added in `i` order. On CUDA they are added with
-    /// atomics: where three or more rows land on one output row, float results may differ in the
-    /// last bits from run to run. It serves the embedding backward and `indexSelect`'s generic
-    /// backward; the MoE path uses `gatherSumRows` instead and is bit-reproducible.
+    /// `out[indices[i]] += x[i]`. On the CPU rows are added in `i` order. On CUDA, a GEMM with the
+    /// one-hot matrix of `indices` (a fixed order: bit-reproducible run to run) while that matrix has
+    /// at most 2²⁶ values and the dtype is float32 or bfloat16; past that, or in float64, atomics
+    /// (where three or more rows land on one output row, results may differ in the last bits from run
+    /// to run). It serves the embedding backward and `indexSelect`'s generic backward; the MoE path
+    /// uses `gatherSumRows`.
     func scatterAddRows(_ x: Tensor, indices: Tensor, _ out: Tensor)
     /// `out[t] = Σ_j weights[t, j] · x[indices[t, j]]` for `indices` `[T, k]`, the `j` taken in order
     /// and accumulated in float32 (float64 for float64 tensors); a negative index adds nothing, so a

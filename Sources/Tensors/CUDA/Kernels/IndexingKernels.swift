@@ -1,6 +1,6 @@
-/// Per-dtype indexing kernels (mirrors `Ops/Indexing.swift` and `CPU/CPUIndexing.swift`): scatter-add
-/// of rows and along the last axis (atomics: duplicate indices add in an unspecified order on the
-/// GPU), top-k (one thread per row, insertion into a sorted buffer — k and the row are small in
+/// Per-dtype indexing kernels (mirrors `Ops/Indexing.swift` and `CPU/CPUIndexing.swift`): the one-hot
+/// matrix of a row scatter (`scatterAddRows` adds it as a GEMM), scatter-add of rows and along the last
+/// axis (atomics: duplicate indices add in an unspecified order on the GPU), top-k (one thread per row, insertion into a sorted buffer — k and the row are small in
 /// routing), and gather along the last axis. The row gather is dtype-independent: `gather_rows_S`
 /// in `MovementKernels`.
 enum IndexingKernels {
@@ -10,6 +10,14 @@ enum IndexingKernels {
             int64_t r = i / cols, j = i % cols;
             int32_t k = idx[r];
             if (k >= 0 && k < rows) atomic_add_T(out + (int64_t)k * cols + j, LD(x[i]));
+        }
+    }
+
+    // out [n, rows], zeros: out[i, idx[i]] = 1 where 0 <= idx[i] < rows.
+    extern "C" __global__ void one_hot_rows(const int32_t* idx, T* out, int64_t n, int64_t rows) {
+        GRID_STRIDE(i, n) {
+            int32_t k = idx[i];
+            if (k >= 0 && k < rows) out[i * rows + k] = ST((acc_t)1);
         }
     }
 
