@@ -166,6 +166,15 @@ struct CUDATrainingTests {
         #expect(loaded.isSuperset(of: CUDABackend.moduleKeys(compiledFor: .bfloat16).filter { !$0.hasPrefix("hopper") }))
     }
 
+    /// Every sum on the CUDA path has a fixed order (the embedding gradient too), so one seed gives
+    /// one run: the same losses to the last bit (docs/training.md, "Runs repeat").
+    @Test(arguments: ["fp32", "bf16"])
+    func aRunRepeatsBitForBit(precision: String) throws {
+        let moe: [String: ConfigValue] = ["experts": .int(4), "top_k": .int(2)]
+        let first = try losses(device: "cuda", precision: precision, moe)
+        #expect(first == (try losses(device: "cuda", precision: precision, moe)))
+    }
+
     @Test func bfloat16LossCurveFollowsTheCPU() throws {
         let cpu = try losses(device: "cpu", precision: "fp32")
         let cuda = try losses(device: "cuda", precision: "bf16")
