@@ -82,7 +82,22 @@ enum OpsBenchmarks {
             let rate = gbps(ms, passes)
             rows.append(BenchRow(name: name, milliseconds: ms, rate: rate, unit: "GB/s", ofCeiling: rate / ceiling))
         }
+        let embedding = embeddingBackward(device: device, generator: &g, time: time)
+        rows.append(BenchRow(name: "embedding backward (8192 ids, 256 × 512)", milliseconds: embedding.ms, rate: embedding.gbps,
+                             unit: "GB/s", ofCeiling: embedding.gbps / ceiling))
         return rows
+    }
+
+    /// The embedding gradient of a medium training step (8192 byte ids, a third of them one byte,
+    /// into 256 rows of 512), rated by the upstream gradient it reads.
+    static func embeddingBackward(device: Device, generator g: inout RandomGenerator,
+                                  time: (() -> Void) -> Double) -> (ms: Double, gbps: Double) {
+        let ids: [Int32] = (0..<8192).map { i in i % 3 == 0 ? 32 : Int32(i * 37 % 256) }
+        let indices = Tensor(ids, shape: [8192]).to(device)
+        let upstream = Tensor.randomNormal([8192, 512], device: device, generator: &g)
+        let table = Tensor.zeros([256, 512], device: device)
+        let ms = time { upstream.backend.scatterAddRows(upstream, indices: indices, table) }
+        return (ms, Double(upstream.byteCount) / ms / 1e6)
     }
 }
 
