@@ -95,8 +95,8 @@ struct CUDAOpTests {
     }
 
     /// The embedding backward at a training step's size: 8192 ids over 256 rows, a third of them on
-    /// one row and every seventh -1. Bit-reproducible on the GPU (atomics, which it used before, add in
-    /// whatever order they land), and the CPU's sums to the dtype's rounding.
+    /// one row and every seventh -1. Bit-reproducible on the GPU (atomics would add in whatever order
+    /// they land), and the CPU's sums to the dtype's rounding.
     @Test(arguments: [DType.float32, .bfloat16])
     func embeddingGradientIsBitReproducible(_ dtype: DType) {
         var g = RandomGenerator(seed: 31)

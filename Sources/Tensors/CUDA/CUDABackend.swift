@@ -464,7 +464,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         if x.dtype != .float64 && n * rows <= Self.oneHotScatterLimit {
             // out += onehot(indices)ᵀ · x: one GEMM sums each output row's inputs in a fixed order, so
             // the embedding gradient is bit-reproducible (atomics add in whatever order they land).
-            // Exact products (by 0 and 1), so not on TF32 even in a TF32 run.
+            // In full float32 even in a TF32 run: the products by 0 and 1 are exact, TF32 would round x.
             let oneHot = Tensor.zeros([n, rows], dtype: x.dtype, device: device)
             launchElementwise("one_hot_rows", x.dtype, count: n, [indices.arg, oneHot.arg, .int64(Int64(n)), .int64(Int64(rows))])
             Backends.withTF32(false) {

@@ -1,8 +1,8 @@
 /// Per-dtype indexing kernels (mirrors `Ops/Indexing.swift` and `CPU/CPUIndexing.swift`): the one-hot
-/// matrix of a row scatter (`scatterAddRows` adds it as a GEMM), scatter-add of rows and along the last
-/// axis (atomics: duplicate indices add in an unspecified order on the GPU), top-k (one thread per row, insertion into a sorted buffer — k and the row are small in
-/// routing), and gather along the last axis. The row gather is dtype-independent: `gather_rows_S`
-/// in `MovementKernels`.
+/// matrix of a row scatter (`scatterAddRows` adds it as a GEMM), scatter-add of rows and along the
+/// last axis (atomics: duplicate indices add in an unspecified order on the GPU), top-k (one thread
+/// per row, insertion into a sorted buffer — k and the row are small in routing), and gather along
+/// the last axis. The row gather is dtype-independent: `gather_rows_S` in `MovementKernels`.
 enum IndexingKernels {
     static let source = #"""
     extern "C" __global__ void scatter_add_rows(const T* x, const int32_t* idx, T* out, int64_t n, int64_t cols, int64_t rows) {
