@@ -118,6 +118,23 @@ struct CUDAOpTests {
         #expect(error < (dtype == .float32 ? 1e-5 : 1e-2), "\(dtype): relative error \(error) against the CPU")
     }
 
+    /// `castMany` (one launch for every float32 → bfloat16 pair) against one `cast` a tensor, bit for
+    /// bit: a single value, sizes around the 8-value vectors and the 65,536-value chunks, a view at an
+    /// odd row (not 16-byte aligned), and a pair of other dtypes (cast one by one).
+    @Test func castManyIsOneCastATensor() {
+        var g = RandomGenerator(seed: 41)
+        let matrix = Tensor.randomNormal([1001, 3], device: gpu, generator: &g)
+        var xs = [1, 7, 8, 65_536 + 3, 200_000].map { Tensor.randomNormal([$0], device: gpu, generator: &g) }
+        xs.append(matrix.rows(1..<1001))
+        xs.append(Tensor.randomNormal([9], device: gpu, generator: &g).cast(to: .bfloat16))
+        let targets: [DType] = xs.map { $0.dtype == .float32 ? .bfloat16 : .float32 }
+        let outs = zip(xs, targets).map { Tensor.empty($0.shape, dtype: $1, device: gpu) }
+        Backends.backend(for: gpu).castMany(xs, to: outs)
+        for (i, (x, out)) in zip(xs, outs).enumerated() {
+            #expect(out.doubles() == x.cast(to: out.dtype).doubles(), "tensor \(i): \(x.shape) \(x.dtype)")
+        }
+    }
+
     @Test func topKMatchesTheCPU() {
         var g = RandomGenerator(seed: 4)
         let x = Tensor.randomNormal([333, 64], generator: &g)

@@ -175,6 +175,25 @@ struct CUDATrainingTests {
         #expect(first == (try losses(device: "cuda", precision: precision, moe)))
     }
 
+    /// A mixed-precision GPT's first forward casts its weights one by one; later ones take the copies
+    /// its `CastPlan` made in one launch. Both must give the same loss and gradients, bit for bit.
+    @Test func theWeightsCopiesMadeTogetherAreTheCastsOwn() {
+        var g = RandomGenerator(seed: 21)
+        let gpu = Device.cuda(0)
+        let model = GPT(GPTConfig(contextLength: 16, layers: 2, dModel: 32, heads: 4), device: gpu, generator: &g)
+        model.activationDType = .bfloat16
+        let ids = Tensor((0..<64).map { Int32($0 * 7 % 256) }, shape: [4, 16]).to(gpu)
+        let targets = Tensor((0..<64).map { Int32($0 * 5 % 256) }, shape: [4, 16]).to(gpu)
+        func step() -> [[Double]] {
+            for p in model.parameters() { p.grad = nil }
+            let loss = model.loss(ids: ids, targets: targets)
+            loss.backward()
+            return [loss.doubles()] + model.parameters().map { $0.grad!.doubles() }
+        }
+        let first = step()
+        #expect(step() == first)
+    }
+
     @Test func bfloat16LossCurveFollowsTheCPU() throws {
         let cpu = try losses(device: "cpu", precision: "fp32")
         let cuda = try losses(device: "cuda", precision: "bf16")

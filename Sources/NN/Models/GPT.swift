@@ -33,6 +33,8 @@ public final class GPT: Module, @unchecked Sendable {
     /// `Linear` and `LayerNorm` casts its parameters to the activations' dtype, and `loss` casts the
     /// logits back to float32; gradients reach the float32 parameters through those casts.
     public var activationDType: DType?
+    /// Those casts of a forward, made in one launch before it.
+    private let castPlan = CastPlan()
 
     /// Builds a model with GPT-2's init; stops with the validation message if `config` is invalid
     /// (call `GPT.validate(_:)` first on a configuration from outside the program).
@@ -57,6 +59,12 @@ public final class GPT: Module, @unchecked Sendable {
 
     /// Logits `[B, T, V]` for int32 token ids `[B, T]` (`T ≤ contextLength`), on the ids' device.
     public func callAsFunction(_ ids: Tensor) -> Tensor {
+        guard let activationDType else { return logits(ids) }
+        // Every weight's low-precision copy in one launch, not one a weight.
+        return castPlan.run(to: activationDType) { logits(ids) }
+    }
+
+    private func logits(_ ids: Tensor) -> Tensor {
         guarantee(ids.rank == 2 && ids.dtype == .int32, "GPT: ids must be int32 [B, T], got \(ids.shape) \(ids.dtype)")
         let (b, t, d) = (ids.shape[0], ids.shape[1], config.dModel)
         guarantee(t >= 1 && t <= config.contextLength, "GPT: sequence length \(t) must be in 1...\(config.contextLength) (contextLength)")

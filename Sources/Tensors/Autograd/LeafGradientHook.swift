@@ -1,9 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 // "This leaf's gradient is final": the one autograd hook, for data-parallel training, which starts
 // the all-reduce of a bucket of gradients while backward is still computing the rest (as PyTorch's
 // DDP does with its per-parameter hooks).
@@ -38,23 +32,13 @@ final class LeafGradientHook {
 
     init(_ call: @escaping (Tensor) -> Void) { self.call = call }
 
-    private static let key: pthread_key_t = {
-        var k = pthread_key_t()
-        pthread_key_create(&k, nil)
-        return k
-    }()
+    private static let slot = ThreadLocalSlot<LeafGradientHook>()
 
     /// The calling thread's hook, or nil.
-    static var current: LeafGradientHook? {
-        pthread_getspecific(key).map { Unmanaged<LeafGradientHook>.fromOpaque($0).takeUnretainedValue() }
-    }
+    static var current: LeafGradientHook? { slot.value }
 
-    /// Installs `hook` on the calling thread; the slot holds a +1 reference, released on replacement.
-    static func set(_ hook: LeafGradientHook?) {
-        let old = pthread_getspecific(key)
-        pthread_setspecific(key, hook.map { UnsafeRawPointer(Unmanaged.passRetained($0).toOpaque()) })
-        if let old { Unmanaged<LeafGradientHook>.fromOpaque(old).release() }
-    }
+    /// Installs `hook` on the calling thread.
+    static func set(_ hook: LeafGradientHook?) { slot.value = hook }
 }
 
 /// Remaining graph edges into each leaf during one backward.

@@ -1,9 +1,10 @@
 import CUDA
 
 // Operations over many tensors in one launch (`ReductionKernels`: `sum_squares_chunks`,
-// `scale_chunks`; `OptimizerKernels`: `adamw_chunks`): a table of chunks is uploaded with the
-// launch, one block per chunk. For a model's gradients and its optimizer step this replaces
-// several launches per parameter with one to three.
+// `scale_chunks`; `OptimizerKernels`: `adamw_chunks`; `MovementKernels`: `cast_f32_bf16_chunks`):
+// a table of chunks is uploaded with the launch, one block per chunk. For a model's gradients, its
+// optimizer step and its weights' bfloat16 copies this replaces one or more launches per parameter
+// with one to three.
 
 extension CUDABackend {
     public func sumOfSquares(_ tensors: [Tensor], _ out: Tensor) {
@@ -48,6 +49,30 @@ extension CUDABackend {
                arguments: [.pointer(CUdeviceptr(table.address)), .float(s.beta1), .float(s.beta2), .float(s.epsilon), .float(values[0]),
                            .float(values[1]), .float(values[2]), scheduled?.schedule.arg ?? .pointer(0),
                            scheduled?.gradientSquares.arg ?? .pointer(0), .float(Float(scheduled?.maxNorm ?? 0))])
+        withExtendedLifetime(table) {}
+    }
+
+    /// float32 to bfloat16 over every pair in one launch (`cast_f32_bf16_chunks`, a block a chunk):
+    /// a mixed-precision forward's weight copies (`withCastCopies`). Other dtypes: one `cast` a pair.
+    public func castMany(_ xs: [Tensor], to outs: [Tensor]) {
+        guarantee(xs.count == outs.count, "castMany: \(xs.count) tensors into \(outs.count)")
+        var entries: [Int64] = []   // (source, destination, count) a chunk
+        for (x, out) in zip(xs, outs) {
+            guarantee(x.count == out.count, "castMany: \(x.count) elements into \(out.count)")
+            guard x.dtype == .float32, out.dtype == .bfloat16 else {
+                cast(x, to: out)
+                continue
+            }
+            for start in stride(from: 0, to: x.count, by: Self.chunkElements) {
+                entries += [Int64(x.pointer) + Int64(start * 4), Int64(out.pointer) + Int64(start * 2),
+                            Int64(min(Self.chunkElements, x.count - start))]
+            }
+        }
+        guard !entries.isEmpty else { return }
+        let table = allocate(byteCount: entries.count * 8)
+        gpu.stream.upload(entries, to: CUdeviceptr(table.address))
+        launch(kernel("cast_f32_bf16_chunks", nil), grid: (entries.count / 3, 1, 1), block: (256, 1, 1), stream: gpu.stream,
+               arguments: [.pointer(CUdeviceptr(table.address))])
         withExtendedLifetime(table) {}
     }
 

@@ -125,6 +125,8 @@ public protocol Backend: AnyObject, Sendable {
     // Data movement.
     func copy(_ x: Tensor, to out: Tensor)
     func cast(_ x: Tensor, to out: Tensor)
+    /// `cast(xs[i], to: outs[i])` for every `i`, as one launch where a backend can (`withCastCopies`).
+    func castMany(_ xs: [Tensor], to outs: [Tensor])
     /// Copies a `rows × cols` block between two tensors (element offsets and row strides), same dtype.
     func copyBlock(from x: Tensor, offset: Int, stride: Int, to out: Tensor, offset outOffset: Int, stride outStride: Int, rows: Int, cols: Int)
     /// `[..., M, N] -> [..., N, M]`.
@@ -199,4 +201,12 @@ public protocol Backend: AnyObject, Sendable {
     /// replayed (`GraphCapturing`), and nothing changes when the gradients' norm is not finite;
     /// `step` gives the rest.
     func adamW(_ tensors: [AdamWTensors], _ step: AdamWStep, scheduled: ScheduledStep?)
+}
+
+extension Backend {
+    /// One `cast` a tensor, for backends with no multi-tensor form.
+    public func castMany(_ xs: [Tensor], to outs: [Tensor]) {
+        guarantee(xs.count == outs.count, "castMany: \(xs.count) tensors into \(outs.count)")
+        for (x, out) in zip(xs, outs) { cast(x, to: out) }
+    }
 }

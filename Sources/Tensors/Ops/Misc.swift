@@ -13,8 +13,13 @@ extension Tensor {
     /// This tensor in another dtype (differentiable: the gradient is cast back).
     public func cast(to target: DType) -> Tensor {
         if target == dtype { return self }
-        let out = Tensor.empty(shape, dtype: target, device: device)
-        backend.cast(self, to: out)
+        let out: Tensor
+        if let copy = CastCopies.slot.value?.copy(of: self, to: target) {
+            out = copy   // made with the others before this forward (`CastPlan`)
+        } else {
+            out = Tensor.empty(shape, dtype: target, device: device)
+            backend.cast(self, to: out)
+        }
         return out.recording("cast", [self]) { [dtype] g in [g.cast(to: dtype)] }
     }
 

@@ -31,16 +31,32 @@ enum MovementKernels {
     /// count and addresses: mixed precision's casts (every weight each forward, every gradient each
     /// backward), which `cast_any`, a value a thread through double, ran at a fraction of the bandwidth.
     /// The same rounding as `cast_any`'s.
+    __device__ __forceinline__ void cast8_f32_bf16(const float4* x, uint4* out, int64_t i) {
+        const float4 a = x[2 * i], b = x[2 * i + 1];
+        uint4 o;
+        o.x = (uint32_t)float_to_bf16(a.x) | ((uint32_t)float_to_bf16(a.y) << 16);
+        o.y = (uint32_t)float_to_bf16(a.z) | ((uint32_t)float_to_bf16(a.w) << 16);
+        o.z = (uint32_t)float_to_bf16(b.x) | ((uint32_t)float_to_bf16(b.y) << 16);
+        o.w = (uint32_t)float_to_bf16(b.z) | ((uint32_t)float_to_bf16(b.w) << 16);
+        out[i] = o;
+    }
     extern "C" __global__ void cast_f32_bf16_x8(const float4* x, uint4* out, int64_t n8) {
-        GRID_STRIDE(i, n8) {
-            const float4 a = x[2 * i], b = x[2 * i + 1];
-            uint4 o;
-            o.x = (uint32_t)float_to_bf16(a.x) | ((uint32_t)float_to_bf16(a.y) << 16);
-            o.y = (uint32_t)float_to_bf16(a.z) | ((uint32_t)float_to_bf16(a.w) << 16);
-            o.z = (uint32_t)float_to_bf16(b.x) | ((uint32_t)float_to_bf16(b.y) << 16);
-            o.w = (uint32_t)float_to_bf16(b.z) | ((uint32_t)float_to_bf16(b.w) << 16);
-            out[i] = o;
+        GRID_STRIDE(i, n8) cast8_f32_bf16(x, out, i);
+    }
+    /// float32 to bfloat16 over many tensors in one launch (`castMany`): a block a chunk, the table
+    /// holding (source, destination, count) for each; 8 values a thread where the chunk's addresses
+    /// allow, the same rounding either way.
+    extern "C" __global__ void cast_f32_bf16_chunks(const long long* table) {
+        const float* x = (const float*)table[3 * blockIdx.x];
+        bf16_t* out = (bf16_t*)table[3 * blockIdx.x + 1];
+        const int64_t n = table[3 * blockIdx.x + 2];
+        int64_t done = 0;
+        if ((unsigned long long)x % 16 == 0 && (unsigned long long)out % 16 == 0) {
+            const int64_t n8 = n / 8;
+            for (int64_t i = threadIdx.x; i < n8; i += blockDim.x) cast8_f32_bf16((const float4*)x, (uint4*)out, i);
+            done = 8 * n8;
         }
+        for (int64_t i = done + threadIdx.x; i < n; i += blockDim.x) out[i] = float_to_bf16(x[i]);
     }
     extern "C" __global__ void cast_bf16_f32_x8(const uint4* x, float4* out, int64_t n8) {
         GRID_STRIDE(i, n8) {
