@@ -53,7 +53,7 @@ extension CUDABackend {
     }
 
     /// float32 to bfloat16 over every pair in one launch (`cast_f32_bf16_chunks`, a block a chunk):
-    /// a mixed-precision forward's weight copies (`withCastCopies`). Other dtypes: one `cast` a pair.
+    /// a mixed-precision forward's weight copies (`CastPlan`). Other dtypes: one `cast` a pair.
     public func castMany(_ xs: [Tensor], to outs: [Tensor]) {
         guarantee(xs.count == outs.count, "castMany: \(xs.count) tensors into \(outs.count)")
         var entries: [Int64] = []   // (source, destination, count) a chunk

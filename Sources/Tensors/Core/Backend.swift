@@ -125,7 +125,7 @@ public protocol Backend: AnyObject, Sendable {
     // Data movement.
     func copy(_ x: Tensor, to out: Tensor)
     func cast(_ x: Tensor, to out: Tensor)
-    /// `cast(xs[i], to: outs[i])` for every `i`, as one launch where a backend can (`withCastCopies`).
+    /// `cast(xs[i], to: outs[i])` for every `i`, as one launch where a backend can (`CastPlan`).
     func castMany(_ xs: [Tensor], to outs: [Tensor])
     /// Copies a `rows × cols` block between two tensors (element offsets and row strides), same dtype.
     func copyBlock(from x: Tensor, offset: Int, stride: Int, to out: Tensor, offset outOffset: Int, stride outStride: Int, rows: Int, cols: Int)
