@@ -2,17 +2,18 @@ import ArgumentParser
 import FastMoE
 
 /// `fastmoe bench moe-layer`: one MoE MLP layer's forward and forward + backward against the dense line
-/// (one dense MLP of the same FLOPs over T·K rows) and the sum of that MLP's GEMMs, all in one run.
+/// (one dense MLP of the same FLOPs over T·K rows) and that MLP's GEMMs, alone and chained, all in one run.
 struct MoELayerBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "moe-layer",
-        abstract: "One MoE MLP layer, fwd and fwd+bwd, against the dense line of the same FLOPs and its GEMMs alone.",
+        abstract: "One MoE MLP layer, fwd and fwd+bwd, against the dense line of the same FLOPs and its GEMMs.",
         discussion: """
         The layer is MoELayer.mlp: gate Linear(D,E) → top-K → experts Linear(D,H) → GELU(tanh) → Linear(H,D) \
         with biases → weighted combine. The dense line is MLP(D, H) over T·K rows (the experts' FLOPs with \
-        perfect balance). Times are medians after warm-up (CUDA events on a GPU), over rotated random inputs; \
-        TFLOP/s count 2·T·K·2·D·H + 2·T·D·E per forward and three times that for fwd+bwd. docs/perf-notes.md \
-        describes the method.
+        perfect balance); its six GEMMs are timed each alone and chained in one timed region (under a power \
+        cap, long bf16 GEMMs back to back run at a lower clock). Times are medians after warm-up (CUDA events \
+        on a GPU), over rotated random inputs; TFLOP/s count 2·T·K·2·D·H + 2·T·D·E per forward and three \
+        times that for fwd+bwd. docs/perf-notes.md describes the method.
 
         Under a launcher (`fastmoe launch --nproc-per-node 8 -- bench moe-layer ...`, mpirun, srun, torchrun) with \
         W > 1 ranks it measures expert parallelism, weak scaling: --experts is E per rank (N = E·W in all), every \
