@@ -11,7 +11,7 @@ struct BenchCommand: ParsableCommand {
 struct OpsBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ops",
-        abstract: "GEMM throughput and elementwise/row-wise bandwidth next to the copy bandwidth of the same device.")
+        abstract: "GEMM throughput, elementwise/row-wise bandwidth and the embedding gradient next to the copy bandwidth of the same device.")
 
     @Option(help: "cpu, cuda, cuda:N or auto (CUDA when available).")
     var device: String = "auto"
