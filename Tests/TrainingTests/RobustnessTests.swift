@@ -42,6 +42,22 @@ import Testing
         try estimate.check(available: 1e18, source: "plenty")
     }
 
+    /// A bf16 run also holds every weight's bfloat16 copy (2 bytes a parameter) while it trains or
+    /// evaluates; loading a model makes none.
+    @Test func bfloat16WeightCopiesAreCounted() throws {
+        var config = try RunConfig.resolve(overrides: tinyRun(out: "unused", [:]))
+        config.out = nil
+        var bf16 = config
+        bf16.precision = "bf16"
+        for purpose in [MemoryEstimate.Purpose.training, .evaluation, .loadingModel] {
+            let plain = MemoryEstimate(config, purpose: purpose), mixed = MemoryEstimate(bf16, purpose: purpose)
+            let copies = purpose == .loadingModel ? 0 : 2 * plain.parameterCount
+            #expect(mixed.parameterBytes == plain.parameterBytes + copies, "\(purpose)")
+        }
+        let message = errorMessage { try MemoryEstimate(bf16, purpose: .training).check(available: 1, source: "test") } ?? ""
+        #expect(message.contains("parameters, gradients and AdamW state with their bfloat16 copies"), "got: \(message)")
+    }
+
     /// The sizes of the crashes are refused before anything is allocated, and nothing is written.
     @Test(arguments: [("d_model", ConfigValue.int(1_000_000), "--d-model 1000000"),
                       ("batch_size", .int(1_000_000_000), "activations of one batch"),

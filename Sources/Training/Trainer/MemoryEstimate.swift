@@ -6,7 +6,8 @@ import Tensors
 ///
 /// The formula, in bytes (float32 throughout, so a bf16 run is over-estimated, never under):
 /// - parameters: 4·P, with P counted from the shapes the config builds (embeddings, blocks, MoE
-///   gates and experts); training adds 4·P of gradients and 8·P of AdamW moments;
+///   gates and experts); training adds 4·P of gradients and 8·P of AdamW moments; bf16 adds 2·P of
+///   bfloat16 weight copies, all made before each forward (`CastPlan`), evaluation's too;
 /// - activations of one batch, kept for the backward pass: 4·B·T·(L·a + 3·V + 4·d), where a block
 ///   keeps a = 14·d + 2·h + 2·heads·T numbers per token (dense MLP of width h) or, in an MoE block,
 ///   14·d + 3·k·d + 2·k·h_e + 3·E (k routed copies of each token through experts of width h_e);
@@ -33,6 +34,10 @@ public struct MemoryEstimate: Sendable {
     let purpose: Purpose
 
     public var totalBytes: Double { parameterBytes + activationBytes + dataBytes + evaluationBytes }
+    /// A bf16 forward holds every weight's bfloat16 copy at once.
+    static func holdsWeightCopies(_ config: RunConfig, _ purpose: Purpose) -> Bool {
+        config.precision == "bf16" && purpose != .loadingModel
+    }
 
     /// - Parameters:
     ///   - dataBytes: size of the token stream (the data file, or `corpusBytes`); 0 when no data is loaded.
@@ -43,7 +48,8 @@ public struct MemoryEstimate: Sendable {
         let d = Double(config.dModel), t = Double(config.seqLen), b = Double(config.batchSize)
         let v = Double(ByteTokenizer.vocabularySize)
         parameterCount = MemoryEstimate.parameterCount(config)
-        parameterBytes = 4 * parameterCount * (purpose == .training ? 4 : 1)
+        let copies = MemoryEstimate.holdsWeightCopies(config, purpose) ? 2 * parameterCount : 0
+        parameterBytes = 4 * parameterCount * (purpose == .training ? 4 : 1) + copies
         var perToken = 3 * v + 4 * d
         for block in 0..<config.layers {
             perToken += MemoryEstimate.activationsPerToken(config, moe: config.isMoE && block % config.moeEvery == 0)
@@ -98,7 +104,8 @@ public struct MemoryEstimate: Sendable {
         guard totalBytes > available else { return }
         let c = config
         let parts: [(name: String, bytes: Double, settings: String)] = [
-            (purpose == .training ? "parameters, gradients and AdamW state" : "parameters", parameterBytes,
+            ((purpose == .training ? "parameters, gradients and AdamW state" : "parameters")
+                + (MemoryEstimate.holdsWeightCopies(c, purpose) ? " with their bfloat16 copies" : ""), parameterBytes,
              "\(Format.compact(parameterCount)) parameters from --layers \(c.layers), --d-model \(c.dModel)"
                 + (c.mlpHidden.map { ", --mlp-hidden \($0)" } ?? "")
                 + (c.isMoE ? ", --experts \(c.experts), expert width \(Int(MemoryEstimate.expertHidden(c)))" : "")
